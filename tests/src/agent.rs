@@ -34,6 +34,8 @@ pub struct BmcBuilder {
     users: Vec<String>,
     args: Vec<String>,
     netns: Option<(String, String, [u8; 3])>,
+    log_level: Option<String>,
+    quiet: bool,
 }
 
 impl BmcBuilder {
@@ -55,6 +57,17 @@ impl BmcBuilder {
     /// Fixed namespace names and /24 instead of the unique per-test ones (the demo).
     pub fn netns(mut self, bmc: &str, client: &str, net: [u8; 3]) -> Self {
         self.netns = Some((bmc.to_string(), client.to_string(), net));
+        self
+    }
+
+    /// RUST_LOG for the agent when the environment sets none (default `debug`).
+    pub fn log_level(mut self, level: &str) -> Self {
+        self.log_level = Some(level.to_string());
+        self
+    }
+    /// Do not echo each client run to stderr (the demo prints them itself).
+    pub fn quiet(mut self) -> Self {
+        self.quiet = true;
         self
     }
 
@@ -107,7 +120,7 @@ impl BmcBuilder {
             .stdout(log.try_clone().expect("dup log fd"))
             .stderr(log);
         if std::env::var_os("RUST_LOG").is_none() {
-            cmd.env("RUST_LOG", "debug");
+            cmd.env("RUST_LOG", self.log_level.as_deref().unwrap_or("debug"));
         }
         let cmdline = format!("ip netns exec {} {}", net.bmc, argv.join(" "));
         // `ip netns exec` execs the agent, so this child's pid is the agent's.
@@ -119,6 +132,7 @@ impl BmcBuilder {
             log_path,
             cmdline,
             net,
+            quiet: self.quiet,
         };
         bmc.wait_healthy(Duration::from_secs(15));
         bmc
@@ -130,6 +144,7 @@ pub struct Bmc {
     child: Mutex<Child>,
     log_path: PathBuf,
     cmdline: String,
+    quiet: bool,
     /// Dropped after the agent is killed (field order does not matter: Drop kills first).
     pub net: NetnsPair,
 }
@@ -150,6 +165,10 @@ impl Bmc {
     }
 
     /// The agent's stderr so far.
+    pub fn log_path(&self) -> &std::path::Path {
+        &self.log_path
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
@@ -256,7 +275,12 @@ impl Bmc {
         let mut argv = vec!["timeout", CLIENT_TIMEOUT_SECS];
         argv.extend_from_slice(args);
         let cmd = NetnsPair::exec(&self.net.client, &argv);
-        Out::run(cmd, args.join(" "))
+        let out = Out::run(cmd, args.join(" "));
+        if !self.quiet {
+            // Captured by the test harness; shown when the test fails.
+            eprintln!("{out}");
+        }
+        out
     }
 
     /// `ipmitool <iface> -U user -P pass -H <bmc> -p port args...`

@@ -48,16 +48,13 @@ impl Out {
         let out = cmd
             .output()
             .unwrap_or_else(|e| panic!("cannot run {cmdline}: {e}"));
-        let out = Out {
+        Out {
             cmdline,
             code: out.status.code(),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
             elapsed: start.elapsed(),
-        };
-        // Captured by the test harness; shown when the test fails.
-        eprintln!("{out}");
-        out
+        }
     }
 }
 
