@@ -1,7 +1,7 @@
 //! Where session ids, challenges, random numbers and IVs come from. The engine takes a
 //! source so that tests can be deterministic; the agent always uses the OS CSPRNG.
 
-pub trait Entropy: Send {
+pub trait Entropy: Send + Sync {
     fn fill(&mut self, buf: &mut [u8]);
 
     fn u32(&mut self) -> u32 {

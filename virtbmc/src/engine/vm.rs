@@ -94,6 +94,16 @@ pub struct VmView {
     pub guid: [u8; 16],
 }
 
+/// Converts an RFC 4122 UUID (as Kubernetes and SMBIOS tools print it) to the byte order
+/// IPMI sends a GUID in: the time fields little-endian (IPMI 2.0 §20.8, SMBIOS encoding).
+pub fn uuid_to_wire(u: [u8; 16]) -> [u8; 16] {
+    let mut g = u;
+    g[..4].reverse();
+    g[4..6].reverse();
+    g[6..8].reverse();
+    g
+}
+
 /// A side effect the engine asks for; the reply waits for its result.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
