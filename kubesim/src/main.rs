@@ -1,0 +1,129 @@
+//! `kubesim`: run the test API server standalone (for the demo).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use serde_json::Value;
+
+/// A Kubernetes API server with simulated KubeVirt, for tests and demos. Not a real cluster.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    /// Address to listen on (plain HTTP).
+    #[arg(long, default_value = "127.0.0.1:8001")]
+    listen: std::net::SocketAddr,
+    /// Create this many VirtualMachines, named <prefix>-<i> (from 1).
+    #[arg(long, default_value_t = 0)]
+    vms: usize,
+    /// Name prefix of the created VMs.
+    #[arg(long, default_value = "vm")]
+    vm_prefix: String,
+    /// Namespace of the created objects.
+    #[arg(long, default_value = "default")]
+    namespace: String,
+    /// runStrategy of the created VMs (Always, Halted, Manual, RerunOnFailure, Once).
+    #[arg(long, default_value = "Halted")]
+    run_strategy: String,
+    /// Also create, per VM, a Secret <vm>-bmc-auth (admin/password) and a VirtualMachineBMC <vm>-bmc.
+    #[arg(long)]
+    with_bmcs: bool,
+    /// A JSON file with objects to create: an array, or a List with `items`. Each object
+    /// needs apiVersion, kind, metadata.name (and metadata.namespace, default: --namespace).
+    #[arg(long)]
+    seed: Option<PathBuf>,
+    /// VMI phase step delay range in milliseconds, "MIN-MAX".
+    #[arg(long, default_value = "500-1500")]
+    phase_delay_ms: String,
+    /// Graceful guest shutdown time in milliseconds.
+    #[arg(long, default_value_t = 2000)]
+    stop_delay_ms: u64,
+    /// Node name the simulated scheduler puts VMIs on.
+    #[arg(long, default_value = "node1")]
+    node_name: String,
+    /// Seconds between BOOKMARKs on idle watches.
+    #[arg(long, default_value_t = 30)]
+    bookmark_secs: u64,
+    /// Do not run the simulated virt-controller.
+    #[arg(long)]
+    no_controller: bool,
+    /// Print the listen URL to this file once serving (for scripts).
+    #[arg(long)]
+    url_file: Option<PathBuf>,
+}
+
+fn parse_range(s: &str) -> Option<(Duration, Duration)> {
+    let (a, b) = s.split_once('-').unwrap_or((s, s));
+    Some((
+        Duration::from_millis(a.trim().parse().ok()?),
+        Duration::from_millis(b.trim().parse().ok()?),
+    ))
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let args = Args::parse();
+    let phase_delay =
+        parse_range(&args.phase_delay_ms).ok_or("--phase-delay-ms: expected MIN-MAX in ms")?;
+    let cfg = kubesim::Config {
+        phase_delay,
+        stop_delay: Duration::from_millis(args.stop_delay_ms),
+        node_name: args.node_name.clone(),
+        bookmark_interval: Duration::from_secs(args.bookmark_secs.max(1)),
+        controller: !args.no_controller,
+        ..kubesim::Config::default()
+    };
+    let sim = kubesim::Server::start_with(args.listen, cfg).await?;
+    let ns = args.namespace.as_str();
+    for i in 1..=args.vms {
+        let name = format!("{}-{i}", args.vm_prefix);
+        sim.seed_vm(ns, &name, &args.run_strategy);
+        if args.with_bmcs {
+            let secret = format!("{name}-bmc-auth");
+            sim.seed_secret(
+                ns,
+                &secret,
+                &[("username", "admin"), ("password", "password")],
+            );
+            sim.seed_vmbmc(ns, &format!("{name}-bmc"), &name, &secret);
+        }
+    }
+    if let Some(path) = &args.seed {
+        let v: Value = serde_json::from_slice(&std::fs::read(path)?)?;
+        let items = match v {
+            Value::Array(a) => a,
+            Value::Object(ref m) if m.contains_key("items") => {
+                m["items"].as_array().cloned().unwrap_or_default()
+            }
+            other => vec![other],
+        };
+        for obj in items {
+            let av = obj["apiVersion"].as_str().unwrap_or("");
+            let k = obj["kind"].as_str().unwrap_or("");
+            let kind = kubesim::Kind::from_type(av, k)
+                .ok_or_else(|| format!("seed: unsupported kind {av}/{k}"))?;
+            let ons = obj["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or(ns)
+                .to_string();
+            let status = obj.get("status").cloned();
+            let created = sim.create(kind, &ons, obj)?;
+            if let Some(s) = status {
+                let name = created["metadata"]["name"].as_str().unwrap_or("");
+                sim.set_status(kind, &ons, name, s);
+            }
+        }
+    }
+    if let Some(f) = &args.url_file {
+        std::fs::write(f, format!("{}\n", sim.url()))?;
+    }
+    println!(
+        "kubesim serving {} ({} objects seeded)",
+        sim.url(),
+        sim.resource_version() - 1
+    );
+    tokio::signal::ctrl_c().await?;
+    sim.stop().await;
+    Ok(())
+}
