@@ -5,6 +5,7 @@
 //! event with its own resourceVersion.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -72,14 +73,25 @@ impl Controller {
     pub async fn run(mut self, mut stop: tokio::sync::watch::Receiver<bool>) {
         let mut changes = self.store.subscribe();
         loop {
+            // Sleep until a change, the next phase deadline, or the resync period.
+            let now = Instant::now();
+            let idle = self
+                .deadlines
+                .values()
+                .map(|(_, t)| t.saturating_duration_since(now))
+                .min()
+                .unwrap_or(self.cfg.controller_tick)
+                .min(self.cfg.controller_tick);
             tokio::select! {
                 _ = stop.changed() => return,
                 _ = changes.changed() => {}
-                _ = tokio::time::sleep(self.cfg.controller_tick) => {}
+                _ = tokio::time::sleep(idle) => {}
             }
             if *stop.borrow() {
                 return;
             }
+            // Batch bursts of changes into one pass (a pass visits every VM).
+            tokio::time::sleep(Duration::from_millis(5)).await;
             self.sync_all();
         }
     }
@@ -90,8 +102,23 @@ impl Controller {
             self.sync_vm(&vm);
         }
         let mut live = HashSet::new();
+        let vm_uids: HashSet<String> = self.store.all(Kind::VirtualMachine, None).iter().map(|v| uid(v)).collect();
         for vmi in self.store.all(Kind::VirtualMachineInstance, None) {
             live.insert(uid(&vmi));
+            // Garbage collection: a VMI whose controlling VM is gone is deleted.
+            let owner = vmi["metadata"]["ownerReferences"]
+                .as_array()
+                .and_then(|o| o.iter().find(|r| r["controller"] == true && r["kind"] == "VirtualMachine"))
+                .and_then(|r| r["uid"].as_str());
+            if let Some(owner) = owner
+                && !vm_uids.contains(owner)
+                && !deleting(&vmi)
+            {
+                let ns = vmi["metadata"]["namespace"].as_str().unwrap_or("").to_string();
+                let name = vmi["metadata"]["name"].as_str().unwrap_or("").to_string();
+                self.delete_vmi(&ns, &name);
+                continue;
+            }
             self.sync_vmi(&vmi, now);
         }
         self.deadlines.retain(|k, _| live.contains(k));
@@ -156,7 +183,7 @@ impl Controller {
         let vm_uid = uid(vm);
         let vmi = self
             .store
-            .get(Kind::VirtualMachineInstance, &ns, &name)
+            .get_arc(Kind::VirtualMachineInstance, &ns, &name)
             .filter(|v| {
                 // A VMI of the same name owned by another (older) VM is not ours.
                 v["metadata"]["ownerReferences"]
@@ -219,7 +246,7 @@ impl Controller {
             .as_ref()
             .and_then(|r| r["action"].as_str())
             .unwrap_or("");
-        let vmi_uid = vmi.as_ref().map(uid);
+        let vmi_uid = vmi.as_deref().map(uid);
         let live = vmi.as_ref().is_some_and(|v| !is_final(v) && !deleting(v));
 
         // isTrimFirstChangeRequestNeeded
@@ -338,7 +365,7 @@ impl Controller {
         self.write_status(vm, vmi.as_ref(), printable);
     }
 
-    fn write_status(&mut self, vm: &Value, vmi: Option<&Value>, printable: &str) {
+    fn write_status(&mut self, vm: &Value, vmi: Option<&Arc<Value>>, printable: &str) {
         let ns = vm["metadata"]["namespace"].as_str().unwrap_or("");
         let name = vm["metadata"]["name"].as_str().unwrap_or("");
         let ready = vmi.is_some_and(|v| phase(v) == "Running" && cond_true(v, "Ready"));
@@ -346,16 +373,12 @@ impl Controller {
         let generation = vm["metadata"]["generation"].clone();
         let started = vmi.is_some() || vm["status"].get("runStrategy").is_some();
         let rs = run_strategy(vm).to_string();
-        self.store.modify(Kind::VirtualMachine, ns, name, |o| {
-            if !o["status"].is_object() {
-                o["status"] = json!({});
-            }
-            let st = &mut o["status"];
+        let apply = |st: &mut Value| {
             st["printableStatus"] = json!(printable);
             st["ready"] = json!(ready);
             st["created"] = json!(created);
             st["observedGeneration"] = generation.clone();
-            st["desiredGeneration"] = generation;
+            st["desiredGeneration"] = generation.clone();
             if started {
                 st["runStrategy"] = json!(rs);
             }
@@ -363,6 +386,18 @@ impl Controller {
                 "type": "Ready",
                 "status": if ready { "True" } else { "False" },
             }]);
+        };
+        // Skip the store entirely when nothing would change (the common case on resync).
+        let mut want = if vm["status"].is_object() { vm["status"].clone() } else { json!({}) };
+        apply(&mut want);
+        if want == vm["status"] {
+            return;
+        }
+        self.store.modify(Kind::VirtualMachine, ns, name, |o| {
+            if !o["status"].is_object() {
+                o["status"] = json!({});
+            }
+            apply(&mut o["status"]);
         });
     }
 
@@ -375,6 +410,11 @@ impl Controller {
         let id = uid(vmi);
         let ph = phase(vmi).to_string();
         let del = deleting(vmi);
+        let moving = del || matches!(ph.as_str(), "" | "Pending" | "Scheduling" | "Scheduled");
+        if !moving {
+            self.deadlines.remove(&id);
+            return;
+        }
         // The deadline is per (uid, phase, deleting).
         let stage = format!("{ph}/{del}");
         let cfg = &self.cfg;

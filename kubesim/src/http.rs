@@ -174,6 +174,11 @@ async fn route(
         }
         _ => {}
     }
+    if method == Method::GET
+        && let Some(doc) = discovery(&segs)
+    {
+        return Ok(json_response(200, &doc));
+    }
     let (group, version, rest) = match segs.as_slice() {
         ["api", v, rest @ ..] => ("", *v, rest),
         ["apis", g, v, rest @ ..] => (*g, *v, rest),
@@ -456,4 +461,74 @@ fn watch(
 /// Resolves once the server is stopping.
 pub async fn stopped(mut rx: tokio::sync::watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
+}
+
+/// Legacy discovery documents (`/api`, `/apis`, `/api/v1`, `/apis/{group}/{version}`), enough
+/// for `kubectl --server http://... get vms` and for kube's `Discovery`.
+fn discovery(segs: &[&str]) -> Option<Value> {
+    use crate::kinds::ALL;
+    let verbs = json!(["create", "delete", "get", "list", "patch", "update", "watch"]);
+    let resources = |group: &str, version: &str| -> Vec<Value> {
+        let mut out = vec![];
+        for i in ALL.iter().filter(|i| i.group == group && i.version == version) {
+            out.push(json!({
+                "name": i.plural,
+                "singularName": i.kind_name.to_ascii_lowercase(),
+                "namespaced": true,
+                "kind": i.kind_name,
+                "verbs": verbs,
+                "shortNames": i.short_names,
+            }));
+            if i.status_subresource {
+                out.push(json!({
+                    "name": format!("{}/status", i.plural),
+                    "singularName": "",
+                    "namespaced": true,
+                    "kind": i.kind_name,
+                    "verbs": ["get", "patch", "update"],
+                }));
+            }
+        }
+        out
+    };
+    match segs {
+        ["api"] => Some(json!({ "kind": "APIVersions", "versions": ["v1"] })),
+        ["apis"] => {
+            let mut groups: Vec<(String, String)> = ALL
+                .iter()
+                .filter(|i| !i.group.is_empty())
+                .map(|i| (i.group.to_string(), i.version.to_string()))
+                .collect();
+            groups.push(("subresources.kubevirt.io".into(), "v1".into()));
+            groups.dedup();
+            let groups: Vec<Value> = groups
+                .iter()
+                .map(|(g, v)| {
+                    let gv = json!({ "groupVersion": format!("{g}/{v}"), "version": v });
+                    json!({ "name": g, "versions": [gv.clone()], "preferredVersion": gv })
+                })
+                .collect();
+            Some(json!({ "kind": "APIGroupList", "apiVersion": "v1", "groups": groups }))
+        }
+        ["api", "v1"] => Some(json!({
+            "kind": "APIResourceList", "groupVersion": "v1", "resources": resources("", "v1"),
+        })),
+        ["apis", "subresources.kubevirt.io", v @ ("v1" | "v1alpha3")] => {
+            let res: Vec<Value> = ["start", "stop", "restart"]
+                .iter()
+                .map(|a| json!({ "name": format!("virtualmachines/{a}"), "singularName": "", "namespaced": true, "kind": "", "verbs": ["update"] }))
+                .collect();
+            Some(json!({
+                "kind": "APIResourceList", "apiVersion": "v1",
+                "groupVersion": format!("subresources.kubevirt.io/{v}"), "resources": res,
+            }))
+        }
+        ["apis", g, v] => {
+            let res = resources(g, v);
+            (!res.is_empty()).then(|| {
+                json!({ "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": format!("{g}/{v}"), "resources": res })
+            })
+        }
+        _ => None,
+    }
 }

@@ -41,6 +41,8 @@ pub struct KindInfo {
     pub create_on_update: bool,
     /// `ReturnDeletedObject`: DELETE answers with the object rather than a Status.
     pub return_deleted: bool,
+    /// Short names for discovery (`kubectl get vm`).
+    pub short_names: &'static [&'static str],
 }
 
 pub const ALL: &[KindInfo] = &[
@@ -55,6 +57,7 @@ pub const ALL: &[KindInfo] = &[
         unconditional_update: false,
         create_on_update: false,
         return_deleted: false,
+        short_names: &["vm", "vms"],
     },
     KindInfo {
         kind: Kind::VirtualMachineInstance,
@@ -67,6 +70,7 @@ pub const ALL: &[KindInfo] = &[
         unconditional_update: false,
         create_on_update: false,
         return_deleted: false,
+        short_names: &["vmi", "vmis"],
     },
     KindInfo {
         kind: Kind::VirtualMachineBmc,
@@ -79,6 +83,7 @@ pub const ALL: &[KindInfo] = &[
         unconditional_update: false,
         create_on_update: false,
         return_deleted: false,
+        short_names: &["vmbmc", "vmbmcs"],
     },
     KindInfo {
         kind: Kind::Secret,
@@ -91,6 +96,7 @@ pub const ALL: &[KindInfo] = &[
         unconditional_update: true,
         create_on_update: false,
         return_deleted: false,
+        short_names: &[],
     },
     KindInfo {
         kind: Kind::Service,
@@ -104,6 +110,7 @@ pub const ALL: &[KindInfo] = &[
         create_on_update: false,
         // pkg/registry/core/service/storage: ReturnDeletedObject: true
         return_deleted: true,
+        short_names: &["svc"],
     },
     KindInfo {
         kind: Kind::Event,
@@ -116,6 +123,7 @@ pub const ALL: &[KindInfo] = &[
         unconditional_update: true,
         create_on_update: true,
         return_deleted: false,
+        short_names: &["ev"],
     },
     KindInfo {
         kind: Kind::EventV1,
@@ -128,6 +136,7 @@ pub const ALL: &[KindInfo] = &[
         unconditional_update: true,
         create_on_update: true,
         return_deleted: false,
+        short_names: &["ev"],
     },
     KindInfo {
         kind: Kind::Lease,
@@ -141,6 +150,7 @@ pub const ALL: &[KindInfo] = &[
         unconditional_update: false,
         create_on_update: true,
         return_deleted: false,
+        short_names: &[],
     },
 ];
 

@@ -65,7 +65,8 @@ pub struct Config {
     pub cleanup_delay: Duration,
     /// `status.nodeName` and the `kubevirt.io/nodeName` label set at Scheduled.
     pub node_name: String,
-    /// The controller's resync period (it also wakes on every change).
+    /// The controller's resync period when idle (it also wakes on every change and at each
+    /// phase deadline).
     pub controller_tick: Duration,
 }
 
@@ -81,7 +82,7 @@ impl Default for Config {
             force_stop_delay: Duration::from_millis(50),
             cleanup_delay: Duration::from_millis(100),
             node_name: "node1".into(),
-            controller_tick: Duration::from_millis(25),
+            controller_tick: Duration::from_secs(2),
         }
     }
 }

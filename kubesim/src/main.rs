@@ -76,9 +76,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let sim = kubesim::Server::start_with(args.listen, cfg).await?;
     let ns = args.namespace.as_str();
+    let mut seeded = 0usize;
     for i in 1..=args.vms {
         let name = format!("{}-{i}", args.vm_prefix);
         sim.seed_vm(ns, &name, &args.run_strategy);
+        seeded += 1;
         if args.with_bmcs {
             let secret = format!("{name}-bmc-auth");
             sim.seed_secret(
@@ -87,6 +89,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 &[("username", "admin"), ("password", "password")],
             );
             sim.seed_vmbmc(ns, &format!("{name}-bmc"), &name, &secret);
+            seeded += 2;
         }
     }
     if let Some(path) = &args.seed {
@@ -109,6 +112,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .to_string();
             let status = obj.get("status").cloned();
             let created = sim.create(kind, &ons, obj)?;
+            seeded += 1;
             if let Some(s) = status {
                 let name = created["metadata"]["name"].as_str().unwrap_or("");
                 sim.set_status(kind, &ons, name, s);
@@ -118,11 +122,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     if let Some(f) = &args.url_file {
         std::fs::write(f, format!("{}\n", sim.url()))?;
     }
-    println!(
-        "kubesim serving {} ({} objects seeded)",
-        sim.url(),
-        sim.resource_version() - 1
-    );
+    println!("kubesim serving {} ({seeded} objects seeded)", sim.url());
     tokio::signal::ctrl_c().await?;
     sim.stop().await;
     Ok(())

@@ -153,8 +153,31 @@ impl Store {
         self.notify.send_modify(|n| *n = n.wrapping_add(1));
     }
 
+    /// Run a write under the lock, and wake watchers and the controller only if it stored
+    /// something: a no-op write must not wake anyone (the controller would spin).
+    fn write<R>(&self, f: impl FnOnce(&mut Inner) -> R) -> R {
+        let (r, changed) = {
+            let mut g = self.lock();
+            let before = g.rv;
+            let r = f(&mut g);
+            (r, g.rv != before)
+        };
+        if changed {
+            self.wake();
+        }
+        r
+    }
+
     pub fn resource_version(&self) -> u64 {
         self.lock().rv
+    }
+
+    /// The stored object, shared (no copy).
+    pub fn get_arc(&self, kind: Kind, ns: &str, name: &str) -> Option<Arc<Value>> {
+        self.lock()
+            .objects
+            .get(&(kind, ns.to_string(), name.to_string()))
+            .cloned()
     }
 
     pub fn get(&self, kind: Kind, ns: &str, name: &str) -> Option<Value> {
@@ -293,9 +316,7 @@ impl Store {
         obj: Value,
         dry_run: bool,
     ) -> Result<Value, ApiError> {
-        let r = self.lock().create(kind, ns, obj, dry_run);
-        self.wake();
-        r
+        self.write(|g| g.create(kind, ns, obj, dry_run))
     }
 
     /// PUT on the object or its status; returns (object, created).
@@ -308,9 +329,7 @@ impl Store {
         target: Target,
         dry_run: bool,
     ) -> Result<(Value, bool), ApiError> {
-        let r = self.lock().replace(kind, ns, name, obj, target, dry_run);
-        self.wake();
-        r
+        self.write(|g| g.replace(kind, ns, name, obj, target, dry_run))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -325,11 +344,7 @@ impl Store {
         field_manager: Option<&str>,
         dry_run: bool,
     ) -> Result<(Value, bool), ApiError> {
-        let r = self
-            .lock()
-            .patch(kind, ns, name, ptype, body, target, field_manager, dry_run);
-        self.wake();
-        r
+        self.write(|g| g.patch(kind, ns, name, ptype, body, target, field_manager, dry_run))
     }
 
     pub fn delete(
@@ -340,9 +355,7 @@ impl Store {
         options: &Value,
         dry_run: bool,
     ) -> Result<Deleted, ApiError> {
-        let r = self.lock().delete(kind, ns, name, options, dry_run);
-        self.wake();
-        r
+        self.write(|g| g.delete(kind, ns, name, options, dry_run))
     }
 
     /// A write by a controller inside the cluster: `f` edits a copy of the stored object; no
@@ -354,8 +367,7 @@ impl Store {
         name: &str,
         f: impl FnOnce(&mut Value),
     ) -> Option<Value> {
-        let r = {
-            let mut g = self.lock();
+        self.write(|g| {
             let old = g
                 .objects
                 .get(&(kind, ns.to_string(), name.to_string()))?
@@ -363,9 +375,7 @@ impl Store {
             let mut new = (*old).clone();
             f(&mut new);
             g.commit_update(kind.info(), &old, new, false)
-        };
-        self.wake();
-        r
+        })
     }
 }
 
