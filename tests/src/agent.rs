@@ -276,9 +276,10 @@ impl Bmc {
         )
     }
 
-    /// Runs `args` in the client namespace (under `timeout`).
+    /// Runs `args` in the client namespace under `timeout`; `--foreground` keeps the client in
+    /// our process group, so a Ctrl-C reaches it too.
     pub fn client(&self, args: &[&str]) -> Out {
-        let mut argv = vec!["timeout", CLIENT_TIMEOUT_SECS];
+        let mut argv = vec!["timeout", "--foreground", CLIENT_TIMEOUT_SECS];
         argv.extend_from_slice(args);
         let cmd = NetnsPair::exec(&self.net.client, &argv);
         let out = Out::run(cmd, args.join(" "));
