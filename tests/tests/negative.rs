@@ -531,3 +531,62 @@ fn idle_session_times_out_and_frees_its_slot() {
     drop(idle);
     assert_unchanged(&bmc, &before);
 }
+
+/// The agent logs at `trace` here while real sessions (1.5 and 2.0, good and bad passwords)
+/// run: its log must never contain the password, as text, hex or a byte list (STYLE.md:
+/// never log a password or key).
+#[test]
+fn passwords_never_reach_the_log() {
+    ready_or_skip!("ipmitool", "ipmipower");
+    const SECRET: &str = "Zq7-secret-Xw9";
+    let bmc = Bmc::builder()
+        .vm("vm-0=6230")
+        .user(&format!("admin:{SECRET}:admin"))
+        .log_level("trace")
+        .start();
+    for iface in IFACES {
+        bmc.ipmitool(iface, "admin", SECRET, PORT, &["power", "status"])
+            .assert_ok()
+            .assert_stdout_has("Chassis Power is off");
+        assert!(
+            !bmc.ipmitool(iface, "admin", "Zq7-wrong-Xw9", PORT, &["power", "status"])
+                .ok()
+        );
+    }
+    let host = format!("{}:{PORT}", bmc.ip());
+    let out = bmc.client(&[
+        "ipmipower",
+        "-h",
+        &host,
+        "-u",
+        "admin",
+        "-p",
+        SECRET,
+        "-D",
+        "LAN_2_0",
+        "--stat",
+    ]);
+    assert!(out.stdout.contains(": off"), "{out}");
+
+    let log = bmc.log();
+    let hex = virtbmc_e2e::hex::encode(SECRET.as_bytes());
+    let spaced: Vec<String> = SECRET.bytes().map(|b| format!("{b:02x}")).collect();
+    let list = format!("{:?}", SECRET.as_bytes());
+    for (what, needle) in [
+        ("text", SECRET.to_string()),
+        ("hex", hex.clone()),
+        ("HEX", hex.to_uppercase()),
+        ("spaced hex", spaced.join(" ")),
+        ("byte list", list[1..list.len() - 1].to_string()),
+        ("wrong password", "Zq7-wrong-Xw9".to_string()),
+    ] {
+        assert!(
+            !log.contains(&needle),
+            "the agent log contains the password ({what})"
+        );
+    }
+    assert!(
+        !log.is_empty(),
+        "no log at all: the check above proves nothing"
+    );
+}
