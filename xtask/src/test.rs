@@ -35,7 +35,9 @@ pub fn run(args: &[String]) -> Result<(), String> {
 
     match (unit, e2e, fuzz) {
         (Ok(()), Ok(()), Ok(())) => {
-            println!("==> xtask test: unit tests passed, end-to-end tests passed, fuzzing found nothing");
+            println!(
+                "==> xtask test: unit tests passed, end-to-end tests passed, fuzzing found nothing"
+            );
             Ok(())
         }
         (u, e, f) => Err(format!(
