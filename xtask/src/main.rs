@@ -7,6 +7,7 @@
 //!   tests (as root, with `VIRTBMC_E2E_REQUIRED=1`).
 
 mod demo;
+mod fuzz;
 mod interrupt;
 mod test;
 mod tools;
@@ -18,7 +19,8 @@ const USAGE: &str = "usage: cargo xtask <command>
 commands:
   demo            build the agent, run it with 3 VMs in a network namespace, drive it with ipmitool
   test [FILTER]   install missing client tools, build, run unit and end-to-end tests (needs root)
-  bench           (not yet: load generator against the agent)
+  fuzz [RUNS]     run the engine fuzz target for RUNS inputs (default 300000; nightly)
+  bench [SECS]    benchmark the userspace path and the agent's memory per BMC
   build-ebpf      (not yet: build the XDP fast path object)";
 
 fn main() -> ExitCode {
@@ -26,7 +28,9 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("demo") => demo::run(),
         Some("test") => test::run(&args[1..]),
-        Some(cmd @ ("bench" | "build-ebpf")) => Err(format!("`{cmd}` is not implemented yet")),
+        Some("fuzz") => fuzz::run(&args[1..]),
+        Some("bench") => bench(&args[1..]),
+        Some(cmd @ "build-ebpf") => Err(format!("`{cmd}` is not implemented yet")),
         Some("help" | "-h" | "--help") => {
             println!("{USAGE}");
             Ok(())
@@ -41,4 +45,14 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Release agent plus the benchmark example, which prints its figures side by side.
+fn bench(args: &[String]) -> Result<(), String> {
+    let agent = tools::build_agent()?;
+    tools::run(tools::cargo().args(["build", "--release", "-p", "virtbmc", "--example", "bench"]))?;
+    let bin = tools::root().join("target/release/examples/bench");
+    let mut cmd = std::process::Command::new(bin);
+    cmd.arg(&agent).args(args);
+    tools::run(&mut cmd)
 }
