@@ -25,6 +25,8 @@ pub struct Controller {
     halted_by_user: HashSet<String>,
     /// Once VMs that already ran.
     once_done: HashSet<String>,
+    /// Subscribed at construction, so no change made before the task runs is missed.
+    changes: tokio::sync::watch::Receiver<u64>,
 }
 
 fn random_between(lo: Duration, hi: Duration) -> Duration {
@@ -62,6 +64,7 @@ fn add_transition(vmi: &mut Value, phase: &str) {
 impl Controller {
     pub fn new(store: Store, cfg: Config) -> Self {
         Controller {
+            changes: store.subscribe(),
             store,
             cfg,
             deadlines: HashMap::new(),
@@ -71,7 +74,9 @@ impl Controller {
     }
 
     pub async fn run(mut self, mut stop: tokio::sync::watch::Receiver<bool>) {
-        let mut changes = self.store.subscribe();
+        let mut changes = self.changes.clone();
+        // Objects seeded before this task first ran are seen here.
+        self.sync_all();
         loop {
             // Sleep until a change, the next phase deadline, or the resync period.
             let now = Instant::now();
@@ -102,19 +107,30 @@ impl Controller {
             self.sync_vm(&vm);
         }
         let mut live = HashSet::new();
-        let vm_uids: HashSet<String> = self.store.all(Kind::VirtualMachine, None).iter().map(|v| uid(v)).collect();
+        let vm_uids: HashSet<String> = self
+            .store
+            .all(Kind::VirtualMachine, None)
+            .iter()
+            .map(|v| uid(v))
+            .collect();
         for vmi in self.store.all(Kind::VirtualMachineInstance, None) {
             live.insert(uid(&vmi));
             // Garbage collection: a VMI whose controlling VM is gone is deleted.
             let owner = vmi["metadata"]["ownerReferences"]
                 .as_array()
-                .and_then(|o| o.iter().find(|r| r["controller"] == true && r["kind"] == "VirtualMachine"))
+                .and_then(|o| {
+                    o.iter()
+                        .find(|r| r["controller"] == true && r["kind"] == "VirtualMachine")
+                })
                 .and_then(|r| r["uid"].as_str());
             if let Some(owner) = owner
                 && !vm_uids.contains(owner)
                 && !deleting(&vmi)
             {
-                let ns = vmi["metadata"]["namespace"].as_str().unwrap_or("").to_string();
+                let ns = vmi["metadata"]["namespace"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string();
                 let name = vmi["metadata"]["name"].as_str().unwrap_or("").to_string();
                 self.delete_vmi(&ns, &name);
                 continue;
@@ -388,7 +404,11 @@ impl Controller {
             }]);
         };
         // Skip the store entirely when nothing would change (the common case on resync).
-        let mut want = if vm["status"].is_object() { vm["status"].clone() } else { json!({}) };
+        let mut want = if vm["status"].is_object() {
+            vm["status"].clone()
+        } else {
+            json!({})
+        };
         apply(&mut want);
         if want == vm["status"] {
             return;

@@ -467,10 +467,15 @@ pub async fn stopped(mut rx: tokio::sync::watch::Receiver<bool>) {
 /// for `kubectl --server http://... get vms` and for kube's `Discovery`.
 fn discovery(segs: &[&str]) -> Option<Value> {
     use crate::kinds::ALL;
-    let verbs = json!(["create", "delete", "get", "list", "patch", "update", "watch"]);
+    let verbs = json!([
+        "create", "delete", "get", "list", "patch", "update", "watch"
+    ]);
     let resources = |group: &str, version: &str| -> Vec<Value> {
         let mut out = vec![];
-        for i in ALL.iter().filter(|i| i.group == group && i.version == version) {
+        for i in ALL
+            .iter()
+            .filter(|i| i.group == group && i.version == version)
+        {
             out.push(json!({
                 "name": i.plural,
                 "singularName": i.kind_name.to_ascii_lowercase(),

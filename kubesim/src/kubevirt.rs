@@ -366,3 +366,53 @@ mod tests {
         assert!(vm["spec"].get("runStrategy").is_none());
     }
 }
+
+/// The VM validating webhook's run strategy rules (vms-admitter.go validateRunStrategy), on
+/// create and on update of the main resource.
+pub fn validate_vm(vm: &Value) -> Result<(), ApiError> {
+    let spec = &vm["spec"];
+    let running = spec.get("running").is_some_and(|v| !v.is_null());
+    let strategy = spec.get("runStrategy").is_some_and(|v| !v.is_null());
+    let why = match (running, strategy) {
+        (true, true) => {
+            "Running and RunStrategy are mutually exclusive. Note that Running is deprecated, please use RunStrategy instead"
+        }
+        (false, false) => "RunStrategy must be specified",
+        _ => match spec["runStrategy"].as_str() {
+            Some("Always" | "Halted" | "Manual" | "RerunOnFailure" | "Once" | "WaitAsReceiver")
+            | None => return Ok(()),
+            Some(_) => "Invalid RunStrategy",
+        },
+    };
+    Err(ApiError {
+        code: 422,
+        reason: "Invalid".into(),
+        message: format!(
+            "admission webhook \"virtualmachine-validator.kubevirt.io\" denied the request: {why}"
+        ),
+        details: Some(json!({
+            "causes": [{ "reason": "FieldValueInvalid", "message": why, "field": "spec.running" }],
+        })),
+    })
+}
+
+/// The VirtualMachineBMC CRD schema's required fields (`virtualMachineRef`, `authSecretRef`).
+pub fn validate_vmbmc(obj: &Value) -> Result<(), ApiError> {
+    for field in ["virtualMachineRef", "authSecretRef"] {
+        if !obj["spec"][field].is_object() {
+            let name = obj["metadata"]["name"].as_str().unwrap_or("");
+            return Err(ApiError {
+                code: 422,
+                reason: "Invalid".into(),
+                message: format!(
+                    "VirtualMachineBMC.bmc.kubevirt.io \"{name}\" is invalid: spec.{field}: Required value"
+                ),
+                details: Some(json!({
+                    "name": name, "group": "bmc.kubevirt.io", "kind": "VirtualMachineBMC",
+                    "causes": [{ "reason": "FieldValueRequired", "message": "Required value", "field": format!("spec.{field}") }],
+                })),
+            });
+        }
+    }
+    Ok(())
+}

@@ -44,6 +44,9 @@ struct Args {
     /// Seconds between BOOKMARKs on idle watches.
     #[arg(long, default_value_t = 30)]
     bookmark_secs: u64,
+    /// Change events kept for watches to resume from (older resourceVersions get 410 Expired).
+    #[arg(long, default_value_t = 10_000)]
+    history_window: usize,
     /// Do not run the simulated virt-controller.
     #[arg(long)]
     no_controller: bool,
@@ -72,6 +75,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         node_name: args.node_name.clone(),
         bookmark_interval: Duration::from_secs(args.bookmark_secs.max(1)),
         controller: !args.no_controller,
+        history_window: args.history_window,
         ..kubesim::Config::default()
     };
     let sim = kubesim::Server::start_with(args.listen, cfg).await?;

@@ -470,6 +470,14 @@ impl Inner {
         }
     }
 
+    fn validate(kind: Kind, obj: &Value) -> Result<(), ApiError> {
+        match kind {
+            Kind::VirtualMachine => crate::kubevirt::validate_vm(obj),
+            Kind::VirtualMachineBmc => crate::kubevirt::validate_vmbmc(obj),
+            _ => Ok(()),
+        }
+    }
+
     fn check_type(info: &KindInfo, obj: &mut Value) -> Result<(), ApiError> {
         if !obj.is_object() {
             return Err(ApiError::bad_request(
@@ -567,6 +575,7 @@ impl Inner {
         if kind == Kind::VirtualMachine {
             crate::kubevirt::mutate_vm_on_create(&mut obj);
         }
+        Self::validate(kind, &obj)?;
         if dry_run {
             obj["metadata"]["resourceVersion"] = json!(self.rv.to_string());
             return Ok(obj);
@@ -704,6 +713,7 @@ impl Inner {
         }
         if target == Target::Main {
             self.normalize(kind, &mut new);
+            Self::validate(kind, &new)?;
         }
         Ok(self
             .commit_update(info, old, new.clone(), dry_run)

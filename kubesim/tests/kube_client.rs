@@ -459,6 +459,34 @@ async fn vm_crud_status_subresource_and_json_patch() {
     );
     assert_eq!(d.uid, created.uid().unwrap());
 
+    // The VM validating webhook: never both running and runStrategy.
+    let mut both = VirtualMachine::new(
+        "both",
+        VmSpec {
+            run_strategy: Some("Halted".into()),
+            running: Some(false),
+            template: json!({}),
+        },
+    );
+    let e = api_err(vms.create(&PostParams::default(), &both).await.unwrap_err());
+    assert_eq!((e.code, e.reason.as_str()), (422, "Invalid"));
+    assert_eq!(
+        e.message,
+        "admission webhook \"virtualmachine-validator.kubevirt.io\" denied the request: Running and RunStrategy are mutually exclusive. Note that Running is deprecated, please use RunStrategy instead"
+    );
+    both.spec.running = None;
+    vms.create(&PostParams::default(), &both).await.unwrap();
+    let e = api_err(
+        vms.patch(
+            "both",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"running": true}})),
+        )
+        .await
+        .unwrap_err(),
+    );
+    assert_eq!(e.code, 422);
+
     // VMBMC has a status subresource too.
     sim.seed_vmbmc("default", "vm1-bmc", "vm1", "auth");
     let bmcs: Api<VirtualMachineBMC> = Api::namespaced(client, "default");
@@ -472,6 +500,20 @@ async fn vm_crud_status_subresource_and_json_patch() {
         .unwrap();
     assert_eq!(b.status.unwrap().cluster_ip.as_deref(), Some("10.96.0.10"));
     assert_eq!(b.spec.virtual_machine_ref["name"], "vm1");
+    let e = sim
+        .create(
+            Kind::VirtualMachineBmc,
+            "default",
+            json!({"metadata": {"name": "bad"}, "spec": {"virtualMachineRef": {"name": "vm1"}}}),
+        )
+        .unwrap_err();
+    assert_eq!(
+        (e.code, e.message.as_str()),
+        (
+            422,
+            "VirtualMachineBMC.bmc.kubevirt.io \"bad\" is invalid: spec.authSecretRef: Required value"
+        )
+    );
     sim.stop().await;
 }
 
@@ -590,6 +632,28 @@ async fn watcher_init_then_applies_and_bookmarks() {
         watcher::Event::Delete(o) => assert_eq!(o.name_any(), "vm1"),
         other => panic!("unexpected {other:?}"),
     }
+
+    // Streaming lists (sendInitialEvents + the initial-events-end bookmark) also work.
+    let mut streaming = watcher(vms.clone(), watcher::Config::default().streaming_lists()).boxed();
+    let mut names = vec![];
+    loop {
+        match tokio::time::timeout(T, streaming.try_next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()
+        {
+            watcher::Event::InitApply(o) => names.push(o.name_any()),
+            watcher::Event::InitDone => break,
+            _ => {}
+        }
+    }
+    assert_eq!(names, ["vm2"]);
+    assert!(
+        sim.requests()
+            .iter()
+            .any(|r| r.uri.contains("sendInitialEvents=true"))
+    );
 
     // Raw watch: bookmarks parse into WatchEvent::Bookmark with the current RV.
     let vms_ns: Api<VirtualMachine> = Api::namespaced(client, "default");
