@@ -330,43 +330,6 @@ pub fn handle(
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn webhook_fills_uuid_once() {
-        let mut vm = json!({"spec": {"runStrategy": "Halted"}});
-        mutate_vm_on_create(&mut vm);
-        let u = vm["spec"]["template"]["spec"]["domain"]["firmware"]["uuid"]
-            .as_str()
-            .unwrap()
-            .to_string();
-        assert_eq!(u.len(), 36);
-        mutate_vm_on_create(&mut vm);
-        assert_eq!(
-            vm["spec"]["template"]["spec"]["domain"]["firmware"]["uuid"],
-            json!(u)
-        );
-    }
-
-    #[test]
-    fn legacy_uuid_is_v5() {
-        let u = legacy_uuid("vm1");
-        assert_eq!(u, legacy_uuid("vm1"));
-        assert_eq!(&u[14..15], "5");
-    }
-
-    #[test]
-    fn running_field() {
-        let mut vm = json!({"spec": {"running": false}});
-        assert_eq!(run_strategy(&vm), "Halted");
-        set_run_strategy(&mut vm, "Always");
-        assert_eq!(vm["spec"]["running"], json!(true));
-        assert!(vm["spec"].get("runStrategy").is_none());
-    }
-}
-
 /// The VM validating webhook's run strategy rules (vms-admitter.go validateRunStrategy), on
 /// create and on update of the main resource.
 pub fn validate_vm(vm: &Value) -> Result<(), ApiError> {
@@ -415,4 +378,41 @@ pub fn validate_vmbmc(obj: &Value) -> Result<(), ApiError> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn webhook_fills_uuid_once() {
+        let mut vm = json!({"spec": {"runStrategy": "Halted"}});
+        mutate_vm_on_create(&mut vm);
+        let u = vm["spec"]["template"]["spec"]["domain"]["firmware"]["uuid"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert_eq!(u.len(), 36);
+        mutate_vm_on_create(&mut vm);
+        assert_eq!(
+            vm["spec"]["template"]["spec"]["domain"]["firmware"]["uuid"],
+            json!(u)
+        );
+    }
+
+    #[test]
+    fn legacy_uuid_is_v5() {
+        let u = legacy_uuid("vm1");
+        assert_eq!(u, legacy_uuid("vm1"));
+        assert_eq!(&u[14..15], "5");
+    }
+
+    #[test]
+    fn running_field() {
+        let mut vm = json!({"spec": {"running": false}});
+        assert_eq!(run_strategy(&vm), "Halted");
+        set_run_strategy(&mut vm, "Always");
+        assert_eq!(vm["spec"]["running"], json!(true));
+        assert!(vm["spec"].get("runStrategy").is_none());
+    }
 }
