@@ -38,6 +38,8 @@ pub struct State {
     pub log: Mutex<Vec<RecordedRequest>>,
     pub cfg: Config,
     pub stop: tokio::sync::watch::Receiver<bool>,
+    /// Hard resets per "ns/name" VMI (the guest reboots in place; nothing else changes).
+    pub resets: Mutex<std::collections::HashMap<String, u64>>,
 }
 
 /// A body fed from a channel: each message is one chunk; an `Err` aborts the connection
@@ -196,6 +198,22 @@ async fn route(
                 kubevirt::handle(&state.store, ns, name, action, body)?;
                 Ok(Response::builder()
                     .status(StatusCode::ACCEPTED)
+                    .body(full(Bytes::new()))
+                    .expect("valid response"))
+            }
+            ["namespaces", ns, "virtualmachineinstances", name, "reset"] => {
+                if method != Method::PUT {
+                    return Err(ApiError::method_not_allowed());
+                }
+                kubevirt::reset(&state.store, ns, name)?;
+                *state
+                    .resets
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .entry(format!("{ns}/{name}"))
+                    .or_default() += 1;
+                Ok(Response::builder()
+                    .status(StatusCode::OK)
                     .body(full(Bytes::new()))
                     .expect("valid response"))
             }
@@ -519,9 +537,9 @@ fn discovery(segs: &[&str]) -> Option<Value> {
             "kind": "APIResourceList", "groupVersion": "v1", "resources": resources("", "v1"),
         })),
         ["apis", "subresources.kubevirt.io", v @ ("v1" | "v1alpha3")] => {
-            let res: Vec<Value> = ["start", "stop", "restart"]
+            let res: Vec<Value> = ["virtualmachines/start", "virtualmachines/stop", "virtualmachines/restart", "virtualmachineinstances/reset"]
                 .iter()
-                .map(|a| json!({ "name": format!("virtualmachines/{a}"), "singularName": "", "namespaced": true, "kind": "", "verbs": ["update"] }))
+                .map(|a| json!({ "name": a, "singularName": "", "namespaced": true, "kind": "", "verbs": ["update"] }))
                 .collect();
             Some(json!({
                 "kind": "APIResourceList", "apiVersion": "v1",

@@ -330,6 +330,29 @@ pub fn handle(
     Ok(())
 }
 
+/// `PUT .../virtualmachineinstances/{name}/reset` (KubeVirt >= 1.6): a hard reset of the
+/// guest in place, 200 with an empty body. The VMI (and its uid) stays.
+pub fn reset(store: &Store, ns: &str, name: &str) -> Result<(), ApiError> {
+    let Some(vmi) = store.get_arc(Kind::VirtualMachineInstance, ns, name) else {
+        return Err(ApiError {
+            code: 404,
+            reason: "NotFound".into(),
+            message: format!("virtualmachineinstance.kubevirt.io \"{name}\" not found"),
+            details: Some(json!({ "name": name, "group": "kubevirt.io", "kind": "virtualmachineinstance" })),
+        });
+    };
+    if phase(&vmi) != "Running" {
+        // Inferred: virt-handler cannot reset a domain that is not running.
+        return Err(ApiError {
+            code: 409,
+            reason: "Conflict".into(),
+            message: format!("Operation cannot be fulfilled on virtualmachineinstance.kubevirt.io \"{name}\": VMI is not running"),
+            details: Some(json!({ "name": name, "group": "kubevirt.io", "kind": "virtualmachineinstance" })),
+        });
+    }
+    Ok(())
+}
+
 /// The VM validating webhook's run strategy rules (vms-admitter.go validateRunStrategy), on
 /// create and on update of the main resource.
 pub fn validate_vm(vm: &Value) -> Result<(), ApiError> {

@@ -107,6 +107,7 @@ impl Server {
             log: Mutex::new(Vec::new()),
             cfg: cfg.clone(),
             stop: stop_rx.clone(),
+            resets: Mutex::new(Default::default()),
         });
         let accept_state = state.clone();
         let accept_stop = stop_rx.clone();
@@ -381,6 +382,17 @@ impl Handle {
         } else {
             None
         }
+    }
+
+    /// How many times `PUT .../virtualmachineinstances/{name}/reset` succeeded for this VMI.
+    pub fn reset_count(&self, ns: &str, name: &str) -> u64 {
+        self.state
+            .resets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&format!("{ns}/{name}"))
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Add a fault rule (see [`Fault`]).
