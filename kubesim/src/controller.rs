@@ -506,6 +506,16 @@ impl Controller {
                     o["metadata"]["labels"]["kubevirt.io/nodeName"] = json!(node);
                 }
                 "Running" => {
+                    // A pod-network address, stable per VMI.
+                    let h = o["metadata"]["uid"].as_str().unwrap_or("").bytes().fold(0u32, |a, b| a.wrapping_mul(31).wrapping_add(u32::from(b)));
+                    let ip = format!("10.244.{}.{}", (h >> 8) % 250, h % 250 + 2);
+                    o["status"]["interfaces"] = json!([{
+                        "name": "default",
+                        "ipAddress": ip,
+                        "ipAddresses": [ip],
+                        "mac": format!("02:00:00:{:02x}:{:02x}:{:02x}", (h >> 16) as u8, (h >> 8) as u8, h as u8),
+                        "interfaceName": "eth0",
+                    }]);
                     let paused = o["spec"]["startStrategy"] == "Paused";
                     let mut conds = vec![json!({
                         "type": "Ready",

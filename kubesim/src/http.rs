@@ -138,15 +138,22 @@ pub async fn handle(
         .unwrap_or("")
         .trim()
         .to_string();
+    let table = req
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("as=Table"));
     let path = req.uri().path().to_string();
     let query = parse_query(req.uri().query().unwrap_or(""));
     let body = match req.into_body().collect().await {
         Ok(b) => b.to_bytes(),
         Err(e) => return Err(std::io::Error::other(e)),
     };
-    Ok(route(&state, &method, &path, &query, &content_type, &body)
-        .await
-        .unwrap_or_else(|e| error_response(&e)))
+    Ok(
+        route(&state, &method, &path, &query, &content_type, &body, table)
+            .await
+            .unwrap_or_else(|e| error_response(&e)),
+    )
 }
 
 fn q<'a>(query: &'a [(String, String)], k: &str) -> Option<&'a str> {
@@ -164,6 +171,7 @@ async fn route(
     query: &[(String, String)],
     content_type: &str,
     body: &Bytes,
+    table: bool,
 ) -> Result<Response<RespBody>, ApiError> {
     let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     match segs.as_slice() {
@@ -245,7 +253,7 @@ async fn route(
             let labels = LabelSelector::parse(q(query, "labelSelector").unwrap_or(""))?;
             let fields = FieldSelector::parse(q(query, "fieldSelector").unwrap_or(""))?;
             if matches!(q(query, "watch"), Some("true" | "1")) {
-                return watch(state, kind, ns, query, labels, fields);
+                return watch(state, kind, ns, query, labels, fields, table);
             }
             let limit = q(query, "limit").and_then(|l| l.parse().ok());
             let cont = q(query, "continue").filter(|c| !c.is_empty());
@@ -258,6 +266,9 @@ async fn route(
                 md["remainingItemCount"] = json!(remaining);
             }
             let items: Vec<&Value> = items.iter().map(|a| a.as_ref()).collect();
+            if table {
+                return Ok(json_response(200, &crate::table::table(kind, &items, md)));
+            }
             Ok(json_response(
                 200,
                 &json!({
@@ -278,7 +289,13 @@ async fn route(
             let ns = ns.unwrap_or("");
             store
                 .get(kind, ns, name)
-                .map(|o| json_response(200, &o))
+                .map(|o| {
+                    if table && target == Target::Main {
+                        json_response(200, &crate::table::table(kind, &[&o], json!({})))
+                    } else {
+                        json_response(200, &o)
+                    }
+                })
                 .ok_or_else(|| ApiError::not_found(kind.info(), name))
         }
         (&Method::PUT, Some(name)) => {
@@ -334,6 +351,22 @@ async fn route(
     }
 }
 
+/// A watch event line; with `table`, the object is a one-row Table (kubectl get -w).
+fn watch_line(etype: &str, obj: &Value, kind: Kind, table: bool) -> Bytes {
+    if table {
+        event_line(
+            etype,
+            &crate::table::table(
+                kind,
+                &[obj],
+                json!({"resourceVersion": obj["metadata"]["resourceVersion"]}),
+            ),
+        )
+    } else {
+        event_line(etype, obj)
+    }
+}
+
 fn event_line(etype: &str, obj: &Value) -> Bytes {
     let mut v = Vec::with_capacity(256);
     v.extend_from_slice(b"{\"type\":\"");
@@ -351,6 +384,7 @@ fn watch(
     query: &[(String, String)],
     labels: LabelSelector,
     fields: FieldSelector,
+    table: bool,
 ) -> Result<Response<RespBody>, ApiError> {
     let rv_param = q(query, "resourceVersion").unwrap_or("");
     let start_rv: Option<u64> = match rv_param {
@@ -402,7 +436,11 @@ fn watch(
                     return;
                 };
                 for o in items {
-                    if tx.send(Ok(event_line("ADDED", &o))).await.is_err() {
+                    if tx
+                        .send(Ok(watch_line("ADDED", &o, kind, table)))
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                 }
@@ -447,7 +485,11 @@ fn watch(
                             EventType::Deleted if now_m || prev_m => "DELETED",
                             _ => continue,
                         };
-                        if tx.send(Ok(event_line(etype, &e.object))).await.is_err() {
+                        if tx
+                            .send(Ok(watch_line(etype, &e.object, kind, table)))
+                            .await
+                            .is_err()
+                        {
                             return;
                         }
                     }

@@ -338,7 +338,9 @@ pub fn reset(store: &Store, ns: &str, name: &str) -> Result<(), ApiError> {
             code: 404,
             reason: "NotFound".into(),
             message: format!("virtualmachineinstance.kubevirt.io \"{name}\" not found"),
-            details: Some(json!({ "name": name, "group": "kubevirt.io", "kind": "virtualmachineinstance" })),
+            details: Some(
+                json!({ "name": name, "group": "kubevirt.io", "kind": "virtualmachineinstance" }),
+            ),
         });
     };
     if phase(&vmi) != "Running" {
@@ -346,8 +348,12 @@ pub fn reset(store: &Store, ns: &str, name: &str) -> Result<(), ApiError> {
         return Err(ApiError {
             code: 409,
             reason: "Conflict".into(),
-            message: format!("Operation cannot be fulfilled on virtualmachineinstance.kubevirt.io \"{name}\": VMI is not running"),
-            details: Some(json!({ "name": name, "group": "kubevirt.io", "kind": "virtualmachineinstance" })),
+            message: format!(
+                "Operation cannot be fulfilled on virtualmachineinstance.kubevirt.io \"{name}\": VMI is not running"
+            ),
+            details: Some(
+                json!({ "name": name, "group": "kubevirt.io", "kind": "virtualmachineinstance" }),
+            ),
         });
     }
     Ok(())

@@ -25,6 +25,7 @@ mod kubevirt;
 mod selectors;
 mod status;
 mod store;
+mod table;
 mod util;
 
 use std::net::SocketAddr;

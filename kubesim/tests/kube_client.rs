@@ -898,15 +898,26 @@ async fn start_stop_restart_drive_the_vmi() {
 
     // Hard reset of the VMI in place: 200, same uid.
     let reset = |name: &str| {
-        kube::core::Request::new("/apis/subresources.kubevirt.io/v1/namespaces/default/virtualmachineinstances")
-            .replace_subresource("reset", name, &PostParams::default(), vec![])
-            .unwrap()
+        kube::core::Request::new(
+            "/apis/subresources.kubevirt.io/v1/namespaces/default/virtualmachineinstances",
+        )
+        .replace_subresource("reset", name, &PostParams::default(), vec![])
+        .unwrap()
     };
     assert_eq!(client.request_text(reset("vm1")).await.unwrap(), "");
     assert_eq!(sim.reset_count("default", "vm1"), 1);
-    assert_eq!(sim.vmi_uid("default", "vm1").as_deref(), Some(uid1.as_str()));
+    assert_eq!(
+        sim.vmi_uid("default", "vm1").as_deref(),
+        Some(uid1.as_str())
+    );
     let e = api_err(client.request_text(reset("ghost")).await.unwrap_err());
-    assert_eq!((e.code, e.message.as_str()), (404, "virtualmachineinstance.kubevirt.io \"ghost\" not found"));
+    assert_eq!(
+        (e.code, e.message.as_str()),
+        (
+            404,
+            "virtualmachineinstance.kubevirt.io \"ghost\" not found"
+        )
+    );
 
     // Restart: a new VMI (new uid) that goes Running again.
     assert_eq!(
