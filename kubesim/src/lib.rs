@@ -212,6 +212,16 @@ impl Handle {
         format!("http://{}", self.addr)
     }
 
+    /// A kubeconfig (YAML) pointing at this server, no credentials, default `namespace`.
+    pub fn kubeconfig(&self, namespace: &str) -> String {
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: kubesim\n  cluster:\n    server: {}\n\
+             users:\n- name: kubesim\n  user: {{}}\ncontexts:\n- name: kubesim\n  context:\n    cluster: kubesim\n    \
+             user: kubesim\n    namespace: {namespace}\ncurrent-context: kubesim\n",
+            self.url()
+        )
+    }
+
     /// The object store, for anything the helpers below do not cover.
     pub fn store(&self) -> &Store {
         &self.state.store

@@ -53,6 +53,9 @@ struct Args {
     /// Print the listen URL to this file once serving (for scripts).
     #[arg(long)]
     url_file: Option<PathBuf>,
+    /// Write a kubeconfig for this server here (for KUBECONFIG=... kubectl or the agent).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
 }
 
 fn parse_range(s: &str) -> Option<(Duration, Duration)> {
@@ -122,6 +125,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 sim.set_status(kind, &ons, name, s);
             }
         }
+    }
+    if let Some(f) = &args.kubeconfig {
+        let kc = sim.kubeconfig(&args.namespace);
+        std::fs::write(f, kc)?;
     }
     if let Some(f) = &args.url_file {
         std::fs::write(f, format!("{}\n", sim.url()))?;

@@ -149,6 +149,17 @@ async fn vm_action(
 #[tokio::test]
 async fn secret_and_lease_crud() {
     let (sim, client) = sim().await;
+    // The kubeconfig the binary writes works with kube's own loader.
+    let kc = kube::config::Kubeconfig::from_yaml(&sim.kubeconfig("default")).unwrap();
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .unwrap();
+    let via_kubeconfig = Client::try_from(cfg).unwrap();
+    Api::<Secret>::default_namespaced(via_kubeconfig)
+        .list(&ListParams::default())
+        .await
+        .unwrap();
+
     let secrets: Api<Secret> = Api::namespaced(client.clone(), "default");
     let s = Secret {
         metadata: ObjectMeta {
