@@ -215,7 +215,7 @@ impl Controller {
                 None => {
                     self.store.modify(Kind::VirtualMachine, &ns, &name, |o| {
                         if let Some(f) = o["metadata"]["finalizers"].as_array_mut() {
-                            f.retain(|x| x != VM_FINALIZER);
+                            f.retain(|x| x != VM_FINALIZER && x != "foregroundDeletion");
                         }
                     });
                 }

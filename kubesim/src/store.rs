@@ -883,14 +883,28 @@ impl Inner {
                 ));
             }
         }
-        let has_finalizers = old["metadata"]["finalizers"]
-            .as_array()
-            .is_some_and(|a| !a.is_empty());
+        // Foreground deletion waits for dependents: only VMs have any here (their VMI); the
+        // controller drops the `foregroundDeletion` finalizer once the VMI is gone.
+        let foreground =
+            options["propagationPolicy"] == "Foreground" && kind == Kind::VirtualMachine;
+        let has_finalizers = foreground
+            || old["metadata"]["finalizers"]
+                .as_array()
+                .is_some_and(|a| !a.is_empty());
         if has_finalizers {
             if old["metadata"].get("deletionTimestamp").is_some() || dry_run {
                 return Ok(Deleted::Finalizing((*old).clone()));
             }
             let mut new = (*old).clone();
+            if foreground {
+                match new["metadata"]["finalizers"].as_array_mut() {
+                    Some(f) if !f.iter().any(|x| x == "foregroundDeletion") => {
+                        f.push(json!("foregroundDeletion"))
+                    }
+                    Some(_) => {}
+                    None => new["metadata"]["finalizers"] = json!(["foregroundDeletion"]),
+                }
+            }
             new["metadata"]["deletionTimestamp"] = json!(util::now_rfc3339());
             new["metadata"]["deletionGracePeriodSeconds"] = json!(0);
             let rv = self.next_rv();

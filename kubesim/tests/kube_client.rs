@@ -1388,6 +1388,25 @@ async fn vm_deletion_and_vmi_finalizer() {
             && h.vmi_phase("default", "vm1").is_none())
             .await
     );
+    // Foreground propagation: the VM waits for its VMI.
+    sim.seed_vm("default", "vm2", "Always");
+    sim.wait_vmi_phase("default", "vm2", "Running", T)
+        .await
+        .unwrap();
+    let held = vms
+        .delete("vm2", &DeleteParams::foreground())
+        .await
+        .unwrap()
+        .left()
+        .unwrap();
+    assert!(held.finalizers().iter().any(|f| f == "foregroundDeletion"));
+    assert!(
+        sim.wait_until(T, |h| h
+            .get(Kind::VirtualMachine, "default", "vm2")
+            .is_none()
+            && h.vmi_phase("default", "vm2").is_none())
+            .await
+    );
     sim.stop().await;
 }
 
