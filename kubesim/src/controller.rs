@@ -462,7 +462,22 @@ impl Controller {
         if now < entry.1 {
             return;
         }
-        let node = self.cfg.node_name.clone();
+        // Several comma-separated node names spread VMs over nodes, stably by VM name.
+        let nodes: Vec<&str> = self
+            .cfg
+            .node_name
+            .split(',')
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .collect();
+        let h = name
+            .bytes()
+            .fold(0u32, |a, b| a.wrapping_mul(31).wrapping_add(u32::from(b)));
+        let node = nodes
+            .get(h as usize % nodes.len().max(1))
+            .copied()
+            .unwrap_or("node1")
+            .to_string();
         if del {
             if is_final(vmi) {
                 self.store

@@ -324,7 +324,8 @@ pub fn handle(
     });
     if raced {
         return Err(ApiError::internal(
-            "jsonpatch test operation does not apply",
+            // virt-api wraps the apiserver's generic 422 text (KUBE-API.md §C.2, inferred).
+            "the server rejected our request due to an error in our request",
         ));
     }
     Ok(())

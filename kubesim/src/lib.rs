@@ -64,7 +64,8 @@ pub struct Config {
     pub force_stop_delay: Duration,
     /// Succeeded -> finalizer removed (the VMI is gone).
     pub cleanup_delay: Duration,
-    /// `status.nodeName` and the `kubevirt.io/nodeName` label set at Scheduled.
+    /// `status.nodeName` and the `kubevirt.io/nodeName` label set at Scheduled. A
+    /// comma-separated list spreads VMIs over several nodes (stably, by VM name).
     pub node_name: String,
     /// The controller's resync period when idle (it also wakes on every change and at each
     /// phase deadline).

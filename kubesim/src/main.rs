@@ -38,7 +38,7 @@ struct Args {
     /// Graceful guest shutdown time in milliseconds.
     #[arg(long, default_value_t = 2000)]
     stop_delay_ms: u64,
-    /// Node name the simulated scheduler puts VMIs on.
+    /// Node the simulated scheduler puts VMIs on; a comma-separated list spreads them (stably by VM name).
     #[arg(long, default_value = "node1")]
     node_name: String,
     /// Seconds between BOOKMARKs on idle watches.
