@@ -3,10 +3,12 @@
 //! - [`wire`]: RMCP, ASF and IPMI framing (no state, no I/O).
 //! - [`engine`]: the sans-IO IPMI engine (sessions, users, commands).
 //! - [`backend`]: the power backends the engine's actions go through.
+//! - [`cluster`]: the Kubernetes backend (VirtualMachineBMC, KubeVirt subresources, Lease).
 //! - [`agent`]: the tokio wiring (sockets, timers, admin endpoint).
 
 pub mod agent;
 pub mod backend;
+pub mod cluster;
 pub mod console;
 pub mod crypto;
 pub mod engine;

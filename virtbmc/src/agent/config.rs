@@ -26,8 +26,35 @@ pub struct Args {
     pub base_port: u16,
 
     /// A BMC user: NAME:PASSWORD[:user|operator|admin] (repeatable; default privilege admin).
-    #[arg(long = "user", value_name = "NAME:PASSWORD[:PRIV]", required = true)]
+    /// Required for the embedded VMs; with --kube the users come from each BMC's Secret.
+    #[arg(long = "user", value_name = "NAME:PASSWORD[:PRIV]")]
     pub users: Vec<UserSpec>,
+
+    /// Serve every VirtualMachineBMC of the cluster (kubeconfig, then in-cluster config).
+    #[arg(long)]
+    pub kube: bool,
+
+    /// With --kube: talk to this API server URL instead (no credentials; for tests and the
+    /// simulated cluster). Implies --kube.
+    #[arg(long, value_name = "URL")]
+    pub kube_url: Option<String>,
+
+    /// With --kube: agent ports handed out to VirtualMachineBMCs, FIRST-LAST.
+    #[arg(long, default_value = "10000-19999", value_parser = parse_port_range)]
+    pub port_range: (u16, u16),
+
+    /// With --kube: the node this agent runs on (the default identity).
+    #[arg(long)]
+    pub node_name: Option<String>,
+
+    /// With --kube: namespace of the leader Lease (default: the client's namespace).
+    #[arg(long)]
+    pub lease_namespace: Option<String>,
+
+    /// With --kube: this agent's holder identity in the Lease (default: node name, else
+    /// host name, else virtbmc-PID).
+    #[arg(long)]
+    pub identity: Option<String>,
 
     /// Accept IPMI 1.5 auth type NONE (no password at all). Off by default.
     #[arg(long)]
@@ -56,6 +83,16 @@ pub struct Args {
     /// Admin HTTP endpoint: /healthz, /vms, /metrics.
     #[arg(long, default_value = "127.0.0.1:9623")]
     pub admin: std::net::SocketAddr,
+}
+
+fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
+    let (a, b) = s.split_once('-').ok_or("expected FIRST-LAST")?;
+    let a: u16 = a.trim().parse().map_err(|e| format!("{a:?}: {e}"))?;
+    let b: u16 = b.trim().parse().map_err(|e| format!("{b:?}: {e}"))?;
+    if a == 0 || a > b {
+        return Err(format!("{a}-{b} is empty or starts at 0"));
+    }
+    Ok((a, b))
 }
 
 #[derive(Debug, Clone)]
@@ -101,6 +138,19 @@ impl std::str::FromStr for UserSpec {
 }
 
 impl Args {
+    pub fn kube_mode(&self) -> bool {
+        self.kube || self.kube_url.is_some()
+    }
+
+    /// The cluster agent's name: --identity, else the node name, else the host name.
+    pub fn identity(&self) -> String {
+        self.identity
+            .clone()
+            .or_else(|| self.node_name.clone())
+            .or_else(|| std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()))
+            .unwrap_or_else(|| format!("virtbmc-{}", std::process::id()))
+    }
+
     pub fn bmc_config(&self) -> Result<BmcConfig, String> {
         let mut c = BmcConfig::new(self.users.iter().map(|u| u.0.clone()).collect());
         for id in &self.cipher_suites {
@@ -141,5 +191,14 @@ mod tests {
         assert_eq!(u.0.max_privilege, Privilege::Admin);
         assert!("x:".parse::<UserSpec>().is_ok(), "empty password");
         assert!(":pw".parse::<UserSpec>().is_err());
+    }
+
+    #[test]
+    fn kube_mode_needs_no_user() {
+        let a = Args::try_parse_from(["virtbmc", "--kube-url", "http://127.0.0.1:1", "--port-range", "20000-20009"]).unwrap();
+        assert!(a.kube_mode() && a.users.is_empty());
+        assert_eq!(a.port_range, (20000, 20009));
+        assert!(Args::try_parse_from(["virtbmc", "--kube", "--port-range", "9-1"]).is_err());
+        assert_eq!(Args::try_parse_from(["virtbmc"]).unwrap().port_range, (10000, 19999));
     }
 }

@@ -1,0 +1,270 @@
+//! What only the elected agent writes, recomputed after every change (reconcile-style:
+//! compare the caches with what should be, write the difference, never write what is
+//! already so, or every status write would wake us again):
+//! - `status.port` for each VirtualMachineBMC lacking one (or sharing one with an older
+//!   VirtualMachineBMC): the lowest free port of the range, written with a resourceVersion
+//!   precondition; stored in the object, it survives agent restarts.
+//! - the Service `<vm>-virtbmc`: UDP 623 to the allocated port. It has no selector: a
+//!   selector picks pods of the Service's own namespace, and the agent pods live in theirs, so
+//!   the endpoints must be listed explicitly (an EndpointSlice of the agent pods: not done yet).
+//! - status conditions Ready, VirtualMachineAvailable, SecretAvailable and status.clusterIP.
+//! - the end of one-shot boot overrides: once a VMI other than the recorded one is Running,
+//!   the original boot orders come back and the record goes.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::runtime::reflector::ObjectRef;
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+
+use super::crd::Condition;
+use super::serve::{object_json, wait_ready};
+use super::view::{SecretProblem, users_from_secret};
+use super::{MANAGED_BY, Shared, VMBMC_LABEL, VirtualMachineBMC, actions};
+
+/// The IPMI port every Service exposes.
+pub const IPMI_PORT: i32 = 623;
+
+pub async fn run(sh: Arc<Shared>) {
+    wait_ready(&sh).await;
+    loop {
+        if sh.is_leader() {
+            reconcile(&sh).await;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(5), sh.leader_wake.notified()).await;
+    }
+}
+
+pub fn service_name(vm: &str) -> String {
+    format!("{vm}-virtbmc")
+}
+
+/// Ports to give: VirtualMachineBMC (namespace, name) -> port, for those lacking a port or
+/// holding one an older VirtualMachineBMC also holds. Pure, for tests.
+pub fn allocate(bmcs: &[Arc<VirtualMachineBMC>], range: std::ops::RangeInclusive<u16>) -> Vec<(Arc<VirtualMachineBMC>, Option<u16>)> {
+    let mut used = BTreeSet::new();
+    let mut need = Vec::new();
+    for b in bmcs {
+        match b.status.as_ref().and_then(|s| s.port) {
+            Some(p) if used.insert(p) => {}
+            _ if b.spec.ipmi_enabled() => need.push(b.clone()),
+            _ => {}
+        }
+    }
+    let mut free = range.filter(|p| !used.contains(p));
+    need.into_iter().map(|b| (b, free.next())).collect()
+}
+
+async fn reconcile(sh: &Shared) {
+    let bmcs = sh.stores.vmbmcs();
+    let mut allocated = false;
+    for (b, port) in allocate(&bmcs, sh.opts.port_range.clone()) {
+        let (ns, name) = (b.namespace().unwrap_or_default(), b.name_any());
+        let Some(port) = port else {
+            log::error!("vmbmc={ns}/{name} no free port in {:?}", sh.opts.port_range);
+            continue;
+        };
+        // The resourceVersion makes the write conditional: a VirtualMachineBMC changed since
+        // we read it is looked at again on the next round.
+        let patch = json!({"metadata": {"resourceVersion": b.resource_version()}, "status": {"port": port}});
+        let api: Api<VirtualMachineBMC> = Api::namespaced(sh.client.clone(), &ns);
+        match api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+            Ok(_) => {
+                log::info!("vmbmc={ns}/{name} port={port} allocated");
+                allocated = true;
+            }
+            Err(e) => log::warn!("vmbmc={ns}/{name} port allocation: {e}"),
+        }
+    }
+    if allocated {
+        // Services and conditions follow once the watch brings the ports back.
+        return;
+    }
+    let mut wanted: BTreeSet<(String, String)> = BTreeSet::new();
+    for b in &bmcs {
+        let ns = b.namespace().unwrap_or_default();
+        let vm = &b.spec.virtual_machine_ref.name;
+        let port = b.status.as_ref().and_then(|s| s.port);
+        let svc = match port.filter(|_| b.spec.ipmi_enabled()) {
+            Some(port) => {
+                wanted.insert((ns.clone(), service_name(vm)));
+                ensure_service(sh, b, port).await
+            }
+            None => None,
+        };
+        write_conditions(sh, b, svc.as_ref()).await;
+        restore_one_shot(sh, b).await;
+    }
+    // Services of VirtualMachineBMCs that are gone or disabled.
+    for svc in sh.stores.service.state() {
+        let key = (svc.namespace().unwrap_or_default(), svc.name_any());
+        if wanted.contains(&key) || svc.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        let api: Api<Service> = Api::namespaced(sh.client.clone(), &key.0);
+        match api.delete(&key.1, &DeleteParams::default()).await {
+            Ok(_) => log::info!("service={}/{} deleted", key.0, key.1),
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => log::warn!("service={}/{} delete: {e}", key.0, key.1),
+        }
+    }
+}
+
+/// Creates or corrects the Service; returns it as the cache (or the write) has it.
+async fn ensure_service(sh: &Shared, b: &VirtualMachineBMC, port: u16) -> Option<Service> {
+    let ns = b.namespace().unwrap_or_default();
+    let name = service_name(&b.spec.virtual_machine_ref.name);
+    let existing = sh.stores.service.get(&ObjectRef::new(&name).within(&ns));
+    let target = IntOrString::Int(port as i32);
+    if let Some(s) = existing.as_ref() {
+        let ports = s.spec.as_ref().and_then(|sp| sp.ports.clone()).unwrap_or_default();
+        let right = ports.len() == 1 && ports[0].port == IPMI_PORT && ports[0].target_port.as_ref() == Some(&target) && ports[0].protocol.as_deref() == Some("UDP");
+        if right {
+            return Some((**s).clone());
+        }
+    }
+    let mut labels: BTreeMap<String, String> = b.spec.service.as_ref().and_then(|s| s.labels.clone()).unwrap_or_default();
+    labels.insert(MANAGED_BY.0.into(), MANAGED_BY.1.into());
+    labels.insert(VMBMC_LABEL.into(), b.name_any());
+    labels.insert("kubevirt.io/vm-name".into(), b.spec.virtual_machine_ref.name.clone());
+    let svc = Service {
+        metadata: ObjectMeta {
+            name: Some(name.clone()),
+            namespace: Some(ns.clone()),
+            labels: Some(labels),
+            annotations: b.spec.service.as_ref().and_then(|s| s.annotations.clone()),
+            // Garbage collection removes the Service with its VirtualMachineBMC on a real
+            // cluster even when no agent runs.
+            owner_references: b.controller_owner_ref(&()).map(|r| vec![OwnerReference { block_owner_deletion: Some(false), ..r }]),
+            ..Default::default()
+        },
+        spec: Some(ServiceSpec {
+            type_: Some("ClusterIP".into()),
+            ports: Some(vec![ServicePort { name: Some("ipmi".into()), protocol: Some("UDP".into()), port: IPMI_PORT, target_port: Some(target), ..Default::default() }]),
+            ..Default::default()
+        }),
+        status: None,
+    };
+    let api: Api<Service> = Api::namespaced(sh.client.clone(), &ns);
+    match api.patch(&name, &PatchParams::apply("virtbmc").force(), &Patch::Apply(&svc)).await {
+        Ok(s) => {
+            log::info!("service={ns}/{name} port={port} applied");
+            Some(s)
+        }
+        Err(e) => {
+            log::warn!("service={ns}/{name} apply: {e}");
+            existing.map(|s| (*s).clone())
+        }
+    }
+}
+
+fn condition(type_: &str, ok: bool, reason: &str, message: String) -> Condition {
+    Condition { type_: type_.into(), status: if ok { "True" } else { "False" }.into(), reason: reason.into(), message, ..Default::default() }
+}
+
+/// The conditions a person reads with `kubectl describe vmbmc`.
+pub fn conditions(sh: &Shared, b: &VirtualMachineBMC, svc: Option<&Service>) -> Vec<Condition> {
+    let ns = b.namespace().unwrap_or_default();
+    let vm = &b.spec.virtual_machine_ref.name;
+    let secret_name = &b.spec.auth_secret_ref.name;
+    let vm_found = sh.stores.vm(&ns, vm).is_some();
+    let secret = sh.stores.secret.get(&ObjectRef::new(secret_name).within(&ns));
+    let secret_cond = match users_from_secret(secret.as_deref()) {
+        Ok(_) => condition("SecretAvailable", true, "SecretFound", format!("Secret {secret_name} provides the BMC user")),
+        Err(SecretProblem::NotFound) => condition("SecretAvailable", false, "SecretNotFound", format!("Secret {secret_name} not found: every login is refused")),
+        Err(SecretProblem::Invalid(why)) => condition("SecretAvailable", false, "SecretInvalid", format!("Secret {secret_name}: {why}: every login is refused")),
+    };
+    let port = b.status.as_ref().and_then(|s| s.port);
+    let ready = match (b.spec.ipmi_enabled(), port, svc) {
+        (false, _, _) => condition("Ready", false, "IPMIDisabled", "spec.ipmi.enabled is false".into()),
+        (true, None, _) => condition("Ready", false, "PortNotAllocated", "waiting for a port".into()),
+        (true, Some(p), Some(_)) => condition("Ready", true, "ServiceReady", format!("Service {} UDP 623 -> agent port {p}", service_name(vm))),
+        (true, Some(_), None) => condition("Ready", false, "ServiceNotReady", format!("Service {} not created yet", service_name(vm))),
+    };
+    vec![
+        ready,
+        if vm_found {
+            condition("VirtualMachineAvailable", true, "VirtualMachineFound", format!("VirtualMachine {vm} found"))
+        } else {
+            condition("VirtualMachineAvailable", false, "VirtualMachineNotFound", format!("VirtualMachine {vm} not found"))
+        },
+        secret_cond,
+    ]
+}
+
+async fn write_conditions(sh: &Shared, b: &VirtualMachineBMC, svc: Option<&Service>) {
+    let old = b.status.clone().unwrap_or_default();
+    let mut new = conditions(sh, b, svc);
+    let now = serde_json::to_value(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now()))
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
+    for c in &mut new {
+        c.observed_generation = b.metadata.generation;
+        c.last_transition_time = match old.conditions.iter().find(|o| o.type_ == c.type_) {
+            Some(o) if o.status == c.status => o.last_transition_time.clone(),
+            _ => now.clone(),
+        };
+    }
+    let cluster_ip = svc.and_then(|s| s.spec.as_ref()).and_then(|s| s.cluster_ip.clone()).filter(|ip| ip != "None");
+    if new == old.conditions && cluster_ip == old.cluster_ip {
+        return;
+    }
+    let (ns, name) = (b.namespace().unwrap_or_default(), b.name_any());
+    let api: Api<VirtualMachineBMC> = Api::namespaced(sh.client.clone(), &ns);
+    let patch = json!({"status": {"conditions": new, "clusterIP": cluster_ip}});
+    if let Err(e) = api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+        log::warn!("vmbmc={ns}/{name} status: {e}");
+    }
+}
+
+async fn restore_one_shot(sh: &Shared, b: &VirtualMachineBMC) {
+    let Some(o) = b.status.as_ref().and_then(|s| s.boot_override.as_ref()).filter(|o| o.mode == "Oneshot") else { return };
+    let ns = b.namespace().unwrap_or_default();
+    let vm = &b.spec.virtual_machine_ref.name;
+    let Some(vmi) = sh.stores.vmi(&ns, vm) else { return };
+    let json = object_json(&vmi);
+    let uid = vmi.metadata.uid.clone().unwrap_or_default();
+    if json["status"]["phase"] != "Running" || uid == o.vmi_uid {
+        return;
+    }
+    log::info!("vm={ns}/{vm} vmi={uid} booted with the one-shot {} override; restoring boot order", o.device);
+    if let Err(e) = actions::restore_orders(sh, &ns, vm, o).await {
+        log::warn!("vm={ns}/{vm} restore boot order: {e}");
+        return;
+    }
+    // Conditional on the resourceVersion: a new override set meanwhile is kept.
+    let api: Api<VirtualMachineBMC> = Api::namespaced(sh.client.clone(), &ns);
+    let patch = json!({"metadata": {"resourceVersion": b.resource_version()}, "status": {"bootOverride": null}});
+    if let Err(e) = api.patch_status(&b.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await {
+        log::warn!("vm={ns}/{vm} clear one-shot record: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::crd::{LocalObjectReference, VirtualMachineBMCSpec, VirtualMachineBMCStatus};
+
+    fn bmc(name: &str, port: Option<u16>) -> Arc<VirtualMachineBMC> {
+        let mut b = VirtualMachineBMC::new(
+            name,
+            VirtualMachineBMCSpec { virtual_machine_ref: LocalObjectReference { name: name.into() }, auth_secret_ref: LocalObjectReference { name: "s".into() }, ..Default::default() },
+        );
+        b.status = Some(VirtualMachineBMCStatus { port, ..Default::default() });
+        Arc::new(b)
+    }
+
+    #[test]
+    fn lowest_free_port_and_duplicates_move() {
+        let bmcs = [bmc("a", Some(10001)), bmc("b", None), bmc("c", Some(10001)), bmc("d", None)];
+        let got: Vec<(String, Option<u16>)> = allocate(&bmcs, 10000..=10002).into_iter().map(|(b, p)| (b.name_any(), p)).collect();
+        assert_eq!(got, vec![("b".into(), Some(10000)), ("c".into(), Some(10002)), ("d".into(), None)]);
+    }
+}

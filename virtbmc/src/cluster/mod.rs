@@ -1,0 +1,229 @@
+//! The Kubernetes backend: every agent of the DaemonSet serves every `VirtualMachineBMC`.
+//!
+//! - [`crd`]: the `VirtualMachineBMC` resource (the peer's fields, plus `status.port`).
+//! - [`view`]: cluster objects to the engine's view (power from the VMI phase, GUID, boot
+//!   override) and a BMC's users (from the Secret).
+//! - [`serve`]: reflectors over VMBMCs, VMs, VMIs, Secrets and our Services; on every change
+//!   the views and the registry's BMC set are recomputed, and changed names announced.
+//! - [`actions`]: power through KubeVirt's `start`/`stop`/`restart` subresources, boot devices
+//!   through guarded JSON Patches ([`boot`]), refusals as Kubernetes Events.
+//! - [`lease`] and [`leader`]: one elected agent allocates ports, owns the Services, writes
+//!   status conditions and restores one-shot boot overrides.
+
+pub mod actions;
+pub mod boot;
+pub mod crd;
+pub mod lease;
+pub mod leader;
+pub mod serve;
+pub mod view;
+
+use std::collections::HashMap;
+use std::ops::RangeInclusive;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Secret, Service};
+use kube::Client;
+use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use tokio::sync::{Notify, broadcast};
+
+use crate::backend::{ActionFuture, Backend};
+use crate::engine::config::BmcConfig;
+use crate::engine::{Action, ActionError, VmView};
+pub use crd::VirtualMachineBMC;
+
+/// Label on every object this agent creates; the Service reflector selects on it.
+pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "virtbmc");
+/// Label naming the VirtualMachineBMC a Service belongs to.
+pub const VMBMC_LABEL: &str = "bmc.kubevirt.io/virtualmachinebmc-name";
+
+/// What the cluster mode needs beyond a client.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    /// Agent ports handed out to VirtualMachineBMCs (status.port).
+    pub port_range: RangeInclusive<u16>,
+    /// This agent's name in the Lease and in Events.
+    pub identity: String,
+    pub lease_namespace: String,
+    pub lease_name: String,
+    /// A holder that has not renewed for this long has lost the Lease.
+    pub lease_duration: Duration,
+    /// Cipher suites, session limits...: every BMC's configuration, users aside.
+    pub base_config: BmcConfig,
+}
+
+impl ClusterOptions {
+    pub fn new(identity: &str, lease_namespace: &str, base_config: BmcConfig) -> ClusterOptions {
+        ClusterOptions {
+            port_range: 10000..=19999,
+            identity: identity.to_string(),
+            lease_namespace: lease_namespace.to_string(),
+            lease_name: "virtbmc-leader".into(),
+            lease_duration: Duration::from_secs(15),
+            base_config,
+        }
+    }
+}
+
+pub fn vm_resource() -> ApiResource {
+    ApiResource::from_gvk(&GroupVersionKind::gvk("kubevirt.io", "v1", "VirtualMachine"))
+}
+
+pub fn vmi_resource() -> ApiResource {
+    ApiResource::from_gvk(&GroupVersionKind::gvk("kubevirt.io", "v1", "VirtualMachineInstance"))
+}
+
+/// The reflectors' caches: what views, the registry and the leader read.
+#[derive(Clone)]
+pub struct Stores {
+    pub vmbmc: Store<VirtualMachineBMC>,
+    pub vm: Store<DynamicObject>,
+    pub vmi: Store<DynamicObject>,
+    pub secret: Store<Secret>,
+    pub service: Store<Service>,
+}
+
+/// The write halves of [`Stores`], consumed by [`serve::spawn`].
+pub struct Writers {
+    pub vmbmc: reflector::store::Writer<VirtualMachineBMC>,
+    pub vm: reflector::store::Writer<DynamicObject>,
+    pub vmi: reflector::store::Writer<DynamicObject>,
+    pub secret: reflector::store::Writer<Secret>,
+    pub service: reflector::store::Writer<Service>,
+}
+
+impl Stores {
+    fn new() -> (Stores, Writers) {
+        let vmbmc = reflector::store::Writer::default();
+        let vm = reflector::store::Writer::new(vm_resource());
+        let vmi = reflector::store::Writer::new(vmi_resource());
+        let secret = reflector::store::Writer::default();
+        let service = reflector::store::Writer::default();
+        let stores = Stores { vmbmc: vmbmc.as_reader(), vm: vm.as_reader(), vmi: vmi.as_reader(), secret: secret.as_reader(), service: service.as_reader() };
+        (stores, Writers { vmbmc, vm, vmi, secret, service })
+    }
+
+    pub fn vm(&self, ns: &str, name: &str) -> Option<Arc<DynamicObject>> {
+        self.vm.get(&ObjectRef::new_with(name, vm_resource()).within(ns))
+    }
+
+    pub fn vmi(&self, ns: &str, name: &str) -> Option<Arc<DynamicObject>> {
+        self.vmi.get(&ObjectRef::new_with(name, vmi_resource()).within(ns))
+    }
+
+    /// Every VirtualMachineBMC, oldest first (then by namespace and name): the order that
+    /// decides who keeps a port two of them claim.
+    pub fn vmbmcs(&self) -> Vec<Arc<VirtualMachineBMC>> {
+        let mut v = self.vmbmc.state();
+        v.sort_by(|a, b| {
+            let key = |o: &VirtualMachineBMC| (o.metadata.creation_timestamp.clone().map(|t| t.0), o.metadata.namespace.clone(), o.metadata.name.clone());
+            key(a).cmp(&key(b))
+        });
+        v
+    }
+
+    /// The VirtualMachineBMC serving `ns/vm`.
+    pub fn vmbmc_for(&self, ns: &str, vm: &str) -> Option<Arc<VirtualMachineBMC>> {
+        self.vmbmcs().into_iter().find(|b| b.metadata.namespace.as_deref() == Some(ns) && b.spec.virtual_machine_ref.name == vm)
+    }
+}
+
+/// State shared by the backend, the serving loop and the leader.
+pub struct Shared {
+    pub client: Client,
+    pub opts: ClusterOptions,
+    pub stores: Stores,
+    views: RwLock<HashMap<String, VmView>>,
+    changes: broadcast::Sender<Arc<str>>,
+    leader: AtomicBool,
+    /// Wakes the serving loop and the leader loop after any cache change.
+    pub(crate) serve_wake: Notify,
+    pub(crate) leader_wake: Notify,
+}
+
+impl Shared {
+    pub fn is_leader(&self) -> bool {
+        self.leader.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_leader(&self, on: bool) {
+        if self.leader.swap(on, Ordering::Relaxed) != on {
+            log::info!("identity={} leader={on}", self.opts.identity);
+            self.leader_wake.notify_one();
+        }
+    }
+
+    pub(crate) fn wake(&self) {
+        self.serve_wake.notify_one();
+        self.leader_wake.notify_one();
+    }
+
+    pub fn view(&self, name: &str) -> Option<VmView> {
+        self.views.read().unwrap_or_else(|e| e.into_inner()).get(name).copied()
+    }
+
+    /// Replaces every view, announcing the names whose view changed, appeared or went.
+    pub(crate) fn set_views(&self, new: HashMap<String, VmView>) {
+        let mut views = self.views.write().unwrap_or_else(|e| e.into_inner());
+        let mut changed: Vec<&String> = new.iter().filter(|(k, v)| views.get(*k) != Some(v)).map(|(k, _)| k).collect();
+        changed.extend(views.keys().filter(|k| !new.contains_key(*k)));
+        let changed: Vec<Arc<str>> = changed.into_iter().map(|k| Arc::from(k.as_str())).collect();
+        *views = new;
+        drop(views);
+        for name in changed {
+            // Nobody listening (no fast path) is fine.
+            let _ = self.changes.send(name);
+        }
+    }
+}
+
+/// The backend the BMC tasks read and act through.
+#[derive(Clone)]
+pub struct KubeBackend {
+    pub shared: Arc<Shared>,
+}
+
+impl KubeBackend {
+    /// A backend with empty caches; [`serve::spawn`] fills them.
+    pub fn new(client: Client, opts: ClusterOptions) -> (KubeBackend, Writers) {
+        let (stores, writers) = Stores::new();
+        let shared = Arc::new(Shared {
+            client,
+            opts,
+            stores,
+            views: RwLock::new(HashMap::new()),
+            changes: broadcast::channel(4096).0,
+            leader: AtomicBool::new(false),
+            serve_wake: Notify::new(),
+            leader_wake: Notify::new(),
+        });
+        (KubeBackend { shared }, writers)
+    }
+}
+
+/// BMC names are `<namespace>/<vm>`.
+pub fn split_name(name: &str) -> Option<(&str, &str)> {
+    name.split_once('/')
+}
+
+impl Backend for KubeBackend {
+    fn view(&self, vm: &str) -> Option<VmView> {
+        self.shared.view(vm)
+    }
+
+    fn perform(&self, vm: &str, action: Action) -> ActionFuture {
+        let shared = self.shared.clone();
+        let name = vm.to_string();
+        Box::pin(async move {
+            let (ns, vm) = split_name(&name).ok_or_else(|| ActionError::Failed(format!("{name} is not namespace/name")))?;
+            actions::perform(&shared, ns, vm, action).await
+        })
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<Arc<str>> {
+        self.shared.changes.subscribe()
+    }
+}
