@@ -33,9 +33,12 @@ pub const IPMI_PORT: i32 = 623;
 
 pub async fn run(sh: Arc<Shared>) {
     wait_ready(&sh).await;
+    let mut pending = BTreeMap::new();
     loop {
         if sh.is_leader() {
-            reconcile(&sh).await;
+            reconcile(&sh, &mut pending).await;
+        } else {
+            pending.clear();
         }
         let _ = tokio::time::timeout(Duration::from_secs(5), sh.leader_wake.notified()).await;
     }
@@ -45,12 +48,17 @@ pub fn service_name(vm: &str) -> String {
     format!("{vm}-virtbmc")
 }
 
-/// Ports to give: VirtualMachineBMC (namespace, name) -> port, for those lacking a port or
-/// holding one an older VirtualMachineBMC also holds. Pure, for tests.
-pub fn allocate(bmcs: &[Arc<VirtualMachineBMC>], range: std::ops::RangeInclusive<u16>) -> Vec<(Arc<VirtualMachineBMC>, Option<u16>)> {
-    let mut used = BTreeSet::new();
+/// Ports to give: each VirtualMachineBMC lacking a port, or holding one an older
+/// VirtualMachineBMC also holds, gets the lowest free one (None: the range is full).
+/// `pending` holds ports this leader wrote that the cache does not show yet (keyed by
+/// uid): they count as taken, and their owners are not given another. Pure, for tests.
+pub fn allocate(bmcs: &[Arc<VirtualMachineBMC>], range: std::ops::RangeInclusive<u16>, pending: &BTreeMap<String, u16>) -> Vec<(Arc<VirtualMachineBMC>, Option<u16>)> {
+    let mut used: BTreeSet<u16> = pending.values().copied().collect();
     let mut need = Vec::new();
     for b in bmcs {
+        if pending.contains_key(b.metadata.uid.as_deref().unwrap_or_default()) {
+            continue;
+        }
         match b.status.as_ref().and_then(|s| s.port) {
             Some(p) if used.insert(p) => {}
             _ if b.spec.ipmi_enabled() => need.push(b.clone()),
@@ -61,10 +69,13 @@ pub fn allocate(bmcs: &[Arc<VirtualMachineBMC>], range: std::ops::RangeInclusive
     need.into_iter().map(|b| (b, free.next())).collect()
 }
 
-async fn reconcile(sh: &Shared) {
+async fn reconcile(sh: &Shared, pending: &mut BTreeMap<String, u16>) {
     let bmcs = sh.stores.vmbmcs();
+    log::debug!("reconcile: {} VirtualMachineBMC(s)", bmcs.len());
+    // Forget pending ports once the cache shows them (or their owner is gone).
+    pending.retain(|uid, p| bmcs.iter().any(|b| b.metadata.uid.as_ref() == Some(uid) && b.status.as_ref().and_then(|s| s.port) != Some(*p)));
     let mut allocated = false;
-    for (b, port) in allocate(&bmcs, sh.opts.port_range.clone()) {
+    for (b, port) in allocate(&bmcs, sh.opts.port_range.clone(), pending) {
         let (ns, name) = (b.namespace().unwrap_or_default(), b.name_any());
         let Some(port) = port else {
             log::error!("vmbmc={ns}/{name} no free port in {:?}", sh.opts.port_range);
@@ -77,6 +88,7 @@ async fn reconcile(sh: &Shared) {
         match api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
             Ok(_) => {
                 log::info!("vmbmc={ns}/{name} port={port} allocated");
+                pending.insert(b.metadata.uid.clone().unwrap_or_default(), port);
                 allocated = true;
             }
             Err(e) => log::warn!("vmbmc={ns}/{name} port allocation: {e}"),
@@ -258,13 +270,20 @@ mod tests {
             VirtualMachineBMCSpec { virtual_machine_ref: LocalObjectReference { name: name.into() }, auth_secret_ref: LocalObjectReference { name: "s".into() }, ..Default::default() },
         );
         b.status = Some(VirtualMachineBMCStatus { port, ..Default::default() });
+        b.metadata.uid = Some(format!("uid-{name}"));
         Arc::new(b)
     }
 
     #[test]
     fn lowest_free_port_and_duplicates_move() {
         let bmcs = [bmc("a", Some(10001)), bmc("b", None), bmc("c", Some(10001)), bmc("d", None)];
-        let got: Vec<(String, Option<u16>)> = allocate(&bmcs, 10000..=10002).into_iter().map(|(b, p)| (b.name_any(), p)).collect();
+        let none = BTreeMap::new();
+        let got: Vec<(String, Option<u16>)> = allocate(&bmcs, 10000..=10002, &none).into_iter().map(|(b, p)| (b.name_any(), p)).collect();
         assert_eq!(got, vec![("b".into(), Some(10000)), ("c".into(), Some(10002)), ("d".into(), None)]);
+        // b was just given 10000 but the cache does not show it yet: b is left alone and
+        // 10000 stays taken.
+        let pending = BTreeMap::from([("uid-b".to_string(), 10000)]);
+        let got: Vec<(String, Option<u16>)> = allocate(&bmcs, 10000..=10003, &pending).into_iter().map(|(b, p)| (b.name_any(), p)).collect();
+        assert_eq!(got, vec![("c".into(), Some(10002)), ("d".into(), Some(10003))]);
     }
 }

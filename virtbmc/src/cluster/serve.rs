@@ -123,6 +123,7 @@ async fn serve_loop(sh: Arc<Shared>, registry: Arc<Registry>) {
     let mut served: BTreeMap<u16, Served> = BTreeMap::new();
     loop {
         let (views, want) = desired(&sh);
+        log::debug!("serve: {} view(s), {} BMC(s) with a port", views.len(), want.len());
         sh.set_views(views);
         sync_registry(&sh.opts.base_config, &registry, &mut served, want).await;
         // A failed bind is retried on the next change or after a while.
@@ -130,9 +131,17 @@ async fn serve_loop(sh: Arc<Shared>, registry: Arc<Registry>) {
     }
 }
 
+/// Until every cache holds its first full list. Polled with a timeout in a loop: a store's
+/// readiness is a single oneshot receiver that remembers only the last task's waker, so of
+/// two tasks waiting at once one may never be woken (kube-runtime 5 `DelayedInit`).
 pub(crate) async fn wait_ready(sh: &Shared) {
     let s = &sh.stores;
-    let _ = tokio::join!(s.vmbmc.wait_until_ready(), s.vm.wait_until_ready(), s.vmi.wait_until_ready(), s.secret.wait_until_ready(), s.service.wait_until_ready());
+    loop {
+        let all = async { tokio::join!(s.vmbmc.wait_until_ready(), s.vm.wait_until_ready(), s.vmi.wait_until_ready(), s.secret.wait_until_ready(), s.service.wait_until_ready()) };
+        if tokio::time::timeout(Duration::from_millis(100), all).await.is_ok() {
+            return;
+        }
+    }
 }
 
 async fn sync_registry(base: &BmcConfig, registry: &Registry, served: &mut BTreeMap<u16, Served>, want: BTreeMap<u16, Served>) {

@@ -1,0 +1,157 @@
+//! Shared by the kube_*.rs tests: kubesim in-process, the cluster backend and a registry
+//! bound on 127.0.0.1, and the real ipmitool.
+#![allow(dead_code)]
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::ops::RangeInclusive;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kubesim::{Config, Handle, Kind, Server};
+use serde_json::{Value, json};
+use tokio::task::JoinHandle;
+use virtbmc::agent::metrics::Metrics;
+use virtbmc::agent::registry::Registry;
+use virtbmc::cluster::{ClusterOptions, KubeBackend, serve};
+use virtbmc::engine::config::BmcConfig;
+
+pub const NS: &str = "default";
+pub const T: Duration = Duration::from_secs(15);
+
+pub fn fast() -> Config {
+    Config {
+        bookmark_interval: Duration::from_millis(200),
+        phase_delay: (Duration::from_millis(20), Duration::from_millis(60)),
+        stop_delay: Duration::from_millis(100),
+        cleanup_delay: Duration::from_millis(50),
+        ..Config::default()
+    }
+}
+
+pub async fn sim() -> Handle {
+    Server::start_with("127.0.0.1:0".parse().unwrap(), fast()).await.unwrap()
+}
+
+pub fn client(sim: &Handle) -> kube::Client {
+    let mut kc = kube::Config::new(sim.url().parse().unwrap());
+    // Injected 5xx must reach the agent, not be retried by the client (KUBE-API.md §0.11).
+    kc.default_retry = false;
+    kube::Client::try_from(kc).unwrap()
+}
+
+/// One agent in-process: what `virtbmc --kube` runs, bound on 127.0.0.1.
+pub struct Agent {
+    pub backend: KubeBackend,
+    pub registry: Arc<Registry>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Agent {
+    pub async fn start(sim: &Handle, identity: &str, ports: RangeInclusive<u16>) -> Agent {
+        let _ = env_logger::builder().is_test(true).try_init();
+        let mut opts = ClusterOptions::new(identity, "virtbmc-system", BmcConfig::new(vec![]));
+        opts.port_range = ports;
+        opts.lease_duration = Duration::from_secs(1);
+        let (backend, writers) = KubeBackend::new(client(sim), opts);
+        let registry = Arc::new(Registry::new(
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+            Arc::new(backend.clone()),
+            Arc::new(Metrics::default()),
+            Duration::from_secs(3),
+        ));
+        let tasks = serve::spawn(&backend, writers, registry.clone());
+        Agent { backend, registry, tasks }
+    }
+
+    /// The port the registry serves `ns/vm` on.
+    pub fn port_of(&self, name: &str) -> Option<u16> {
+        self.registry.list().into_iter().find(|(n, _)| &**n == name).map(|(_, p)| p)
+    }
+
+    pub async fn wait_served(&self, name: &str) -> u16 {
+        let end = tokio::time::Instant::now() + T;
+        loop {
+            if let Some(p) = self.port_of(name) {
+                return p;
+            }
+            assert!(tokio::time::Instant::now() < end, "{name} never served");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn wait_power(&self, name: &str, want: &str) {
+        let end = tokio::time::Instant::now() + T;
+        loop {
+            let now = self.backend.shared.view(name).map(|v| v.power.to_string());
+            if now.as_deref() == Some(want) {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < end, "{name} power is {now:?}, never {want}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn stop(self) {}
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        for (_, p) in self.registry.list() {
+            self.registry.remove(p);
+        }
+    }
+}
+
+/// A VM, its Secret (admin/password) and its VirtualMachineBMC `<vm>-bmc`.
+pub fn seed(sim: &Handle, vm: &str, run_strategy: &str) {
+    sim.seed_vm(NS, vm, run_strategy);
+    sim.seed_secret(NS, &format!("{vm}-auth"), &[("username", "admin"), ("password", "password")]);
+    sim.seed_vmbmc(NS, &format!("{vm}-bmc"), vm, &format!("{vm}-auth"));
+}
+
+pub fn vmbmc(sim: &Handle, vm: &str) -> Option<Value> {
+    sim.get(Kind::VirtualMachineBmc, NS, &format!("{vm}-bmc"))
+}
+
+pub fn condition(bmc: &Value, type_: &str) -> Option<String> {
+    bmc["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == type_).and_then(|c| c["status"].as_str().map(str::to_string))
+}
+
+pub fn boot_orders(sim: &Handle, vm: &str) -> Value {
+    let v = sim.get(Kind::VirtualMachine, NS, vm).unwrap();
+    let d = &v["spec"]["template"]["spec"]["domain"]["devices"];
+    json!({
+        "disks": d["disks"].as_array().unwrap().iter().map(|x| x["bootOrder"].clone()).collect::<Vec<_>>(),
+        "interfaces": d["interfaces"].as_array().unwrap().iter().map(|x| x["bootOrder"].clone()).collect::<Vec<_>>(),
+    })
+}
+
+pub struct Out {
+    pub ok: bool,
+    pub text: String,
+}
+
+/// Runs `ipmitool -I lanplus -H 127.0.0.1 -p PORT -U user -P password ARGS`.
+pub async fn ipmitool(port: u16, user: &str, password: &str, args: &[&str]) -> Out {
+    let mut cmd = std::process::Command::new("ipmitool");
+    cmd.args(["-I", "lanplus", "-H", "127.0.0.1", "-p", &port.to_string(), "-U", user, "-P", password, "-N", "2", "-R", "3"]);
+    cmd.args(args);
+    let out = tokio::task::spawn_blocking(move || cmd.output()).await.unwrap().expect("ipmitool is installed");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    Out { ok: out.status.success(), text }
+}
+
+pub async fn admin(port: u16, args: &[&str]) -> Out {
+    ipmitool(port, "admin", "password", args).await
+}
+
+pub async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+    let end = tokio::time::Instant::now() + T;
+    while !cond() {
+        assert!(tokio::time::Instant::now() < end, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
