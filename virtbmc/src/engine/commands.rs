@@ -15,6 +15,7 @@ pub const CMD_GET_SESSION_CHALLENGE: u8 = 0x39;
 pub const CMD_ACTIVATE_SESSION: u8 = 0x3A;
 pub const CMD_SET_SESSION_PRIVILEGE: u8 = 0x3B;
 pub const CMD_CLOSE_SESSION: u8 = 0x3C;
+pub const CMD_GET_CHANNEL_INFO: u8 = 0x42;
 pub const CMD_GET_CIPHER_SUITES: u8 = 0x54;
 
 pub const CMD_GET_CHASSIS_STATUS: u8 = 0x01;

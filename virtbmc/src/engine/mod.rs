@@ -211,6 +211,7 @@ impl Bmc {
                 }
             }
             (commands::NETFN_APP, commands::CMD_GET_SESSION_CHALLENGE | commands::CMD_ACTIVATE_SESSION) => (cc::NOT_IN_STATE, Vec::new()),
+            (commands::NETFN_APP, commands::CMD_GET_CHANNEL_INFO) => channel_info(req.data, self.sessions.active_count()),
             _ => match commands::execute(&req, Some(active.privilege), &self.config, vm, &mut self.boot_params) {
                 commands::Outcome::Reply(code, data) => (code, data),
                 commands::Outcome::Action(action) => {
@@ -278,6 +279,19 @@ fn set_privilege(active: &mut session::Active, d: &[u8]) -> (u8, Vec<u8>) {
         Some(_) => (cc::SET_PRIV_EXCEEDS_LIMIT, Vec::new()),
         None => (cc::INVALID_DATA_FIELD, Vec::new()),
     }
+}
+
+/// Get Channel Info (IPMI 2.0 §22.24), mandatory in IPMI 2.0: our one channel is an 802.3
+/// LAN channel speaking IPMB-1.0 framing, multi-session, with the IPMI IANA as vendor.
+fn channel_info(d: &[u8], active: usize) -> (u8, Vec<u8>) {
+    if d.len() != 1 {
+        return (cc::REQUEST_LENGTH_INVALID, Vec::new());
+    }
+    if !matches!(d[0] & 0x0F, 0x0E | commands::LAN_CHANNEL) {
+        return (cc::INVALID_DATA_FIELD, Vec::new());
+    }
+    let sessions = 0x80 | (active.min(0x3F) as u8);
+    (cc::OK, vec![commands::LAN_CHANNEL, 0x04, 0x01, sessions, 0xF2, 0x1B, 0x00, 0x00, 0x00])
 }
 
 fn presence_pong(header: RmcpHeader, rest: &[u8]) -> Output {

@@ -103,6 +103,8 @@ fn v15_md5_and_password_sessions_run_commands() {
         assert_eq!(s.call(0x06, 0x3B, &[4], &mut ex).unwrap(), (0, vec![4]));
         assert_eq!(s.call(0x00, 0x01, &[], &mut ex).unwrap(), (0, vec![0, 0, 0]));
         assert_eq!(s.call(0x00, 0x02, &[1], &mut ex).unwrap(), (0, vec![]));
+        assert_eq!(s.call(0x06, 0x42, &[0x0e], &mut ex).unwrap(), (0, vec![1, 4, 1, 0x81, 0xF2, 0x1B, 0, 0, 0]));
+        assert_eq!(s.call(0x06, 0x42, &[0x05], &mut ex).unwrap().0, cc::INVALID_DATA_FIELD);
         let (cc, id) = s.call(0x06, 0x01, &[], &mut ex).unwrap();
         assert_eq!((cc, id.len(), id[4]), (0, 15, 0x02));
         let sid = s.id.to_le_bytes();
