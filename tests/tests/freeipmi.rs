@@ -182,7 +182,10 @@ fn bmc_info_channel_section_is_sane() {
     let out = bmc.freeipmi("bmc-info", PORT, &[]);
     out.assert_ok();
     let want = "Channel Number       : 1\nMedium Type          : 802.3 LAN\nProtocol Type        : IPMB-1.0\nActive Session Count : 1\nSession Support      : multi-session\nVendor ID            : Intelligent Platform Management Interface forum (7154)";
-    assert!(out.stdout.contains(want), "channel 1 block missing or wrong in bmc-info output:\n{out}");
+    assert!(
+        out.stdout.contains(want),
+        "channel 1 block missing or wrong in bmc-info output:\n{out}"
+    );
 }
 
 /// rmcpping (ASF Presence Ping) and ipmiping (session-less Get Channel Auth Capabilities)

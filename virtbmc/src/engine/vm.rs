@@ -126,7 +126,13 @@ impl fmt::Display for Action {
             Action::PowerCycle => f.write_str("power-cycle"),
             Action::HardReset => f.write_str("hard-reset"),
             Action::SetBoot(None) => f.write_str("boot-clear"),
-            Action::SetBoot(Some(b)) => write!(f, "boot-{}{}{}", b.device, if b.persistent { "-persistent" } else { "" }, if b.efi { "-efi" } else { "" }),
+            Action::SetBoot(Some(b)) => write!(
+                f,
+                "boot-{}{}{}",
+                b.device,
+                if b.persistent { "-persistent" } else { "" },
+                if b.efi { "-efi" } else { "" }
+            ),
         }
     }
 }
