@@ -23,16 +23,24 @@ use crate::engine::vm::{BootDevice, BootOverride, PowerState, uuid_to_wire};
 /// | VMI `Unknown` | On | virt-handler lost track (node unreachable): the guest may well still run, and KubeVirt does not delete it; On lets "power off"/"reset" reach KubeVirt instead of being refused as busy forever |
 /// | any other phase | Starting | a phase this agent does not know is treated as a transition: mutating commands answer 0xC0 rather than act on a guess |
 pub fn power_state(vm: Option<&Value>, vmi: Option<&Value>) -> PowerState {
-    let printable = vm.and_then(|v| v["status"]["printableStatus"].as_str()).unwrap_or("");
+    let printable = vm
+        .and_then(|v| v["status"]["printableStatus"].as_str())
+        .unwrap_or("");
     let Some(vmi) = vmi else {
-        return if printable == "Starting" { PowerState::Starting } else { PowerState::Off };
+        return if printable == "Starting" {
+            PowerState::Starting
+        } else {
+            PowerState::Off
+        };
     };
     let phase = vmi["status"]["phase"].as_str().unwrap_or("");
     let finished = matches!(phase, "Succeeded" | "Failed");
     if finished {
         return PowerState::Off;
     }
-    if !vmi["metadata"]["deletionTimestamp"].is_null() || matches!(printable, "Stopping" | "Terminating") {
+    if !vmi["metadata"]["deletionTimestamp"].is_null()
+        || matches!(printable, "Stopping" | "Terminating")
+    {
         return PowerState::Stopping;
     }
     match phase {
@@ -43,15 +51,18 @@ pub fn power_state(vm: Option<&Value>, vmi: Option<&Value>) -> PowerState {
 
 /// The VMI was started paused, or was paused since.
 pub fn is_paused(vmi: &Value) -> bool {
-    vmi["status"]["conditions"]
-        .as_array()
-        .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Paused" && c["status"] == "True"))
+    vmi["status"]["conditions"].as_array().is_some_and(|cs| {
+        cs.iter()
+            .any(|c| c["type"] == "Paused" && c["status"] == "True")
+    })
 }
 
 /// The System GUID: the SMBIOS UUID the guest sees (`firmware.uuid`, stable across restarts),
 /// else the VM's uid; in IPMI's byte order. None if neither parses.
 pub fn guid(vm: &Value) -> Option<[u8; 16]> {
-    let s = vm["spec"]["template"]["spec"]["domain"]["firmware"]["uuid"].as_str().or_else(|| vm["metadata"]["uid"].as_str())?;
+    let s = vm["spec"]["template"]["spec"]["domain"]["firmware"]["uuid"]
+        .as_str()
+        .or_else(|| vm["metadata"]["uid"].as_str())?;
     parse_uuid(s).map(uuid_to_wire)
 }
 
@@ -79,7 +90,11 @@ pub fn boot_override(status: Option<&BootOverrideStatus>) -> Option<BootOverride
         "cdrom" => BootDevice::Cdrom,
         _ => return None,
     };
-    Some(BootOverride { device, persistent: s.mode == "Persistent", efi: s.efi })
+    Some(BootOverride {
+        device,
+        persistent: s.mode == "Persistent",
+        efi: s.efi,
+    })
 }
 
 /// Why a BMC has no users: written into the SecretAvailable condition.
@@ -91,10 +106,16 @@ pub enum SecretProblem {
 
 /// The BMC's users from the Secret's `username` and `password` keys (the peer's Secret
 /// layout), with Admin privilege: the peer has one user who may do everything.
-pub fn users_from_secret(secret: Option<&k8s_openapi::api::core::v1::Secret>) -> Result<Vec<User>, SecretProblem> {
+pub fn users_from_secret(
+    secret: Option<&k8s_openapi::api::core::v1::Secret>,
+) -> Result<Vec<User>, SecretProblem> {
     let secret = secret.ok_or(SecretProblem::NotFound)?;
     let key = |k: &str| -> Result<String, SecretProblem> {
-        let from_data = secret.data.as_ref().and_then(|d| d.get(k)).map(|b| String::from_utf8(b.0.clone()));
+        let from_data = secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get(k))
+            .map(|b| String::from_utf8(b.0.clone()));
         // stringData is write-only on a real server; a fixture may still hand it back.
         let from_string = secret.string_data.as_ref().and_then(|d| d.get(k)).cloned();
         match (from_data, from_string) {
@@ -105,7 +126,12 @@ pub fn users_from_secret(secret: Option<&k8s_openapi::api::core::v1::Secret>) ->
         }
     };
     let (name, password) = (key("username")?, key("password")?);
-    let user = User::new(name.trim_end_matches('\n'), password.trim_end_matches('\n'), Privilege::Admin).map_err(SecretProblem::Invalid)?;
+    let user = User::new(
+        name.trim_end_matches('\n'),
+        password.trim_end_matches('\n'),
+        Privilege::Admin,
+    )
+    .map_err(SecretProblem::Invalid)?;
     Ok(vec![user])
 }
 
@@ -122,23 +148,56 @@ mod tests {
     fn power_mapping_covers_every_phase() {
         let vm = json!({"status": {"printableStatus": "Running"}});
         assert_eq!(power_state(Some(&vm), None), PowerState::Off);
-        assert_eq!(power_state(Some(&json!({"status": {"printableStatus": "Starting"}})), None), PowerState::Starting);
-        for p in ["", "Pending", "Scheduling", "Scheduled", "WaitingForSync", "Surprise"] {
-            assert_eq!(power_state(Some(&vm), Some(&vmi(p))), PowerState::Starting, "{p}");
+        assert_eq!(
+            power_state(
+                Some(&json!({"status": {"printableStatus": "Starting"}})),
+                None
+            ),
+            PowerState::Starting
+        );
+        for p in [
+            "",
+            "Pending",
+            "Scheduling",
+            "Scheduled",
+            "WaitingForSync",
+            "Surprise",
+        ] {
+            assert_eq!(
+                power_state(Some(&vm), Some(&vmi(p))),
+                PowerState::Starting,
+                "{p}"
+            );
         }
-        assert_eq!(power_state(Some(&vm), Some(&vmi("Running"))), PowerState::On);
-        assert_eq!(power_state(Some(&vm), Some(&vmi("Unknown"))), PowerState::On);
+        assert_eq!(
+            power_state(Some(&vm), Some(&vmi("Running"))),
+            PowerState::On
+        );
+        assert_eq!(
+            power_state(Some(&vm), Some(&vmi("Unknown"))),
+            PowerState::On
+        );
         let paused = json!({"status": {"phase": "Running", "conditions": [{"type": "Paused", "status": "True"}]}});
         assert!(is_paused(&paused));
         assert_eq!(power_state(Some(&vm), Some(&paused)), PowerState::On);
         for p in ["Succeeded", "Failed"] {
-            assert_eq!(power_state(Some(&vm), Some(&vmi(p))), PowerState::Off, "{p}");
+            assert_eq!(
+                power_state(Some(&vm), Some(&vmi(p))),
+                PowerState::Off,
+                "{p}"
+            );
         }
         let mut deleting = vmi("Running");
         deleting["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
-        assert_eq!(power_state(Some(&vm), Some(&deleting)), PowerState::Stopping);
+        assert_eq!(
+            power_state(Some(&vm), Some(&deleting)),
+            PowerState::Stopping
+        );
         let stopping = json!({"status": {"printableStatus": "Stopping"}});
-        assert_eq!(power_state(Some(&stopping), Some(&vmi("Running"))), PowerState::Stopping);
+        assert_eq!(
+            power_state(Some(&stopping), Some(&vmi("Running"))),
+            PowerState::Stopping
+        );
         assert_eq!(power_state(None, None), PowerState::Off);
     }
 
@@ -146,9 +205,15 @@ mod tests {
     fn guid_prefers_firmware_uuid() {
         let vm = json!({"metadata": {"uid": "00000000-0000-0000-0000-000000000001"},
             "spec": {"template": {"spec": {"domain": {"firmware": {"uuid": "01020304-0506-0708-090a-0b0c0d0e0f10"}}}}}});
-        assert_eq!(guid(&vm).unwrap(), [4, 3, 2, 1, 6, 5, 8, 7, 9, 10, 11, 12, 13, 14, 15, 16]);
+        assert_eq!(
+            guid(&vm).unwrap(),
+            uuid_to_wire([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16])
+        );
         let vm = json!({"metadata": {"uid": "00000000-0000-0000-0000-000000000001"}});
-        assert_eq!(guid(&vm).unwrap()[15], 1);
+        assert_eq!(
+            guid(&vm).unwrap(),
+            uuid_to_wire([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1])
+        );
         assert_eq!(guid(&json!({})), None);
         assert_eq!(parse_uuid("xyz"), None);
     }
@@ -158,9 +223,21 @@ mod tests {
         use k8s_openapi::ByteString;
         let mut s = k8s_openapi::api::core::v1::Secret::default();
         assert_eq!(users_from_secret(None), Err(SecretProblem::NotFound));
-        assert!(matches!(users_from_secret(Some(&s)), Err(SecretProblem::Invalid(_))));
-        s.data = Some([("username".to_string(), ByteString(b"admin".to_vec())), ("password".to_string(), ByteString(b"password".to_vec()))].into());
+        assert!(matches!(
+            users_from_secret(Some(&s)),
+            Err(SecretProblem::Invalid(_))
+        ));
+        s.data = Some(
+            [
+                ("username".to_string(), ByteString(b"admin".to_vec())),
+                ("password".to_string(), ByteString(b"password".to_vec())),
+            ]
+            .into(),
+        );
         let u = users_from_secret(Some(&s)).unwrap();
-        assert_eq!((u[0].name.as_str(), u[0].max_privilege), ("admin", Privilege::Admin));
+        assert_eq!(
+            (u[0].name.as_str(), u[0].max_privilege),
+            ("admin", Privilege::Admin)
+        );
     }
 }
