@@ -20,8 +20,11 @@ async fn vmbmc_gets_a_port_and_service_power_on_starts_the_vm_password_change_an
     until("Service and Ready condition", || {
         let svc = sim.get(Kind::Service, NS, "vm1-virtbmc");
         let b = vmbmc(&sim, "vm1").unwrap();
-        svc.is_some_and(|s| s["spec"]["ports"][0]["targetPort"] == json!(port) && s["spec"]["ports"][0]["port"] == 623 && s["spec"]["ports"][0]["protocol"] == "UDP")
-            && condition(&b, "Ready").as_deref() == Some("True")
+        svc.is_some_and(|s| {
+            s["spec"]["ports"][0]["targetPort"] == json!(port)
+                && s["spec"]["ports"][0]["port"] == 623
+                && s["spec"]["ports"][0]["protocol"] == "UDP"
+        }) && condition(&b, "Ready").as_deref() == Some("True")
             && condition(&b, "VirtualMachineAvailable").as_deref() == Some("True")
             && condition(&b, "SecretAvailable").as_deref() == Some("True")
             && b["status"]["clusterIP"].is_string()
@@ -29,10 +32,17 @@ async fn vmbmc_gets_a_port_and_service_power_on_starts_the_vm_password_change_an
     .await;
 
     let out = admin(port, &["power", "status"]).await;
-    assert!(out.ok && out.text.contains("Chassis Power is off"), "{}", out.text);
+    assert!(
+        out.ok && out.text.contains("Chassis Power is off"),
+        "{}",
+        out.text
+    );
     let out = admin(port, &["power", "on"]).await;
     assert!(out.ok, "{}", out.text);
-    assert!(sim.wait_vmi_phase(NS, "vm1", "Running", T).await.is_some(), "VMI never Running");
+    assert!(
+        sim.wait_vmi_phase(NS, "vm1", "Running", T).await.is_some(),
+        "VMI never Running"
+    );
     agent.wait_power("default/vm1", "on").await;
     let out = admin(port, &["power", "status"]).await;
     assert!(out.text.contains("Chassis Power is on"), "{}", out.text);
@@ -41,24 +51,44 @@ async fn vmbmc_gets_a_port_and_service_power_on_starts_the_vm_password_change_an
     assert!(out.ok, "{}", out.text);
     let out = admin(port, &["mc", "guid"]).await;
     let uuid = sim.get(Kind::VirtualMachine, NS, "vm1").unwrap()["spec"]["template"]["spec"]["domain"]["firmware"]["uuid"].as_str().unwrap().to_string();
-    assert!(out.text.to_lowercase().contains(&uuid), "GUID is the firmware uuid {uuid}: {}", out.text);
+    assert!(
+        out.text.to_lowercase().contains(&uuid),
+        "GUID is the firmware uuid {uuid}: {}",
+        out.text
+    );
 
     // A changed password applies to the next session.
     let data = json!({"data": {"password": serde_json::to_value(k8s_openapi::ByteString(b"n3w-pass".to_vec())).unwrap()}});
     sim.merge_patch(Kind::Secret, NS, "vm1-auth", data).unwrap();
     let end = tokio::time::Instant::now() + T;
     loop {
-        if ipmitool(port, "admin", "n3w-pass", &["power", "status"]).await.ok {
+        if ipmitool(port, "admin", "n3w-pass", &["power", "status"])
+            .await
+            .ok
+        {
             break;
         }
-        assert!(tokio::time::Instant::now() < end, "new password never accepted");
+        assert!(
+            tokio::time::Instant::now() < end,
+            "new password never accepted"
+        );
     }
-    assert!(!admin(port, &["power", "status"]).await.ok, "old password still accepted");
+    assert!(
+        !admin(port, &["power", "status"]).await.ok,
+        "old password still accepted"
+    );
 
     // Deleting the VirtualMachineBMC removes its Service and its port.
     sim.delete(Kind::VirtualMachineBmc, NS, "vm1-bmc").unwrap();
-    until("Service deleted and port freed", || sim.get(Kind::Service, NS, "vm1-virtbmc").is_none() && agent.port_of("default/vm1").is_none()).await;
-    assert!(std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok(), "port {port} still bound");
+    until("Service deleted and port freed", || {
+        sim.get(Kind::Service, NS, "vm1-virtbmc").is_none()
+            && agent.port_of("default/vm1").is_none()
+    })
+    .await;
+    assert!(
+        std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok(),
+        "port {port} still bound"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -68,11 +98,25 @@ async fn missing_secret_refuses_logins_and_says_why() {
     sim.seed_vmbmc(NS, "lonely-bmc", "lonely", "nope");
     let agent = Agent::start(&sim, "agent-a", 31010..=31019).await;
     let port = agent.wait_served("default/lonely").await;
-    until("SecretAvailable=False", || vmbmc(&sim, "lonely").and_then(|b| condition(&b, "SecretAvailable")).as_deref() == Some("False")).await;
+    until("SecretAvailable=False", || {
+        vmbmc(&sim, "lonely")
+            .and_then(|b| condition(&b, "SecretAvailable"))
+            .as_deref()
+            == Some("False")
+    })
+    .await;
     let out = admin(port, &["power", "status"]).await;
-    assert!(!out.ok, "a BMC without a Secret let someone in: {}", out.text);
+    assert!(
+        !out.ok,
+        "a BMC without a Secret let someone in: {}",
+        out.text
+    );
     // The Secret appears: logins work.
-    sim.seed_secret(NS, "nope", &[("username", "admin"), ("password", "password")]);
+    sim.seed_secret(
+        NS,
+        "nope",
+        &[("username", "admin"), ("password", "password")],
+    );
     let end = tokio::time::Instant::now() + T;
     while !admin(port, &["power", "status"]).await.ok {
         assert!(tokio::time::Instant::now() < end, "Secret never taken up");
@@ -94,18 +138,29 @@ async fn power_off_reset_cycle_per_run_strategy() {
             agent.wait_power(&name, "off").await;
             assert!(admin(port, &["power", "on"]).await.ok);
         }
-        let uid = sim.wait_vmi_phase(NS, vm, "Running", T).await.expect("running");
+        let uid = sim
+            .wait_vmi_phase(NS, vm, "Running", T)
+            .await
+            .expect("running");
         agent.wait_power(&name, "on").await;
 
         let out = admin(port, &["power", "reset"]).await;
         assert!(out.ok, "{vm} reset: {}", out.text);
-        until("a new VMI after reset", || sim.vmi_uid(NS, vm).is_some_and(|u| u != uid) && sim.vmi_phase(NS, vm).as_deref() == Some("Running")).await;
+        until("a new VMI after reset", || {
+            sim.vmi_uid(NS, vm).is_some_and(|u| u != uid)
+                && sim.vmi_phase(NS, vm).as_deref() == Some("Running")
+        })
+        .await;
         let uid = sim.vmi_uid(NS, vm).unwrap();
         agent.wait_power(&name, "on").await;
 
         let out = admin(port, &["power", "cycle"]).await;
         assert!(out.ok, "{vm} cycle: {}", out.text);
-        until("a new VMI after cycle", || sim.vmi_uid(NS, vm).is_some_and(|u| u != uid) && sim.vmi_phase(NS, vm).as_deref() == Some("Running")).await;
+        until("a new VMI after cycle", || {
+            sim.vmi_uid(NS, vm).is_some_and(|u| u != uid)
+                && sim.vmi_phase(NS, vm).as_deref() == Some("Running")
+        })
+        .await;
         agent.wait_power(&name, "on").await;
 
         let out = admin(port, &["power", "off"]).await;
@@ -113,7 +168,11 @@ async fn power_off_reset_cycle_per_run_strategy() {
         until("VMI gone after off", || sim.vmi_phase(NS, vm).is_none()).await;
         agent.wait_power(&name, "off").await;
         let rs = sim.get(Kind::VirtualMachine, NS, vm).unwrap()["spec"]["runStrategy"].clone();
-        assert_eq!(rs, if vm == "always" { "Halted" } else { "Manual" }, "{vm} runStrategy after stop");
+        assert_eq!(
+            rs,
+            if vm == "always" { "Halted" } else { "Manual" },
+            "{vm} runStrategy after stop"
+        );
         let out = admin(port, &["power", "off"]).await;
         assert!(out.ok, "{vm} off when off: {}", out.text);
         let out = admin(port, &["power", "cycle"]).await;
@@ -141,10 +200,27 @@ async fn bootdev_pxe_patches_boot_orders_and_a_one_shot_is_restored_after_the_ne
 
     let out = admin(port, &["chassis", "bootdev", "pxe"]).await;
     assert!(out.ok, "{}", out.text);
-    assert_eq!(boot_orders(&sim, "web"), json!({"disks": [2], "interfaces": [1]}));
+    assert_eq!(
+        boot_orders(&sim, "web"),
+        json!({"disks": [2], "interfaces": [1]})
+    );
     let rec = vmbmc(&sim, "web").unwrap()["status"]["bootOverride"].clone();
-    assert_eq!((rec["mode"].as_str(), rec["device"].as_str(), rec["vmiUID"].as_str()), (Some("Oneshot"), Some("pxe"), Some(uid.as_str())));
-    until("override visible to the engine", || agent.backend.shared.view("default/web").is_some_and(|v| v.boot.is_some())).await;
+    assert_eq!(
+        (
+            rec["mode"].as_str(),
+            rec["device"].as_str(),
+            rec["vmiUID"].as_str()
+        ),
+        (Some("Oneshot"), Some("pxe"), Some(uid.as_str()))
+    );
+    until("override visible to the engine", || {
+        agent
+            .backend
+            .shared
+            .view("default/web")
+            .is_some_and(|v| v.boot.is_some())
+    })
+    .await;
     let out = admin(port, &["chassis", "bootparam", "get", "5"]).await;
     assert!(out.text.contains("PXE"), "{}", out.text);
 
@@ -153,34 +229,60 @@ async fn bootdev_pxe_patches_boot_orders_and_a_one_shot_is_restored_after_the_ne
     let out = admin(port, &["power", "reset"]).await;
     assert!(out.ok, "{}", out.text);
     until("restored after the next start", || {
-        boot_orders(&sim, "web") == original && vmbmc(&sim, "web").unwrap()["status"]["bootOverride"].is_null() && sim.vmi_uid(NS, "web").is_some_and(|u| u != uid)
+        boot_orders(&sim, "web") == original
+            && vmbmc(&sim, "web").unwrap()["status"]["bootOverride"].is_null()
+            && sim.vmi_uid(NS, "web").is_some_and(|u| u != uid)
     })
     .await;
 
     // A class the VM lacks is refused, and nothing is wiped.
     // (ipmitool exits 0 when Set Boot Options fails; its text says which completion code.)
     let out = admin(port, &["chassis", "bootdev", "cdrom"]).await;
-    assert!(out.text.contains("not supported in present state"), "cdrom on a VM without one: 0xD5 expected: {}", out.text);
+    assert!(
+        out.text.contains("not supported in present state"),
+        "cdrom on a VM without one: 0xD5 expected: {}",
+        out.text
+    );
     assert_eq!(boot_orders(&sim, "web"), original);
     let out = admin(port, &["chassis", "bootdev", "bios"]).await;
     assert!(out.text.contains("failed"), "BIOS setup: {}", out.text);
 
     // Persistent with EFI: kept across a restart, firmware switched.
-    let out = admin(port, &["chassis", "bootdev", "pxe", "options=persistent,efiboot"]).await;
+    let out = admin(
+        port,
+        &["chassis", "bootdev", "pxe", "options=persistent,efiboot"],
+    )
+    .await;
     assert!(out.ok, "{}", out.text);
     let vm = sim.get(Kind::VirtualMachine, NS, "web").unwrap();
-    assert!(vm["spec"]["template"]["spec"]["domain"]["firmware"]["bootloader"]["efi"].is_object(), "{vm}");
+    assert!(
+        vm["spec"]["template"]["spec"]["domain"]["firmware"]["bootloader"]["efi"].is_object(),
+        "{vm}"
+    );
     let uid = sim.vmi_uid(NS, "web").unwrap();
     assert!(admin(port, &["power", "reset"]).await.ok);
-    until("restarted", || sim.vmi_uid(NS, "web").is_some_and(|u| u != uid) && sim.vmi_phase(NS, "web").as_deref() == Some("Running")).await;
+    until("restarted", || {
+        sim.vmi_uid(NS, "web").is_some_and(|u| u != uid)
+            && sim.vmi_phase(NS, "web").as_deref() == Some("Running")
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(boot_orders(&sim, "web"), json!({"disks": [2], "interfaces": [1]}));
-    assert_eq!(vmbmc(&sim, "web").unwrap()["status"]["bootOverride"]["mode"], "Persistent");
+    assert_eq!(
+        boot_orders(&sim, "web"),
+        json!({"disks": [2], "interfaces": [1]})
+    );
+    assert_eq!(
+        vmbmc(&sim, "web").unwrap()["status"]["bootOverride"]["mode"],
+        "Persistent"
+    );
 
     // Clearing the override (bootdev none) drops the record.
     let out = admin(port, &["chassis", "bootdev", "none"]).await;
     assert!(out.ok, "{}", out.text);
-    until("record cleared", || vmbmc(&sim, "web").unwrap()["status"]["bootOverride"].is_null()).await;
+    until("record cleared", || {
+        vmbmc(&sim, "web").unwrap()["status"]["bootOverride"].is_null()
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -198,8 +300,14 @@ async fn watch_drops_and_expiry_lose_no_update() {
     seed(&sim, "b", "Halted");
     let port_b = agent.wait_served("default/b").await;
     let end = tokio::time::Instant::now() + T;
-    while !ipmitool(port_a, "admin", "after-drop", &["power", "status"]).await.ok {
-        assert!(tokio::time::Instant::now() < end, "password change lost across a watch drop");
+    while !ipmitool(port_a, "admin", "after-drop", &["power", "status"])
+        .await
+        .ok
+    {
+        assert!(
+            tokio::time::Instant::now() < end,
+            "password change lost across a watch drop"
+        );
     }
 
     // Expire every watch (in-stream 410): the agent re-lists. A deletion during the gap
@@ -208,13 +316,22 @@ async fn watch_drops_and_expiry_lose_no_update() {
     sim.delete(Kind::VirtualMachineBmc, NS, "a-bmc").unwrap();
     seed(&sim, "c", "Halted");
     let port_c = agent.wait_served("default/c").await;
-    until("a removed after expiry", || agent.port_of("default/a").is_none()).await;
+    until("a removed after expiry", || {
+        agent.port_of("default/a").is_none()
+    })
+    .await;
     assert!(port_c != port_b);
     assert!(admin(port_b, &["power", "status"]).await.ok);
     assert!(admin(port_c, &["power", "status"]).await.ok);
     let requests = sim.requests();
-    let relists = requests.iter().filter(|r| format!("{r:?}").contains("virtualmachinebmcs?&limit=500")).count();
-    assert!(relists >= 2, "expiry must cause a re-list of VirtualMachineBMCs ({relists})");
+    let relists = requests
+        .iter()
+        .filter(|r| format!("{r:?}").contains("virtualmachinebmcs?&limit=500"))
+        .count();
+    assert!(
+        relists >= 2,
+        "expiry must cause a re-list of VirtualMachineBMCs ({relists})"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -224,11 +341,23 @@ async fn api_errors_reach_the_client_and_become_events() {
     seed(&sim, "once", "Once");
     let agent = Agent::start(&sim, "agent-a", 31050..=31059).await;
     let port = agent.wait_served("default/vm1").await;
-    sim.inject(Fault::on("PUT", "/virtualmachines/vm1/start").status(500).times(10));
+    sim.inject(
+        Fault::on("PUT", "/virtualmachines/vm1/start")
+            .status(500)
+            .times(10),
+    );
     let out = admin(port, &["power", "on"]).await;
-    assert!(!out.ok, "a 500 on start must fail the command: {}", out.text);
+    assert!(
+        !out.ok,
+        "a 500 on start must fail the command: {}",
+        out.text
+    );
     until("IPMIActionFailed event", || {
-        sim.list(Kind::Event, Some(NS)).iter().any(|e| e["reason"] == "IPMIActionFailed" && e["involvedObject"]["name"] == "vm1" && e["involvedObject"]["kind"] == "VirtualMachine")
+        sim.list(Kind::Event, Some(NS)).iter().any(|e| {
+            e["reason"] == "IPMIActionFailed"
+                && e["involvedObject"]["name"] == "vm1"
+                && e["involvedObject"]["kind"] == "VirtualMachine"
+        })
     })
     .await;
     sim.clear_faults();
@@ -240,7 +369,12 @@ async fn api_errors_reach_the_client_and_become_events() {
     agent.wait_power("default/once", "on").await;
     let out = admin(port, &["power", "reset"]).await;
     assert!(!out.ok, "{}", out.text);
-    until("IPMIActionRefused event", || sim.list(Kind::Event, Some(NS)).iter().any(|e| e["reason"] == "IPMIActionRefused" && e["involvedObject"]["name"] == "once")).await;
+    until("IPMIActionRefused event", || {
+        sim.list(Kind::Event, Some(NS))
+            .iter()
+            .any(|e| e["reason"] == "IPMIActionRefused" && e["involvedObject"]["name"] == "once")
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -268,6 +402,8 @@ async fn ports_survive_an_agent_restart() {
     let p4 = b.wait_served("default/p4").await;
     assert!(!before.contains(&p4));
     assert!(admin(p4, &["power", "status"]).await.ok);
-    let lease = sim.get(Kind::Lease, "virtbmc-system", "virtbmc-leader").unwrap();
+    let lease = sim
+        .get(Kind::Lease, "virtbmc-system", "virtbmc-leader")
+        .unwrap();
     assert_eq!(lease["spec"]["holderIdentity"], "agent-b");
 }

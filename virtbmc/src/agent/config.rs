@@ -217,10 +217,20 @@ mod tests {
 
     #[test]
     fn kube_mode_needs_no_user() {
-        let a = Args::try_parse_from(["virtbmc", "--kube-url", "http://127.0.0.1:1", "--port-range", "20000-20009"]).unwrap();
+        let a = Args::try_parse_from([
+            "virtbmc",
+            "--kube-url",
+            "http://127.0.0.1:1",
+            "--port-range",
+            "20000-20009",
+        ])
+        .unwrap();
         assert!(a.kube_mode() && a.users.is_empty());
         assert_eq!(a.port_range, (20000, 20009));
         assert!(Args::try_parse_from(["virtbmc", "--kube", "--port-range", "9-1"]).is_err());
-        assert_eq!(Args::try_parse_from(["virtbmc"]).unwrap().port_range, (10000, 19999));
+        assert_eq!(
+            Args::try_parse_from(["virtbmc"]).unwrap().port_range,
+            (10000, 19999)
+        );
     }
 }

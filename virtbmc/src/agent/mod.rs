@@ -54,7 +54,9 @@ pub async fn run(args: Args) -> Result<(), AgentError> {
         return run_kube(args).await;
     }
     if args.users.is_empty() {
-        return Err(AgentError::Config("no BMC user: pass --user NAME:PASSWORD (or --kube to take users from Secrets)".into()));
+        return Err(AgentError::Config(
+            "no BMC user: pass --user NAME:PASSWORD (or --kube to take users from Secrets)".into(),
+        ));
     }
     let config = Arc::new(args.bmc_config().map_err(AgentError::Config)?);
     let vms = args.all_vms();
@@ -125,30 +127,62 @@ pub async fn run(args: Args) -> Result<(), AgentError> {
 async fn run_kube(args: Args) -> Result<(), AgentError> {
     use crate::cluster::{ClusterOptions, KubeBackend, serve};
     if !args.vms.is_empty() || args.generate > 0 {
-        return Err(AgentError::Config("--vm and --generate define embedded VMs; they do not mix with --kube".into()));
+        return Err(AgentError::Config(
+            "--vm and --generate define embedded VMs; they do not mix with --kube".into(),
+        ));
     }
     if !args.users.is_empty() {
         return Err(AgentError::Config("--user is for embedded VMs; with --kube each VirtualMachineBMC's Secret names its user".into()));
     }
     let kube_config = match &args.kube_url {
-        Some(url) => kube::Config::new(url.parse().map_err(|e| AgentError::Config(format!("--kube-url {url:?}: {e}")))?),
-        None => kube::Config::infer().await.map_err(|e| AgentError::Config(format!("no Kubernetes configuration: {e}")))?,
+        Some(url) => kube::Config::new(
+            url.parse()
+                .map_err(|e| AgentError::Config(format!("--kube-url {url:?}: {e}")))?,
+        ),
+        None => kube::Config::infer()
+            .await
+            .map_err(|e| AgentError::Config(format!("no Kubernetes configuration: {e}")))?,
     };
-    let lease_namespace = args.lease_namespace.clone().unwrap_or_else(|| kube_config.default_namespace.clone());
-    let client = kube::Client::try_from(kube_config).map_err(|e| AgentError::Config(format!("Kubernetes client: {e}")))?;
+    let lease_namespace = args
+        .lease_namespace
+        .clone()
+        .unwrap_or_else(|| kube_config.default_namespace.clone());
+    let client = kube::Client::try_from(kube_config)
+        .map_err(|e| AgentError::Config(format!("Kubernetes client: {e}")))?;
     let base = args.bmc_config().map_err(AgentError::Config)?;
     let mut opts = ClusterOptions::new(&args.identity(), &lease_namespace, base);
     opts.port_range = args.port_range.0..=args.port_range.1;
     raise_fd_limit(opts.port_range.len() as u64 + 256);
     let (backend, writers) = KubeBackend::new(client, opts);
     let metrics = Arc::new(Metrics::default());
-    let registry = Arc::new(Registry::new(args.listen, Arc::new(backend.clone()), metrics.clone(), Duration::from_millis(args.action_timeout_ms)));
+    let registry = Arc::new(Registry::new(
+        args.listen,
+        Arc::new(backend.clone()),
+        metrics.clone(),
+        Duration::from_millis(args.action_timeout_ms),
+    ));
     let tasks = serve::spawn(&backend, writers, registry.clone());
-    let listener = TcpListener::bind(args.admin).await.map_err(|source| AgentError::Admin { addr: args.admin, source })?;
+    let listener = TcpListener::bind(args.admin)
+        .await
+        .map_err(|source| AgentError::Admin {
+            addr: args.admin,
+            source,
+        })?;
     // /vms lists embedded machines only; in this mode it is empty.
-    let admin = Arc::new(admin::Admin { metrics, embedded: Embedded::new(Duration::ZERO), registry });
+    let admin = Arc::new(admin::Admin {
+        metrics,
+        embedded: Embedded::new(Duration::ZERO),
+        registry,
+    });
     tokio::spawn(admin.serve(listener));
-    log::info!("cluster mode: identity {}, lease {lease_namespace}/{}, ports {}-{}, admin on http://{}", backend.shared.opts.identity, backend.shared.opts.lease_name, args.port_range.0, args.port_range.1, args.admin);
+    log::info!(
+        "cluster mode: identity {}, lease {lease_namespace}/{}, ports {}-{}, admin on http://{}",
+        backend.shared.opts.identity,
+        backend.shared.opts.lease_name,
+        args.port_range.0,
+        args.port_range.1,
+        args.admin
+    );
     shutdown_signal().await;
     log::info!("shutting down");
     for t in tasks {

@@ -50,21 +50,33 @@ pub fn classify(sub: &str, status: &Status) -> Result<(), ActionError> {
     let msg = status.message.as_str();
     match status.code {
         409 if sub == "start" && msg.contains("VM is already running") => Ok(()),
-        409 if sub == "stop" && (msg.ends_with("VM is not running") || msg.contains("VM is not running\"")) => Ok(()),
+        409 if sub == "stop"
+            && (msg.ends_with("VM is not running") || msg.contains("VM is not running\"")) =>
+        {
+            Ok(())
+        }
         409 => Err(ActionError::NotInState(msg.to_string())),
         500 if msg.contains("already underway") => Err(ActionError::Busy),
-        _ => Err(ActionError::Failed(format!("{} {}: {msg}", status.code, status.reason))),
+        _ => Err(ActionError::Failed(format!(
+            "{} {}: {msg}",
+            status.code, status.reason
+        ))),
     }
 }
 
 async fn power_action(sh: &Shared, ns: &str, vm: &str, action: Action) -> Result<(), ActionError> {
-    if sh.view(&format!("{ns}/{vm}")).is_some_and(|v| v.power.in_transition()) {
+    if sh
+        .view(&format!("{ns}/{vm}"))
+        .is_some_and(|v| v.power.in_transition())
+    {
         return Err(ActionError::Busy);
     }
     let (sub, body) = subresource(action);
     let url = format!("/apis/subresources.kubevirt.io/v1/namespaces/{ns}/virtualmachines");
     let body = serde_json::to_vec(&body).expect("serialisable");
-    let req = kube::core::Request::new(url).replace_subresource(sub, vm, &PostParams::default(), body).map_err(|e| ActionError::Failed(e.to_string()))?;
+    let req = kube::core::Request::new(url)
+        .replace_subresource(sub, vm, &PostParams::default(), body)
+        .map_err(|e| ActionError::Failed(e.to_string()))?;
     let err = match sh.client.request_text(req).await {
         Ok(_) => return Ok(()),
         Err(kube::Error::Api(status)) => classify(sub, &status),
@@ -86,7 +98,11 @@ pub async fn record_event(sh: &Shared, ns: &str, vm: &str, reason: &str, message
     let uid = sh.stores.vm(ns, vm).and_then(|o| o.metadata.uid.clone());
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     let ev = Event {
-        metadata: ObjectMeta { generate_name: Some(format!("{vm}.")), namespace: Some(ns.to_string()), ..Default::default() },
+        metadata: ObjectMeta {
+            generate_name: Some(format!("{vm}.")),
+            namespace: Some(ns.to_string()),
+            ..Default::default()
+        },
         involved_object: ObjectReference {
             api_version: Some("kubevirt.io/v1".into()),
             kind: Some("VirtualMachine".into()),
@@ -101,12 +117,18 @@ pub async fn record_event(sh: &Shared, ns: &str, vm: &str, reason: &str, message
         count: Some(1),
         first_timestamp: Some(now.clone()),
         last_timestamp: Some(now),
-        source: Some(EventSource { component: Some("virtbmc".into()), host: Some(sh.opts.identity.clone()) }),
+        source: Some(EventSource {
+            component: Some("virtbmc".into()),
+            host: Some(sh.opts.identity.clone()),
+        }),
         reporting_component: Some("virtbmc".into()),
         reporting_instance: Some(sh.opts.identity.clone()),
         ..Default::default()
     };
-    if let Err(e) = Api::<Event>::namespaced(sh.client.clone(), ns).create(&PostParams::default(), &ev).await {
+    if let Err(e) = Api::<Event>::namespaced(sh.client.clone(), ns)
+        .create(&PostParams::default(), &ev)
+        .await
+    {
         log::warn!("vm={ns}/{vm} cannot record event {reason}: {e}");
     }
 }
@@ -122,8 +144,16 @@ fn api_failed(what: &str, e: kube::Error) -> ActionError {
 /// The EFI flag switches a BIOS VM to EFI (the original firmware is recorded and restored
 /// with a one-shot override); a clear flag leaves an EFI VM as it is, because most clients
 /// never set it, and switching an EFI-installed guest to BIOS would leave it unbootable.
-async fn set_boot(sh: &Shared, ns: &str, vm: &str, want: Option<BootOverride>) -> Result<(), ActionError> {
-    let bmc = sh.stores.vmbmc_for(ns, vm).ok_or_else(|| ActionError::Failed(format!("no VirtualMachineBMC for {ns}/{vm}")))?;
+async fn set_boot(
+    sh: &Shared,
+    ns: &str,
+    vm: &str,
+    want: Option<BootOverride>,
+) -> Result<(), ActionError> {
+    let bmc = sh
+        .stores
+        .vmbmc_for(ns, vm)
+        .ok_or_else(|| ActionError::Failed(format!("no VirtualMachineBMC for {ns}/{vm}")))?;
     let existing = bmc.status.as_ref().and_then(|s| s.boot_override.clone());
     let vms: Api<DynamicObject> = Api::namespaced_with(sh.client.clone(), ns, &vm_resource());
     let Some(want) = want else {
@@ -138,7 +168,9 @@ async fn set_boot(sh: &Shared, ns: &str, vm: &str, want: Option<BootOverride>) -
         return Ok(());
     };
     if want.device == BootDevice::Bios {
-        return Err(ActionError::Unsupported("KubeVirt cannot enter firmware setup".into()));
+        return Err(ActionError::Unsupported(
+            "KubeVirt cannot enter firmware setup".into(),
+        ));
     }
     let mut last = String::new();
     for _ in 0..BOOT_ATTEMPTS {
@@ -159,21 +191,40 @@ async fn set_boot(sh: &Shared, ns: &str, vm: &str, want: Option<BootOverride>) -
             .as_ref()
             .filter(|o| o.mode == "Oneshot")
             .and_then(|o| o.original_firmware.clone())
-            .or_else(|| bootloader.as_ref().map(|_| if was_efi { "UEFI" } else { "Legacy" }.to_string()));
+            .or_else(|| {
+                bootloader
+                    .as_ref()
+                    .map(|_| if was_efi { "UEFI" } else { "Legacy" }.to_string())
+            });
         if let Some(p) = boot::patch(&vm_json, &orders, bootloader) {
-            match vms.patch(vm, &PatchParams::default(), &Patch::Json::<()>(p)).await {
+            match vms
+                .patch(vm, &PatchParams::default(), &Patch::Json::<()>(p))
+                .await
+            {
                 Ok(_) => {}
                 Err(kube::Error::Api(s)) if s.code == 422 || s.code == 409 => {
-                    log::info!("vm={ns}/{vm} boot order changed meanwhile ({}); re-reading", s.code);
+                    log::info!(
+                        "vm={ns}/{vm} boot order changed meanwhile ({}); re-reading",
+                        s.code
+                    );
                     last = s.message.clone();
                     continue;
                 }
                 Err(e) => return Err(api_failed("patch VM boot order", e)),
             }
         }
-        let vmi_uid = sh.stores.vmi(ns, vm).and_then(|o| o.metadata.uid.clone()).unwrap_or_default();
+        let vmi_uid = sh
+            .stores
+            .vmi(ns, vm)
+            .and_then(|o| o.metadata.uid.clone())
+            .unwrap_or_default();
         let record = BootOverrideStatus {
-            mode: if want.persistent { "Persistent" } else { "Oneshot" }.into(),
+            mode: if want.persistent {
+                "Persistent"
+            } else {
+                "Oneshot"
+            }
+            .into(),
             vmi_uid,
             boot_orders: baseline,
             original_firmware,
@@ -182,11 +233,18 @@ async fn set_boot(sh: &Shared, ns: &str, vm: &str, want: Option<BootOverride>) -
         };
         return write_override(sh, &bmc, Some(record)).await;
     }
-    Err(ActionError::Failed(format!("boot order kept changing under us: {last}")))
+    Err(ActionError::Failed(format!(
+        "boot order kept changing under us: {last}"
+    )))
 }
 
 /// Puts back the orders (and firmware) recorded in a one-shot override.
-pub async fn restore_orders(sh: &Shared, ns: &str, vm: &str, o: &BootOverrideStatus) -> Result<(), ActionError> {
+pub async fn restore_orders(
+    sh: &Shared,
+    ns: &str,
+    vm: &str,
+    o: &BootOverrideStatus,
+) -> Result<(), ActionError> {
     let vms: Api<DynamicObject> = Api::namespaced_with(sh.client.clone(), ns, &vm_resource());
     for _ in 0..BOOT_ATTEMPTS {
         let obj = match vms.get(vm).await {
@@ -201,23 +259,36 @@ pub async fn restore_orders(sh: &Shared, ns: &str, vm: &str, o: &BootOverrideSta
             Some("UEFI") => Some(json!({"efi": {}})),
             _ => None,
         };
-        let Some(p) = boot::patch(&vm_json, &o.boot_orders, bootloader) else { return Ok(()) };
-        match vms.patch(vm, &PatchParams::default(), &Patch::Json::<()>(p)).await {
+        let Some(p) = boot::patch(&vm_json, &o.boot_orders, bootloader) else {
+            return Ok(());
+        };
+        match vms
+            .patch(vm, &PatchParams::default(), &Patch::Json::<()>(p))
+            .await
+        {
             Ok(_) => return Ok(()),
             Err(kube::Error::Api(s)) if s.code == 422 || s.code == 409 => continue,
             Err(e) => return Err(api_failed("restore VM boot order", e)),
         }
     }
-    Err(ActionError::Failed("boot order kept changing while restoring it".into()))
+    Err(ActionError::Failed(
+        "boot order kept changing while restoring it".into(),
+    ))
 }
 
 /// Writes (or removes) `status.bootOverride` with a merge patch on the status subresource.
-pub async fn write_override(sh: &Shared, bmc: &VirtualMachineBMC, o: Option<BootOverrideStatus>) -> Result<(), ActionError> {
+pub async fn write_override(
+    sh: &Shared,
+    bmc: &VirtualMachineBMC,
+    o: Option<BootOverrideStatus>,
+) -> Result<(), ActionError> {
     let ns = bmc.metadata.namespace.clone().unwrap_or_default();
     let name = bmc.metadata.name.clone().unwrap_or_default();
     let api: Api<VirtualMachineBMC> = Api::namespaced(sh.client.clone(), &ns);
     let patch = json!({"status": {"bootOverride": o}});
-    api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch)).await.map_err(|e| api_failed("record boot override", e))?;
+    api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map_err(|e| api_failed("record boot override", e))?;
     Ok(())
 }
 
@@ -235,10 +306,34 @@ mod tests {
         assert_eq!(classify("start", &st(409, already)), Ok(()));
         let not_running = "Operation cannot be fulfilled on virtualmachine.kubevirt.io \"vm1\": VM is not running";
         assert_eq!(classify("stop", &st(409, not_running)), Ok(()));
-        assert!(matches!(classify("restart", &st(409, &format!("{not_running}: Halted"))), Err(ActionError::NotInState(_))));
-        assert!(matches!(classify("start", &st(409, "Always does not support manual start requests")), Err(ActionError::NotInState(_))));
-        assert_eq!(classify("stop", &st(500, "Internal error occurred: unable to complete request: stop/start already underway")), Err(ActionError::Busy));
-        assert!(matches!(classify("start", &st(500, "Internal error occurred: boom")), Err(ActionError::Failed(_))));
-        assert!(matches!(classify("start", &st(404, "not found")), Err(ActionError::Failed(_))));
+        assert!(matches!(
+            classify("restart", &st(409, &format!("{not_running}: Halted"))),
+            Err(ActionError::NotInState(_))
+        ));
+        assert!(matches!(
+            classify(
+                "start",
+                &st(409, "Always does not support manual start requests")
+            ),
+            Err(ActionError::NotInState(_))
+        ));
+        assert_eq!(
+            classify(
+                "stop",
+                &st(
+                    500,
+                    "Internal error occurred: unable to complete request: stop/start already underway"
+                )
+            ),
+            Err(ActionError::Busy)
+        );
+        assert!(matches!(
+            classify("start", &st(500, "Internal error occurred: boom")),
+            Err(ActionError::Failed(_))
+        ));
+        assert!(matches!(
+            classify("start", &st(404, "not found")),
+            Err(ActionError::Failed(_))
+        ));
     }
 }

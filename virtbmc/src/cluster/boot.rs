@@ -32,7 +32,10 @@ fn key_of(list: &str, dev: &Value) -> String {
 }
 
 fn devices(vm: &Value, list: &str) -> Vec<Value> {
-    vm["spec"]["template"]["spec"]["domain"]["devices"][list].as_array().cloned().unwrap_or_default()
+    vm["spec"]["template"]["spec"]["domain"]["devices"][list]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
 }
 
 /// The current boot orders, keyed as in `status.bootOverride.bootOrders`.
@@ -50,7 +53,9 @@ pub fn current_orders(vm: &Value) -> BTreeMap<String, u32> {
 
 /// Whether the VM boots with EFI (`firmware.bootloader.efi`); KubeVirt's default is BIOS.
 pub fn is_efi(vm: &Value) -> bool {
-    vm["spec"]["template"]["spec"]["domain"]["firmware"]["bootloader"].get("efi").is_some()
+    vm["spec"]["template"]["spec"]["domain"]["firmware"]["bootloader"]
+        .get("efi")
+        .is_some()
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -68,7 +73,10 @@ pub enum PlanError {
 /// device had one (KubeVirt's default: the disks as listed), the other disks follow in list
 /// order so the machine still falls back to them. Devices of other classes are never wiped.
 pub fn plan(vm: &Value, first: BootDevice) -> Result<BTreeMap<String, u32>, PlanError> {
-    if !matches!(first, BootDevice::Pxe | BootDevice::Disk | BootDevice::Cdrom) {
+    if !matches!(
+        first,
+        BootDevice::Pxe | BootDevice::Disk | BootDevice::Cdrom
+    ) {
         return Err(PlanError::Unsupported(first));
     }
     // (key, class, old order, list position)
@@ -76,26 +84,45 @@ pub fn plan(vm: &Value, first: BootDevice) -> Result<BTreeMap<String, u32>, Plan
     let mut pos = 0;
     for list in ["disks", "interfaces"] {
         for d in devices(vm, list) {
-            all.push((key_of(list, &d), class_of(list, &d), d["bootOrder"].as_u64(), pos));
+            all.push((
+                key_of(list, &d),
+                class_of(list, &d),
+                d["bootOrder"].as_u64(),
+                pos,
+            ));
             pos += 1;
         }
     }
-    let by_order = |v: &mut Vec<&(String, BootDevice, Option<u64>, usize)>| v.sort_by_key(|(_, _, o, p)| (o.is_none(), o.unwrap_or(0), *p));
+    let by_order = |v: &mut Vec<&(String, BootDevice, Option<u64>, usize)>| {
+        v.sort_by_key(|(_, _, o, p)| (o.is_none(), o.unwrap_or(0), *p))
+    };
     let mut chosen: Vec<_> = all.iter().filter(|d| d.1 == first).collect();
     if chosen.is_empty() {
         return Err(PlanError::NoDevice(first));
     }
     by_order(&mut chosen);
     let any_order = all.iter().any(|d| d.2.is_some());
-    let mut rest: Vec<_> = all.iter().filter(|d| d.1 != first && (d.2.is_some() || (!any_order && d.1 == BootDevice::Disk))).collect();
+    let mut rest: Vec<_> = all
+        .iter()
+        .filter(|d| d.1 != first && (d.2.is_some() || (!any_order && d.1 == BootDevice::Disk)))
+        .collect();
     by_order(&mut rest);
-    Ok(chosen.into_iter().chain(rest).enumerate().map(|(i, d)| (d.0.clone(), i as u32 + 1)).collect())
+    Ok(chosen
+        .into_iter()
+        .chain(rest)
+        .enumerate()
+        .map(|(i, d)| (d.0.clone(), i as u32 + 1))
+        .collect())
 }
 
 /// The JSON Patch that sets `orders` (a device absent from it loses its bootOrder) and, when
 /// `efi` is Some, the bootloader. Each device list it rewrites is first `test`ed against the
 /// state it was computed from. None if nothing would change.
-pub fn patch(vm: &Value, orders: &BTreeMap<String, u32>, bootloader: Option<Value>) -> Option<json_patch::Patch> {
+pub fn patch(
+    vm: &Value,
+    orders: &BTreeMap<String, u32>,
+    bootloader: Option<Value>,
+) -> Option<json_patch::Patch> {
     let mut ops = Vec::new();
     for list in ["disks", "interfaces"] {
         let old = devices(vm, list);
@@ -161,22 +188,47 @@ mod tests {
     #[test]
     fn chosen_class_first_rest_keep_order() {
         let p = plan(&vm(), BootDevice::Pxe).unwrap();
-        let want: BTreeMap<String, u32> =
-            [("interface:pxe", 1), ("interface:default", 2), ("disk:root", 3), ("cdrom:iso", 4)].into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        let want: BTreeMap<String, u32> = [
+            ("interface:pxe", 1),
+            ("interface:default", 2),
+            ("disk:root", 3),
+            ("cdrom:iso", 4),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
         assert_eq!(p, want);
         let p = plan(&vm(), BootDevice::Cdrom).unwrap();
-        assert_eq!((p["cdrom:iso"], p["disk:root"], p["interface:pxe"]), (1, 2, 3));
+        assert_eq!(
+            (p["cdrom:iso"], p["disk:root"], p["interface:pxe"]),
+            (1, 2, 3)
+        );
         assert!(!p.contains_key("disk:data") && !p.contains_key("interface:default"));
         let p = plan(&vm(), BootDevice::Disk).unwrap();
-        assert_eq!((p["disk:root"], p["disk:data"], p["cdrom:iso"], p["interface:pxe"]), (1, 2, 3, 4));
+        assert_eq!(
+            (
+                p["disk:root"],
+                p["disk:data"],
+                p["cdrom:iso"],
+                p["interface:pxe"]
+            ),
+            (1, 2, 3, 4)
+        );
     }
 
     #[test]
     fn missing_class_and_bios_are_refused() {
         let mut v = vm();
-        v["spec"]["template"]["spec"]["domain"]["devices"]["disks"] = json!([{"name": "root", "disk": {}, "bootOrder": 1}]);
-        assert_eq!(plan(&v, BootDevice::Cdrom), Err(PlanError::NoDevice(BootDevice::Cdrom)));
-        assert_eq!(plan(&v, BootDevice::Bios), Err(PlanError::Unsupported(BootDevice::Bios)));
+        v["spec"]["template"]["spec"]["domain"]["devices"]["disks"] =
+            json!([{"name": "root", "disk": {}, "bootOrder": 1}]);
+        assert_eq!(
+            plan(&v, BootDevice::Cdrom),
+            Err(PlanError::NoDevice(BootDevice::Cdrom))
+        );
+        assert_eq!(
+            plan(&v, BootDevice::Bios),
+            Err(PlanError::Unsupported(BootDevice::Bios))
+        );
     }
 
     #[test]
@@ -203,7 +255,10 @@ mod tests {
         // Restoring the recorded orders gives the original devices back, byte for byte.
         let back = patch(&after, &before, None).unwrap();
         json_patch::patch(&mut after, &back).unwrap();
-        assert_eq!(after["spec"]["template"]["spec"]["domain"]["devices"], v["spec"]["template"]["spec"]["domain"]["devices"]);
+        assert_eq!(
+            after["spec"]["template"]["spec"]["domain"]["devices"],
+            v["spec"]["template"]["spec"]["domain"]["devices"]
+        );
         assert!(patch(&v, &before, None).is_none());
     }
 }

@@ -52,7 +52,11 @@ pub fn service_name(vm: &str) -> String {
 /// VirtualMachineBMC also holds, gets the lowest free one (None: the range is full).
 /// `pending` holds ports this leader wrote that the cache does not show yet (keyed by
 /// uid): they count as taken, and their owners are not given another. Pure, for tests.
-pub fn allocate(bmcs: &[Arc<VirtualMachineBMC>], range: std::ops::RangeInclusive<u16>, pending: &BTreeMap<String, u16>) -> Vec<(Arc<VirtualMachineBMC>, Option<u16>)> {
+pub fn allocate(
+    bmcs: &[Arc<VirtualMachineBMC>],
+    range: std::ops::RangeInclusive<u16>,
+    pending: &BTreeMap<String, u16>,
+) -> Vec<(Arc<VirtualMachineBMC>, Option<u16>)> {
     let mut used: BTreeSet<u16> = pending.values().copied().collect();
     let mut need = Vec::new();
     for b in bmcs {
@@ -73,7 +77,12 @@ async fn reconcile(sh: &Shared, pending: &mut BTreeMap<String, u16>) {
     let bmcs = sh.stores.vmbmcs();
     log::debug!("reconcile: {} VirtualMachineBMC(s)", bmcs.len());
     // Forget pending ports once the cache shows them (or their owner is gone).
-    pending.retain(|uid, p| bmcs.iter().any(|b| b.metadata.uid.as_ref() == Some(uid) && b.status.as_ref().and_then(|s| s.port) != Some(*p)));
+    pending.retain(|uid, p| {
+        bmcs.iter().any(|b| {
+            b.metadata.uid.as_ref() == Some(uid)
+                && b.status.as_ref().and_then(|s| s.port) != Some(*p)
+        })
+    });
     let mut allocated = false;
     for (b, port) in allocate(&bmcs, sh.opts.port_range.clone(), pending) {
         let (ns, name) = (b.namespace().unwrap_or_default(), b.name_any());
@@ -85,7 +94,10 @@ async fn reconcile(sh: &Shared, pending: &mut BTreeMap<String, u16>) {
         // we read it is looked at again on the next round.
         let patch = json!({"metadata": {"resourceVersion": b.resource_version()}, "status": {"port": port}});
         let api: Api<VirtualMachineBMC> = Api::namespaced(sh.client.clone(), &ns);
-        match api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+        match api
+            .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
             Ok(_) => {
                 log::info!("vmbmc={ns}/{name} port={port} allocated");
                 pending.insert(b.metadata.uid.clone().unwrap_or_default(), port);
@@ -135,16 +147,31 @@ async fn ensure_service(sh: &Shared, b: &VirtualMachineBMC, port: u16) -> Option
     let existing = sh.stores.service.get(&ObjectRef::new(&name).within(&ns));
     let target = IntOrString::Int(port as i32);
     if let Some(s) = existing.as_ref() {
-        let ports = s.spec.as_ref().and_then(|sp| sp.ports.clone()).unwrap_or_default();
-        let right = ports.len() == 1 && ports[0].port == IPMI_PORT && ports[0].target_port.as_ref() == Some(&target) && ports[0].protocol.as_deref() == Some("UDP");
+        let ports = s
+            .spec
+            .as_ref()
+            .and_then(|sp| sp.ports.clone())
+            .unwrap_or_default();
+        let right = ports.len() == 1
+            && ports[0].port == IPMI_PORT
+            && ports[0].target_port.as_ref() == Some(&target)
+            && ports[0].protocol.as_deref() == Some("UDP");
         if right {
             return Some((**s).clone());
         }
     }
-    let mut labels: BTreeMap<String, String> = b.spec.service.as_ref().and_then(|s| s.labels.clone()).unwrap_or_default();
+    let mut labels: BTreeMap<String, String> = b
+        .spec
+        .service
+        .as_ref()
+        .and_then(|s| s.labels.clone())
+        .unwrap_or_default();
     labels.insert(MANAGED_BY.0.into(), MANAGED_BY.1.into());
     labels.insert(VMBMC_LABEL.into(), b.name_any());
-    labels.insert("kubevirt.io/vm-name".into(), b.spec.virtual_machine_ref.name.clone());
+    labels.insert(
+        "kubevirt.io/vm-name".into(),
+        b.spec.virtual_machine_ref.name.clone(),
+    );
     let svc = Service {
         metadata: ObjectMeta {
             name: Some(name.clone()),
@@ -153,18 +180,36 @@ async fn ensure_service(sh: &Shared, b: &VirtualMachineBMC, port: u16) -> Option
             annotations: b.spec.service.as_ref().and_then(|s| s.annotations.clone()),
             // Garbage collection removes the Service with its VirtualMachineBMC on a real
             // cluster even when no agent runs.
-            owner_references: b.controller_owner_ref(&()).map(|r| vec![OwnerReference { block_owner_deletion: Some(false), ..r }]),
+            owner_references: b.controller_owner_ref(&()).map(|r| {
+                vec![OwnerReference {
+                    block_owner_deletion: Some(false),
+                    ..r
+                }]
+            }),
             ..Default::default()
         },
         spec: Some(ServiceSpec {
             type_: Some("ClusterIP".into()),
-            ports: Some(vec![ServicePort { name: Some("ipmi".into()), protocol: Some("UDP".into()), port: IPMI_PORT, target_port: Some(target), ..Default::default() }]),
+            ports: Some(vec![ServicePort {
+                name: Some("ipmi".into()),
+                protocol: Some("UDP".into()),
+                port: IPMI_PORT,
+                target_port: Some(target),
+                ..Default::default()
+            }]),
             ..Default::default()
         }),
         status: None,
     };
     let api: Api<Service> = Api::namespaced(sh.client.clone(), &ns);
-    match api.patch(&name, &PatchParams::apply("virtbmc").force(), &Patch::Apply(&svc)).await {
+    match api
+        .patch(
+            &name,
+            &PatchParams::apply("virtbmc").force(),
+            &Patch::Apply(&svc),
+        )
+        .await
+    {
         Ok(s) => {
             log::info!("service={ns}/{name} port={port} applied");
             Some(s)
@@ -177,7 +222,13 @@ async fn ensure_service(sh: &Shared, b: &VirtualMachineBMC, port: u16) -> Option
 }
 
 fn condition(type_: &str, ok: bool, reason: &str, message: String) -> Condition {
-    Condition { type_: type_.into(), status: if ok { "True" } else { "False" }.into(), reason: reason.into(), message, ..Default::default() }
+    Condition {
+        type_: type_.into(),
+        status: if ok { "True" } else { "False" }.into(),
+        reason: reason.into(),
+        message,
+        ..Default::default()
+    }
 }
 
 /// The conditions a person reads with `kubectl describe vmbmc`.
@@ -186,25 +237,73 @@ pub fn conditions(sh: &Shared, b: &VirtualMachineBMC, svc: Option<&Service>) -> 
     let vm = &b.spec.virtual_machine_ref.name;
     let secret_name = &b.spec.auth_secret_ref.name;
     let vm_found = sh.stores.vm(&ns, vm).is_some();
-    let secret = sh.stores.secret.get(&ObjectRef::new(secret_name).within(&ns));
+    let secret = sh
+        .stores
+        .secret
+        .get(&ObjectRef::new(secret_name).within(&ns));
     let secret_cond = match users_from_secret(secret.as_deref()) {
-        Ok(_) => condition("SecretAvailable", true, "SecretFound", format!("Secret {secret_name} provides the BMC user")),
-        Err(SecretProblem::NotFound) => condition("SecretAvailable", false, "SecretNotFound", format!("Secret {secret_name} not found: every login is refused")),
-        Err(SecretProblem::Invalid(why)) => condition("SecretAvailable", false, "SecretInvalid", format!("Secret {secret_name}: {why}: every login is refused")),
+        Ok(_) => condition(
+            "SecretAvailable",
+            true,
+            "SecretFound",
+            format!("Secret {secret_name} provides the BMC user"),
+        ),
+        Err(SecretProblem::NotFound) => condition(
+            "SecretAvailable",
+            false,
+            "SecretNotFound",
+            format!("Secret {secret_name} not found: every login is refused"),
+        ),
+        Err(SecretProblem::Invalid(why)) => condition(
+            "SecretAvailable",
+            false,
+            "SecretInvalid",
+            format!("Secret {secret_name}: {why}: every login is refused"),
+        ),
     };
     let port = b.status.as_ref().and_then(|s| s.port);
     let ready = match (b.spec.ipmi_enabled(), port, svc) {
-        (false, _, _) => condition("Ready", false, "IPMIDisabled", "spec.ipmi.enabled is false".into()),
-        (true, None, _) => condition("Ready", false, "PortNotAllocated", "waiting for a port".into()),
-        (true, Some(p), Some(_)) => condition("Ready", true, "ServiceReady", format!("Service {} UDP 623 -> agent port {p}", service_name(vm))),
-        (true, Some(_), None) => condition("Ready", false, "ServiceNotReady", format!("Service {} not created yet", service_name(vm))),
+        (false, _, _) => condition(
+            "Ready",
+            false,
+            "IPMIDisabled",
+            "spec.ipmi.enabled is false".into(),
+        ),
+        (true, None, _) => condition(
+            "Ready",
+            false,
+            "PortNotAllocated",
+            "waiting for a port".into(),
+        ),
+        (true, Some(p), Some(_)) => condition(
+            "Ready",
+            true,
+            "ServiceReady",
+            format!("Service {} UDP 623 -> agent port {p}", service_name(vm)),
+        ),
+        (true, Some(_), None) => condition(
+            "Ready",
+            false,
+            "ServiceNotReady",
+            format!("Service {} not created yet", service_name(vm)),
+        ),
     };
     vec![
         ready,
         if vm_found {
-            condition("VirtualMachineAvailable", true, "VirtualMachineFound", format!("VirtualMachine {vm} found"))
+            condition(
+                "VirtualMachineAvailable",
+                true,
+                "VirtualMachineFound",
+                format!("VirtualMachine {vm} found"),
+            )
         } else {
-            condition("VirtualMachineAvailable", false, "VirtualMachineNotFound", format!("VirtualMachine {vm} not found"))
+            condition(
+                "VirtualMachineAvailable",
+                false,
+                "VirtualMachineNotFound",
+                format!("VirtualMachine {vm} not found"),
+            )
         },
         secret_cond,
     ]
@@ -213,10 +312,12 @@ pub fn conditions(sh: &Shared, b: &VirtualMachineBMC, svc: Option<&Service>) -> 
 async fn write_conditions(sh: &Shared, b: &VirtualMachineBMC, svc: Option<&Service>) {
     let old = b.status.clone().unwrap_or_default();
     let mut new = conditions(sh, b, svc);
-    let now = serde_json::to_value(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now()))
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default();
+    let now = serde_json::to_value(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        k8s_openapi::jiff::Timestamp::now(),
+    ))
+    .ok()
+    .and_then(|v| v.as_str().map(str::to_string))
+    .unwrap_or_default();
     for c in &mut new {
         c.observed_generation = b.metadata.generation;
         c.last_transition_time = match old.conditions.iter().find(|o| o.type_ == c.type_) {
@@ -224,29 +325,47 @@ async fn write_conditions(sh: &Shared, b: &VirtualMachineBMC, svc: Option<&Servi
             _ => now.clone(),
         };
     }
-    let cluster_ip = svc.and_then(|s| s.spec.as_ref()).and_then(|s| s.cluster_ip.clone()).filter(|ip| ip != "None");
+    let cluster_ip = svc
+        .and_then(|s| s.spec.as_ref())
+        .and_then(|s| s.cluster_ip.clone())
+        .filter(|ip| ip != "None");
     if new == old.conditions && cluster_ip == old.cluster_ip {
         return;
     }
     let (ns, name) = (b.namespace().unwrap_or_default(), b.name_any());
     let api: Api<VirtualMachineBMC> = Api::namespaced(sh.client.clone(), &ns);
     let patch = json!({"status": {"conditions": new, "clusterIP": cluster_ip}});
-    if let Err(e) = api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+    if let Err(e) = api
+        .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
         log::warn!("vmbmc={ns}/{name} status: {e}");
     }
 }
 
 async fn restore_one_shot(sh: &Shared, b: &VirtualMachineBMC) {
-    let Some(o) = b.status.as_ref().and_then(|s| s.boot_override.as_ref()).filter(|o| o.mode == "Oneshot") else { return };
+    let Some(o) = b
+        .status
+        .as_ref()
+        .and_then(|s| s.boot_override.as_ref())
+        .filter(|o| o.mode == "Oneshot")
+    else {
+        return;
+    };
     let ns = b.namespace().unwrap_or_default();
     let vm = &b.spec.virtual_machine_ref.name;
-    let Some(vmi) = sh.stores.vmi(&ns, vm) else { return };
+    let Some(vmi) = sh.stores.vmi(&ns, vm) else {
+        return;
+    };
     let json = object_json(&vmi);
     let uid = vmi.metadata.uid.clone().unwrap_or_default();
     if json["status"]["phase"] != "Running" || uid == o.vmi_uid {
         return;
     }
-    log::info!("vm={ns}/{vm} vmi={uid} booted with the one-shot {} override; restoring boot order", o.device);
+    log::info!(
+        "vm={ns}/{vm} vmi={uid} booted with the one-shot {} override; restoring boot order",
+        o.device
+    );
     if let Err(e) = actions::restore_orders(sh, &ns, vm, o).await {
         log::warn!("vm={ns}/{vm} restore boot order: {e}");
         return;
@@ -254,7 +373,14 @@ async fn restore_one_shot(sh: &Shared, b: &VirtualMachineBMC) {
     // Conditional on the resourceVersion: a new override set meanwhile is kept.
     let api: Api<VirtualMachineBMC> = Api::namespaced(sh.client.clone(), &ns);
     let patch = json!({"metadata": {"resourceVersion": b.resource_version()}, "status": {"bootOverride": null}});
-    if let Err(e) = api.patch_status(&b.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await {
+    if let Err(e) = api
+        .patch_status(
+            &b.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+    {
         log::warn!("vm={ns}/{vm} clear one-shot record: {e}");
     }
 }
@@ -262,28 +388,58 @@ async fn restore_one_shot(sh: &Shared, b: &VirtualMachineBMC) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::crd::{LocalObjectReference, VirtualMachineBMCSpec, VirtualMachineBMCStatus};
+    use crate::cluster::crd::{
+        LocalObjectReference, VirtualMachineBMCSpec, VirtualMachineBMCStatus,
+    };
 
     fn bmc(name: &str, port: Option<u16>) -> Arc<VirtualMachineBMC> {
         let mut b = VirtualMachineBMC::new(
             name,
-            VirtualMachineBMCSpec { virtual_machine_ref: LocalObjectReference { name: name.into() }, auth_secret_ref: LocalObjectReference { name: "s".into() }, ..Default::default() },
+            VirtualMachineBMCSpec {
+                virtual_machine_ref: LocalObjectReference { name: name.into() },
+                auth_secret_ref: LocalObjectReference { name: "s".into() },
+                ..Default::default()
+            },
         );
-        b.status = Some(VirtualMachineBMCStatus { port, ..Default::default() });
+        b.status = Some(VirtualMachineBMCStatus {
+            port,
+            ..Default::default()
+        });
         b.metadata.uid = Some(format!("uid-{name}"));
         Arc::new(b)
     }
 
     #[test]
     fn lowest_free_port_and_duplicates_move() {
-        let bmcs = [bmc("a", Some(10001)), bmc("b", None), bmc("c", Some(10001)), bmc("d", None)];
+        let bmcs = [
+            bmc("a", Some(10001)),
+            bmc("b", None),
+            bmc("c", Some(10001)),
+            bmc("d", None),
+        ];
         let none = BTreeMap::new();
-        let got: Vec<(String, Option<u16>)> = allocate(&bmcs, 10000..=10002, &none).into_iter().map(|(b, p)| (b.name_any(), p)).collect();
-        assert_eq!(got, vec![("b".into(), Some(10000)), ("c".into(), Some(10002)), ("d".into(), None)]);
+        let got: Vec<(String, Option<u16>)> = allocate(&bmcs, 10000..=10002, &none)
+            .into_iter()
+            .map(|(b, p)| (b.name_any(), p))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("b".into(), Some(10000)),
+                ("c".into(), Some(10002)),
+                ("d".into(), None)
+            ]
+        );
         // b was just given 10000 but the cache does not show it yet: b is left alone and
         // 10000 stays taken.
         let pending = BTreeMap::from([("uid-b".to_string(), 10000)]);
-        let got: Vec<(String, Option<u16>)> = allocate(&bmcs, 10000..=10003, &pending).into_iter().map(|(b, p)| (b.name_any(), p)).collect();
-        assert_eq!(got, vec![("c".into(), Some(10002)), ("d".into(), Some(10003))]);
+        let got: Vec<(String, Option<u16>)> = allocate(&bmcs, 10000..=10003, &pending)
+            .into_iter()
+            .map(|(b, p)| (b.name_any(), p))
+            .collect();
+        assert_eq!(
+            got,
+            vec![("c".into(), Some(10002)), ("d".into(), Some(10003))]
+        );
     }
 }

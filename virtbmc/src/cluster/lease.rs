@@ -28,7 +28,11 @@ pub async fn run(sh: Arc<Shared>) {
             }
             Ok(false) => sh.set_leader(false),
             Err(e) => {
-                log::warn!("lease={}/{} error: {e}", sh.opts.lease_namespace, sh.opts.lease_name);
+                log::warn!(
+                    "lease={}/{} error: {e}",
+                    sh.opts.lease_namespace,
+                    sh.opts.lease_name
+                );
                 // Keep leading only while the last renewal is still valid.
                 if last_renew.is_none_or(|t| t.elapsed() >= duration) {
                     sh.set_leader(false);
@@ -44,12 +48,19 @@ fn now() -> MicroTime {
 }
 
 /// One round: Ok(true) if this agent holds the Lease afterwards.
-async fn step(sh: &Shared, api: &Api<Lease>, observed: &mut Option<(String, Instant)>) -> Result<bool, kube::Error> {
+async fn step(
+    sh: &Shared,
+    api: &Api<Lease>,
+    observed: &mut Option<(String, Instant)>,
+) -> Result<bool, kube::Error> {
     let me = &sh.opts.identity;
     let secs = sh.opts.lease_duration.as_secs().max(1) as i32;
     let Some(mut lease) = api.get_opt(&sh.opts.lease_name).await? else {
         let lease = Lease {
-            metadata: ObjectMeta { name: Some(sh.opts.lease_name.clone()), ..Default::default() },
+            metadata: ObjectMeta {
+                name: Some(sh.opts.lease_name.clone()),
+                ..Default::default()
+            },
             spec: Some(LeaseSpec {
                 holder_identity: Some(me.clone()),
                 lease_duration_seconds: Some(secs),
@@ -71,7 +82,9 @@ async fn step(sh: &Shared, api: &Api<Lease>, observed: &mut Option<(String, Inst
     }
     let spec = lease.spec.get_or_insert_with(Default::default);
     let holder = spec.holder_identity.clone().unwrap_or_default();
-    let expired = observed.as_ref().is_some_and(|(_, at)| at.elapsed() >= sh.opts.lease_duration);
+    let expired = observed
+        .as_ref()
+        .is_some_and(|(_, at)| at.elapsed() >= sh.opts.lease_duration);
     if holder != *me {
         if !holder.is_empty() && !expired {
             return Ok(false);
@@ -83,9 +96,15 @@ async fn step(sh: &Shared, api: &Api<Lease>, observed: &mut Option<(String, Inst
     }
     spec.renew_time = Some(now());
     spec.lease_duration_seconds = Some(secs);
-    match api.replace(&sh.opts.lease_name, &PostParams::default(), &lease).await {
+    match api
+        .replace(&sh.opts.lease_name, &PostParams::default(), &lease)
+        .await
+    {
         Ok(l) => {
-            *observed = Some((l.metadata.resource_version.unwrap_or_default(), Instant::now()));
+            *observed = Some((
+                l.metadata.resource_version.unwrap_or_default(),
+                Instant::now(),
+            ));
             Ok(true)
         }
         Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),

@@ -13,8 +13,8 @@
 pub mod actions;
 pub mod boot;
 pub mod crd;
-pub mod lease;
 pub mod leader;
+pub mod lease;
 pub mod serve;
 pub mod view;
 
@@ -69,11 +69,19 @@ impl ClusterOptions {
 }
 
 pub fn vm_resource() -> ApiResource {
-    ApiResource::from_gvk(&GroupVersionKind::gvk("kubevirt.io", "v1", "VirtualMachine"))
+    ApiResource::from_gvk(&GroupVersionKind::gvk(
+        "kubevirt.io",
+        "v1",
+        "VirtualMachine",
+    ))
 }
 
 pub fn vmi_resource() -> ApiResource {
-    ApiResource::from_gvk(&GroupVersionKind::gvk("kubevirt.io", "v1", "VirtualMachineInstance"))
+    ApiResource::from_gvk(&GroupVersionKind::gvk(
+        "kubevirt.io",
+        "v1",
+        "VirtualMachineInstance",
+    ))
 }
 
 /// The reflectors' caches: what views, the registry and the leader read.
@@ -102,16 +110,33 @@ impl Stores {
         let vmi = reflector::store::Writer::new(vmi_resource());
         let secret = reflector::store::Writer::default();
         let service = reflector::store::Writer::default();
-        let stores = Stores { vmbmc: vmbmc.as_reader(), vm: vm.as_reader(), vmi: vmi.as_reader(), secret: secret.as_reader(), service: service.as_reader() };
-        (stores, Writers { vmbmc, vm, vmi, secret, service })
+        let stores = Stores {
+            vmbmc: vmbmc.as_reader(),
+            vm: vm.as_reader(),
+            vmi: vmi.as_reader(),
+            secret: secret.as_reader(),
+            service: service.as_reader(),
+        };
+        (
+            stores,
+            Writers {
+                vmbmc,
+                vm,
+                vmi,
+                secret,
+                service,
+            },
+        )
     }
 
     pub fn vm(&self, ns: &str, name: &str) -> Option<Arc<DynamicObject>> {
-        self.vm.get(&ObjectRef::new_with(name, vm_resource()).within(ns))
+        self.vm
+            .get(&ObjectRef::new_with(name, vm_resource()).within(ns))
     }
 
     pub fn vmi(&self, ns: &str, name: &str) -> Option<Arc<DynamicObject>> {
-        self.vmi.get(&ObjectRef::new_with(name, vmi_resource()).within(ns))
+        self.vmi
+            .get(&ObjectRef::new_with(name, vmi_resource()).within(ns))
     }
 
     /// Every VirtualMachineBMC, oldest first (then by namespace and name): the order that
@@ -119,7 +144,13 @@ impl Stores {
     pub fn vmbmcs(&self) -> Vec<Arc<VirtualMachineBMC>> {
         let mut v = self.vmbmc.state();
         v.sort_by(|a, b| {
-            let key = |o: &VirtualMachineBMC| (o.metadata.creation_timestamp.clone().map(|t| t.0), o.metadata.namespace.clone(), o.metadata.name.clone());
+            let key = |o: &VirtualMachineBMC| {
+                (
+                    o.metadata.creation_timestamp.clone().map(|t| t.0),
+                    o.metadata.namespace.clone(),
+                    o.metadata.name.clone(),
+                )
+            };
             key(a).cmp(&key(b))
         });
         v
@@ -127,7 +158,9 @@ impl Stores {
 
     /// The VirtualMachineBMC serving `ns/vm`.
     pub fn vmbmc_for(&self, ns: &str, vm: &str) -> Option<Arc<VirtualMachineBMC>> {
-        self.vmbmcs().into_iter().find(|b| b.metadata.namespace.as_deref() == Some(ns) && b.spec.virtual_machine_ref.name == vm)
+        self.vmbmcs().into_iter().find(|b| {
+            b.metadata.namespace.as_deref() == Some(ns) && b.spec.virtual_machine_ref.name == vm
+        })
     }
 }
 
@@ -162,13 +195,21 @@ impl Shared {
     }
 
     pub fn view(&self, name: &str) -> Option<VmView> {
-        self.views.read().unwrap_or_else(|e| e.into_inner()).get(name).copied()
+        self.views
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .copied()
     }
 
     /// Replaces every view, announcing the names whose view changed, appeared or went.
     pub(crate) fn set_views(&self, new: HashMap<String, VmView>) {
         let mut views = self.views.write().unwrap_or_else(|e| e.into_inner());
-        let mut changed: Vec<&String> = new.iter().filter(|(k, v)| views.get(*k) != Some(v)).map(|(k, _)| k).collect();
+        let mut changed: Vec<&String> = new
+            .iter()
+            .filter(|(k, v)| views.get(*k) != Some(v))
+            .map(|(k, _)| k)
+            .collect();
         changed.extend(views.keys().filter(|k| !new.contains_key(*k)));
         let changed: Vec<Arc<str>> = changed.into_iter().map(|k| Arc::from(k.as_str())).collect();
         *views = new;
@@ -218,7 +259,8 @@ impl Backend for KubeBackend {
         let shared = self.shared.clone();
         let name = vm.to_string();
         Box::pin(async move {
-            let (ns, vm) = split_name(&name).ok_or_else(|| ActionError::Failed(format!("{name} is not namespace/name")))?;
+            let (ns, vm) = split_name(&name)
+                .ok_or_else(|| ActionError::Failed(format!("{name} is not namespace/name")))?;
             actions::perform(&shared, ns, vm, action).await
         })
     }

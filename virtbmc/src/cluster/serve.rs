@@ -16,7 +16,9 @@ use serde::de::DeserializeOwned;
 use tokio::task::JoinHandle;
 
 use super::view::{boot_override, guid, power_state, users_from_secret};
-use super::{KubeBackend, MANAGED_BY, Shared, VirtualMachineBMC, Writers, vm_resource, vmi_resource};
+use super::{
+    KubeBackend, MANAGED_BY, Shared, VirtualMachineBMC, Writers, vm_resource, vmi_resource,
+};
 use crate::agent::name_guid;
 use crate::agent::registry::Registry;
 use crate::engine::VmView;
@@ -24,16 +26,50 @@ use crate::engine::config::{BmcConfig, User};
 
 /// Starts the reflectors, the serving loop and the leader's loops. Dropping the handles
 /// does not stop them; abort them to stop.
-pub fn spawn(backend: &KubeBackend, writers: Writers, registry: Arc<Registry>) -> Vec<JoinHandle<()>> {
+pub fn spawn(
+    backend: &KubeBackend,
+    writers: Writers,
+    registry: Arc<Registry>,
+) -> Vec<JoinHandle<()>> {
     let sh = backend.shared.clone();
     let client = sh.client.clone();
     let managed = format!("{}={}", MANAGED_BY.0, MANAGED_BY.1);
     let mut tasks = vec![
-        reflect(&sh, "virtualmachinebmcs", writers.vmbmc, Api::<VirtualMachineBMC>::all(client.clone()), watcher::Config::default()),
-        reflect(&sh, "virtualmachines", writers.vm, Api::<DynamicObject>::all_with(client.clone(), &vm_resource()), watcher::Config::default()),
-        reflect(&sh, "virtualmachineinstances", writers.vmi, Api::<DynamicObject>::all_with(client.clone(), &vmi_resource()), watcher::Config::default()),
-        reflect(&sh, "secrets", writers.secret, Api::<Secret>::all(client.clone()), watcher::Config::default()),
-        reflect(&sh, "services", writers.service, Api::<Service>::all(client.clone()), watcher::Config::default().labels(&managed)),
+        reflect(
+            &sh,
+            "virtualmachinebmcs",
+            writers.vmbmc,
+            Api::<VirtualMachineBMC>::all(client.clone()),
+            watcher::Config::default(),
+        ),
+        reflect(
+            &sh,
+            "virtualmachines",
+            writers.vm,
+            Api::<DynamicObject>::all_with(client.clone(), &vm_resource()),
+            watcher::Config::default(),
+        ),
+        reflect(
+            &sh,
+            "virtualmachineinstances",
+            writers.vmi,
+            Api::<DynamicObject>::all_with(client.clone(), &vmi_resource()),
+            watcher::Config::default(),
+        ),
+        reflect(
+            &sh,
+            "secrets",
+            writers.secret,
+            Api::<Secret>::all(client.clone()),
+            watcher::Config::default(),
+        ),
+        reflect(
+            &sh,
+            "services",
+            writers.service,
+            Api::<Service>::all(client.clone()),
+            watcher::Config::default().labels(&managed),
+        ),
     ];
     tasks.push(tokio::spawn(serve_loop(sh.clone(), registry)));
     tasks.push(tokio::spawn(super::lease::run(sh.clone())));
@@ -41,7 +77,13 @@ pub fn spawn(backend: &KubeBackend, writers: Writers, registry: Arc<Registry>) -
     tasks
 }
 
-fn reflect<K>(sh: &Arc<Shared>, what: &'static str, writer: reflector::store::Writer<K>, api: Api<K>, wc: watcher::Config) -> JoinHandle<()>
+fn reflect<K>(
+    sh: &Arc<Shared>,
+    what: &'static str,
+    writer: reflector::store::Writer<K>,
+    api: Api<K>,
+    wc: watcher::Config,
+) -> JoinHandle<()>
 where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     K::DynamicType: Eq + std::hash::Hash + Clone,
@@ -51,7 +93,10 @@ where
         // default_backoff: a failing LIST or WATCH is retried with a growing delay instead of
         // a hot loop; every event (including a re-list's InitDone, after which vanished
         // objects are gone from the store without a Delete event) wakes the loops.
-        let mut events = std::pin::pin!(reflector::reflector(writer, watcher(api, wc).default_backoff()));
+        let mut events = std::pin::pin!(reflector::reflector(
+            writer,
+            watcher(api, wc).default_backoff()
+        ));
         while let Some(ev) = events.next().await {
             if let Err(e) = ev {
                 log::warn!("watch={what} error: {e}");
@@ -86,10 +131,15 @@ pub fn desired(sh: &Shared) -> (HashMap<String, VmView>, BTreeMap<u16, Served>) 
         let view = VmView {
             power: power_state(vm_json.as_ref(), vmi_json.as_ref()),
             boot: boot_override(status.and_then(|s| s.boot_override.as_ref())),
-            guid: vm_json.as_ref().and_then(guid).unwrap_or_else(|| name_guid(&name)),
+            guid: vm_json
+                .as_ref()
+                .and_then(guid)
+                .unwrap_or_else(|| name_guid(&name)),
         };
         views.insert(name.clone(), view);
-        let Some(port) = status.and_then(|s| s.port) else { continue };
+        let Some(port) = status.and_then(|s| s.port) else {
+            continue;
+        };
         if !b.spec.ipmi_enabled() {
             continue;
         }
@@ -98,7 +148,10 @@ pub fn desired(sh: &Shared) -> (HashMap<String, VmView>, BTreeMap<u16, Served>) 
             log::warn!("bmc={name} port={port} already served for another VirtualMachineBMC");
             continue;
         }
-        let secret = sh.stores.secret.get(&ObjectRef::new(&b.spec.auth_secret_ref.name).within(&ns));
+        let secret = sh
+            .stores
+            .secret
+            .get(&ObjectRef::new(&b.spec.auth_secret_ref.name).within(&ns));
         // A missing or unusable Secret leaves the BMC without users: every login is refused,
         // and the SecretAvailable condition says why.
         let users = users_from_secret(secret.as_deref()).unwrap_or_default();
@@ -123,7 +176,11 @@ async fn serve_loop(sh: Arc<Shared>, registry: Arc<Registry>) {
     let mut served: BTreeMap<u16, Served> = BTreeMap::new();
     loop {
         let (views, want) = desired(&sh);
-        log::debug!("serve: {} view(s), {} BMC(s) with a port", views.len(), want.len());
+        log::debug!(
+            "serve: {} view(s), {} BMC(s) with a port",
+            views.len(),
+            want.len()
+        );
         sh.set_views(views);
         sync_registry(&sh.opts.base_config, &registry, &mut served, want).await;
         // A failed bind is retried on the next change or after a while.
@@ -137,15 +194,35 @@ async fn serve_loop(sh: Arc<Shared>, registry: Arc<Registry>) {
 pub(crate) async fn wait_ready(sh: &Shared) {
     let s = &sh.stores;
     loop {
-        let all = async { tokio::join!(s.vmbmc.wait_until_ready(), s.vm.wait_until_ready(), s.vmi.wait_until_ready(), s.secret.wait_until_ready(), s.service.wait_until_ready()) };
-        if tokio::time::timeout(Duration::from_millis(100), all).await.is_ok() {
+        let all = async {
+            tokio::join!(
+                s.vmbmc.wait_until_ready(),
+                s.vm.wait_until_ready(),
+                s.vmi.wait_until_ready(),
+                s.secret.wait_until_ready(),
+                s.service.wait_until_ready()
+            )
+        };
+        if tokio::time::timeout(Duration::from_millis(100), all)
+            .await
+            .is_ok()
+        {
             return;
         }
     }
 }
 
-async fn sync_registry(base: &BmcConfig, registry: &Registry, served: &mut BTreeMap<u16, Served>, want: BTreeMap<u16, Served>) {
-    let gone: Vec<u16> = served.keys().filter(|p| !want.contains_key(p)).copied().collect();
+async fn sync_registry(
+    base: &BmcConfig,
+    registry: &Registry,
+    served: &mut BTreeMap<u16, Served>,
+    want: BTreeMap<u16, Served>,
+) {
+    let gone: Vec<u16> = served
+        .keys()
+        .filter(|p| !want.contains_key(p))
+        .copied()
+        .collect();
     for port in gone {
         registry.remove(port);
         served.remove(&port);
@@ -158,12 +235,19 @@ async fn sync_registry(base: &BmcConfig, registry: &Registry, served: &mut BTree
                 log::info!("bmc={} port={port} credentials updated", s.name);
             }
             _ => {
-                if let Err(e) = registry.add(&s.name, port, Arc::new(config_with(base, &s.users))).await {
+                if let Err(e) = registry
+                    .add(&s.name, port, Arc::new(config_with(base, &s.users)))
+                    .await
+                {
                     log::warn!("bmc={} port={port} cannot bind: {e}", s.name);
                     served.remove(&port);
                     continue;
                 }
-                log::info!("bmc={} port={port} serving ({} user(s))", s.name, s.users.len());
+                log::info!(
+                    "bmc={} port={port} serving ({} user(s))",
+                    s.name,
+                    s.users.len()
+                );
             }
         }
         served.insert(port, s);

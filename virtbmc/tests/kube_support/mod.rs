@@ -29,7 +29,9 @@ pub fn fast() -> Config {
 }
 
 pub async fn sim() -> Handle {
-    Server::start_with("127.0.0.1:0".parse().unwrap(), fast()).await.unwrap()
+    Server::start_with("127.0.0.1:0".parse().unwrap(), fast())
+        .await
+        .unwrap()
 }
 
 pub fn client(sim: &Handle) -> kube::Client {
@@ -60,12 +62,20 @@ impl Agent {
             Duration::from_secs(3),
         ));
         let tasks = serve::spawn(&backend, writers, registry.clone());
-        Agent { backend, registry, tasks }
+        Agent {
+            backend,
+            registry,
+            tasks,
+        }
     }
 
     /// The port the registry serves `ns/vm` on.
     pub fn port_of(&self, name: &str) -> Option<u16> {
-        self.registry.list().into_iter().find(|(n, _)| &**n == name).map(|(_, p)| p)
+        self.registry
+            .list()
+            .into_iter()
+            .find(|(n, _)| &**n == name)
+            .map(|(_, p)| p)
     }
 
     pub async fn wait_served(&self, name: &str) -> u16 {
@@ -86,7 +96,10 @@ impl Agent {
             if now.as_deref() == Some(want) {
                 return;
             }
-            assert!(tokio::time::Instant::now() < end, "{name} power is {now:?}, never {want}");
+            assert!(
+                tokio::time::Instant::now() < end,
+                "{name} power is {now:?}, never {want}"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -108,7 +121,11 @@ impl Drop for Agent {
 /// A VM, its Secret (admin/password) and its VirtualMachineBMC `<vm>-bmc`.
 pub fn seed(sim: &Handle, vm: &str, run_strategy: &str) {
     sim.seed_vm(NS, vm, run_strategy);
-    sim.seed_secret(NS, &format!("{vm}-auth"), &[("username", "admin"), ("password", "password")]);
+    sim.seed_secret(
+        NS,
+        &format!("{vm}-auth"),
+        &[("username", "admin"), ("password", "password")],
+    );
     sim.seed_vmbmc(NS, &format!("{vm}-bmc"), vm, &format!("{vm}-auth"));
 }
 
@@ -117,7 +134,11 @@ pub fn vmbmc(sim: &Handle, vm: &str) -> Option<Value> {
 }
 
 pub fn condition(bmc: &Value, type_: &str) -> Option<String> {
-    bmc["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == type_).and_then(|c| c["status"].as_str().map(str::to_string))
+    bmc["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)
+        .and_then(|c| c["status"].as_str().map(str::to_string))
 }
 
 pub fn boot_orders(sim: &Handle, vm: &str) -> Value {
@@ -137,11 +158,36 @@ pub struct Out {
 /// Runs `ipmitool -I lanplus -H 127.0.0.1 -p PORT -U user -P password ARGS`.
 pub async fn ipmitool(port: u16, user: &str, password: &str, args: &[&str]) -> Out {
     let mut cmd = std::process::Command::new("ipmitool");
-    cmd.args(["-I", "lanplus", "-H", "127.0.0.1", "-p", &port.to_string(), "-U", user, "-P", password, "-N", "2", "-R", "3"]);
+    cmd.args([
+        "-I",
+        "lanplus",
+        "-H",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+        "-U",
+        user,
+        "-P",
+        password,
+        "-N",
+        "2",
+        "-R",
+        "3",
+    ]);
     cmd.args(args);
-    let out = tokio::task::spawn_blocking(move || cmd.output()).await.unwrap().expect("ipmitool is installed");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    Out { ok: out.status.success(), text }
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .unwrap()
+        .expect("ipmitool is installed");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Out {
+        ok: out.status.success(),
+        text,
+    }
 }
 
 pub async fn admin(port: u16, args: &[&str]) -> Out {
@@ -151,7 +197,10 @@ pub async fn admin(port: u16, args: &[&str]) -> Out {
 pub async fn until(what: &str, mut cond: impl FnMut() -> bool) {
     let end = tokio::time::Instant::now() + T;
     while !cond() {
-        assert!(tokio::time::Instant::now() < end, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < end,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
