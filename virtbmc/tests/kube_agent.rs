@@ -321,8 +321,8 @@ async fn watch_drops_and_expiry_lose_no_update() {
     })
     .await;
     assert!(port_c != port_b);
-    assert!(admin(port_b, &["power", "status"]).await.ok);
-    assert!(admin(port_c, &["power", "status"]).await.ok);
+    until_login(port_b, "admin", "password").await;
+    until_login(port_c, "admin", "password").await;
     let requests = sim.requests();
     let relists = requests
         .iter()
@@ -401,7 +401,7 @@ async fn ports_survive_an_agent_restart() {
     seed(&sim, "p4", "Halted");
     let p4 = b.wait_served("default/p4").await;
     assert!(!before.contains(&p4));
-    assert!(admin(p4, &["power", "status"]).await.ok);
+    until_login(p4, "admin", "password").await;
     let lease = sim
         .get(Kind::Lease, "virtbmc-system", "virtbmc-leader")
         .unwrap();

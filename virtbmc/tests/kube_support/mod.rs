@@ -194,6 +194,21 @@ pub async fn admin(port: u16, args: &[&str]) -> Out {
     ipmitool(port, "admin", "password", args).await
 }
 
+/// Until `power status` succeeds with these credentials: each cache fills on its own, so a
+/// BMC can be served a moment before its Secret reaches the agent (no users until then).
+pub async fn until_login(port: u16, user: &str, password: &str) {
+    let end = tokio::time::Instant::now() + T;
+    while !ipmitool(port, user, password, &["power", "status"])
+        .await
+        .ok
+    {
+        assert!(
+            tokio::time::Instant::now() < end,
+            "{user} never let in on port {port}"
+        );
+    }
+}
+
 pub async fn until(what: &str, mut cond: impl FnMut() -> bool) {
     let end = tokio::time::Instant::now() + T;
     while !cond() {
