@@ -31,6 +31,12 @@ async fn vmbmc_gets_a_port_and_service_power_on_starts_the_vm_password_change_an
     })
     .await;
 
+    let out = ipmitool_on("lan", port, "admin", "password", &["power", "status"]).await;
+    assert!(
+        out.ok && out.text.contains("Chassis Power is off"),
+        "IPMI 1.5: {}",
+        out.text
+    );
     let out = admin(port, &["power", "status"]).await;
     assert!(
         out.ok && out.text.contains("Chassis Power is off"),
@@ -198,8 +204,23 @@ async fn bootdev_pxe_patches_boot_orders_and_a_one_shot_is_restored_after_the_ne
     let original = boot_orders(&sim, "web");
     assert_eq!(original, json!({"disks": [1], "interfaces": [null]}));
 
+    // A concurrent edit of the devices (422 on the guarded patch) is re-read and retried.
+    sim.inject(
+        Fault::on("PATCH", "/virtualmachines/web?")
+            .status(422)
+            .times(1),
+    );
+    sim.clear_requests();
     let out = admin(port, &["chassis", "bootdev", "pxe"]).await;
     assert!(out.ok, "{}", out.text);
+    let patches = sim
+        .requests()
+        .iter()
+        .filter(|r| {
+            format!("{r:?}").contains("PATCH") && format!("{r:?}").contains("/virtualmachines/web?")
+        })
+        .count();
+    assert_eq!(patches, 2, "one 422, one retry");
     assert_eq!(
         boot_orders(&sim, "web"),
         json!({"disks": [2], "interfaces": [1]})
@@ -362,6 +383,26 @@ async fn api_errors_reach_the_client_and_become_events() {
     .await;
     sim.clear_faults();
     assert!(sim.vmi_phase(NS, "vm1").is_none(), "nothing started");
+
+    // The VM is gone (404): a failure, an Event, and the condition says so.
+    sim.delete(Kind::VirtualMachine, NS, "vm1").unwrap();
+    until("VirtualMachineAvailable=False", || {
+        vmbmc(&sim, "vm1")
+            .and_then(|b| condition(&b, "VirtualMachineAvailable"))
+            .as_deref()
+            == Some("False")
+    })
+    .await;
+    let out = admin(port, &["power", "on"]).await;
+    assert!(!out.ok, "power on of a deleted VM: {}", out.text);
+    until("two IPMIActionFailed events", || {
+        sim.list(Kind::Event, Some(NS))
+            .iter()
+            .filter(|e| e["reason"] == "IPMIActionFailed" && e["involvedObject"]["name"] == "vm1")
+            .count()
+            >= 2
+    })
+    .await;
 
     // KubeVirt refuses a restart under runStrategy Once: 0xD5 and an Event.
     let port = agent.wait_served("default/once").await;

@@ -157,10 +157,21 @@ pub struct Out {
 
 /// Runs `ipmitool -I lanplus -H 127.0.0.1 -p PORT -U user -P password ARGS`.
 pub async fn ipmitool(port: u16, user: &str, password: &str, args: &[&str]) -> Out {
+    ipmitool_on("lanplus", port, user, password, args).await
+}
+
+/// Runs ipmitool over `interface` (`lan`: IPMI 1.5; `lanplus`: IPMI 2.0 RMCP+).
+pub async fn ipmitool_on(
+    interface: &str,
+    port: u16,
+    user: &str,
+    password: &str,
+    args: &[&str],
+) -> Out {
     let mut cmd = std::process::Command::new("ipmitool");
     cmd.args([
         "-I",
-        "lanplus",
+        interface,
         "-H",
         "127.0.0.1",
         "-p",
