@@ -84,6 +84,39 @@ async fn vmbmc_gets_a_port_and_service_power_on_starts_the_vm_password_change_an
         "old password still accepted"
     );
 
+    // spec.ipmi.enabled=false turns the BMC off (no socket, no Service); the port is kept
+    // for when it comes back.
+    sim.merge_patch(
+        Kind::VirtualMachineBmc,
+        NS,
+        "vm1-bmc",
+        json!({"spec": {"ipmi": {"enabled": false}}}),
+    )
+    .unwrap();
+    until("disabled", || {
+        agent.port_of("default/vm1").is_none()
+            && sim.get(Kind::Service, NS, "vm1-virtbmc").is_none()
+            && vmbmc(&sim, "vm1")
+                .is_some_and(|b| condition(&b, "Ready").as_deref() == Some("False"))
+    })
+    .await;
+    sim.merge_patch(
+        Kind::VirtualMachineBmc,
+        NS,
+        "vm1-bmc",
+        json!({"spec": {"ipmi": {"enabled": true}}}),
+    )
+    .unwrap();
+    assert_eq!(
+        agent.wait_served("default/vm1").await,
+        port,
+        "same port after re-enabling"
+    );
+    until("Service back", || {
+        sim.get(Kind::Service, NS, "vm1-virtbmc").is_some()
+    })
+    .await;
+
     // Deleting the VirtualMachineBMC removes its Service and its port.
     sim.delete(Kind::VirtualMachineBmc, NS, "vm1-bmc").unwrap();
     until("Service deleted and port freed", || {
@@ -403,6 +436,25 @@ async fn api_errors_reach_the_client_and_become_events() {
             >= 2
     })
     .await;
+
+    // An API server that does not answer: 0xC3 to the client and an Event.
+    let port = agent.wait_served("default/once").await;
+    sim.inject(
+        Fault::on("PUT", "/virtualmachines/once/stop")
+            .hang()
+            .times(10),
+    );
+    sim.wait_vmi_phase(NS, "once", "Running", T).await.unwrap();
+    agent.wait_power("default/once", "on").await;
+    let out = admin(port, &["power", "off"]).await;
+    assert!(!out.ok, "a hung stop must fail the command: {}", out.text);
+    until("IPMIActionTimeout event", || {
+        sim.list(Kind::Event, Some(NS))
+            .iter()
+            .any(|e| e["reason"] == "IPMIActionTimeout" && e["involvedObject"]["name"] == "once")
+    })
+    .await;
+    sim.clear_faults();
 
     // KubeVirt refuses a restart under runStrategy Once: 0xD5 and an Event.
     let port = agent.wait_served("default/once").await;

@@ -19,9 +19,24 @@ use crate::engine::{Action, ActionError};
 const BOOT_ATTEMPTS: usize = 4;
 
 pub async fn perform(sh: &Shared, ns: &str, vm: &str, action: Action) -> Result<(), ActionError> {
-    let result = match action {
-        Action::SetBoot(b) => set_boot(sh, ns, vm, b).await,
-        power => power_action(sh, ns, vm, power).await,
+    let work = async {
+        match action {
+            Action::SetBoot(b) => set_boot(sh, ns, vm, b).await,
+            power => power_action(sh, ns, vm, power).await,
+        }
+    };
+    // A hung API server must not leave the client without an answer or the VM without a
+    // trace: 0xC3 and an Event (the request itself may still land).
+    let result = match tokio::time::timeout(sh.opts.call_timeout, work).await {
+        Ok(r) => r,
+        Err(_) => {
+            let msg = format!(
+                "IPMI {action}: no answer from the API server within {:?}",
+                sh.opts.call_timeout
+            );
+            record_event(sh, ns, vm, "IPMIActionTimeout", &msg);
+            Err(ActionError::Timeout)
+        }
     };
     match &result {
         Ok(()) => log::info!("vm={ns}/{vm} action={action} accepted"),
@@ -88,13 +103,14 @@ async fn power_action(sh: &Shared, ns: &str, vm: &str, action: Action) -> Result
             ActionError::Busy => return err,
             _ => "IPMIActionFailed",
         };
-        record_event(sh, ns, vm, reason, &format!("IPMI {action} ({sub}): {e}")).await;
+        record_event(sh, ns, vm, reason, &format!("IPMI {action} ({sub}): {e}"));
     }
     err
 }
 
-/// Posts a Warning Event on the VM; a failure to do so is only logged.
-pub async fn record_event(sh: &Shared, ns: &str, vm: &str, reason: &str, message: &str) {
+/// Posts a Warning Event on the VM, in the background: the client's answer does not wait
+/// for it, and a failure to write it is only logged.
+pub fn record_event(sh: &Shared, ns: &str, vm: &str, reason: &str, message: &str) {
     let uid = sh.stores.vm(ns, vm).and_then(|o| o.metadata.uid.clone());
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     let ev = Event {
@@ -125,12 +141,13 @@ pub async fn record_event(sh: &Shared, ns: &str, vm: &str, reason: &str, message
         reporting_instance: Some(sh.opts.identity.clone()),
         ..Default::default()
     };
-    if let Err(e) = Api::<Event>::namespaced(sh.client.clone(), ns)
-        .create(&PostParams::default(), &ev)
-        .await
-    {
-        log::warn!("vm={ns}/{vm} cannot record event {reason}: {e}");
-    }
+    let api = Api::<Event>::namespaced(sh.client.clone(), ns);
+    let what = format!("vm={ns}/{vm} event {reason}");
+    tokio::spawn(async move {
+        if let Err(e) = api.create(&PostParams::default(), &ev).await {
+            log::warn!("{what}: cannot record: {e}");
+        }
+    });
 }
 
 fn api_failed(what: &str, e: kube::Error) -> ActionError {

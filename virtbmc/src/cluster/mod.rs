@@ -51,6 +51,9 @@ pub struct ClusterOptions {
     pub lease_name: String,
     /// A holder that has not renewed for this long has lost the Lease.
     pub lease_duration: Duration,
+    /// How long an action's API calls may take before the client is answered 0xC3 and an
+    /// Event says so: below the agent's action timeout, so the Event is written by us.
+    pub call_timeout: Duration,
     /// Cipher suites, session limits...: every BMC's configuration, users aside.
     pub base_config: BmcConfig,
 }
@@ -63,6 +66,7 @@ impl ClusterOptions {
             lease_namespace: lease_namespace.to_string(),
             lease_name: "virtbmc-leader".into(),
             lease_duration: Duration::from_secs(15),
+            call_timeout: Duration::from_millis(1200),
             base_config,
         }
     }
