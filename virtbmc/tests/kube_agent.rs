@@ -416,6 +416,12 @@ async fn api_errors_reach_the_client_and_become_events() {
     .await;
     sim.clear_faults();
     assert!(sim.vmi_phase(NS, "vm1").is_none(), "nothing started");
+    let m = &agent.backend.shared.metrics;
+    assert!(
+        m.kube_call_errors
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 1
+    );
 
     // The VM is gone (404): a failure, an Event, and the condition says so.
     sim.delete(Kind::VirtualMachine, NS, "vm1").unwrap();

@@ -16,6 +16,13 @@ pub struct Metrics {
     pub rakp_rate_limited: AtomicU64,
     pub actions_ok: AtomicU64,
     pub actions_failed: AtomicU64,
+    /// Cluster mode: calls to KubeVirt's subresources and boot-order patches, their
+    /// failures (any error answer, or none), their total latency, and watch errors (each
+    /// one restarts a watch or a list).
+    pub kube_calls: AtomicU64,
+    pub kube_call_errors: AtomicU64,
+    pub kube_call_micros: AtomicU64,
+    pub watch_errors: AtomicU64,
 }
 
 impl Metrics {
@@ -90,6 +97,26 @@ impl Metrics {
             "actions_failed_total",
             "Backend actions refused or failed.",
             &self.actions_failed,
+        );
+        counter(
+            "kube_calls_total",
+            "KubeVirt calls (start/stop/restart, boot-order patches).",
+            &self.kube_calls,
+        );
+        counter(
+            "kube_call_errors_total",
+            "KubeVirt calls answered with an error or not at all.",
+            &self.kube_call_errors,
+        );
+        counter(
+            "watch_errors_total",
+            "Watch or list errors (each restarts that watch).",
+            &self.watch_errors,
+        );
+        let _ = writeln!(
+            out,
+            "# HELP virtbmc_kube_call_seconds_sum Time spent in KubeVirt calls.\n# TYPE virtbmc_kube_call_seconds_sum counter\nvirtbmc_kube_call_seconds_sum {:.6}",
+            self.kube_call_micros.load(Relaxed) as f64 / 1e6
         );
         let _ = writeln!(
             out,

@@ -154,8 +154,8 @@ async fn run_kube(args: Args) -> Result<(), AgentError> {
     opts.port_range = args.port_range.0..=args.port_range.1;
     opts.call_timeout = Duration::from_millis(args.action_timeout_ms * 4 / 5);
     raise_fd_limit(opts.port_range.len() as u64 + 256);
-    let (backend, writers) = KubeBackend::new(client, opts);
     let metrics = Arc::new(Metrics::default());
+    let (backend, writers) = KubeBackend::new(client, opts, metrics.clone());
     let registry = Arc::new(Registry::new(
         args.listen,
         Arc::new(backend.clone()),

@@ -92,7 +92,7 @@ async fn power_action(sh: &Shared, ns: &str, vm: &str, action: Action) -> Result
     let req = kube::core::Request::new(url)
         .replace_subresource(sub, vm, &PostParams::default(), body)
         .map_err(|e| ActionError::Failed(e.to_string()))?;
-    let err = match sh.client.request_text(req).await {
+    let err = match sh.call(sh.client.request_text(req)).await {
         Ok(_) => return Ok(()),
         Err(kube::Error::Api(status)) => classify(sub, &status),
         Err(e) => Err(ActionError::Failed(e.to_string())),
@@ -214,8 +214,8 @@ async fn set_boot(
                     .map(|_| if was_efi { "UEFI" } else { "Legacy" }.to_string())
             });
         if let Some(p) = boot::patch(&vm_json, &orders, bootloader) {
-            match vms
-                .patch(vm, &PatchParams::default(), &Patch::Json::<()>(p))
+            match sh
+                .call(vms.patch(vm, &PatchParams::default(), &Patch::Json::<()>(p)))
                 .await
             {
                 Ok(_) => {}
@@ -279,8 +279,8 @@ pub async fn restore_orders(
         let Some(p) = boot::patch(&vm_json, &o.boot_orders, bootloader) else {
             return Ok(());
         };
-        match vms
-            .patch(vm, &PatchParams::default(), &Patch::Json::<()>(p))
+        match sh
+            .call(vms.patch(vm, &PatchParams::default(), &Patch::Json::<()>(p)))
             .await
         {
             Ok(_) => return Ok(()),

@@ -30,6 +30,7 @@ use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use tokio::sync::{Notify, broadcast};
 
+use crate::agent::metrics::Metrics;
 use crate::backend::{ActionFuture, Backend};
 use crate::engine::config::BmcConfig;
 use crate::engine::{Action, ActionError, VmView};
@@ -171,6 +172,7 @@ impl Stores {
 /// State shared by the backend, the serving loop and the leader.
 pub struct Shared {
     pub client: Client,
+    pub metrics: Arc<Metrics>,
     pub opts: ClusterOptions,
     pub stores: Stores,
     views: RwLock<HashMap<String, VmView>>,
@@ -191,6 +193,23 @@ impl Shared {
             log::info!("identity={} leader={on}", self.opts.identity);
             self.leader_wake.notify_one();
         }
+    }
+
+    /// Times a KubeVirt call into the metrics.
+    pub(crate) async fn call<T>(
+        &self,
+        f: impl std::future::Future<Output = Result<T, kube::Error>>,
+    ) -> Result<T, kube::Error> {
+        let start = std::time::Instant::now();
+        let r = f.await;
+        let m = &self.metrics;
+        m.kube_calls.fetch_add(1, Ordering::Relaxed);
+        m.kube_call_micros
+            .fetch_add(start.elapsed().as_micros() as u64, Ordering::Relaxed);
+        if r.is_err() {
+            m.kube_call_errors.fetch_add(1, Ordering::Relaxed);
+        }
+        r
     }
 
     pub(crate) fn wake(&self) {
@@ -233,10 +252,15 @@ pub struct KubeBackend {
 
 impl KubeBackend {
     /// A backend with empty caches; [`serve::spawn`] fills them.
-    pub fn new(client: Client, opts: ClusterOptions) -> (KubeBackend, Writers) {
+    pub fn new(
+        client: Client,
+        opts: ClusterOptions,
+        metrics: Arc<Metrics>,
+    ) -> (KubeBackend, Writers) {
         let (stores, writers) = Stores::new();
         let shared = Arc::new(Shared {
             client,
+            metrics,
             opts,
             stores,
             views: RwLock::new(HashMap::new()),

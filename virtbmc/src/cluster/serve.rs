@@ -99,6 +99,9 @@ where
         ));
         while let Some(ev) = events.next().await {
             if let Err(e) = ev {
+                sh.metrics
+                    .watch_errors
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 log::warn!("watch={what} error: {e}");
                 continue;
             }

@@ -54,11 +54,12 @@ impl Agent {
         let mut opts = ClusterOptions::new(identity, "virtbmc-system", BmcConfig::new(vec![]));
         opts.port_range = ports;
         opts.lease_duration = Duration::from_secs(1);
-        let (backend, writers) = KubeBackend::new(client(sim), opts);
+        let metrics = Arc::new(Metrics::default());
+        let (backend, writers) = KubeBackend::new(client(sim), opts, metrics.clone());
         let registry = Arc::new(Registry::new(
             IpAddr::V4(Ipv4Addr::LOCALHOST),
             Arc::new(backend.clone()),
-            Arc::new(Metrics::default()),
+            metrics,
             Duration::from_secs(3),
         ));
         let tasks = serve::spawn(&backend, writers, registry.clone());
