@@ -47,7 +47,7 @@ pub struct Args {
     #[arg(long, default_value = "10000-19999", value_parser = parse_port_range)]
     pub port_range: (u16, u16),
 
-    /// With --kube: the node this agent runs on (the default identity).
+    /// With --kube: the node this agent runs on (the default identity); default: $NODE_NAME.
     #[arg(long)]
     pub node_name: Option<String>,
 
@@ -152,11 +152,18 @@ impl Args {
         self.kube || self.kube_url.is_some()
     }
 
+    /// --node-name, else $NODE_NAME (the DaemonSet sets it from spec.nodeName).
+    pub fn node_name(&self) -> Option<String> {
+        self.node_name
+            .clone()
+            .or_else(|| std::env::var("NODE_NAME").ok().filter(|n| !n.is_empty()))
+    }
+
     /// The cluster agent's name: --identity, else the node name, else the host name.
     pub fn identity(&self) -> String {
         self.identity
             .clone()
-            .or_else(|| self.node_name.clone())
+            .or_else(|| self.node_name())
             .or_else(|| std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()))
             .unwrap_or_else(|| format!("virtbmc-{}", std::process::id()))
     }

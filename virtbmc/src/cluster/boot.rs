@@ -51,6 +51,21 @@ pub fn current_orders(vm: &Value) -> BTreeMap<String, u32> {
     m
 }
 
+/// The class of the device with the lowest boot order, if any has one.
+pub fn first_class(vm: &Value) -> Option<BootDevice> {
+    let mut best: Option<(u64, BootDevice)> = None;
+    for list in ["disks", "interfaces"] {
+        for d in devices(vm, list) {
+            if let Some(o) = d["bootOrder"].as_u64()
+                && best.is_none_or(|(b, _)| o < b)
+            {
+                best = Some((o, class_of(list, &d)));
+            }
+        }
+    }
+    best.map(|(_, c)| c)
+}
+
 /// Whether the VM boots with EFI (`firmware.bootloader.efi`); KubeVirt's default is BIOS.
 pub fn is_efi(vm: &Value) -> bool {
     vm["spec"]["template"]["spec"]["domain"]["firmware"]["bootloader"]

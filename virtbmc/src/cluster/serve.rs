@@ -133,7 +133,10 @@ pub fn desired(sh: &Shared) -> (HashMap<String, VmView>, BTreeMap<u16, Served>) 
         let status = b.status.as_ref();
         let view = VmView {
             power: power_state(vm_json.as_ref(), vmi_json.as_ref()),
-            boot: boot_override(status.and_then(|s| s.boot_override.as_ref())),
+            boot: boot_override(
+                status.and_then(|s| s.boot_override.as_ref()),
+                vm_json.as_ref(),
+            ),
             guid: vm_json
                 .as_ref()
                 .and_then(guid)

@@ -81,19 +81,28 @@ pub fn parse_uuid(s: &str) -> Option<[u8; 16]> {
     Some(out)
 }
 
-/// The override IPMI reads back, from `status.bootOverride`.
-pub fn boot_override(status: Option<&BootOverrideStatus>) -> Option<BootOverride> {
+/// The override IPMI reads back, from `status.bootOverride`. Its `device` and `efi` are
+/// ours, not the peer's: under a CRD schema without them (KubeVirtBMC's) the API server
+/// prunes them, and they are read from the VM instead (the class of its first boot device,
+/// its bootloader).
+pub fn boot_override(
+    status: Option<&BootOverrideStatus>,
+    vm: Option<&Value>,
+) -> Option<BootOverride> {
     let s = status?;
-    let device = match s.device.as_str() {
-        "pxe" => BootDevice::Pxe,
-        "disk" => BootDevice::Disk,
-        "cdrom" => BootDevice::Cdrom,
-        _ => return None,
+    let (device, efi) = match s.device.as_str() {
+        "pxe" => (BootDevice::Pxe, s.efi),
+        "disk" => (BootDevice::Disk, s.efi),
+        "cdrom" => (BootDevice::Cdrom, s.efi),
+        _ => {
+            let vm = vm?;
+            (super::boot::first_class(vm)?, super::boot::is_efi(vm))
+        }
     };
     Some(BootOverride {
         device,
         persistent: s.mode == "Persistent",
-        efi: s.efi,
+        efi,
     })
 }
 
@@ -216,6 +225,33 @@ mod tests {
         );
         assert_eq!(guid(&json!({})), None);
         assert_eq!(parse_uuid("xyz"), None);
+    }
+
+    #[test]
+    fn boot_override_without_our_fields_reads_the_vm() {
+        let vm = json!({"spec": {"template": {"spec": {"domain": {
+            "firmware": {"bootloader": {"efi": {}}},
+            "devices": {"disks": [{"name": "root", "disk": {}, "bootOrder": 2}], "interfaces": [{"name": "n", "bootOrder": 1}]}}}}}});
+        let pruned = BootOverrideStatus {
+            mode: "Oneshot".into(),
+            ..Default::default()
+        };
+        let b = boot_override(Some(&pruned), Some(&vm)).unwrap();
+        assert_eq!(
+            (b.device, b.persistent, b.efi),
+            (BootDevice::Pxe, false, true)
+        );
+        let ours = BootOverrideStatus {
+            mode: "Persistent".into(),
+            device: "disk".into(),
+            ..Default::default()
+        };
+        let b = boot_override(Some(&ours), Some(&vm)).unwrap();
+        assert_eq!(
+            (b.device, b.persistent, b.efi),
+            (BootDevice::Disk, true, false)
+        );
+        assert_eq!(boot_override(None, Some(&vm)), None);
     }
 
     #[test]
