@@ -162,14 +162,15 @@ async fn missing_secret_refuses_logins_and_says_why() {
     }
 }
 
-/// power reset / cycle / off for Always and Manual: the VMI is replaced (new uid) or gone.
+/// power reset / cycle / off / soft for Always, Manual and RerunOnFailure: the VMI is replaced (new uid) or gone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn power_off_reset_cycle_per_run_strategy() {
     let sim = sim().await;
     seed(&sim, "always", "Always");
     seed(&sim, "manual", "Manual");
+    seed(&sim, "rerun", "RerunOnFailure");
     let agent = Agent::start(&sim, "agent-a", 31020..=31029).await;
-    for vm in ["always", "manual"] {
+    for vm in ["always", "manual", "rerun"] {
         let name = format!("default/{vm}");
         let port = agent.wait_served(&name).await;
         if vm == "manual" {
@@ -209,7 +210,11 @@ async fn power_off_reset_cycle_per_run_strategy() {
         let rs = sim.get(Kind::VirtualMachine, NS, vm).unwrap()["spec"]["runStrategy"].clone();
         assert_eq!(
             rs,
-            if vm == "always" { "Halted" } else { "Manual" },
+            match vm {
+                "always" => "Halted",
+                "manual" => "Manual",
+                _ => "RerunOnFailure",
+            },
             "{vm} runStrategy after stop"
         );
         let out = admin(port, &["power", "off"]).await;
@@ -505,4 +510,21 @@ async fn ports_survive_an_agent_restart() {
         .get(Kind::Lease, "virtbmc-system", "virtbmc-leader")
         .unwrap();
     assert_eq!(lease["spec"]["holderIdentity"], "agent-b");
+}
+
+/// In a cluster the API server is HTTPS: building the TLS client must not panic for want of
+/// a rustls crypto provider (kube's `ring` feature provides one).
+#[tokio::test]
+async fn an_https_client_builds_and_fails_cleanly() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut kc = kube::Config::new(format!("https://127.0.0.1:{port}").parse().unwrap());
+    kc.default_retry = false;
+    let client = kube::Client::try_from(kc).expect("TLS client");
+    let api: kube::Api<k8s_openapi::api::core::v1::Secret> =
+        kube::Api::namespaced(client, "default");
+    assert!(api.get_opt("x").await.is_err());
 }
