@@ -1,0 +1,161 @@
+//! freeipmi 1.6: ipmipower, ipmi-chassis, bmc-info (LAN = IPMI 1.5 by default, `-D LAN_2_0`
+//! for RMCP+), rmcpping and ipmiping (port 623 only). Default options; the port goes in the
+//! host (`-h IP:PORT`).
+
+mod common;
+
+use std::time::Duration;
+use virtbmc_e2e::{Bmc, Out};
+
+const PORT: u16 = common::PORT;
+const VM: &str = common::VM;
+
+/// ipmipower prints `<host>: <result>`, one line per host.
+#[track_caller]
+fn ipmipower_says(out: &Out, bmc: &Bmc, want: &str) {
+    let line = format!("{}: {want}", bmc.ip());
+    assert!(
+        out.ok() && out.stdout.lines().any(|l| l.trim() == line),
+        "expected {line:?}:\n{out}"
+    );
+}
+
+fn ipmipower_sequence(driver: &[&str]) {
+    let bmc = Bmc::builder().vm("vm-0=6230").start();
+    let with = |args: &[&'static str]| -> Vec<&str> { [driver, args].concat() };
+
+    ipmipower_says(
+        &bmc.freeipmi("ipmipower", PORT, &with(&["--stat"])),
+        &bmc,
+        "off",
+    );
+
+    ipmipower_says(
+        &bmc.freeipmi("ipmipower", PORT, &with(&["--on"])),
+        &bmc,
+        "ok",
+    );
+    let v = bmc.wait_power(VM, "on");
+    assert_eq!(v.starts, 1, "{v:?}");
+    ipmipower_says(
+        &bmc.freeipmi("ipmipower", PORT, &with(&["--stat"])),
+        &bmc,
+        "on",
+    );
+
+    ipmipower_says(
+        &bmc.freeipmi("ipmipower", PORT, &with(&["--reset"])),
+        &bmc,
+        "ok",
+    );
+    bmc.wait_vm(VM, "resets=1, on", Duration::from_secs(10), |v| {
+        v.resets == 1 && v.power == "on"
+    });
+
+    ipmipower_says(
+        &bmc.freeipmi("ipmipower", PORT, &with(&["--off"])),
+        &bmc,
+        "ok",
+    );
+    let v = bmc.wait_power(VM, "off");
+    assert_eq!(v.stops, 1, "{v:?}");
+    ipmipower_says(
+        &bmc.freeipmi("ipmipower", PORT, &with(&["--stat"])),
+        &bmc,
+        "off",
+    );
+}
+
+#[test]
+fn ipmipower_lan() {
+    ready_or_skip!("ipmipower");
+    ipmipower_sequence(&[]);
+}
+
+#[test]
+fn ipmipower_lan_2_0() {
+    ready_or_skip!("ipmipower");
+    ipmipower_sequence(&["-D", "LAN_2_0"]);
+}
+
+fn chassis_status(bmc: &Bmc, driver: &[&str]) -> Out {
+    let out = bmc.freeipmi(
+        "ipmi-chassis",
+        PORT,
+        &[driver, &["--get-chassis-status"]].concat(),
+    );
+    out.assert_ok();
+    out
+}
+
+#[test]
+fn ipmi_chassis_status_lan_and_lan_2_0() {
+    ready_or_skip!("ipmi-chassis");
+    let bmc = Bmc::builder().vm("vm-0=6230,on").start();
+    for driver in [&[][..], &["-D", "LAN_2_0"][..]] {
+        let out = chassis_status(&bmc, driver);
+        assert_eq!(
+            common::field(&out, "System Power").as_deref(),
+            Some("on"),
+            "{out}"
+        );
+        assert_eq!(
+            common::field(&out, "Power overload").as_deref(),
+            Some("false"),
+            "{out}"
+        );
+    }
+    bmc.admin(virtbmc_e2e::Iface::Lanplus, PORT, &["power", "off"])
+        .assert_ok();
+    bmc.wait_power(VM, "off");
+    for driver in [&[][..], &["-D", "LAN_2_0"][..]] {
+        let out = chassis_status(&bmc, driver);
+        assert_eq!(
+            common::field(&out, "System Power").as_deref(),
+            Some("off"),
+            "{out}"
+        );
+    }
+}
+
+#[test]
+fn bmc_info_lan_and_lan_2_0() {
+    ready_or_skip!("bmc-info");
+    let bmc = Bmc::builder().vm("vm-0=6230").start();
+    for driver in [&[][..], &["-D", "LAN_2_0"][..]] {
+        let out = bmc.freeipmi("bmc-info", PORT, driver);
+        out.assert_ok();
+        assert_eq!(
+            common::field(&out, "IPMI Version").as_deref(),
+            Some("2.0"),
+            "{out}"
+        );
+        let guid = bmc.freeipmi("bmc-info", PORT, &[driver, &["--get-system-guid"]].concat());
+        // bmc-info exits 0 printing nothing on 0xC1 (PROTOCOL.md): look at the text.
+        let g = common::field(&guid, "System GUID").unwrap_or_default();
+        assert!(common::is_guid(&g), "no System GUID:\n{guid}");
+    }
+}
+
+/// rmcpping (ASF Presence Ping) and ipmiping (session-less Get Channel Auth Capabilities)
+/// only talk to port 623, so this agent binds it inside its namespace.
+#[test]
+fn rmcpping_and_ipmiping_on_623() {
+    ready_or_skip!("rmcpping", "ipmiping");
+    let bmc = Bmc::builder().vm("vm-0=623").start();
+    let ip = bmc.ip();
+    let out = bmc.client(&["rmcpping", "-c", "2", "-t", "2", &ip]);
+    out.assert_ok()
+        .assert_stdout_has("2 pings transmitted, 2 pongs received in time, 0.0% packet loss");
+    assert!(
+        out.stdout.contains(&format!("pong received from {ip}")),
+        "{out}"
+    );
+    let out = bmc.client(&["ipmiping", "-c", "2", "-t", "2", &ip]);
+    out.assert_ok().assert_stdout_has(
+        "2 requests transmitted, 2 responses received in time, 0.0% packet loss",
+    );
+    // Pings change nothing.
+    let vm = bmc.vm(VM);
+    assert_eq!((vm.power.as_str(), vm.starts), ("off", 0), "{vm:?}");
+}

@@ -1,0 +1,67 @@
+//! A small HTTP endpoint for people and probes: /healthz, /readyz, /vms, /metrics.
+
+use std::sync::Arc;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use super::metrics::Metrics;
+use crate::backend::embedded::Embedded;
+
+pub struct Admin {
+    pub metrics: Arc<Metrics>,
+    /// The embedded machines and their ports, listed by /vms.
+    pub embedded: Arc<Embedded>,
+    pub vms: Vec<(String, u16)>,
+}
+
+impl Admin {
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        loop {
+            let Ok((mut conn, _)) = listener.accept().await else { continue };
+            let me = Arc::clone(&self);
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                let n = match tokio::time::timeout(std::time::Duration::from_secs(5), conn.read(&mut buf)).await {
+                    Ok(Ok(n)) => n,
+                    _ => return,
+                };
+                let line = String::from_utf8_lossy(&buf[..n]);
+                let path = line.split_whitespace().nth(1).unwrap_or("/");
+                let (status, body) = me.route(path);
+                let resp = format!("HTTP/1.0 {status}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+                let _ = conn.write_all(resp.as_bytes()).await;
+            });
+        }
+    }
+
+    fn route(&self, path: &str) -> (&'static str, String) {
+        match path {
+            "/healthz" | "/readyz" => ("200 OK", "ok\n".into()),
+            "/metrics" => ("200 OK", self.metrics.render(self.vms.len())),
+            "/vms" => ("200 OK", self.vm_lines()),
+            _ => ("404 Not Found", "not found\n".into()),
+        }
+    }
+
+    fn vm_lines(&self) -> String {
+        let mut out = String::new();
+        for (name, port) in &self.vms {
+            let Some(vm) = self.embedded.get(name) else { continue };
+            let (boot, persistent, efi) = match vm.boot {
+                Some(b) => (b.device.to_string(), b.persistent, b.efi),
+                None => ("none".to_string(), false, false),
+            };
+            out.push_str(&format!(
+                "name={name} port={port} power={} boot={boot} persistent={} efi={} starts={} stops={} resets={}\n",
+                vm.power,
+                u8::from(persistent),
+                u8::from(efi),
+                vm.starts,
+                vm.stops,
+                vm.resets
+            ));
+        }
+        out
+    }
+}

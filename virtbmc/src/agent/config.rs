@@ -1,0 +1,145 @@
+//! The agent's command line.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::engine::config::{BmcConfig, Privilege, User, suite};
+
+#[derive(Debug, Clone, Parser)]
+#[command(name = "virtbmc", version, about = "A virtual BMC: IPMI 1.5 and 2.0 over LAN for every VM on this node")]
+pub struct Args {
+    /// Address the BMC sockets bind to.
+    #[arg(long, default_value = "0.0.0.0")]
+    pub listen: IpAddr,
+
+    /// An embedded VM and its BMC port: NAME=PORT[,on|off] (repeatable).
+    #[arg(long = "vm", value_name = "NAME=PORT[,on|off]")]
+    pub vms: Vec<VmSpec>,
+
+    /// Also serve N generated embedded VMs vm-<i> on ports BASE-PORT+i (for scale tests).
+    #[arg(long, default_value_t = 0)]
+    pub generate: u32,
+
+    #[arg(long, default_value_t = 20000)]
+    pub base_port: u16,
+
+    /// A BMC user: NAME:PASSWORD[:user|operator|admin] (repeatable; default privilege admin).
+    #[arg(long = "user", value_name = "NAME:PASSWORD[:PRIV]", required = true)]
+    pub users: Vec<UserSpec>,
+
+    /// Accept IPMI 1.5 auth type NONE (no password at all). Off by default.
+    #[arg(long)]
+    pub allow_auth_none: bool,
+
+    /// RMCP+ cipher suites offered, in order (1, 2, 3, 15, 16, 17; 0 only if you mean it).
+    #[arg(long, value_delimiter = ',', default_value = "3,17")]
+    pub cipher_suites: Vec<u8>,
+
+    /// Embedded backend: how long a power transition takes, in milliseconds.
+    #[arg(long, default_value_t = 300)]
+    pub transition_ms: u64,
+
+    /// Sessions per BMC (half-open and active together).
+    #[arg(long, default_value_t = 16)]
+    pub max_sessions: usize,
+
+    /// Idle seconds before an active session is closed.
+    #[arg(long, default_value_t = 60)]
+    pub session_timeout: u64,
+
+    /// How long the backend may take to accept an action before the client gets 0xC3.
+    #[arg(long, default_value_t = 1500)]
+    pub action_timeout_ms: u64,
+
+    /// Admin HTTP endpoint: /healthz, /vms, /metrics.
+    #[arg(long, default_value = "127.0.0.1:9623")]
+    pub admin: std::net::SocketAddr,
+}
+
+#[derive(Debug, Clone)]
+pub struct VmSpec {
+    pub name: String,
+    pub port: u16,
+    pub on: bool,
+}
+
+impl std::str::FromStr for VmSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (name, rest) = s.split_once('=').ok_or("expected NAME=PORT[,on|off]")?;
+        let (port, state) = rest.split_once(',').unwrap_or((rest, "off"));
+        let port = port.parse().map_err(|e| format!("port {port:?}: {e}"))?;
+        let on = match state {
+            "on" => true,
+            "off" => false,
+            other => return Err(format!("power state {other:?} is neither on nor off")),
+        };
+        if name.is_empty() {
+            return Err("empty VM name".into());
+        }
+        Ok(VmSpec { name: name.to_string(), port, on })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct UserSpec(pub User);
+
+impl std::str::FromStr for UserSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (name, rest) = s.split_once(':').ok_or("expected NAME:PASSWORD[:PRIV]")?;
+        // The privilege is whatever follows the last colon, if it names one: passwords may
+        // contain colons.
+        let (password, privilege) = match rest.rsplit_once(':') {
+            Some((pw, p)) if p.parse::<Privilege>().is_ok() => (pw, p.parse().unwrap_or(Privilege::Admin)),
+            _ => (rest, Privilege::Admin),
+        };
+        User::new(name, password, privilege).map(UserSpec)
+    }
+}
+
+impl Args {
+    pub fn bmc_config(&self) -> Result<BmcConfig, String> {
+        let mut c = BmcConfig::new(self.users.iter().map(|u| u.0.clone()).collect());
+        for id in &self.cipher_suites {
+            if suite(*id).is_none() {
+                return Err(format!("cipher suite {id} is not implemented (choose from 0, 1, 2, 3, 15, 16, 17)"));
+            }
+        }
+        c.cipher_suites = self.cipher_suites.clone();
+        c.allow_auth_none = self.allow_auth_none;
+        c.max_sessions = self.max_sessions.max(1);
+        c.session_timeout = Duration::from_secs(self.session_timeout.max(1));
+        Ok(c)
+    }
+
+    /// Every embedded VM, the named ones first, then the generated ones.
+    pub fn all_vms(&self) -> Vec<VmSpec> {
+        let mut v = self.vms.clone();
+        for i in 0..self.generate {
+            v.push(VmSpec { name: format!("vm-{i}"), port: self.base_port.wrapping_add(i as u16), on: false });
+        }
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_specs() {
+        let v: VmSpec = "web=6230,on".parse().unwrap();
+        assert_eq!((v.name.as_str(), v.port, v.on), ("web", 6230, true));
+        assert!("web".parse::<VmSpec>().is_err());
+        let u: UserSpec = "viewer:pa:ss:user".parse().unwrap();
+        assert_eq!((u.0.name.as_str(), u.0.max_privilege), ("viewer", Privilege::User));
+        assert_eq!(u.0.key, crate::crypto::Key20::from_password("pa:ss").unwrap());
+        let u: UserSpec = "admin:password".parse().unwrap();
+        assert_eq!(u.0.max_privilege, Privilege::Admin);
+        assert!("x:".repeat(1).parse::<UserSpec>().is_ok());
+        assert!(":pw".parse::<UserSpec>().is_err());
+    }
+}

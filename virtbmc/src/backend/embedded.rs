@@ -1,0 +1,169 @@
+//! An in-process backend: machines with a power state, a boot override and a GUID, whose
+//! power transitions take a realistic delay. It backs the demo, the tests and users who run
+//! the agent without Kubernetes.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::{ActionFuture, Backend};
+use crate::engine::{Action, ActionError, BootOverride, PowerState, VmView};
+
+#[derive(Debug, Clone)]
+pub struct EmbeddedVm {
+    pub power: PowerState,
+    pub boot: Option<BootOverride>,
+    pub guid: [u8; 16],
+    /// Completed power-ons, power-offs and hard resets: what tests and the admin page read.
+    pub starts: u64,
+    pub stops: u64,
+    pub resets: u64,
+}
+
+#[derive(Debug)]
+pub struct Embedded {
+    vms: Mutex<HashMap<String, EmbeddedVm>>,
+    transition: Duration,
+}
+
+impl Embedded {
+    pub fn new(transition: Duration) -> Arc<Embedded> {
+        Arc::new(Embedded { vms: Mutex::new(HashMap::new()), transition })
+    }
+
+    pub fn add(&self, name: &str, on: bool, guid: [u8; 16]) {
+        let power = if on { PowerState::On } else { PowerState::Off };
+        let vm = EmbeddedVm { power, boot: None, guid, starts: 0, stops: 0, resets: 0 };
+        self.lock().insert(name.to_string(), vm);
+    }
+
+    pub fn get(&self, name: &str) -> Option<EmbeddedVm> {
+        self.lock().get(name).cloned()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, EmbeddedVm>> {
+        // A panic while holding this lock would be a bug in this file; the data stays usable.
+        self.vms.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn update(&self, name: &str, f: impl FnOnce(&mut EmbeddedVm)) {
+        if let Some(vm) = self.lock().get_mut(name) {
+            f(vm);
+        }
+    }
+
+    /// Marks the machine booted: a one-shot boot override is consumed by the boot it served.
+    fn booted(vm: &mut EmbeddedVm) {
+        vm.power = PowerState::On;
+        vm.starts += 1;
+        if vm.boot.is_some_and(|b| !b.persistent) {
+            vm.boot = None;
+        }
+    }
+
+    /// Schedules the end of a transition. Runs on the tokio runtime of the caller.
+    fn finish_later(self: &Arc<Self>, name: String, stages: Vec<fn(&mut EmbeddedVm)>) {
+        let me = Arc::clone(self);
+        let delay = self.transition;
+        tokio::spawn(async move {
+            for stage in stages {
+                tokio::time::sleep(delay).await;
+                me.update(&name, stage);
+            }
+        });
+    }
+}
+
+/// Backend over an `Arc<Embedded>` (transitions need a handle to finish later).
+#[derive(Debug, Clone)]
+pub struct EmbeddedBackend(pub Arc<Embedded>);
+
+impl Backend for EmbeddedBackend {
+    fn view(&self, vm: &str) -> Option<VmView> {
+        self.0.lock().get(vm).map(|v| VmView { power: v.power, boot: v.boot, guid: v.guid })
+    }
+
+    fn perform(&self, vm: &str, action: Action) -> ActionFuture {
+        let result = self.apply(vm, action);
+        Box::pin(std::future::ready(result))
+    }
+}
+
+impl EmbeddedBackend {
+    fn apply(&self, name: &str, action: Action) -> Result<(), ActionError> {
+        let e = &self.0;
+        let mut vms = e.lock();
+        let vm = vms.get_mut(name).ok_or_else(|| ActionError::Failed(format!("no machine named {name}")))?;
+        if vm.power.in_transition() && !matches!(action, Action::SetBoot(_)) {
+            return Err(ActionError::Busy);
+        }
+        let on = vm.power == PowerState::On;
+        let stages: Vec<fn(&mut EmbeddedVm)> = match action {
+            Action::SetBoot(b) => {
+                vm.boot = b;
+                return Ok(());
+            }
+            Action::PowerOn if on => return Ok(()),
+            Action::PowerOff | Action::SoftOff if !on => return Ok(()),
+            Action::PowerCycle | Action::HardReset if !on => return Err(ActionError::NotInState("machine is off".into())),
+            Action::PowerOn => {
+                vm.power = PowerState::Starting;
+                vec![Embedded::booted]
+            }
+            Action::PowerOff | Action::SoftOff => {
+                vm.power = PowerState::Stopping;
+                vec![stopped]
+            }
+            Action::PowerCycle => {
+                vm.power = PowerState::Stopping;
+                vec![|vm| {
+                    stopped(vm);
+                    vm.power = PowerState::Starting;
+                }, Embedded::booted]
+            }
+            Action::HardReset => {
+                // A reset keeps power on: the machine reboots in place.
+                vm.resets += 1;
+                if vm.boot.is_some_and(|b| !b.persistent) {
+                    vm.boot = None;
+                }
+                return Ok(());
+            }
+        };
+        drop(vms);
+        log::info!("vm={name} action={action} accepted");
+        e.finish_later(name.to_string(), stages);
+        Ok(())
+    }
+}
+
+fn stopped(vm: &mut EmbeddedVm) {
+    vm.power = PowerState::Off;
+    vm.stops += 1;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::BootDevice;
+
+    #[tokio::test(start_paused = true)]
+    async fn power_transitions_take_time_and_consume_one_shot_boot() {
+        let e = Embedded::new(Duration::from_millis(100));
+        e.add("a", false, [1; 16]);
+        let b = EmbeddedBackend(e.clone());
+        let pxe = BootOverride { device: BootDevice::Pxe, persistent: false, efi: true };
+        b.perform("a", Action::SetBoot(Some(pxe))).await.unwrap();
+        b.perform("a", Action::PowerOn).await.unwrap();
+        assert_eq!(b.view("a").unwrap().power, PowerState::Starting);
+        assert_eq!(b.perform("a", Action::PowerOff).await, Err(ActionError::Busy));
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let v = e.get("a").unwrap();
+        assert_eq!((v.power, v.starts, v.boot), (PowerState::On, 1, None));
+        b.perform("a", Action::PowerCycle).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let v = e.get("a").unwrap();
+        assert_eq!((v.power, v.starts, v.stops), (PowerState::On, 2, 1));
+        assert!(matches!(b.perform("missing", Action::PowerOn).await, Err(ActionError::Failed(_))));
+    }
+}

@@ -1,0 +1,21 @@
+//! The seam between the engine and whatever runs the machines: the engine reads a snapshot
+//! ([`Backend::view`], never a network call) and asks for side effects ([`Backend::perform`]).
+//! The embedded backend lives here; the Kubernetes backend implements the same trait.
+
+pub mod embedded;
+
+use std::future::Future;
+use std::pin::Pin;
+
+use crate::engine::{Action, ActionError, VmView};
+
+pub type ActionFuture = Pin<Box<dyn Future<Output = Result<(), ActionError>> + Send + 'static>>;
+
+pub trait Backend: Send + Sync + 'static {
+    /// The machine's current state, from a cache the backend keeps; None when unknown.
+    fn view(&self, vm: &str) -> Option<VmView>;
+
+    /// Starts `action` on `vm`. The future resolves when the backend accepted or refused it
+    /// (not when the machine finished its transition), as a physical BMC answers at once.
+    fn perform(&self, vm: &str, action: Action) -> ActionFuture;
+}

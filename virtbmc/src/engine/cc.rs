@@ -1,0 +1,28 @@
+//! Completion codes (IPMI 2.0 §5.2, table 5-2) and the command-specific ones we send.
+
+pub const OK: u8 = 0x00;
+/// Generic "node busy": the machine is in a power transition.
+pub const NODE_BUSY: u8 = 0xC0;
+pub const INVALID_COMMAND: u8 = 0xC1;
+pub const TIMEOUT: u8 = 0xC3;
+pub const OUT_OF_SPACE: u8 = 0xC4;
+pub const REQUEST_LENGTH_INVALID: u8 = 0xC7;
+pub const INVALID_DATA_FIELD: u8 = 0xCC;
+pub const INSUFFICIENT_PRIVILEGE: u8 = 0xD4;
+pub const NOT_IN_STATE: u8 = 0xD5;
+/// "Command sub-function has been disabled or is unavailable."
+pub const UNAVAILABLE: u8 = 0xD6;
+pub const UNSPECIFIED: u8 = 0xFF;
+
+/// Get Session Challenge (IPMI 2.0 §22.16): invalid user name / null user name not enabled.
+pub const INVALID_USER: u8 = 0x81;
+pub const NULL_USER_DISABLED: u8 = 0x82;
+/// Activate Session (§22.17): no session slot available; privilege exceeds the user's limit.
+pub const NO_SESSION_SLOT: u8 = 0x81;
+pub const PRIVILEGE_EXCEEDS_LIMIT: u8 = 0x86;
+/// Set Session Privilege Level (§22.18): requested level exceeds the user's or channel's limit.
+pub const SET_PRIV_EXCEEDS_LIMIT: u8 = 0x81;
+/// Close Session (§22.19): invalid session id.
+pub const INVALID_SESSION_ID: u8 = 0x87;
+/// Get/Set System Boot Options (§28.12): parameter not supported.
+pub const PARAMETER_NOT_SUPPORTED: u8 = 0x80;

@@ -1,0 +1,288 @@
+//! The sans-IO IPMI engine: one [`Bmc`] per virtual machine takes `(now, peer, datagram,
+//! view of the VM)` and returns the reply bytes, or an [`Action`] for the backend plus what
+//! it needs to finish the reply once the action's result is known. It never awaits, never
+//! logs a secret, and never touches a socket or Kubernetes.
+
+pub mod cc;
+pub mod commands;
+pub mod config;
+pub mod entropy;
+mod lanplus;
+mod limiter;
+pub mod session;
+mod v15;
+pub mod vm;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use commands::BootParams;
+use config::{BmcConfig, Privilege};
+use entropy::{Entropy, OsEntropy};
+use limiter::SourceLimiter;
+use session::{ActiveAuth, SessionTable, State};
+pub use vm::{Action, ActionError, BootDevice, BootOverride, PowerState, VmView};
+
+use crate::wire::message::Request;
+use crate::wire::rmcp::{self, AsfMessage, RmcpHeader};
+use crate::wire::{WireError, lan15};
+
+/// Datagrams longer than this are dropped unread: no legal request comes near it.
+pub const MAX_DATAGRAM: usize = 1024;
+
+/// What to do with a datagram.
+#[derive(Debug)]
+pub enum Output {
+    /// Nothing to send (malformed, unauthenticated, replayed, or not ours to answer).
+    Drop(DropReason),
+    Reply(Vec<u8>),
+    /// Run `action` against the backend, then hand its result to [`Bmc::complete`].
+    Action(Action, Pending),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    Malformed(WireError),
+    Oversized,
+    /// A packet whose auth code, integrity data or handshake proof did not verify.
+    AuthFailed,
+    /// A sequence number already used or outside the window.
+    Replay,
+    /// No session (or handshake) with that id in the state the packet needs.
+    UnknownSession,
+    /// A command not allowed outside a session, or a payload we do not serve.
+    NotAllowed,
+    RateLimited,
+    /// A retransmission of a command whose action is still running.
+    InFlight,
+}
+
+/// What the engine needs to finish a reply after an action ran.
+#[derive(Debug, Clone)]
+pub struct Pending {
+    session_id: u32,
+    request: OwnedRequest,
+}
+
+#[derive(Debug, Clone)]
+struct OwnedRequest {
+    rs_addr: u8,
+    net_fn: u8,
+    rs_lun: u8,
+    rq_addr: u8,
+    rq_seq: u8,
+    rq_lun: u8,
+    cmd: u8,
+}
+
+impl OwnedRequest {
+    fn of(r: &Request) -> Self {
+        OwnedRequest { rs_addr: r.rs_addr, net_fn: r.net_fn, rs_lun: r.rs_lun, rq_addr: r.rq_addr, rq_seq: r.rq_seq, rq_lun: r.rq_lun, cmd: r.cmd }
+    }
+
+    fn as_request(&self) -> Request<'static> {
+        Request { rs_addr: self.rs_addr, net_fn: self.net_fn, rs_lun: self.rs_lun, rq_addr: self.rq_addr, rq_seq: self.rq_seq, rq_lun: self.rq_lun, cmd: self.cmd, data: &[] }
+    }
+}
+
+/// Counters a BMC keeps about itself (exported as metrics by the agent).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Stats {
+    pub requests: u64,
+    pub dropped: u64,
+    pub auth_failures: u64,
+    pub replays: u64,
+    pub sessions_opened: u64,
+    pub sessions_refused: u64,
+    pub rakp_rate_limited: u64,
+}
+
+pub struct Bmc {
+    config: Arc<BmcConfig>,
+    sessions: SessionTable,
+    boot_params: BootParams,
+    rakp_limiter: SourceLimiter,
+    entropy: Box<dyn Entropy>,
+    pub stats: Stats,
+}
+
+impl Bmc {
+    pub fn new(config: Arc<BmcConfig>) -> Bmc {
+        Bmc::with_entropy(config, Box::new(OsEntropy))
+    }
+
+    pub fn with_entropy(config: Arc<BmcConfig>, entropy: Box<dyn Entropy>) -> Bmc {
+        Bmc { config, sessions: SessionTable::default(), boot_params: BootParams::default(), rakp_limiter: SourceLimiter::default(), entropy, stats: Stats::default() }
+    }
+
+    pub fn config(&self) -> &Arc<BmcConfig> {
+        &self.config
+    }
+
+    /// New users or suites apply to the next session; running sessions keep their keys.
+    pub fn set_config(&mut self, config: Arc<BmcConfig>) {
+        self.config = config;
+    }
+
+    pub fn active_sessions(&self) -> usize {
+        self.sessions.active_count()
+    }
+
+    pub fn handle(&mut self, now: Instant, peer: SocketAddr, datagram: &[u8], vm: &VmView) -> Output {
+        self.stats.requests += 1;
+        self.sessions.expire(now, self.config.session_timeout, self.config.handshake_timeout);
+        let out = self.dispatch(now, peer, datagram, vm);
+        if let Output::Drop(reason) = &out {
+            self.stats.dropped += 1;
+            match reason {
+                DropReason::AuthFailed => self.stats.auth_failures += 1,
+                DropReason::Replay => self.stats.replays += 1,
+                _ => {}
+            }
+        }
+        out
+    }
+
+    fn dispatch(&mut self, now: Instant, peer: SocketAddr, datagram: &[u8], vm: &VmView) -> Output {
+        if datagram.len() > MAX_DATAGRAM {
+            return Output::Drop(DropReason::Oversized);
+        }
+        let (header, rest) = match RmcpHeader::parse(datagram) {
+            Ok(v) => v,
+            Err(e) => return Output::Drop(DropReason::Malformed(e)),
+        };
+        match header.class {
+            rmcp::CLASS_ASF => presence_pong(header, rest),
+            rmcp::CLASS_IPMI => match rest.first().map(|b| b & 0x0F) {
+                Some(lan15::AUTH_RMCPP) => self.handle_lanplus(now, peer, rest, vm),
+                Some(_) => self.handle_v15(now, peer, rest, vm),
+                None => Output::Drop(DropReason::Malformed(WireError::Truncated)),
+            },
+            _ => Output::Drop(DropReason::Malformed(WireError::Unsupported)),
+        }
+    }
+
+    /// Finishes the reply to a command whose action ran; None when its session is gone.
+    pub fn complete(&mut self, _now: Instant, pending: Pending, result: Result<(), ActionError>) -> Option<Vec<u8>> {
+        let session = self.sessions.get_mut(pending.session_id)?;
+        if let State::Active(a) = &mut session.state {
+            a.in_flight = None;
+        }
+        let code = match &result {
+            Ok(()) => cc::OK,
+            Err(e) => e.completion_code(),
+        };
+        let mut msg = Vec::with_capacity(8);
+        pending.request.as_request().emit_response(code, &[], &mut msg);
+        self.seal(pending.session_id, &msg)
+    }
+
+    /// Runs one authenticated in-session message at the session's privilege.
+    fn in_session(&mut self, now: Instant, id: u32, message: &[u8], vm: &VmView) -> Output {
+        let req = match Request::parse(message) {
+            Ok(r) => r,
+            Err(e) => return Output::Drop(DropReason::Malformed(e)),
+        };
+        let Some(session) = self.sessions.get_mut(id) else { return Output::Drop(DropReason::UnknownSession) };
+        session.last_activity = now;
+        let State::Active(active) = &mut session.state else { return Output::Drop(DropReason::UnknownSession) };
+        let (code, data) = match (req.net_fn, req.cmd) {
+            (commands::NETFN_APP, commands::CMD_SET_SESSION_PRIVILEGE) => set_privilege(active, req.data),
+            (commands::NETFN_APP, commands::CMD_CLOSE_SESSION) => {
+                // Closing a session needs its id (or handle); a session may close only itself.
+                let target = (req.data.len() >= 4).then(|| crate::wire::le_u32(req.data));
+                if req.data.len() != 4 && req.data.len() != 5 {
+                    (cc::REQUEST_LENGTH_INVALID, Vec::new())
+                } else if target != Some(id) {
+                    (cc::INVALID_SESSION_ID, Vec::new())
+                } else {
+                    let mut msg = Vec::with_capacity(8);
+                    req.emit_response(cc::OK, &[], &mut msg);
+                    let reply = self.seal(id, &msg);
+                    self.sessions.remove(id);
+                    return reply.map_or(Output::Drop(DropReason::UnknownSession), Output::Reply);
+                }
+            }
+            (commands::NETFN_APP, commands::CMD_GET_SESSION_CHALLENGE | commands::CMD_ACTIVATE_SESSION) => (cc::NOT_IN_STATE, Vec::new()),
+            _ => match commands::execute(&req, Some(active.privilege), &self.config, vm, &mut self.boot_params) {
+                commands::Outcome::Reply(code, data) => (code, data),
+                commands::Outcome::Action(action) => {
+                    if active.in_flight == Some((req.rq_seq, req.cmd)) {
+                        return Output::Drop(DropReason::InFlight);
+                    }
+                    active.in_flight = Some((req.rq_seq, req.cmd));
+                    return Output::Action(action, Pending { session_id: id, request: OwnedRequest::of(&req) });
+                }
+            },
+        };
+        let mut msg = Vec::with_capacity(8 + data.len());
+        req.emit_response(code, &data, &mut msg);
+        self.seal(id, &msg).map_or(Output::Drop(DropReason::UnknownSession), Output::Reply)
+    }
+
+    /// Wraps a reply message for an active session: next outbound sequence number, auth code
+    /// or integrity data, encryption.
+    fn seal(&mut self, id: u32, msg: &[u8]) -> Option<Vec<u8>> {
+        let session = self.sessions.get_mut(id)?;
+        let State::Active(active) = &mut session.state else { return None };
+        let seq = active.outbound;
+        active.outbound = active.outbound.wrapping_add(1);
+        let mut out = Vec::with_capacity(64 + msg.len());
+        RmcpHeader { sequence: rmcp::RMCP_SEQ_NO_ACK, class: rmcp::CLASS_IPMI }.emit(&mut out);
+        match &active.auth {
+            ActiveAuth::V15 { auth_type, password } => {
+                let code = crate::crypto::auth_code_v15(*auth_type, password, id, msg, seq);
+                lan15::Lan15Packet::emit(*auth_type, seq, id, code.as_ref(), msg, &mut out);
+            }
+            ActiveAuth::V20 { console_id, suite, k1, k2 } => {
+                let iv = self.entropy.bytes16();
+                lanplus::seal(*console_id, seq, suite, k1, k2, &iv, msg, &mut out);
+            }
+        }
+        Some(out)
+    }
+
+    fn new_session_id(&mut self) -> u32 {
+        loop {
+            let id = self.entropy.u32();
+            if id != 0 && !self.sessions.contains(id) {
+                return id;
+            }
+        }
+    }
+}
+
+/// Set Session Privilege Level (IPMI 2.0 §22.18): 0 reads the current level; a level above
+/// the session's negotiated maximum is refused.
+fn set_privilege(active: &mut session::Active, d: &[u8]) -> (u8, Vec<u8>) {
+    if d.len() != 1 {
+        return (cc::REQUEST_LENGTH_INVALID, Vec::new());
+    }
+    if d[0] & 0x0F == 0 {
+        return (cc::OK, vec![active.privilege.wire()]);
+    }
+    match Privilege::from_wire(d[0]) {
+        Some(p) if p <= active.max_privilege => {
+            active.privilege = p;
+            (cc::OK, vec![p.wire()])
+        }
+        Some(_) => (cc::SET_PRIV_EXCEEDS_LIMIT, Vec::new()),
+        None => (cc::INVALID_DATA_FIELD, Vec::new()),
+    }
+}
+
+fn presence_pong(header: RmcpHeader, rest: &[u8]) -> Output {
+    match AsfMessage::parse(rest) {
+        Ok(m) if m.iana == rmcp::ASF_IANA && m.msg_type == rmcp::ASF_PING && m.data.is_empty() => {
+            let mut out = Vec::with_capacity(28);
+            rmcp::emit_pong(header.sequence, m.tag, &mut out);
+            Output::Reply(out)
+        }
+        Ok(_) => Output::Drop(DropReason::NotAllowed),
+        Err(e) => Output::Drop(DropReason::Malformed(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,37 @@
+//! `cargo xtask test [FILTER]`: tools, release build, unit tests, end-to-end tests.
+
+use crate::tools;
+
+pub fn run(args: &[String]) -> Result<(), String> {
+    if !virtbmc_e2e::is_root() {
+        return Err("the end-to-end tests need root (network namespaces): run as root".into());
+    }
+    tools::ensure_installed()?;
+    let agent = tools::build_agent()?;
+
+    // Unit tests of every crate except the e2e one, whose own run follows.
+    let unit = tools::run(tools::cargo().args(["test", "--workspace", "--exclude", "virtbmc-e2e"]));
+
+    // End-to-end: real clients against the release agent. Two threads: each test runs the
+    // agent and clients, and this must stay robust on 2 cores.
+    let mut e2e_cmd = tools::cargo();
+    e2e_cmd
+        .args(["test", "-p", "virtbmc-e2e", "--"])
+        .args(args)
+        .args(["--test-threads", "2"])
+        .env("VIRTBMC_E2E_REQUIRED", "1")
+        .env("VIRTBMC_BIN", &agent);
+    let e2e = tools::run(&mut e2e_cmd);
+
+    match (unit, e2e) {
+        (Ok(()), Ok(())) => {
+            println!("==> xtask test: unit tests passed, end-to-end tests passed");
+            Ok(())
+        }
+        (u, e) => Err(format!(
+            "unit tests {}, end-to-end tests {}",
+            u.map_or_else(|e| format!("FAILED ({e})"), |()| "passed".into()),
+            e.map_or_else(|e| format!("FAILED ({e})"), |()| "passed".into()),
+        )),
+    }
+}
