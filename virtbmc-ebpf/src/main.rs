@@ -419,8 +419,10 @@ fn auth_caps<const N: usize>(r: &[u8; N], st: &BmcState, out: &mut Out) -> Optio
         return None;
     }
     let ch = r[M + 6];
+    // Callback..Administrator. OEM (5) is left to the engine, which refuses it: the client
+    // must see one behaviour whichever side answers.
     let privilege = r[M + 7] & 0x0F;
-    if !channel_ok(ch) || privilege == 0 || privilege > 5 {
+    if !channel_ok(ch) || privilege == 0 || privilege > 4 {
         return None;
     }
     let ext = ch & 0x80 != 0;

@@ -285,6 +285,11 @@ impl FastPath {
         };
         match l.bmcs.remove(&port) {
             Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(aya::maps::MapError::SyscallError(e))
+                if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
+            {
+                Ok(())
+            }
             Err(source) => Err(FastPathError::Map { map: BMCS_MAP, source }),
         }
     }
