@@ -132,6 +132,15 @@ impl FastPathConfig {
     }
 }
 
+/// The fast path's view of a BMC, built with the engine's own encoder so that both sides
+/// answer with the same bytes. The agent calls this whenever the config or the power state
+/// changes and hands the result to [`FastPath::set_bmc`].
+pub fn bmc_state(config: &crate::engine::config::BmcConfig, power_on: bool) -> Result<BmcState> {
+    let records = crate::engine::commands::suite_records(config);
+    BmcState::with_ciphers(power_on, config.allow_auth_none, &records)
+        .ok_or(FastPathError::CipherRecordsTooLong(records.len()))
+}
+
 /// One `BPF_PROG_TEST_RUN` result.
 #[derive(Clone, Debug)]
 pub struct TestRunOutcome {
