@@ -9,6 +9,7 @@
 //! The map layout and what the program answers are documented in `virtbmc-common`.
 
 mod caps;
+mod iface;
 mod pins;
 
 use std::{
@@ -478,12 +479,7 @@ fn choose_mode(iface: &str, mode: XdpMode) -> (Attached, Option<Attached>, &'sta
     }
 }
 
-/// Virtual devices (veth, bridges, tunnels) live under /sys/devices/virtual.
-fn is_virtual(iface: &str) -> bool {
-    std::fs::canonicalize(Path::new("/sys/class/net").join(iface))
-        .map(|p| p.starts_with("/sys/devices/virtual"))
-        .unwrap_or(false)
-}
+use iface::is_virtual;
 
 mod log_task {
     //! Drains the program's aya-log ring buffer into `log` while a tokio runtime is there;
