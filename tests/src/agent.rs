@@ -36,6 +36,7 @@ pub struct BmcBuilder {
     netns: Option<(String, String, [u8; 3])>,
     log_level: Option<String>,
     quiet: bool,
+    binary: Option<PathBuf>,
 }
 
 impl BmcBuilder {
@@ -60,6 +61,11 @@ impl BmcBuilder {
         self
     }
 
+    /// The agent binary (default: [`agent_binary`]).
+    pub fn binary(mut self, path: &std::path::Path) -> Self {
+        self.binary = Some(path.to_path_buf());
+        self
+    }
     /// RUST_LOG for the agent when the environment sets none (default `debug`).
     pub fn log_level(mut self, level: &str) -> Self {
         self.log_level = Some(level.to_string());
@@ -73,7 +79,7 @@ impl BmcBuilder {
 
     /// Creates the namespaces, starts the agent and waits until `/healthz` answers.
     pub fn start(self) -> Bmc {
-        let bin = agent_binary();
+        let bin = self.binary.clone().unwrap_or_else(agent_binary);
         assert!(
             bin.is_file(),
             "agent binary {} not found: run `cargo build -p virtbmc --release` or set VIRTBMC_BIN",
@@ -270,9 +276,10 @@ impl Bmc {
         )
     }
 
-    /// Runs `args` in the client namespace (under `timeout`).
+    /// Runs `args` in the client namespace under `timeout`; `--foreground` keeps the client in
+    /// our process group, so a Ctrl-C reaches it too.
     pub fn client(&self, args: &[&str]) -> Out {
-        let mut argv = vec!["timeout", CLIENT_TIMEOUT_SECS];
+        let mut argv = vec!["timeout", "--foreground", CLIENT_TIMEOUT_SECS];
         argv.extend_from_slice(args);
         let cmd = NetnsPair::exec(&self.net.client, &argv);
         let out = Out::run(cmd, args.join(" "));

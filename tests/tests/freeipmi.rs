@@ -130,10 +130,68 @@ fn bmc_info_lan_and_lan_2_0() {
             Some("2.0"),
             "{out}"
         );
-        let guid = bmc.freeipmi("bmc-info", PORT, &[driver, &["--get-system-guid"]].concat());
+        let g = common::field(&out, "System GUID").unwrap_or_default();
+        assert!(common::is_guid(&g), "no System GUID:\n{out}");
         // bmc-info exits 0 printing nothing on 0xC1 (PROTOCOL.md): look at the text.
-        let g = common::field(&guid, "System GUID").unwrap_or_default();
-        assert!(common::is_guid(&g), "no System GUID:\n{guid}");
+        assert_eq!(system_guid(&bmc, driver), g);
+    }
+}
+
+/// `bmc-info --get-system-guid` prints the bare GUID.
+#[track_caller]
+fn system_guid(bmc: &Bmc, driver: &[&str]) -> String {
+    let out = bmc.freeipmi("bmc-info", PORT, &[driver, &["--get-system-guid"]].concat());
+    let g = out.stdout.trim().to_string();
+    assert!(common::is_guid(&g), "no System GUID:\n{out}");
+    g
+}
+
+/// IPMI 2.0 §20.8 (Table 20-10) sends the GUID in IPMI byte order. ipmitool decodes both
+/// orders and warns "SMBIOS (WARNING: IPMI Specification violation!)" when the BMC used the
+/// SMBIOS one; freeipmi decodes only the IPMI order, so with the wrong order the two clients
+/// print different GUIDs for the same VM.
+#[test]
+fn system_guid_is_ipmi_encoded_and_clients_agree() {
+    ready_or_skip!("bmc-info", "ipmitool");
+    let bmc = Bmc::builder().vm("vm-0=6230").start();
+    let out = bmc.admin(virtbmc_e2e::Iface::Lanplus, PORT, &["mc", "guid"]);
+    out.assert_ok();
+    let from_ipmitool = common::field(&out, "System GUID").unwrap_or_default();
+    assert!(
+        !out.stdout.contains("Specification violation"),
+        "ipmitool reports a wrongly encoded GUID:\n{out}"
+    );
+    assert_eq!(
+        system_guid(&bmc, &[]),
+        from_ipmitool,
+        "freeipmi and ipmitool disagree"
+    );
+    assert_eq!(system_guid(&bmc, &["-D", "LAN_2_0"]), from_ipmitool);
+}
+
+/// bmc-info's default output ends with a "Channel Information" section built from Get Channel
+/// Info (App 0x42). Channel numbers are 4 bits (IPMI 2.0 §22.24): anything above 15 means the
+/// client printed an unanswered request's buffer.
+#[test]
+fn bmc_info_channel_section_is_sane() {
+    ready_or_skip!("bmc-info");
+    let bmc = Bmc::builder().vm("vm-0=6230").start();
+    let out = bmc.freeipmi("bmc-info", PORT, &[]);
+    out.assert_ok();
+    for line in out
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("Channel Number"))
+    {
+        let n: u32 = line
+            .split(':')
+            .nth(1)
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(999);
+        assert!(
+            n <= 15,
+            "impossible channel number in bmc-info output:\n{out}"
+        );
     }
 }
 

@@ -69,7 +69,11 @@ fn wrong_password_is_refused() {
         argv.push("--off");
         let out = bmc.client(&argv);
         assert!(!out.stdout.contains(": ok"), "{out}");
-        assert!(out.text().contains("password invalid"), "{out}");
+        // With RMCP+ the client itself detects the bad RAKP 2 HMAC. With IPMI 1.5 the BMC may
+        // drop an Activate Session that fails authentication, so only failure is required.
+        if !driver.is_empty() {
+            assert!(out.text().contains("password invalid"), "{out}");
+        }
     }
     assert_unchanged(&bmc, &before);
     assert!(bmc.alive());

@@ -200,7 +200,7 @@ pub fn aes_encrypt(k2: &[u8], iv: &[u8; 16], plain: &[u8], out: &mut Vec<u8>) {
     let pad = (16 - (plain.len() + 1) % 16) % 16;
     let mut buf = Vec::with_capacity(plain.len() + pad + 1);
     buf.extend_from_slice(plain);
-    buf.extend((1..=pad as u8).map(|b| b));
+    buf.extend(1..=pad as u8);
     buf.push(pad as u8);
     let len = buf.len();
     let enc = Aes128CbcEnc::new(k2[..16].into(), iv.into());
@@ -211,7 +211,7 @@ pub fn aes_encrypt(k2: &[u8], iv: &[u8; 16], plain: &[u8], out: &mut Vec<u8>) {
 
 /// Decrypts an AES-CBC-128 payload and strips IPMI's padding; None when malformed.
 pub fn aes_decrypt(k2: &[u8], payload: &[u8]) -> Option<Vec<u8>> {
-    if payload.len() < 32 || payload.len() % 16 != 0 {
+    if payload.len() < 32 || !payload.len().is_multiple_of(16) {
         return None;
     }
     let (iv, ct) = payload.split_at(16);

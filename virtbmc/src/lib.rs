@@ -8,6 +8,7 @@
 
 pub mod agent;
 pub mod backend;
+pub mod console;
 pub mod crypto;
 pub mod engine;
 pub mod fastpath;

@@ -1,1 +1,438 @@
+//! Engine tests: byte vectors, and a spec-written console (crate::console) driving whole
+//! sessions, including the hostile inputs listed in shared/PEERS.md.
 
+use std::cell::RefCell;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::config::{BmcConfig, Privilege, User};
+use super::entropy::{Entropy, TestEntropy};
+use super::*;
+use crate::console::{self, ConsoleError, V15Session, V20Session, suite};
+use crate::wire::lan15::{AUTH_MD5, AUTH_NONE, AUTH_PASSWORD};
+
+const PEER: &str = "10.0.0.2:40000";
+
+fn config() -> BmcConfig {
+    BmcConfig::new(vec![
+        User::new("admin", "password", Privilege::Admin).unwrap(),
+        User::new("op", "oppass", Privilege::Operator).unwrap(),
+        User::new("viewer", "viewer", Privilege::User).unwrap(),
+    ])
+}
+
+struct Rig {
+    bmc: RefCell<Bmc>,
+    vm: RefCell<VmView>,
+    now: RefCell<Instant>,
+    /// The last action the engine asked for, completed with success.
+    actions: RefCell<Vec<Action>>,
+}
+
+impl Rig {
+    fn new(cfg: BmcConfig) -> Rig {
+        Rig {
+            bmc: RefCell::new(Bmc::with_entropy(Arc::new(cfg), Box::new(TestEntropy(0x1234_5678_9abc_def1)))),
+            vm: RefCell::new(VmView { power: PowerState::Off, boot: None, guid: [0x11; 16] }),
+            now: RefCell::new(Instant::now()),
+            actions: RefCell::new(Vec::new()),
+        }
+    }
+
+    fn from(&self, peer: &str, d: &[u8]) -> Output {
+        let vm = *self.vm.borrow();
+        self.bmc.borrow_mut().handle(*self.now.borrow(), peer.parse().unwrap(), d, &vm)
+    }
+
+    /// Sends from PEER; actions complete successfully at once.
+    fn send(&self, d: &[u8]) -> Option<Vec<u8>> {
+        match self.from(PEER, d) {
+            Output::Reply(r) => Some(r),
+            Output::Drop(_) => None,
+            Output::Action(a, p) => {
+                self.actions.borrow_mut().push(a);
+                self.bmc.borrow_mut().complete(*self.now.borrow(), p, Ok(()))
+            }
+        }
+    }
+
+    fn exchange(&self) -> impl FnMut(&[u8]) -> Option<Vec<u8>> + '_ {
+        move |d| self.send(d)
+    }
+}
+
+#[test]
+fn presence_ping_gets_pong_with_the_tag() {
+    let rig = Rig::new(config());
+    let pong = rig.send(&console::ping(0x42)).unwrap();
+    assert_eq!(pong[..12], [0x06, 0x00, 0xFF, 0x06, 0x00, 0x00, 0x11, 0xBE, 0x40, 0x42, 0x00, 0x10]);
+    assert_eq!(pong.len(), 28);
+}
+
+#[test]
+fn auth_caps_bytes_match_the_capture_layout() {
+    let rig = Rig::new(config());
+    // ipmitool -I lan: 0e 04, rqSeq 1.
+    let reply = rig.send(&console::sessionless_v15(0x06, 0x38, 1, &[0x0e, 0x04])).unwrap();
+    let want = [
+        0x06, 0x00, 0xFF, 0x07, 0x00, 0, 0, 0, 0, 0, 0, 0, 0, 0x10, // RMCP, 1.5 wrapper, length 16
+        0x81, 0x1C, 0x63, 0x20, 0x04, 0x38, 0x00, 0x01, 0x14, 0x04, 0x00, 0, 0, 0, 0x00, 0x8B,
+    ];
+    assert_eq!(reply, want);
+}
+
+#[test]
+fn cipher_suites_answered_in_the_form_asked() {
+    let rig = Rig::new(config());
+    let mut msg = Vec::new();
+    crate::wire::message::Request { rs_addr: 0x20, net_fn: 6, rs_lun: 0, rq_addr: 0x81, rq_seq: 0, rq_lun: 0, cmd: 0x54, data: &[0x0e, 0x00, 0x80] }.emit(&mut msg);
+    let reply = rig.send(&console::sessionless_v20(0x00, &msg)).unwrap();
+    assert_eq!(reply[4], 0x06, "RMCP+ form");
+    let data = &reply[16 + 7..reply.len() - 1];
+    assert_eq!(data, [0x01, 0xC0, 3, 1, 0x41, 0x81, 0xC0, 17, 3, 0x44, 0x81]);
+    let (cc, data) = console::parse_v15(&rig.send(&console::sessionless_v15(0x06, 0x54, 2, &[0x0e, 0x00, 0x81])).unwrap()).unwrap();
+    assert_eq!((cc, data), (0, vec![1]));
+}
+
+#[test]
+fn v15_md5_and_password_sessions_run_commands() {
+    for auth in [AUTH_MD5, AUTH_PASSWORD] {
+        let rig = Rig::new(config());
+        let mut ex = rig.exchange();
+        let mut s = V15Session::open("admin", "password", auth, 4, &mut ex).unwrap();
+        assert_eq!(s.call(0x06, 0x3B, &[4], &mut ex).unwrap(), (0, vec![4]));
+        assert_eq!(s.call(0x00, 0x01, &[], &mut ex).unwrap(), (0, vec![0, 0, 0]));
+        assert_eq!(s.call(0x00, 0x02, &[1], &mut ex).unwrap(), (0, vec![]));
+        let (cc, id) = s.call(0x06, 0x01, &[], &mut ex).unwrap();
+        assert_eq!((cc, id.len(), id[4]), (0, 15, 0x02));
+        let sid = s.id.to_le_bytes();
+        assert_eq!(s.call(0x06, 0x3C, &sid, &mut ex).unwrap(), (0, vec![]));
+        assert!(s.call(0x00, 0x01, &[], &mut ex).is_err(), "closed");
+        drop(ex);
+        assert_eq!(*rig.actions.borrow(), vec![Action::PowerOn]);
+    }
+}
+
+#[test]
+fn v15_outbound_sequence_strictly_increases() {
+    let rig = Rig::new(config());
+    let mut ex = rig.exchange();
+    let mut s = V15Session::open("admin", "password", AUTH_MD5, 4, &mut ex).unwrap();
+    let mut last = None;
+    for _ in 0..3 {
+        let r = ex(&s.request(0x00, 0x01, &[])).unwrap();
+        let seq = crate::wire::le_u32(&r[5..9]);
+        assert!(last.is_none_or(|l| seq > l), "freeipmi refuses a repeated outbound sequence number");
+        last = Some(seq);
+    }
+}
+
+#[test]
+fn v15_wrong_password_unknown_user_and_auth_none() {
+    let rig = Rig::new(config());
+    let mut ex = rig.exchange();
+    assert_eq!(V15Session::open("admin", "wrong", AUTH_MD5, 4, &mut ex).unwrap_err(), ConsoleError::NoAnswer);
+    assert_eq!(V15Session::open("nobody", "x", AUTH_MD5, 4, &mut ex).unwrap_err(), ConsoleError::Completion(cc::INVALID_USER));
+    assert_eq!(V15Session::open("admin", "password", AUTH_NONE, 4, &mut ex).unwrap_err(), ConsoleError::Completion(cc::INVALID_DATA_FIELD));
+    drop(ex);
+    assert!(rig.bmc.borrow().stats.auth_failures >= 1);
+
+    let mut cfg = config();
+    cfg.allow_auth_none = true;
+    let rig = Rig::new(cfg);
+    let mut ex = rig.exchange();
+    let mut s = V15Session::open("admin", "password", AUTH_NONE, 4, &mut ex).unwrap();
+    assert_eq!(s.call(0x00, 0x01, &[], &mut ex).unwrap().0, 0);
+}
+
+#[test]
+fn v15_privilege_is_capped_by_the_user() {
+    let rig = Rig::new(config());
+    let mut ex = rig.exchange();
+    assert_eq!(V15Session::open("viewer", "viewer", AUTH_MD5, 4, &mut ex).unwrap_err(), ConsoleError::Completion(cc::PRIVILEGE_EXCEEDS_LIMIT));
+    let mut s = V15Session::open("viewer", "viewer", AUTH_MD5, 2, &mut ex).unwrap();
+    assert_eq!(s.call(0x06, 0x3B, &[4], &mut ex).unwrap().0, cc::SET_PRIV_EXCEEDS_LIMIT);
+    assert_eq!(s.call(0x00, 0x02, &[0], &mut ex).unwrap().0, cc::INSUFFICIENT_PRIVILEGE);
+    assert_eq!(s.call(0x00, 0x01, &[], &mut ex).unwrap().0, 0);
+    drop(ex);
+    assert!(rig.actions.borrow().is_empty());
+}
+
+#[test]
+fn replayed_packets_are_refused() {
+    let rig = Rig::new(config());
+    let mut ex = rig.exchange();
+    let mut s = V15Session::open("admin", "password", AUTH_MD5, 4, &mut ex).unwrap();
+    ex(&s.request(0x06, 0x3B, &[4])).unwrap();
+    let power_on = s.request(0x00, 0x02, &[1]);
+    assert!(ex(&power_on).is_some());
+    *rig.vm.borrow_mut() = VmView { power: PowerState::Off, boot: None, guid: [0; 16] };
+    assert!(ex(&power_on).is_none(), "verbatim replay");
+    drop(ex);
+    assert_eq!(rig.actions.borrow().len(), 1);
+    assert_eq!(rig.bmc.borrow().stats.replays, 1);
+
+    let rig = Rig::new(config());
+    let mut ex = rig.exchange();
+    let mut s = V20Session::open("admin", "password", suite(17), 0x14, &mut ex).unwrap();
+    let status = s.request(0x00, 0x01, &[]);
+    assert!(ex(&status).is_some());
+    assert!(ex(&status).is_none(), "RMCP+ replay");
+    s.seq += 100;
+    assert!(s.call(0x00, 0x01, &[], &mut ex).is_err(), "jump beyond the window");
+}
+
+#[test]
+fn rmcp_plus_every_enabled_suite_works() {
+    for id in [1u8, 2, 3, 15, 16, 17] {
+        let mut cfg = config();
+        cfg.cipher_suites = vec![id];
+        let rig = Rig::new(cfg);
+        let mut ex = rig.exchange();
+        let mut s = V20Session::open("admin", "password", suite(id), 0x14, &mut ex).unwrap_or_else(|e| panic!("suite {id}: {e}"));
+        assert_eq!(s.call(0x06, 0x3B, &[4], &mut ex).unwrap(), (0, vec![4]));
+        assert_eq!(s.call(0x00, 0x02, &[1], &mut ex).unwrap(), (0, vec![]), "suite {id}");
+        assert_eq!(s.call(0x06, 0x37, &[], &mut ex).unwrap(), (0, vec![0x11; 16]));
+    }
+}
+
+#[test]
+fn rmcp_plus_refuses_disabled_suites_and_suite_zero_by_default() {
+    let rig = Rig::new(config());
+    let mut ex = rig.exchange();
+    assert_eq!(V20Session::open("admin", "password", suite(0), 0x14, &mut ex).unwrap_err(), ConsoleError::Status(0x11));
+    assert_eq!(V20Session::open("admin", "password", suite(2), 0x14, &mut ex).unwrap_err(), ConsoleError::Status(0x11));
+}
+
+#[test]
+fn rmcp_plus_wrong_password_unknown_user_and_role() {
+    let rig = Rig::new(config());
+    let mut ex = rig.exchange();
+    assert_eq!(V20Session::open("admin", "wrong", suite(3), 0x14, &mut ex).unwrap_err(), ConsoleError::BadProof);
+    assert_eq!(V20Session::open("nobody", "password", suite(3), 0x14, &mut ex).unwrap_err(), ConsoleError::Status(0x0D));
+    assert_eq!(V20Session::open("viewer", "viewer", suite(3), 0x14, &mut ex).unwrap_err(), ConsoleError::Status(0x0A));
+    let mut s = V20Session::open("viewer", "viewer", suite(3), 0x12, &mut ex).unwrap();
+    assert_eq!(s.call(0x06, 0x3B, &[3], &mut ex).unwrap().0, cc::SET_PRIV_EXCEEDS_LIMIT);
+    assert_eq!(s.call(0x00, 0x02, &[0], &mut ex).unwrap().0, cc::INSUFFICIENT_PRIVILEGE);
+}
+
+/// Opens a session by hand up to RAKP2, returning (bmc id, Rc, GUID).
+fn half_open(rig: &Rig, peer: &str) -> (u32, [u8; 16]) {
+    let mut req = vec![0, 0, 0, 0, 1, 2, 3, 4];
+    req.extend_from_slice(&[0, 0, 0, 8, 1, 0, 0, 0, 1, 0, 0, 8, 1, 0, 0, 0, 2, 0, 0, 8, 1, 0, 0, 0]);
+    let Output::Reply(r) = rig.from(peer, &console::sessionless_v20(0x10, &req)) else { panic!("open session") };
+    let id = crate::wire::le_u32(&r[16 + 8..16 + 12]);
+    let mut r1 = vec![1, 0, 0, 0];
+    r1.extend_from_slice(&id.to_le_bytes());
+    r1.extend_from_slice(&[0x77; 16]);
+    r1.extend_from_slice(&[0x14, 0, 0, 5]);
+    r1.extend_from_slice(b"admin");
+    let Output::Reply(r) = rig.from(peer, &console::sessionless_v20(0x12, &r1)) else { panic!("rakp1") };
+    let mut rc = [0u8; 16];
+    rc.copy_from_slice(&r[16 + 8..16 + 24]);
+    (id, rc)
+}
+
+#[test]
+fn forged_rakp3_neither_activates_nor_closes_a_handshake() {
+    let rig = Rig::new(config());
+    let (id, rc) = half_open(&rig, PEER);
+    let mut bad = vec![2, 0, 0, 0];
+    bad.extend_from_slice(&id.to_le_bytes());
+    bad.extend_from_slice(&[0u8; 20]);
+    let Output::Reply(r) = rig.from(PEER, &console::sessionless_v20(0x14, &bad)) else { panic!() };
+    assert_eq!(r[16 + 1], 0x0F, "invalid integrity check value");
+    // The real console's RAKP3 still succeeds afterwards.
+    let kuid = crate::crypto::Key20::from_password("password").unwrap();
+    let mut good = vec![2, 0, 0, 0];
+    good.extend_from_slice(&id.to_le_bytes());
+    good.extend_from_slice(&crate::crypto::AuthAlg::HmacSha1.hmac(&kuid.0, &[&rc, &0x04030201u32.to_le_bytes(), &[0x14, 5], b"admin"]));
+    let Output::Reply(r) = rig.from(PEER, &console::sessionless_v20(0x14, &good)) else { panic!() };
+    assert_eq!(r[16 + 1], 0x00);
+    assert_eq!(rig.bmc.borrow().active_sessions(), 1);
+}
+
+#[test]
+fn handshake_messages_cannot_touch_an_active_session_or_come_from_elsewhere() {
+    let rig = Rig::new(config());
+    let mut ex = rig.exchange();
+    let mut s = V20Session::open("admin", "password", suite(3), 0x14, &mut ex).unwrap();
+    drop(ex);
+    // RAKP1 naming the live session: ignored, no re-keying (ipmi_sim's flaw).
+    let mut r1 = vec![9, 0, 0, 0];
+    r1.extend_from_slice(&s.bmc_id.to_le_bytes());
+    r1.extend_from_slice(&[0; 16]);
+    r1.extend_from_slice(&[0x14, 0, 0, 5]);
+    r1.extend_from_slice(b"admin");
+    assert!(matches!(rig.from(PEER, &console::sessionless_v20(0x12, &r1)), Output::Drop(_)));
+    // A valid in-session packet from another address: dropped.
+    let req = s.request(0x00, 0x01, &[]);
+    assert!(matches!(rig.from("10.0.0.9:40000", &req), Output::Drop(DropReason::UnknownSession)));
+    let mut ex = rig.exchange();
+    assert_eq!(s.call(0x00, 0x01, &[], &mut ex).unwrap().0, 0, "the session still works");
+}
+
+#[test]
+fn encrypted_suites_refuse_plaintext_and_tampering() {
+    let rig = Rig::new(config());
+    let mut ex = rig.exchange();
+    let mut s = V20Session::open("admin", "password", suite(3), 0x14, &mut ex).unwrap();
+    let mut tampered = s.request(0x00, 0x01, &[]);
+    let n = tampered.len();
+    tampered[n - 20] ^= 1;
+    assert!(ex(&tampered).is_none());
+    let mut plain = s.clone();
+    plain.suite = suite(2); // integrity but no encryption, same keys
+    assert!(ex(&plain.request(0x00, 0x01, &[])).is_none());
+    drop(ex);
+    assert!(rig.bmc.borrow().stats.auth_failures >= 2);
+}
+
+#[test]
+fn full_table_refuses_new_sessions_and_keeps_live_ones() {
+    let mut cfg = config();
+    cfg.max_sessions = 2;
+    let rig = Rig::new(cfg);
+    let mut ex = rig.exchange();
+    let mut a = V20Session::open("admin", "password", suite(17), 0x14, &mut ex).unwrap();
+    let mut b = V15Session::open("admin", "password", AUTH_MD5, 4, &mut ex).unwrap();
+    assert_eq!(V20Session::open("admin", "password", suite(17), 0x14, &mut ex).unwrap_err(), ConsoleError::Status(0x01));
+    assert_eq!(V15Session::open("admin", "password", AUTH_MD5, 4, &mut ex).unwrap_err(), ConsoleError::Completion(cc::OUT_OF_SPACE));
+    assert_eq!(a.call(0x00, 0x01, &[], &mut ex).unwrap().0, 0);
+    assert_eq!(b.call(0x00, 0x01, &[], &mut ex).unwrap().0, 0);
+    let bid = b.id.to_le_bytes();
+    b.call(0x06, 0x3C, &bid, &mut ex).unwrap();
+    assert!(V20Session::open("admin", "password", suite(17), 0x14, &mut ex).is_ok(), "a freed slot is reusable");
+}
+
+#[test]
+fn half_open_flood_cannot_lock_logins_out() {
+    let mut cfg = config();
+    cfg.max_sessions = 4;
+    let rig = Rig::new(cfg);
+    for i in 0..100 {
+        let mut req = vec![0, 0, 0, 0, i, 0, 0, 0];
+        req.extend_from_slice(&[0, 0, 0, 8, 3, 0, 0, 0, 1, 0, 0, 8, 4, 0, 0, 0, 2, 0, 0, 8, 1, 0, 0, 0]);
+        rig.from("10.0.0.66:1", &console::sessionless_v20(0x10, &req));
+    }
+    let mut ex = rig.exchange();
+    assert!(V20Session::open("admin", "password", suite(17), 0x14, &mut ex).is_ok());
+}
+
+#[test]
+fn idle_sessions_expire() {
+    let rig = Rig::new(config());
+    let mut ex = rig.exchange();
+    let mut s = V15Session::open("admin", "password", AUTH_MD5, 4, &mut ex).unwrap();
+    drop(ex);
+    *rig.now.borrow_mut() += Duration::from_secs(61);
+    let mut ex = rig.exchange();
+    assert!(s.call(0x00, 0x01, &[], &mut ex).is_err());
+}
+
+#[test]
+fn retransmission_while_an_action_runs_does_not_run_it_twice() {
+    let rig = Rig::new(config());
+    let mut ex = rig.exchange();
+    let mut s = V20Session::open("admin", "password", suite(17), 0x14, &mut ex).unwrap();
+    ex(&s.request(0x06, 0x3B, &[4])).unwrap();
+    drop(ex);
+    *rig.vm.borrow_mut() = VmView { power: PowerState::On, boot: None, guid: [0; 16] };
+    let first = s.request(0x00, 0x02, &[2]);
+    let Output::Action(Action::PowerCycle, pending) = rig.from(PEER, &first) else { panic!("cycle") };
+    s.rq_seq -= 1; // a retransmission: same rqSeq, new session sequence number
+    let again = s.request(0x00, 0x02, &[2]);
+    assert!(matches!(rig.from(PEER, &again), Output::Drop(DropReason::InFlight)));
+    let reply = rig.bmc.borrow_mut().complete(Instant::now(), pending, Err(ActionError::Busy)).unwrap();
+    assert_eq!(s.parse(&reply).unwrap().0, cc::NODE_BUSY);
+}
+
+#[test]
+fn sessionless_commands_other_than_discovery_are_dropped() {
+    let rig = Rig::new(config());
+    assert!(rig.send(&console::sessionless_v15(0x00, 0x02, 1, &[0])).is_none());
+    assert!(rig.send(&console::sessionless_v15(0x00, 0x01, 1, &[])).is_none());
+    assert!(rig.actions.borrow().is_empty());
+}
+
+#[test]
+fn garbage_never_panics_and_never_amplifies_much() {
+    let rig = Rig::new(config());
+    let mut rng = TestEntropy(7);
+    let mut seeds: Vec<Vec<u8>> = vec![console::ping(1), console::sessionless_v15(6, 0x38, 1, &[0x8e, 4])];
+    {
+        let mut ex = rig.exchange();
+        let mut s = V20Session::open("admin", "password", suite(17), 0x14, &mut ex).unwrap();
+        seeds.push(s.request(0, 1, &[]));
+        let mut v = V15Session::open("admin", "password", AUTH_MD5, 4, &mut ex).unwrap();
+        seeds.push(v.request(0, 1, &[]));
+    }
+    for i in 0..20_000 {
+        let mut d = if i % 2 == 0 {
+            let mut len = [0u8; 2];
+            rng.fill(&mut len);
+            let mut d = vec![0u8; (u16::from_le_bytes(len) % 200) as usize];
+            rng.fill(&mut d);
+            if d.len() > 4 && i % 4 == 0 {
+                d[..4].copy_from_slice(&[6, 0, 0xFF, 7]);
+            }
+            d
+        } else {
+            seeds[i % seeds.len()].clone()
+        };
+        if i % 2 == 1 && !d.is_empty() {
+            let pos = rng.u32() as usize % d.len();
+            d[pos] ^= 1 << (rng.u32() % 8);
+            d.truncate(d.len() - (rng.u32() as usize % 3).min(d.len()));
+        }
+        if let Output::Reply(r) = rig.from("10.0.0.7:1", &d) {
+            assert!(r.len() <= d.len() + 28, "reply of {} bytes to {} bytes", r.len(), d.len());
+        }
+    }
+    assert!(matches!(rig.from(PEER, &vec![6u8; 2000]), Output::Drop(DropReason::Oversized)));
+}
+
+#[test]
+fn rakp2_is_rate_limited_per_source() {
+    let rig = Rig::new(config());
+    let mut answered = 0;
+    for _ in 0..100 {
+        let mut req = vec![0, 0, 0, 0, 1, 2, 3, 4];
+        req.extend_from_slice(&[0, 0, 0, 8, 1, 0, 0, 0, 1, 0, 0, 8, 1, 0, 0, 0, 2, 0, 0, 8, 1, 0, 0, 0]);
+        let Output::Reply(r) = rig.from("10.0.0.8:1", &console::sessionless_v20(0x10, &req)) else { panic!() };
+        let id = crate::wire::le_u32(&r[16 + 8..16 + 12]);
+        let mut r1 = vec![1, 0, 0, 0];
+        r1.extend_from_slice(&id.to_le_bytes());
+        r1.extend_from_slice(&[0x77; 16]);
+        r1.extend_from_slice(&[0x14, 0, 0, 5]);
+        r1.extend_from_slice(b"admin");
+        if let Output::Reply(_) = rig.from("10.0.0.8:1", &console::sessionless_v20(0x12, &r1)) {
+            answered += 1;
+        }
+    }
+    assert_eq!(answered, 40, "the burst, then nothing within the same instant");
+    // Another source is not locked out.
+    let mut ex = rig.exchange();
+    assert!(V20Session::open("admin", "password", suite(3), 0x14, &mut ex).is_ok());
+}
+
+#[test]
+fn boot_options_round_trip_through_the_backend_view() {
+    let rig = Rig::new(config());
+    let mut ex = rig.exchange();
+    let mut s = V20Session::open("admin", "password", suite(17), 0x14, &mut ex).unwrap();
+    s.call(0x06, 0x3B, &[4], &mut ex).unwrap();
+    assert_eq!(s.call(0x00, 0x08, &[0x00, 0x01], &mut ex).unwrap().0, 0);
+    assert_eq!(s.call(0x00, 0x08, &[0x04, 0x01, 0x01], &mut ex).unwrap().0, 0);
+    assert_eq!(s.call(0x00, 0x08, &[0x05, 0xE0, 0x14, 0, 0, 0], &mut ex).unwrap().0, 0);
+    assert_eq!(s.call(0x00, 0x08, &[0x05, 0x80, 0x3C, 0, 0, 0], &mut ex).unwrap().0, cc::INVALID_DATA_FIELD);
+    assert_eq!(s.call(0x00, 0x08, &[0x07, 0], &mut ex).unwrap().0, cc::PARAMETER_NOT_SUPPORTED);
+    drop(ex);
+    let set = *rig.actions.borrow().last().unwrap();
+    let Action::SetBoot(Some(b)) = set else { panic!() };
+    assert_eq!(b, BootOverride { device: BootDevice::Cdrom, persistent: true, efi: true });
+    rig.vm.borrow_mut().boot = Some(b);
+    let mut ex = rig.exchange();
+    assert_eq!(s.call(0x00, 0x09, &[0x05, 0, 0], &mut ex).unwrap(), (0, vec![1, 5, 0xE0, 0x14, 0, 0, 0]));
+    assert_eq!(s.call(0x00, 0x09, &[0x04, 0, 0], &mut ex).unwrap(), (0, vec![1, 4, 0, 1]));
+}
