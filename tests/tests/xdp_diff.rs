@@ -15,7 +15,10 @@ use virtbmc::fastpath;
 use xdp_support::*;
 
 fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect::<Vec<_>>().join(" ")
+    b.iter()
+        .map(|x| format!("{x:02x}"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Every request form the program answers, with variations, and near misses.
@@ -30,8 +33,26 @@ fn corpus() -> Vec<Vec<u8>> {
             c.push(v20(&auth_caps_req(ch, privilege)));
         }
     }
-    c.push(v15(&msg_full(0x20, 0x06, 2, 0x81, 63, 1, 0x38, &[0x0E, 0x04])));
-    c.push(v15(&msg_full(0x20, 0x06, 1, 0x8F, 5, 3, 0x38, &[0x8E, 0x02])));
+    c.push(v15(&msg_full(
+        0x20,
+        0x06,
+        2,
+        0x81,
+        63,
+        1,
+        0x38,
+        &[0x0E, 0x04],
+    )));
+    c.push(v15(&msg_full(
+        0x20,
+        0x06,
+        1,
+        0x8F,
+        5,
+        3,
+        0x38,
+        &[0x8E, 0x02],
+    )));
     for ch in [0x0E, 0x01, 0x8E, 0x03] {
         for pt in [0x00, 0x01] {
             for index in [0x00, 0x01, 0x80, 0x81, 0x82, 0xBF] {
@@ -40,13 +61,26 @@ fn corpus() -> Vec<Vec<u8>> {
             }
         }
     }
-    c.push(v20(&msg_full(0x20, 0x06, 3, 0x81, 17, 2, 0x54, &[0x0E, 0x00, 0x80])));
+    c.push(v20(&msg_full(
+        0x20,
+        0x06,
+        3,
+        0x81,
+        17,
+        2,
+        0x54,
+        &[0x0E, 0x00, 0x80],
+    )));
     c
 }
 
 fn engine_reply(bmc: &mut Bmc, datagram: &[u8]) -> Option<Vec<u8>> {
     let peer: SocketAddr = "10.231.0.2:40000".parse().unwrap();
-    let vm = VmView { power: PowerState::Off, boot: None, guid: [7; 16] };
+    let vm = VmView {
+        power: PowerState::Off,
+        boot: None,
+        guid: [7; 16],
+    };
     match bmc.handle(Instant::now(), peer, datagram, &vm) {
         Output::Reply(b) => Some(b),
         _ => None,
@@ -61,8 +95,14 @@ fn xdp_and_engine_give_identical_bytes() {
     let c4 = (CLIENT_V4, CLIENT_PORT);
     let b4 = (BMC_V4, BMC_PORT);
     let mut answered = 0;
-    for (allow_none, suites) in [(false, vec![3, 17]), (true, vec![17]), (false, vec![1, 2, 3, 15, 16, 17])] {
-        let mut config = BmcConfig::new(vec![User::new("admin", "password", Privilege::Admin).unwrap()]);
+    for (allow_none, suites) in [
+        (false, vec![3, 17]),
+        (true, vec![17]),
+        (false, vec![1, 2, 3, 15, 16, 17]),
+    ] {
+        let mut config = BmcConfig::new(vec![
+            User::new("admin", "password", Privilege::Admin).unwrap(),
+        ]);
         config.allow_auth_none = allow_none;
         config.cipher_suites = suites;
         let mut fp = load_detached();

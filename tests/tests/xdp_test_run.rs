@@ -33,7 +33,10 @@ fn assert_action(fp: &FastPath, req: &[u8], action: u32) {
 }
 
 fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect::<Vec<_>>().join(" ")
+    b.iter()
+        .map(|x| format!("{x:02x}"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn loaded(allow_none: bool) -> FastPath {
@@ -102,7 +105,15 @@ fn xdp_auth_caps_left_to_userspace() {
     let fp = loaded(false);
     let pass = |p: Vec<u8>| assert_action(&fp, &v4(C4, B4, &p), XDP_PASS);
     // Privilege 0 and OEM (5), reserved privileges, other channels, reserved channel bits.
-    for (ch, privilege) in [(0x0E, 0), (0x0E, 5), (0x0E, 6), (0x0E, 0x0F), (0x02, 4), (0x0F, 4), (0x4E, 4)] {
+    for (ch, privilege) in [
+        (0x0E, 0),
+        (0x0E, 5),
+        (0x0E, 6),
+        (0x0E, 0x0F),
+        (0x02, 4),
+        (0x0F, 4),
+        (0x4E, 4),
+    ] {
         pass(v15(&auth_caps_req(ch, privilege)));
     }
     // Wrong lengths: data too short / too long (message length consistent).
@@ -120,7 +131,16 @@ fn xdp_auth_caps_left_to_userspace() {
     lenbad[13] = 8;
     pass(lenbad);
     // Not to the BMC address, wrong netfn (odd = response), another command.
-    pass(v15(&msg_full(0x22, 0x06, 0, 0x81, 1, 0, 0x38, &[0x0E, 0x04])));
+    pass(v15(&msg_full(
+        0x22,
+        0x06,
+        0,
+        0x81,
+        1,
+        0,
+        0x38,
+        &[0x0E, 0x04],
+    )));
     pass(v15(&msg(0x07, 1, 0x38, &[0x0E, 0x04])));
     pass(v15(&msg(0x06, 1, 0x39, &[0x0E, 0x04])));
     // Auth caps in RMCP+ framing goes to userspace (only the 1.5 form is answered here).
@@ -154,9 +174,18 @@ fn xdp_cipher_suites_both_framings() {
         return;
     }
     let long: Vec<u8> = (0..32u8).map(|i| 0xA0 ^ i).collect();
-    for records in [RECORDS_3_17.to_vec(), long.clone(), Vec::new(), long[..16].to_vec()] {
+    for records in [
+        RECORDS_3_17.to_vec(),
+        long.clone(),
+        Vec::new(),
+        long[..16].to_vec(),
+    ] {
         let mut fp = load_detached();
-        fp.set_bmc(BMC_PORT, &BmcState::with_ciphers(true, false, &records).unwrap()).unwrap();
+        fp.set_bmc(
+            BMC_PORT,
+            &BmcState::with_ciphers(true, false, &records).unwrap(),
+        )
+        .unwrap();
         let mut n = 0;
         for ch in [0x0E, 0x01, 0x8E] {
             for index in [0x80, 0x81, 0x82, 0xBF] {
@@ -260,7 +289,13 @@ fn xdp_malformed_corpus() {
     let mut passes = 0;
     // Certainly garbage: not RMCP version 6, shorter than an RMCP header, UDP length
     // longer than the packet or than the IP header says, UDP length below 8.
-    for p in [vec![0x05, 0, 0xFF, 0x07], vec![0x00; 40], vec![0x06], vec![0x06, 0, 0xFF], vec![]] {
+    for p in [
+        vec![0x05, 0, 0xFF, 0x07],
+        vec![0x00; 40],
+        vec![0x06],
+        vec![0x06, 0, 0xFF],
+        vec![],
+    ] {
         assert_action(&fp, &v4(C4, B4, &p), XDP_DROP);
         drops += 1;
     }
@@ -287,7 +322,12 @@ fn xdp_malformed_corpus() {
         [vec![0x06, 0x00, 0xFF, 0x07], vec![0xAB; 1400]].concat(),
         [ping(1), vec![0]].concat(),
     ];
-    for req in [ping(1), v15(&auth_caps_req(0x0E, 4)), v15(&cipher_req(0x0E, 0, 0x80)), v20(&cipher_req(0x0E, 0, 0x80))] {
+    for req in [
+        ping(1),
+        v15(&auth_caps_req(0x0E, 4)),
+        v15(&cipher_req(0x0E, 0, 0x80)),
+        v20(&cipher_req(0x0E, 0, 0x80)),
+    ] {
         for cut in 4..req.len() {
             corpus.push(req[..cut].to_vec());
         }

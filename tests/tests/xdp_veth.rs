@@ -73,34 +73,79 @@ fn xdp_veth_real_clients() {
     let pair = NetnsPair::create();
     let cfg = FastPathConfig::new(object(), Some(BMC_IF.to_string()), XdpMode::Auto);
     let mut fp: FastPath = in_netns(&pair.bmc, move || FastPath::start(&cfg).expect("attach"));
-    assert_eq!(fp.attached(), Some((BMC_IF, Attached::Skb)), "auto picks generic mode on veth");
+    assert_eq!(
+        fp.attached(),
+        Some((BMC_IF, Attached::Skb)),
+        "auto picks generic mode on veth"
+    );
     fp.set_bmc(PORT, &state(false)).unwrap();
 
     // rmcpping: 3 ASF pings, each answered.
-    let out = NetnsPair::exec(&pair.client, &["rmcpping", "-c", "3", "-i", "1", "-t", "2", &pair.bmc_ip.to_string()])
-        .output()
-        .unwrap();
+    let out = NetnsPair::exec(
+        &pair.client,
+        &[
+            "rmcpping",
+            "-c",
+            "3",
+            "-i",
+            "1",
+            "-t",
+            "2",
+            &pair.bmc_ip.to_string(),
+        ],
+    )
+    .output()
+    .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "rmcpping: {text} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "rmcpping: {text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(text.matches("pong received from").count(), 3, "{text}");
 
     // ipmiping: session-less Get Channel Authentication Capabilities.
-    let out = NetnsPair::exec(&pair.client, &["ipmiping", "-c", "2", "-i", "1", "-t", "2", &pair.bmc_ip.to_string()])
-        .output()
-        .unwrap();
+    let out = NetnsPair::exec(
+        &pair.client,
+        &[
+            "ipmiping",
+            "-c",
+            "2",
+            "-i",
+            "1",
+            "-t",
+            "2",
+            &pair.bmc_ip.to_string(),
+        ],
+    )
+    .output()
+    .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "ipmiping: {text} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "ipmiping: {text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(text.matches("response received from").count(), 2, "{text}");
 
     // A UDP socket: cipher suites in both framings, auth caps with allow_auth_none turned on.
     let req = cipher_req(0x0E, 0x00, 0x80);
     let want = response(&req, 0, &cipher_data(&RECORDS_3_17, 0x80));
-    assert_eq!(udp_request(&pair.client, pair.bmc_ip, v20(&req)), Some(v20(&want)));
-    assert_eq!(udp_request(&pair.client, pair.bmc_ip, v15(&req)), Some(v15(&want)));
+    assert_eq!(
+        udp_request(&pair.client, pair.bmc_ip, v20(&req)),
+        Some(v20(&want))
+    );
+    assert_eq!(
+        udp_request(&pair.client, pair.bmc_ip, v15(&req)),
+        Some(v15(&want))
+    );
     fp.set_bmc(PORT, &state(true)).unwrap();
     let req = auth_caps_req(0x8E, 0x04);
     let want = v15(&response(&req, 0, &auth_caps_data(0x8E, true)));
-    assert_eq!(udp_request(&pair.client, pair.bmc_ip, v15(&req)), Some(want));
+    assert_eq!(
+        udp_request(&pair.client, pair.bmc_ip, v15(&req)),
+        Some(want)
+    );
 
     let c = fp.counters().unwrap();
     assert!(c.ping_answered >= 3, "{c:?}");
@@ -113,7 +158,11 @@ fn xdp_veth_real_clients() {
         .output()
         .unwrap();
     let dump = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "bpftool: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "bpftool: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let entry = parse_bmcs_dump(&dump);
     assert_eq!(entry, Some((623, 0, 1, 10)), "bpftool dump: {dump}");
     let out = Command::new("bpftool")
@@ -121,7 +170,10 @@ fn xdp_veth_real_clients() {
         .output()
         .unwrap();
     let dump = String::from_utf8_lossy(&out.stdout);
-    assert!(dump.contains("ping_answered") && dump.contains("dropped_malformed"), "{dump}");
+    assert!(
+        dump.contains("ping_answered") && dump.contains("dropped_malformed"),
+        "{dump}"
+    );
 
     // Detach and unpin on drop; the client then gets no answer from XDP.
     drop(fp);
@@ -137,7 +189,11 @@ fn xdp_veth_real_clients() {
 fn parse_bmcs_dump(json: &str) -> Option<(u64, u64, u64, u64)> {
     fn field(s: &str, name: &str) -> Option<u64> {
         let i = s.find(&format!("\"{name}\":"))? + name.len() + 3;
-        let digits: String = s[i..].trim_start().chars().take_while(|c| c.is_ascii_digit()).collect();
+        let digits: String = s[i..]
+            .trim_start()
+            .chars()
+            .take_while(|c| c.is_ascii_digit())
+            .collect();
         digits.parse().ok()
     }
     // The named value comes after the raw key/value hex arrays when both are printed.

@@ -18,9 +18,7 @@
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
     btf_maps::{HashMap, PerCpuArray},
-    helpers::generated::{
-        bpf_xdp_adjust_head, bpf_xdp_adjust_tail, bpf_xdp_store_bytes,
-    },
+    helpers::generated::{bpf_xdp_adjust_head, bpf_xdp_adjust_tail, bpf_xdp_store_bytes},
     macros::{btf_map, xdp},
     programs::XdpContext,
 };
@@ -176,7 +174,13 @@ fn classify(ctx: &XdpContext) -> Handled {
         sport: be16(udp[0], udp[1]),
         dport,
     };
-    let v = serve(ctx, &hdr, bmc, be16(udp[4], udp[5]) as usize, ip_payload_len);
+    let v = serve(
+        ctx,
+        &hdr,
+        bmc,
+        be16(udp[4], udp[5]) as usize,
+        ip_payload_len,
+    );
     Handled::Ours(dport, v)
 }
 
@@ -346,10 +350,7 @@ fn ping<const N: usize>(r: &[u8; N], out: &mut Out) -> Option<Answer> {
 /// Session-less IPMI 1.5 wrapper: auth NONE, sequence 0, session 0, message length `msg`.
 #[inline(always)]
 fn is_v15_sessionless<const N: usize>(r: &[u8; N], msg: usize) -> bool {
-    r[3] == RMCP_CLASS_IPMI
-        && r[4] == AUTH_TYPE_NONE
-        && r[5..13] == [0; 8]
-        && r[13] as usize == msg
+    r[3] == RMCP_CLASS_IPMI && r[4] == AUTH_TYPE_NONE && r[5..13] == [0; 8] && r[13] as usize == msg
 }
 
 /// Session-less RMCP+ wrapper: IPMI payload, session 0, sequence 0, payload length `msg`.
@@ -436,7 +437,13 @@ fn auth_caps<const N: usize>(r: &[u8; N], st: &BmcState, out: &mut Out) -> Optio
     if st.allow_auth_none != 0 {
         auth |= AUTH_CAP_NONE;
     }
-    out.put_all(&[RMCP_VERSION, 0, RMCP_SEQ_NO_ACK, RMCP_CLASS_IPMI, AUTH_TYPE_NONE]);
+    out.put_all(&[
+        RMCP_VERSION,
+        0,
+        RMCP_SEQ_NO_ACK,
+        RMCP_CLASS_IPMI,
+        AUTH_TYPE_NONE,
+    ]);
     out.put_all(&[0; 8]);
     out.put(7 + 8 + 1);
     reply_head::<N, M>(r, out);
@@ -455,7 +462,10 @@ fn auth_caps<const N: usize>(r: &[u8; N], st: &BmcState, out: &mut Out) -> Optio
 /// Validates a Get Channel Cipher Suites request at offset `M` and returns the record window
 /// to send: (first record byte, byte count).
 #[inline(always)]
-fn cipher_window<const N: usize, const M: usize>(r: &[u8; N], st: &BmcState) -> Option<(usize, usize)> {
+fn cipher_window<const N: usize, const M: usize>(
+    r: &[u8; N],
+    st: &BmcState,
+) -> Option<(usize, usize)> {
     if !app_request::<N, M, CIPHER_MSG>(r, CMD_GET_CHANNEL_CIPHER_SUITES) {
         return None;
     }
@@ -495,7 +505,13 @@ fn cipher_v15<const N: usize>(r: &[u8; N], st: &BmcState, out: &mut Out) -> Opti
         return None;
     }
     let (start, n) = cipher_window::<N, M>(r, st)?;
-    out.put_all(&[RMCP_VERSION, 0, RMCP_SEQ_NO_ACK, RMCP_CLASS_IPMI, AUTH_TYPE_NONE]);
+    out.put_all(&[
+        RMCP_VERSION,
+        0,
+        RMCP_SEQ_NO_ACK,
+        RMCP_CLASS_IPMI,
+        AUTH_TYPE_NONE,
+    ]);
     out.put_all(&[0; 8]);
     out.put((7 + 1 + n + 1) as u8);
     reply_head::<N, M>(r, out);
@@ -511,7 +527,13 @@ fn cipher_v20<const N: usize>(r: &[u8; N], st: &BmcState, out: &mut Out) -> Opti
         return None;
     }
     let (start, n) = cipher_window::<N, M>(r, st)?;
-    out.put_all(&[RMCP_VERSION, 0, RMCP_SEQ_NO_ACK, RMCP_CLASS_IPMI, AUTH_TYPE_RMCPP]);
+    out.put_all(&[
+        RMCP_VERSION,
+        0,
+        RMCP_SEQ_NO_ACK,
+        RMCP_CLASS_IPMI,
+        AUTH_TYPE_RMCPP,
+    ]);
     out.put(PAYLOAD_TYPE_IPMI);
     out.put_all(&[0; 8]);
     out.put((7 + 1 + n + 1) as u8);
@@ -567,8 +589,7 @@ fn transmit(
     // Trailing bytes after the UDP datagram (Ethernet padding) are cut.
     let new_len = (old_len as i32 - delta) as usize;
     let want = hlen + rlen;
-    if new_len > want && unsafe { bpf_xdp_adjust_tail(ctx.ctx, -((new_len - want) as i32)) } != 0
-    {
+    if new_len > want && unsafe { bpf_xdp_adjust_tail(ctx.ctx, -((new_len - want) as i32)) } != 0 {
         return Verdict::Drop;
     }
     let udp_len = (UDP_LEN + rlen) as u16;
@@ -580,7 +601,12 @@ fn transmit(
     // SAFETY: out.buf is initialized, rlen is in 1..=OUT_CAP.
     let ok = ok
         && unsafe {
-            bpf_xdp_store_bytes(ctx.ctx, hlen as u32, out.buf.as_ptr() as *mut _, rlen as u32) == 0
+            bpf_xdp_store_bytes(
+                ctx.ctx,
+                hlen as u32,
+                out.buf.as_ptr() as *mut _,
+                rlen as u32,
+            ) == 0
         };
     if ok { Verdict::Tx } else { Verdict::Drop }
 }

@@ -83,9 +83,13 @@ fn output(cmd: &mut Command) -> Result<String> {
 }
 
 fn ensure_rust_src() -> Result<()> {
-    let installed = output(
-        nightly(Command::new("rustup")).args(["component", "list", "--installed", "--toolchain", "nightly"]),
-    )?;
+    let installed = output(nightly(Command::new("rustup")).args([
+        "component",
+        "list",
+        "--installed",
+        "--toolchain",
+        "nightly",
+    ]))?;
     if installed.lines().any(|l| l.starts_with("rust-src")) {
         return Ok(());
     }
@@ -160,7 +164,13 @@ fn ensure_bpf_linker() -> Result<()> {
         libllvm.display()
     );
     let status = nightly(Command::new("cargo"))
-        .args(["+nightly", "install", "bpf-linker", "--locked", "--no-default-features"])
+        .args([
+            "+nightly",
+            "install",
+            "bpf-linker",
+            "--locked",
+            "--no-default-features",
+        ])
         .args(["--features", &format!("llvm-{major}")])
         .env("LLVM_PREFIX", &prefix)
         .status()

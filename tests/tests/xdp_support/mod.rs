@@ -59,7 +59,10 @@ static N: AtomicU32 = AtomicU32::new(0);
 pub fn load_detached() -> FastPath {
     let n = N.fetch_add(1, Ordering::Relaxed);
     let mut cfg = FastPathConfig::new(object(), None, XdpMode::Auto);
-    cfg.pin_dir = PathBuf::from(format!("/sys/fs/bpf/virtbmc-test-{}-{n}", std::process::id()));
+    cfg.pin_dir = PathBuf::from(format!(
+        "/sys/fs/bpf/virtbmc-test-{}-{n}",
+        std::process::id()
+    ));
     FastPath::start(&cfg).expect("loading the XDP object")
 }
 
@@ -214,12 +217,18 @@ pub fn v6_udp_checksum_ok(frame: &[u8]) -> bool {
 // ---- RMCP / IPMI payloads ----
 
 pub fn ping(tag: u8) -> Vec<u8> {
-    vec![0x06, 0x00, 0xFF, 0x06, 0x00, 0x00, 0x11, 0xBE, 0x80, tag, 0x00, 0x00]
+    vec![
+        0x06, 0x00, 0xFF, 0x06, 0x00, 0x00, 0x11, 0xBE, 0x80, tag, 0x00, 0x00,
+    ]
 }
 
 pub fn pong(tag: u8) -> Vec<u8> {
-    let mut v = vec![0x06, 0x00, 0xFF, 0x06, 0x00, 0x00, 0x11, 0xBE, 0x40, tag, 0x00, 0x10];
-    v.extend_from_slice(&[0x00, 0x00, 0x11, 0xBE, 0, 0, 0, 0, 0x81, 0x00, 0, 0, 0, 0, 0, 0]);
+    let mut v = vec![
+        0x06, 0x00, 0xFF, 0x06, 0x00, 0x00, 0x11, 0xBE, 0x40, tag, 0x00, 0x10,
+    ];
+    v.extend_from_slice(&[
+        0x00, 0x00, 0x11, 0xBE, 0, 0, 0, 0, 0x81, 0x00, 0, 0, 0, 0, 0, 0,
+    ]);
     v
 }
 
@@ -266,7 +275,22 @@ pub fn response(req: &[u8], cc: u8, data: &[u8]) -> Vec<u8> {
 
 /// Session-less IPMI 1.5 wrapper.
 pub fn v15(msg: &[u8]) -> Vec<u8> {
-    let mut p = vec![0x06, 0x00, 0xFF, 0x07, 0x00, 0, 0, 0, 0, 0, 0, 0, 0, msg.len() as u8];
+    let mut p = vec![
+        0x06,
+        0x00,
+        0xFF,
+        0x07,
+        0x00,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        msg.len() as u8,
+    ];
     p.extend_from_slice(msg);
     p
 }

@@ -44,7 +44,11 @@ pub(super) fn driver(iface: &str) -> Option<String> {
     if rc != 0 {
         return None;
     }
-    let end = info.driver.iter().position(|b| *b == 0).unwrap_or(info.driver.len());
+    let end = info
+        .driver
+        .iter()
+        .position(|b| *b == 0)
+        .unwrap_or(info.driver.len());
     Some(String::from_utf8_lossy(&info.driver[..end]).into_owned())
 }
 

@@ -22,7 +22,9 @@ use aya::{
     maps::{HashMap, MapData, PerCpuArray},
     programs::{ProgramError, TestRun, TestRunOptions, Xdp, XdpMode as AyaXdpMode, xdp::XdpLinkId},
 };
-use virtbmc_common::{BMCS_MAP, BMCS_PIN, BmcState, COUNTERS_MAP, COUNTERS_PIN, Counters, PROGRAM_NAME};
+use virtbmc_common::{
+    BMCS_MAP, BMCS_PIN, BmcState, COUNTERS_MAP, COUNTERS_PIN, Counters, PROGRAM_NAME,
+};
 
 pub use caps::missing_capabilities;
 pub use virtbmc_common::{self as common, PIN_DIR};
@@ -78,18 +80,35 @@ pub enum FastPathError {
          with CAP_BPF and CAP_NET_ADMIN (or CAP_SYS_ADMIN), or pass --xdp-mode off"
     )]
     MissingCapabilities { missing: String },
-    #[error("cannot read the eBPF object {path}: {source} (build it with `cargo xtask build-ebpf`)")]
-    Object { path: PathBuf, source: std::io::Error },
+    #[error(
+        "cannot read the eBPF object {path}: {source} (build it with `cargo xtask build-ebpf`)"
+    )]
+    Object {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("loading the eBPF object {path}: {source}")]
-    Load { path: PathBuf, source: aya::EbpfError },
+    Load {
+        path: PathBuf,
+        source: Box<aya::EbpfError>,
+    },
     #[error("the eBPF object has no {0}")]
     Missing(&'static str),
     #[error("{what}: {source}")]
-    Program { what: String, source: ProgramError },
+    Program {
+        what: String,
+        source: Box<ProgramError>,
+    },
     #[error("map {map}: {source}")]
-    Map { map: &'static str, source: aya::maps::MapError },
+    Map {
+        map: &'static str,
+        source: Box<aya::maps::MapError>,
+    },
     #[error("pinning under {dir}: {source}")]
-    Pin { dir: PathBuf, source: std::io::Error },
+    Pin {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cipher records are {0} bytes, at most {max} fit", max = virtbmc_common::MAX_CIPHER_RECORDS)]
     CipherRecordsTooLong(usize),
     #[error("the fast path is off")]
@@ -129,7 +148,9 @@ impl FastPathConfig {
         if let Some(p) = std::env::var_os(EBPF_OBJECT_ENV) {
             return PathBuf::from(p);
         }
-        workspace.unwrap_or(Path::new(".")).join(DEFAULT_EBPF_OBJECT)
+        workspace
+            .unwrap_or(Path::new("."))
+            .join(DEFAULT_EBPF_OBJECT)
     }
 }
 
@@ -210,7 +231,7 @@ impl FastPath {
             .load(&bytes)
             .map_err(|source| FastPathError::Load {
                 path: cfg.object.clone(),
-                source,
+                source: Box::new(source),
             })?;
         // The logger must stay alive (and be drained) for as long as the program runs.
         let logger = log_task::start(&mut ebpf);
@@ -221,33 +242,37 @@ impl FastPath {
             .try_into()
             .map_err(|source| FastPathError::Program {
                 what: "program type".into(),
-                source,
+                source: Box::new(source),
             })?;
         prog.load().map_err(|source| FastPathError::Program {
             what: "verifying virtbmc_xdp".into(),
-            source,
+            source: Box::new(source),
         })?;
 
-        let bmcs_map = ebpf.take_map(BMCS_MAP).ok_or(FastPathError::Missing("map BMCS"))?;
+        let bmcs_map = ebpf
+            .take_map(BMCS_MAP)
+            .ok_or(FastPathError::Missing("map BMCS"))?;
         let counters_map = ebpf
             .take_map(COUNTERS_MAP)
             .ok_or(FastPathError::Missing("map COUNTERS"))?;
         let pin = |m: &aya::maps::Map, name: &str| {
-            m.pin(cfg.pin_dir.join(name)).map_err(|e| FastPathError::Pin {
-                dir: cfg.pin_dir.clone(),
-                source: std::io::Error::other(e.to_string()),
-            })
+            m.pin(cfg.pin_dir.join(name))
+                .map_err(|e| FastPathError::Pin {
+                    dir: cfg.pin_dir.clone(),
+                    source: std::io::Error::other(e.to_string()),
+                })
         };
         pin(&bmcs_map, BMCS_PIN)?;
         pin(&counters_map, COUNTERS_PIN)?;
         let bmcs = HashMap::try_from(bmcs_map).map_err(|source| FastPathError::Map {
             map: BMCS_MAP,
-            source,
+            source: Box::new(source),
         })?;
-        let counters = PerCpuArray::try_from(counters_map).map_err(|source| FastPathError::Map {
-            map: COUNTERS_MAP,
-            source,
-        })?;
+        let counters =
+            PerCpuArray::try_from(counters_map).map_err(|source| FastPathError::Map {
+                map: COUNTERS_MAP,
+                source: Box::new(source),
+            })?;
         let mut loaded = Loaded {
             ebpf,
             bmcs,
@@ -278,14 +303,19 @@ impl FastPath {
     /// Publishes (or updates) the state of the BMC on UDP `port`.
     pub fn set_bmc(&mut self, port: u16, state: &BmcState) -> Result<()> {
         if state.cipher_len as usize > virtbmc_common::MAX_CIPHER_RECORDS {
-            return Err(FastPathError::CipherRecordsTooLong(state.cipher_len as usize));
+            return Err(FastPathError::CipherRecordsTooLong(
+                state.cipher_len as usize,
+            ));
         }
         let Some(l) = &mut self.inner else {
             return Ok(());
         };
         l.bmcs
             .insert(port, Value(*state), 0)
-            .map_err(|source| FastPathError::Map { map: BMCS_MAP, source })
+            .map_err(|source| FastPathError::Map {
+                map: BMCS_MAP,
+                source: Box::new(source),
+            })
     }
 
     /// Stops answering for `port` (call before closing the BMC's socket).
@@ -300,7 +330,10 @@ impl FastPath {
             {
                 Ok(())
             }
-            Err(source) => Err(FastPathError::Map { map: BMCS_MAP, source }),
+            Err(source) => Err(FastPathError::Map {
+                map: BMCS_MAP,
+                source: Box::new(source),
+            }),
         }
     }
 
@@ -312,7 +345,10 @@ impl FastPath {
         match l.bmcs.get(&port, 0) {
             Ok(v) => Ok(Some(v.0)),
             Err(aya::maps::MapError::KeyNotFound) => Ok(None),
-            Err(source) => Err(FastPathError::Map { map: BMCS_MAP, source }),
+            Err(source) => Err(FastPathError::Map {
+                map: BMCS_MAP,
+                source: Box::new(source),
+            }),
         }
     }
 
@@ -324,7 +360,7 @@ impl FastPath {
         };
         let per_cpu = l.counters.get(&0, 0).map_err(|source| FastPathError::Map {
             map: COUNTERS_MAP,
-            source,
+            source: Box::new(source),
         })?;
         for c in per_cpu.iter() {
             sum.add(&c.0);
@@ -343,7 +379,7 @@ impl FastPath {
             .try_into()
             .map_err(|source| FastPathError::Program {
                 what: "program type".into(),
-                source,
+                source: Box::new(source),
             })?;
         let mut out = vec![0u8; frame.len() + 256];
         let r = prog
@@ -355,7 +391,7 @@ impl FastPath {
             })
             .map_err(|source| FastPathError::Program {
                 what: "BPF_PROG_TEST_RUN".into(),
-                source,
+                source: Box::new(source),
             })?;
         out.truncate(r.data_size_out as usize);
         Ok(TestRunOutcome {
@@ -375,10 +411,7 @@ impl FastPath {
             return;
         };
         if let Some((iface, id, _)) = l.link.take()
-            && let Some(Ok(prog)) = l
-                .ebpf
-                .program_mut(PROGRAM_NAME)
-                .map(<&mut Xdp>::try_from)
+            && let Some(Ok(prog)) = l.ebpf.program_mut(PROGRAM_NAME).map(<&mut Xdp>::try_from)
         {
             match prog.detach(id) {
                 Ok(()) => log::info!("fastpath: detached from {iface}"),
@@ -405,7 +438,7 @@ impl Loaded {
             .try_into()
             .map_err(|source| FastPathError::Program {
                 what: "program type".into(),
-                source,
+                source: Box::new(source),
             })?;
         let (first, fallback, why) = choose_mode(iface, mode);
         log::info!("fastpath: attaching to {iface} in {first:?} mode: {why}");
@@ -432,14 +465,14 @@ impl Loaded {
                     log::warn!("fastpath: {first:?} mode on {iface} failed ({e}), using {fb:?}");
                     let id = attempt(prog, fb).map_err(|source| FastPathError::Program {
                         what: format!("attaching to {iface} in {fb:?} mode"),
-                        source,
+                        source: Box::new(source),
                     })?;
                     (id, fb)
                 }
                 None => {
                     return Err(FastPathError::Program {
                         what: format!("attaching to {iface} in {first:?} mode"),
-                        source: e,
+                        source: Box::new(e),
                     });
                 }
             },
@@ -490,7 +523,7 @@ mod log_task {
 
     pub(super) enum LoggerHandle {
         None,
-        Held(#[allow(dead_code)] Logger),
+        Held(#[allow(dead_code)] Box<Logger>),
         Task(tokio::task::JoinHandle<()>),
     }
 
@@ -511,7 +544,7 @@ mod log_task {
             }
         };
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            return LoggerHandle::Held(logger);
+            return LoggerHandle::Held(Box::new(logger));
         };
         let _guard = rt.enter();
         // SAFETY: the logger owns its ring buffer's map fd for as long as it lives, and the

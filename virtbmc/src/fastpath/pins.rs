@@ -21,7 +21,10 @@ pub(super) fn prepare(dir: &Path) -> io::Result<()> {
             stale += 1;
         }
         if stale > 0 {
-            log::warn!("fastpath: removed {stale} stale pin(s) under {}", dir.display());
+            log::warn!(
+                "fastpath: removed {stale} stale pin(s) under {}",
+                dir.display()
+            );
         }
     } else {
         std::fs::create_dir_all(dir)?;
