@@ -64,7 +64,7 @@ fn xdp_veth_real_clients() {
         .filter(|t| !has_tool(t))
         .collect();
     if !missing.is_empty() {
-        if std::env::var("VIRTBMC_E2E_REQUIRED").is_ok_and(|v| v == "1") {
+        if std::env::var("VIRTBMC_XDP_REQUIRED").is_ok_and(|v| v == "1") {
             panic!("xdp_veth_real_clients: missing {missing:?}");
         }
         eprintln!("SKIP xdp_veth_real_clients: missing {missing:?}");
