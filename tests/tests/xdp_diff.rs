@@ -129,3 +129,32 @@ fn xdp_and_engine_give_identical_bytes() {
     // The corpus holds many answerable requests; make sure they were compared.
     assert!(answered >= 60, "only {answered} answered requests compared");
 }
+
+/// The stage-3 shared window (virtbmc_common::session) decides exactly as the engine's own
+/// `SeqWindow` with the IPMI 1.5 bounds, for a long pseudo-random run (no root needed).
+#[test]
+fn xdp_shared_window_matches_engine_window() {
+    use virtbmc::engine::session::SeqWindow;
+    use virtbmc_common::session::{WINDOW_V15, window_check, window_commit, window_pack};
+    for start in [1u32, 1000, u32::MAX - 20] {
+        let mut engine = SeqWindow::new(start, WINDOW_V15, WINDOW_V15);
+        let mut shared = window_pack(start.wrapping_sub(1), 1);
+        let mut x: u32 = 0x9E37_79B9 ^ start;
+        let mut cur = start;
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            let seq = cur.wrapping_add((x % 24) as u32).wrapping_sub(10);
+            let ok = engine.check(seq);
+            assert_eq!(window_check(shared, seq), ok, "seq {seq}");
+            if ok {
+                engine.commit(seq);
+                shared = window_commit(shared, seq);
+                if seq.wrapping_sub(cur) < 1 << 31 {
+                    cur = seq;
+                }
+            }
+        }
+    }
+}

@@ -23,9 +23,14 @@
 //! - Session-less Get Channel Cipher Suites (IPMI payload, list by cipher suite) in the IPMI 1.5
 //!   and the RMCP+ framing; the reply uses the request's framing.
 //!
+//! Stage 3 (Get Chassis Status inside an IPMI 1.5 session) is specified, not yet served: see
+//! [`session`] for the shared-state protocol the engine must follow first.
+//!
 //! The reply bytes are exactly what the userspace engine produces for the same request and the
 //! same [`BmcState`]; the differential test in `tests/tests/xdp_diff.rs` holds both to that.
 #![no_std]
+
+pub mod session;
 
 /// Directory under bpffs where the agent pins the maps.
 pub const PIN_DIR: &str = "/sys/fs/bpf/virtbmc";

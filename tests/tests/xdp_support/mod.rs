@@ -46,7 +46,10 @@ pub fn skip(test: &str) -> bool {
     }
     if !object().exists() {
         if set("VIRTBMC_XDP_REQUIRED") {
-            panic!("{test}: VIRTBMC_XDP_REQUIRED=1 but {} is missing", object().display());
+            panic!(
+                "{test}: VIRTBMC_XDP_REQUIRED=1 but {} is missing",
+                object().display()
+            );
         }
         missing.push(format!("{} (cargo xtask build-ebpf)", object().display()));
     }
@@ -54,7 +57,11 @@ pub fn skip(test: &str) -> bool {
         return false;
     }
     use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "SKIP {test}: needs {}", missing.join(", "));
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIP {test}: needs {}",
+        missing.join(", ")
+    );
     true
 }
 
