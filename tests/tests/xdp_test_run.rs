@@ -389,3 +389,30 @@ fn xdp_pins_and_cleanup() {
     assert_eq!(fp.bmc(BMC_PORT + 1).unwrap(), None);
     drop(fp);
 }
+
+#[test]
+fn xdp_stale_pins_replaced_on_start() {
+    if skip("xdp_stale_pins_replaced_on_start") {
+        return;
+    }
+    use virtbmc::fastpath::{FastPathConfig, XdpMode};
+    let dir = std::path::PathBuf::from(format!("/sys/fs/bpf/virtbmc-stale-{}", std::process::id()));
+    let mut cfg = FastPathConfig::new(object(), None, XdpMode::Auto);
+    cfg.pin_dir = dir.clone();
+    // A "crashed" run: its pins stay behind (the fds leak with the forgotten value).
+    let mut old = FastPath::start(&cfg).unwrap();
+    old.set_bmc(BMC_PORT, &state(true)).unwrap();
+    std::mem::forget(old);
+    assert!(dir.join("bmcs").exists());
+    let fp = FastPath::start(&cfg).expect("start over stale pins");
+    assert_eq!(
+        fp.bmc(BMC_PORT).unwrap(),
+        None,
+        "fresh maps, not the stale ones"
+    );
+    let ino =
+        |p: &std::path::Path| std::fs::metadata(p).map(|m| std::os::unix::fs::MetadataExt::ino(&m));
+    assert!(ino(&dir.join("bmcs")).is_ok());
+    drop(fp);
+    assert!(!dir.exists(), "pins and folder removed on drop");
+}

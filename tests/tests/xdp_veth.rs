@@ -205,3 +205,26 @@ fn parse_bmcs_dump(json: &str) -> Option<(u64, u64, u64, u64)> {
         field(named, "cipher_len")?,
     ))
 }
+
+/// Native mode on request (the driver supports it on veth), reported as such, and gone from
+/// the link after drop.
+#[test]
+fn xdp_veth_native_mode_on_request() {
+    if skip("xdp_veth_native_mode_on_request") || !has_tool("ip") {
+        return;
+    }
+    let pair = NetnsPair::create();
+    let mut cfg = FastPathConfig::new(object(), Some(BMC_IF.to_string()), XdpMode::Native);
+    cfg.pin_dir = format!("/sys/fs/bpf/virtbmc-native-{}", std::process::id()).into();
+    let fp: FastPath = in_netns(&pair.bmc, move || FastPath::start(&cfg).expect("attach"));
+    assert_eq!(fp.attached(), Some((BMC_IF, Attached::Native)));
+    let link = |ns: &str| {
+        let out = NetnsPair::exec(ns, &["ip", "-d", "link", "show", "dev", BMC_IF])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(link(&pair.bmc).contains("xdp"), "{}", link(&pair.bmc));
+    drop(fp);
+    assert!(!link(&pair.bmc).contains("prog/xdp"), "{}", link(&pair.bmc));
+}
