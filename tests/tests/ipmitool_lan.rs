@@ -54,3 +54,26 @@ fn lan_ports_are_separate_bmcs() {
         common::mc_guid(&bmc, Iface::Lanplus, 6231)
     );
 }
+
+/// A second `power on` while the first is still in its transition, and a third once the VM
+/// is on, start it only once (IPMI 2.0 §28.3: 0xC0 while busy, no effect when already on).
+#[test]
+fn repeated_power_on_starts_once() {
+    ready_or_skip!("ipmitool");
+    let bmc = Bmc::builder()
+        .vm("vm-0=6230")
+        .arg("--transition-ms")
+        .arg("1000")
+        .start();
+    bmc.admin(Iface::Lan, 6230, &["power", "on"]).assert_ok();
+    let again = bmc.admin(Iface::Lan, 6230, &["power", "on"]);
+    let v = bmc.wait_power("vm-0", "on");
+    assert_eq!(
+        v.starts, 1,
+        "second power on during the transition started it twice:\n{again}"
+    );
+    bmc.admin(Iface::Lan, 6230, &["power", "on"]);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let v = bmc.vm("vm-0");
+    assert_eq!((v.power.as_str(), v.starts, v.stops), ("on", 1, 0), "{v:?}");
+}

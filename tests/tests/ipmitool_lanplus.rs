@@ -72,3 +72,45 @@ fn lanplus_without_c_is_fast() {
         );
     }
 }
+
+/// `--cipher-suites 3`: ipmitool without `-C` picks 3 from the list and works; `-C 17` is
+/// refused at Open Session (the suite is not offered, so it must not be accepted either).
+#[test]
+fn lanplus_only_offered_cipher_suites() {
+    ready_or_skip!("ipmitool");
+    let bmc = virtbmc_e2e::Bmc::builder()
+        .vm("vm-0=6230")
+        .arg("--cipher-suites")
+        .arg("3")
+        .start();
+    common::power_status_is(&bmc, Iface::Lanplus, common::PORT, "off");
+    common::power_status_is(&bmc, Iface::LanplusC(3), common::PORT, "off");
+    let out = bmc.admin(Iface::LanplusC(17), common::PORT, &["power", "on"]);
+    assert!(!out.ok(), "suite 17 accepted although not offered:\n{out}");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(bmc.vm(common::VM).starts, 0);
+}
+
+/// Eight clients at once against one BMC (four lanplus, four lan): all succeed.
+#[test]
+fn concurrent_clients_all_succeed() {
+    ready_or_skip!("ipmitool");
+    let bmc = virtbmc_e2e::Bmc::builder().vm("vm-0=6230,on").start();
+    let outs: Vec<virtbmc_e2e::Out> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8)
+            .map(|i| {
+                let iface = if i % 2 == 0 {
+                    Iface::Lanplus
+                } else {
+                    Iface::Lan
+                };
+                let bmc = &bmc;
+                s.spawn(move || bmc.admin(iface, common::PORT, &["power", "status"]))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for out in &outs {
+        out.assert_ok().assert_stdout_has("Chassis Power is on");
+    }
+}

@@ -513,3 +513,21 @@ fn open_session_flood_is_bounded() {
     }
     assert_eq!(bmc.vm(VM), before);
 }
+
+/// `--max-sessions 1 --session-timeout 2`: a shell that opens a session and then sits idle
+/// holds the only slot, so a new client is refused; once the idle session times out, a new
+/// client gets in (PROTOCOL.md: idle sessions time out; the table is bounded).
+#[test]
+fn idle_session_times_out_and_frees_its_slot() {
+    ready_or_skip!("ipmitool");
+    let (bmc, before) = agent_with_vm_on(&["--max-sessions", "1", "--session-timeout", "2"]);
+    let mut idle = Shell::open(&bmc, Iface::Lanplus);
+    idle.run("power status", "Chassis Power is on").unwrap();
+    assert_refused(&bmc.admin(Iface::Lanplus, PORT, &["power", "off"]));
+
+    std::thread::sleep(Duration::from_millis(3500));
+    common::power_status_is(&bmc, Iface::Lanplus, PORT, "on");
+    common::power_status_is(&bmc, Iface::Lan, PORT, "on");
+    drop(idle);
+    assert_unchanged(&bmc, &before);
+}

@@ -10,13 +10,20 @@ pub fn run(args: &[String]) -> Result<(), String> {
     let agent = tools::build_agent()?;
 
     // Unit tests of every crate except the e2e one, whose own run follows.
-    let unit = tools::run(tools::cargo().args(["test", "--workspace", "--exclude", "virtbmc-e2e"]));
+    let unit = tools::run(tools::cargo().args([
+        "test",
+        "--no-fail-fast",
+        "--workspace",
+        "--exclude",
+        "virtbmc-e2e",
+    ]));
 
-    // End-to-end: real clients against the release agent. Two threads: each test runs the
+    // End-to-end: real clients against the release agent; --no-fail-fast so that one failing
+    // test file does not hide the results of the others. Two threads: each test runs the
     // agent and clients, and this must stay robust on 2 cores.
     let mut e2e_cmd = tools::cargo();
     e2e_cmd
-        .args(["test", "-p", "virtbmc-e2e", "--"])
+        .args(["test", "--no-fail-fast", "-p", "virtbmc-e2e", "--"])
         .args(args)
         .args(["--test-threads", "2"])
         .env("VIRTBMC_E2E_REQUIRED", "1")
