@@ -23,8 +23,9 @@
 //! - Session-less Get Channel Cipher Suites (IPMI payload, list by cipher suite) in the IPMI 1.5
 //!   and the RMCP+ framing; the reply uses the request's framing.
 //!
-//! Stage 3 (Get Chassis Status inside an IPMI 1.5 session) is specified, not yet served: see
-//! [`session`] for the shared-state protocol the engine must follow first.
+//! - Stage 3: Get Chassis Status inside an IPMI 1.5 session (MD5 or straight password) the
+//!   agent published in `SESSION_IDS`/`SESSIONS`: see [`session`] for the shared-state
+//!   protocol the engine must follow before the agent publishes sessions.
 //!
 //! The reply bytes are exactly what the userspace engine produces for the same request and the
 //! same [`BmcState`]; the differential test in `tests/tests/xdp_diff.rs` holds both to that.

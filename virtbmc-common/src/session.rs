@@ -1,7 +1,9 @@
-//! Stage 3 (proposed, not yet served by the program): Get Chassis Status inside an IPMI 1.5
-//! session answered by XDP. This module fixes the shared state and the protocol the engine
-//! and the program must both follow; the engine has to adopt it before the program may
-//! answer in-session traffic.
+//! Stage 3: Get Chassis Status inside an IPMI 1.5 session answered by XDP. This module fixes
+//! the shared state and the protocol the engine and the program must both follow. The program
+//! implements it (`virtbmc-ebpf/src/prog.rs`, `session_reply`) and the loader exposes the
+//! userspace half (`virtbmc::fastpath::SessionSlots`); the program answers only for sessions
+//! the agent publishes, so nothing changes until the engine adopts the protocol and the agent
+//! publishes its IPMI 1.5 sessions.
 //!
 //! # Why not a `bpf_spin_lock` in a hash value
 //! Userspace cannot take a `bpf_spin_lock`: `BPF_F_LOCK` makes one lookup or one update

@@ -4,8 +4,11 @@
 //! program; `virtbmc_bench_restore` only restores. Their difference is the cost of the real
 //! program on that request. Never attached anywhere.
 #![no_std]
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 #![no_main]
 
+mod md5;
 mod prog;
 
 use aya_ebpf::{

@@ -1,7 +1,10 @@
 //! The virtbmc XDP object: one program, `virtbmc_xdp` (see `prog.rs`).
 #![no_std]
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 #![no_main]
 
+mod md5;
 mod prog;
 
 #[panic_handler]

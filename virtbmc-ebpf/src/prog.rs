@@ -5,6 +5,8 @@
 //! - ASF Presence Ping (DMTF ASF 2.0 §3.2.4.3) -> Presence Pong.
 //! - Session-less Get Channel Authentication Capabilities (IPMI 2.0 §22.13), IPMI 1.5 framing.
 //! - Session-less Get Channel Cipher Suites (IPMI 2.0 §22.15), IPMI 1.5 or RMCP+ framing.
+//! - Get Chassis Status (IPMI 2.0 §28.2) inside an IPMI 1.5 session the agent published, with
+//!   the shared-state protocol of `virtbmc_common::session` (MD5 or straight password).
 //!
 //! Anything not addressed to a port in `BMCS`, and anything we are not sure about, is
 //! `XDP_PASS`. Packets to a BMC port that cannot be IPMI (UDP length inconsistent with the
@@ -17,18 +19,37 @@
 //! incremental update would be wrong); IPv6 replies carry the full checksum.
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
-    btf_maps::{HashMap, PerCpuArray},
-    helpers::generated::{bpf_xdp_adjust_head, bpf_xdp_adjust_tail, bpf_xdp_store_bytes},
+    btf_maps::{Array, HashMap, PerCpuArray},
+    helpers::generated::{
+        bpf_ktime_get_ns, bpf_xdp_adjust_head, bpf_xdp_adjust_tail, bpf_xdp_get_buff_len,
+        bpf_xdp_store_bytes,
+    },
     macros::{btf_map, xdp},
     programs::XdpContext,
 };
-use virtbmc_common::{BmcState, Counters, MAX_BMCS, MAX_CIPHER_RECORDS, ipmi::*};
+use virtbmc_common::{
+    BmcState, Counters, MAX_BMCS, MAX_CIPHER_RECORDS,
+    ipmi::*,
+    session::{CAS_TRIES, MAX_SESSIONS, SESSION_ACTIVE, V15Session, window_check, window_commit},
+};
+
+use crate::md5::auth_code_md5;
 
 #[btf_map]
 static BMCS: HashMap<u16, BmcState, { MAX_BMCS as usize }> = HashMap::new();
 
 #[btf_map]
 static COUNTERS: PerCpuArray<Counters, 1> = PerCpuArray::new();
+
+/// Stage 3: published IPMI 1.5 sessions (see `virtbmc_common::session` for the protocol).
+#[btf_map]
+static SESSION_IDS: HashMap<u32, u32, { MAX_SESSIONS as usize }> = HashMap::new();
+
+/// `BPF_F_MMAPABLE`: the agent maps the slots and uses atomics on them.
+const BPF_F_MMAPABLE: usize = 1 << 10;
+
+#[btf_map]
+static SESSIONS: Array<V15Session, { MAX_SESSIONS as usize }, BPF_F_MMAPABLE> = Array::new();
 
 const ETH_LEN: usize = 14;
 const IP4_LEN: usize = 20;
@@ -218,7 +239,11 @@ fn serve(
     let mut out = Out::new();
     // Building the reply and rewriting the frame are separate BPF functions: each gets its own
     // stack frame, which keeps every frame well under the 512-byte limit.
-    let kind = build_reply(ctx.ctx, bmc, plen, poff, &mut out);
+    let kind = if plen == V15_SESSION_CHASSIS_LEN {
+        session_reply(ctx.ctx, hdr, bmc, poff, &mut out)
+    } else {
+        build_reply(ctx.ctx, bmc, plen, poff, &mut out)
+    };
     if kind == 0 {
         return Verdict::Pass;
     }
@@ -229,6 +254,7 @@ fn serve(
     count(|c| match kind {
         ANSWER_PING => c.ping_answered += 1,
         ANSWER_AUTH_CAPS => c.auth_caps_answered += 1,
+        ANSWER_CHASSIS_STATUS => c.chassis_status_answered += 1,
         _ => c.cipher_suites_answered += 1,
     });
     Verdict::Tx
@@ -270,6 +296,212 @@ fn build_reply(
 const ANSWER_PING: u32 = 1;
 const ANSWER_AUTH_CAPS: u32 = 2;
 const ANSWER_CIPHER_SUITES: u32 = 3;
+const ANSWER_CHASSIS_STATUS: u32 = 4;
+
+/// IPMI 1.5 in-session Get Chassis Status: RMCP (4), auth type, seq (4), sid (4), auth code
+/// (16), length, message (7).
+const V15_SESSION_CHASSIS_LEN: usize = 37;
+const AUTH_TYPE_MD5: u8 = 0x02;
+const AUTH_TYPE_PASSWORD: u8 = 0x04;
+const PRIV_USER: u8 = 2;
+
+#[inline(always)]
+fn le32(b: &[u8]) -> u32 {
+    u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+}
+
+/// Atomics on map memory shared with userspace. `core::sync::atomic` offers no
+/// read-modify-write on this target, the intrinsics lower to the BPF atomic instructions
+/// (cmpxchg, fetch-add: `-C target-cpu=v3`).
+mod atomic {
+    use core::intrinsics::{AtomicOrdering::SeqCst, atomic_cxchg, atomic_xadd};
+
+    /// An aligned 64-bit load is single-copy atomic; ordering comes from the cmpxchg that
+    /// follows (BPF has no seq_cst plain loads before cpu v4).
+    #[inline(always)]
+    pub unsafe fn load_u64(p: *mut u64) -> u64 {
+        unsafe { core::ptr::read_volatile(p) }
+    }
+
+    #[inline(always)]
+    pub unsafe fn store_u64(p: *mut u64, v: u64) {
+        unsafe { core::ptr::write_volatile(p, v) }
+    }
+
+    #[inline(always)]
+    pub unsafe fn cas_u64(p: *mut u64, old: u64, new: u64) -> bool {
+        unsafe { atomic_cxchg::<u64, { SeqCst }, { SeqCst }>(p, old, new).1 }
+    }
+
+    #[inline(always)]
+    pub unsafe fn fetch_add_u32(p: *mut u32, v: u32) -> u32 {
+        unsafe { atomic_xadd::<u32, u32, { SeqCst }>(p, v) }
+    }
+
+    #[inline(always)]
+    pub unsafe fn fetch_add_u64(p: *mut u64, v: u64) -> u64 {
+        unsafe { atomic_xadd::<u64, u64, { SeqCst }>(p, v) }
+    }
+}
+
+/// The IPMI 1.5 auth code (IPMI 2.0 §22.17.1): MD5(password | session id | message |
+/// sequence | password), or the password itself.
+#[inline(always)]
+fn auth_code<const L: usize>(
+    auth: u8,
+    password: &[u8; 16],
+    sid: u32,
+    msg: &[u8; L],
+    seq: u32,
+    out: &mut [u8; 16],
+) {
+    if auth == AUTH_TYPE_PASSWORD {
+        *out = *password;
+    } else {
+        auth_code_md5(password, msg, (sid as u64) | ((seq as u64) << 32), out);
+    }
+}
+
+/// Stage 3: Get Chassis Status inside a published IPMI 1.5 session. Follows the protocol in
+/// `virtbmc_common::session`: authenticate first, then commit the inbound sequence number and
+/// take an outbound one with atomics shared with the agent. Returns the answer kind or 0.
+#[inline(never)]
+fn session_reply(
+    raw: *mut aya_ebpf::bindings::xdp_md,
+    hdr: &Headers,
+    bmc: *const BmcState,
+    poff: usize,
+    out: &mut Out,
+) -> u32 {
+    let ctx = &XdpContext::new(raw);
+    let Some(r) = load::<V15_SESSION_CHASSIS_LEN>(ctx, poff) else {
+        return 0;
+    };
+    let auth = r[4];
+    if r[3] != RMCP_CLASS_IPMI || (auth != AUTH_TYPE_MD5 && auth != AUTH_TYPE_PASSWORD) {
+        return 0;
+    }
+    let seq = le32(&r[5..9]);
+    let sid = le32(&r[9..13]);
+    const M: usize = 30;
+    if sid == 0 || r[29] != 7 {
+        return 0;
+    }
+    // Get Chassis Status (IPMI 2.0 §28.2) to the BMC, no data, both checksums right.
+    if r[M] != BMC_SA || r[M + 1] >> 2 != NETFN_CHASSIS || r[M + 5] != CMD_GET_CHASSIS_STATUS {
+        return 0;
+    }
+    if r[M].wrapping_add(r[M + 1]).wrapping_add(r[M + 2]) != 0
+        || r[M + 3]
+            .wrapping_add(r[M + 4])
+            .wrapping_add(r[M + 5])
+            .wrapping_add(r[M + 6])
+            != 0
+    {
+        return 0;
+    }
+    let Some(slot) = (unsafe { SESSION_IDS.get(sid) }).copied() else {
+        return 0;
+    };
+    let Some(s) = SESSIONS.get_ptr_mut(slot) else {
+        return 0;
+    };
+    // SAFETY: array slot memory is stable; shared fields are only touched with atomics or
+    // volatile reads, immutable ones are fixed while the state is ACTIVE.
+    let st = unsafe { core::ptr::read_volatile(&(*s).state) };
+    let s_ref = unsafe { &*s };
+    if st != SESSION_ACTIVE
+        || s_ref.session_id != sid
+        || s_ref.port != hdr.dport
+        || s_ref.auth_type != auth
+        || unsafe { core::ptr::read_volatile(&(*s).privilege) } < PRIV_USER
+        || s_ref.peer_port != hdr.sport
+    {
+        return 0;
+    }
+    let peer_ok = if hdr.v6 {
+        s_ref.family == 6 && s_ref.peer == hdr.addrs[0..16]
+    } else {
+        s_ref.family == 4 && s_ref.peer[..4] == hdr.addrs[0..4]
+    };
+    if !peer_ok {
+        return 0;
+    }
+    let password = s_ref.password;
+    let mut msg = [0u8; 7];
+    msg.copy_from_slice(&r[M..M + 7]);
+    let mut code = [0u8; 16];
+    auth_code(auth, &password, sid, &msg, seq, &mut code);
+    let mut diff = 0u8;
+    let mut i = 0;
+    while i < 16 {
+        diff |= code[i] ^ r[13 + i];
+        i += 1;
+    }
+    if diff != 0 {
+        return 0;
+    }
+    // Commit the sequence number (bounded compare-and-swap, as the agent does).
+    // Commit the sequence number (bounded compare-and-swap, as the agent does).
+    // SAFETY (all four): aligned fields inside the map value, shared only through atomics.
+    let window = unsafe { &raw mut (*s).window };
+    let mut committed = false;
+    let mut tries = 0;
+    while tries < CAS_TRIES {
+        let old = unsafe { atomic::load_u64(window) };
+        if !window_check(old, seq) {
+            return 0;
+        }
+        if unsafe { atomic::cas_u64(window, old, window_commit(old, seq)) } {
+            committed = true;
+            break;
+        }
+        tries += 1;
+    }
+    if !committed {
+        return 0;
+    }
+    let outbound = unsafe { atomic::fetch_add_u32(&raw mut (*s).outbound, 1) };
+    unsafe {
+        atomic::store_u64(&raw mut (*s).last_activity_ns, bpf_ktime_get_ns());
+        atomic::fetch_add_u64(&raw mut (*s).fast_answers, 1);
+    }
+
+    // The response message: header, completion code, [power, 0, 0], checksum.
+    let power = unsafe { core::ptr::read_volatile(&(*bmc).power_on) } & 1;
+    let b1 = (((r[M + 1] >> 2) + 1) << 2) | (r[M + 4] & 0x03);
+    let b4 = (r[M + 4] & 0xFC) | (r[M + 1] & 0x03);
+    let mut rmsg = [
+        r[M + 3],
+        b1,
+        0,
+        r[M],
+        b4,
+        r[M + 5],
+        0x00,
+        power,
+        0x00,
+        0x00,
+        0,
+    ];
+    rmsg[2] = 0u8.wrapping_sub(rmsg[0].wrapping_add(rmsg[1]));
+    let mut sum = 0u8;
+    let mut i = 3;
+    while i < 10 {
+        sum = sum.wrapping_add(rmsg[i]);
+        i += 1;
+    }
+    rmsg[10] = 0u8.wrapping_sub(sum);
+    let mut rcode = [0u8; 16];
+    auth_code(auth, &password, sid, &rmsg, outbound, &mut rcode);
+    out.put_all(&[RMCP_VERSION, 0, RMCP_SEQ_NO_ACK, RMCP_CLASS_IPMI, auth]);
+    out.put_all(&outbound.to_le_bytes());
+    out.put_all(&sid.to_le_bytes());
+    out.put_all(&rcode);
+    out.put(rmsg.len() as u8);
+    out.put_all(&rmsg);
+    ANSWER_CHASSIS_STATUS
+}
 
 /// The `N`-byte UDP payload, in place (valid until the frame is resized).
 #[inline(always)]
@@ -580,7 +812,9 @@ fn transmit(
     }
     let l3_len = if hdr.v6 { IP6_LEN } else { IP4_LEN };
     let hlen = ETH_LEN + l3_len + UDP_LEN;
-    let old_len = ctx.data_end() - ctx.data();
+    // A helper, not data_end - data: LLVM may fold that into pointer arithmetic the
+    // verifier refuses.
+    let old_len = unsafe { bpf_xdp_get_buff_len(ctx.ctx) } as usize;
     // Grow (negative delta) or shrink at the head so that the payload fits exactly.
     let delta = plen as i32 - rlen as i32;
     if delta != 0 && unsafe { bpf_xdp_adjust_head(ctx.ctx, delta) } != 0 {

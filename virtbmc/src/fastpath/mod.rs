@@ -11,6 +11,7 @@
 mod caps;
 mod iface;
 mod pins;
+mod sessions;
 
 use std::{
     path::{Path, PathBuf},
@@ -22,11 +23,15 @@ use aya::{
     maps::{HashMap, MapData, PerCpuArray},
     programs::{ProgramError, TestRun, TestRunOptions, Xdp, XdpMode as AyaXdpMode, xdp::XdpLinkId},
 };
+use virtbmc_common::session::{
+    SESSION_IDS_MAP, SESSION_IDS_PIN, SESSIONS_MAP, SESSIONS_PIN, V15Session,
+};
 use virtbmc_common::{
     BMCS_MAP, BMCS_PIN, BmcState, COUNTERS_MAP, COUNTERS_PIN, Counters, PROGRAM_NAME,
 };
 
 pub use caps::missing_capabilities;
+pub use sessions::{SessionSlots, monotonic_ns};
 pub use virtbmc_common::{self as common, PIN_DIR};
 
 /// Environment variable naming the eBPF object when `--ebpf-object` is not given.
@@ -183,6 +188,9 @@ struct Loaded {
     ebpf: Ebpf,
     bmcs: HashMap<MapData, u16, Value<BmcState>>,
     counters: PerCpuArray<MapData, Value<Counters>>,
+    session_ids: HashMap<MapData, u32, u32>,
+    slots: SessionSlots,
+    _sessions_map: aya::maps::Map,
     link: Option<(String, XdpLinkId, Attached)>,
     pin_dir: PathBuf,
     _logger: log_task::LoggerHandle,
@@ -262,8 +270,27 @@ impl FastPath {
                     source: std::io::Error::other(e.to_string()),
                 })
         };
+        let ids_map = ebpf
+            .take_map(SESSION_IDS_MAP)
+            .ok_or(FastPathError::Missing("map SESSION_IDS"))?;
+        let sessions_map = ebpf
+            .take_map(SESSIONS_MAP)
+            .ok_or(FastPathError::Missing("map SESSIONS"))?;
         pin(&bmcs_map, BMCS_PIN)?;
         pin(&counters_map, COUNTERS_PIN)?;
+        pin(&ids_map, SESSION_IDS_PIN)?;
+        pin(&sessions_map, SESSIONS_PIN)?;
+        let aya::maps::Map::Array(sessions_data) = &sessions_map else {
+            return Err(FastPathError::Missing("SESSIONS as an array"));
+        };
+        let slots = SessionSlots::map(sessions_data.fd()).map_err(|source| FastPathError::Pin {
+            dir: cfg.pin_dir.join(SESSIONS_PIN),
+            source,
+        })?;
+        let session_ids = HashMap::try_from(ids_map).map_err(|source| FastPathError::Map {
+            map: SESSION_IDS_MAP,
+            source: Box::new(source),
+        })?;
         let bmcs = HashMap::try_from(bmcs_map).map_err(|source| FastPathError::Map {
             map: BMCS_MAP,
             source: Box::new(source),
@@ -277,6 +304,9 @@ impl FastPath {
             ebpf,
             bmcs,
             counters,
+            session_ids,
+            slots,
+            _sessions_map: sessions_map,
             link: None,
             pin_dir: cfg.pin_dir.clone(),
             _logger: logger,
@@ -347,6 +377,50 @@ impl FastPath {
             Err(aya::maps::MapError::KeyNotFound) => Ok(None),
             Err(source) => Err(FastPathError::Map {
                 map: BMCS_MAP,
+                source: Box::new(source),
+            }),
+        }
+    }
+
+    /// The shared IPMI 1.5 session slots (stage 3), when the fast path is on.
+    pub fn sessions(&self) -> Option<&SessionSlots> {
+        self.inner.as_ref().map(|l| &l.slots)
+    }
+
+    /// Publishes an IPMI 1.5 session in `slot` (steps 1 of the protocol in
+    /// `virtbmc_common::session`): the slot, then the id index. False if the slot is in use.
+    pub fn publish_v15_session(&mut self, slot: u32, session: &V15Session) -> Result<bool> {
+        let Some(l) = &mut self.inner else {
+            return Ok(false);
+        };
+        if !l.slots.publish(slot, session) {
+            return Ok(false);
+        }
+        l.session_ids
+            .insert(session.session_id, slot, 0)
+            .map_err(|source| FastPathError::Map {
+                map: SESSION_IDS_MAP,
+                source: Box::new(source),
+            })?;
+        Ok(true)
+    }
+
+    /// Step 6a: the program stops answering for the session; free the slot with
+    /// [`SessionSlots::free`] on a later sweep (at least a second on).
+    pub fn close_v15_session(&mut self, session_id: u32, slot: u32) -> Result<()> {
+        let Some(l) = &mut self.inner else {
+            return Ok(());
+        };
+        l.slots.close(slot);
+        match l.session_ids.remove(&session_id) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(aya::maps::MapError::SyscallError(e))
+                if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
+            {
+                Ok(())
+            }
+            Err(source) => Err(FastPathError::Map {
+                map: SESSION_IDS_MAP,
                 source: Box::new(source),
             }),
         }
