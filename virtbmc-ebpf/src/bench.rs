@@ -19,11 +19,15 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 
-/// The request to restore: `len` bytes of `frame`.
+/// The request to restore: `len` bytes of `frame`; when `reset_slot` is a session slot, its
+/// inbound window is reset to `reset_window` too, so that the same in-session request is
+/// accepted on every repetition.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct BenchFrame {
     pub len: u32,
+    pub reset_slot: u32,
+    pub reset_window: u64,
     pub frame: [u8; 128],
 }
 
@@ -37,6 +41,10 @@ fn restore(ctx: &XdpContext) -> bool {
     };
     // SAFETY: array slot, valid for the whole run.
     let f = unsafe { &*f };
+    if let Some(slot) = prog::session_slot(f.reset_slot) {
+        // SAFETY: array slot; the benchmark is the only user.
+        unsafe { core::ptr::write_volatile(&raw mut (*slot).window, f.reset_window) };
+    }
     let want = f.len as usize;
     if want == 0 || want > 128 {
         return false;

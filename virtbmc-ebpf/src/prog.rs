@@ -45,6 +45,13 @@ static COUNTERS: PerCpuArray<Counters, 1> = PerCpuArray::new();
 #[btf_map]
 static SESSION_IDS: HashMap<u32, u32, { MAX_SESSIONS as usize }> = HashMap::new();
 
+/// A session slot (for the benchmark object, which resets windows between repetitions).
+#[allow(dead_code)]
+#[inline(always)]
+pub fn session_slot(slot: u32) -> Option<*mut V15Session> {
+    SESSIONS.get_ptr_mut(slot)
+}
+
 /// `BPF_F_MMAPABLE`: the agent maps the slots and uses atomics on them.
 const BPF_F_MMAPABLE: usize = 1 << 10;
 
