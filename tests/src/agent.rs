@@ -302,6 +302,18 @@ impl Bmc {
         self.client(&argv)
     }
 
+    /// Like [`Bmc::ipmitool`] but to another host and port in the client namespace (a relay
+    /// such as the UDP helper's `dup-proxy`).
+    pub fn ipmitool_via(&self, host: &str, port: u16, iface: Iface, args: &[&str]) -> Out {
+        let port = port.to_string();
+        let iface_args = iface.args();
+        let mut argv: Vec<&str> = vec!["ipmitool"];
+        argv.extend(iface_args.iter().map(String::as_str));
+        argv.extend(["-U", "admin", "-P", "password", "-H", host, "-p", &port]);
+        argv.extend_from_slice(args);
+        self.client(&argv)
+    }
+
     /// ipmitool as `admin`/`password`.
     pub fn admin(&self, iface: Iface, port: u16, args: &[&str]) -> Out {
         self.ipmitool(iface, "admin", "password", port, args)

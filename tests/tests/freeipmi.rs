@@ -217,3 +217,62 @@ fn rmcpping_and_ipmiping_on_623() {
     let vm = bmc.vm(VM);
     assert_eq!((vm.power.as_str(), vm.starts), ("off", 0), "{vm:?}");
 }
+
+/// `ipmi-chassis-config` (freeipmi's boot flags tool, IPMI 1.5 and 2.0): commit a boot device,
+/// read it back with `--checkout`, and see it in `/vms`.
+#[test]
+fn ipmi_chassis_config_boot_flags() {
+    ready_or_skip!("ipmi-chassis-config");
+    let bmc = Bmc::builder().vm("vm-0=6230").start();
+    let cases = [
+        (&[][..], "PXE", "Yes", "EFI", ("pxe", true, true)),
+        (
+            &["-D", "LAN_2_0"][..],
+            "HARD-DRIVE",
+            "No",
+            "PC-COMPATIBLE",
+            ("disk", false, false),
+        ),
+        (&[][..], "CD-DVD", "No", "EFI", ("cdrom", false, true)),
+        (
+            &["-D", "LAN_2_0"][..],
+            "BIOS-SETUP",
+            "Yes",
+            "PC-COMPATIBLE",
+            ("bios", true, false),
+        ),
+    ];
+    for (driver, device, persistent, boot_type, want) in cases {
+        let commit = [
+            "--commit",
+            &format!("--key-pair=Chassis_Boot_Flags:Boot_Device={device}"),
+            &format!("--key-pair=Chassis_Boot_Flags:Boot_Flags_Persistent={persistent}"),
+            &format!("--key-pair=Chassis_Boot_Flags:BIOS_Boot_Type={boot_type}"),
+        ]
+        .map(String::from);
+        let commit: Vec<&str> = commit.iter().map(String::as_str).collect();
+        bmc.freeipmi("ipmi-chassis-config", PORT, &[driver, &commit].concat())
+            .assert_ok();
+        let vm = bmc.vm(VM);
+        assert_eq!(
+            (vm.boot.as_str(), vm.persistent, vm.efi),
+            want,
+            "{device}: {vm:?}"
+        );
+
+        let checkout = ["--checkout", "--section", "Chassis_Boot_Flags"];
+        let out = bmc.freeipmi("ipmi-chassis-config", PORT, &[driver, &checkout].concat());
+        out.assert_ok();
+        for (key, value) in [
+            ("Boot_Device", device),
+            ("Boot_Flags_Persistent", persistent),
+            ("BIOS_Boot_Type", boot_type),
+        ] {
+            let found = out.stdout.lines().any(|l| {
+                let mut w = l.split_whitespace();
+                w.next() == Some(key) && w.next() == Some(value)
+            });
+            assert!(found, "{key} {value} not read back:\n{out}");
+        }
+    }
+}

@@ -77,3 +77,66 @@ fn repeated_power_on_starts_once() {
     let v = bmc.vm("vm-0");
     assert_eq!((v.power.as_str(), v.starts, v.stops), ("on", 1, 0), "{v:?}");
 }
+
+/// An OPERATOR user may control power (IPMI 2.0 §28.3) with ipmitool `-L OPERATOR` (lan and
+/// lanplus) and with ipmipower, which asks for OPERATOR by default.
+#[test]
+fn operator_can_control_power() {
+    ready_or_skip!("ipmitool", "ipmipower");
+    let bmc = Bmc::builder()
+        .vm("vm-0=6230")
+        .user("op:op-pass:operator")
+        .start();
+    for iface in [Iface::Lan, Iface::Lanplus] {
+        bmc.ipmitool(
+            iface,
+            "op",
+            "op-pass",
+            6230,
+            &["-L", "OPERATOR", "power", "on"],
+        )
+        .assert_ok()
+        .assert_stdout_has("Chassis Power Control: Up/On");
+        bmc.wait_power("vm-0", "on");
+        bmc.ipmitool(
+            iface,
+            "op",
+            "op-pass",
+            6230,
+            &["-L", "OPERATOR", "power", "off"],
+        )
+        .assert_ok();
+        bmc.wait_power("vm-0", "off");
+    }
+    let host = format!("{}:6230", bmc.ip());
+    let out = bmc.client(&[
+        "ipmipower",
+        "-h",
+        &host,
+        "-u",
+        "op",
+        "-p",
+        "op-pass",
+        "--on",
+    ]);
+    assert!(out.stdout.contains(": ok"), "{out}");
+    let v = bmc.wait_power("vm-0", "on");
+    assert_eq!((v.starts, v.stops), (3, 2), "{v:?}");
+}
+
+/// `chassis bootdev none` removes the override set before (selector 0, "No override").
+#[test]
+fn lan_bootdev_none_clears_the_override() {
+    ready_or_skip!("ipmitool");
+    let bmc = Bmc::builder().vm("vm-0=6230").start();
+    bmc.admin(Iface::Lan, 6230, &["chassis", "bootdev", "cdrom"])
+        .assert_ok();
+    assert_eq!(bmc.vm("vm-0").boot, "cdrom");
+    bmc.admin(Iface::Lan, 6230, &["chassis", "bootdev", "none"])
+        .assert_ok()
+        .assert_stdout_has("Set Boot Device to none");
+    assert_eq!(bmc.vm("vm-0").boot, "none");
+    bmc.admin(Iface::Lan, 6230, &["chassis", "bootparam", "get", "5"])
+        .assert_ok()
+        .assert_stdout_has("Boot Device Selector : No override");
+}

@@ -531,3 +531,175 @@ fn idle_session_times_out_and_frees_its_slot() {
     drop(idle);
     assert_unchanged(&bmc, &before);
 }
+
+/// The agent logs at `trace` here while real sessions (1.5 and 2.0, good and bad passwords)
+/// run: its log must never contain the password, as text, hex or a byte list (STYLE.md:
+/// never log a password or key).
+#[test]
+fn passwords_never_reach_the_log() {
+    ready_or_skip!("ipmitool", "ipmipower");
+    const SECRET: &str = "Zq7-secret-Xw9";
+    let bmc = Bmc::builder()
+        .vm("vm-0=6230")
+        .user(&format!("admin:{SECRET}:admin"))
+        .log_level("trace")
+        .start();
+    for iface in IFACES {
+        bmc.ipmitool(iface, "admin", SECRET, PORT, &["power", "status"])
+            .assert_ok()
+            .assert_stdout_has("Chassis Power is off");
+        assert!(
+            !bmc.ipmitool(iface, "admin", "Zq7-wrong-Xw9", PORT, &["power", "status"])
+                .ok()
+        );
+    }
+    let host = format!("{}:{PORT}", bmc.ip());
+    let out = bmc.client(&[
+        "ipmipower",
+        "-h",
+        &host,
+        "-u",
+        "admin",
+        "-p",
+        SECRET,
+        "-D",
+        "LAN_2_0",
+        "--stat",
+    ]);
+    assert!(out.stdout.contains(": off"), "{out}");
+
+    let log = bmc.log();
+    let hex = virtbmc_e2e::hex::encode(SECRET.as_bytes());
+    let spaced: Vec<String> = SECRET.bytes().map(|b| format!("{b:02x}")).collect();
+    let list = format!("{:?}", SECRET.as_bytes());
+    for (what, needle) in [
+        ("text", SECRET.to_string()),
+        ("hex", hex.clone()),
+        ("HEX", hex.to_uppercase()),
+        ("spaced hex", spaced.join(" ")),
+        ("byte list", list[1..list.len() - 1].to_string()),
+        ("wrong password", "Zq7-wrong-Xw9".to_string()),
+    ] {
+        assert!(
+            !log.contains(&needle),
+            "the agent log contains the password ({what})"
+        );
+    }
+    assert!(
+        !log.is_empty(),
+        "no log at all: the check above proves nothing"
+    );
+}
+
+/// The UDP helper's `dup-proxy` in the client namespace, killed on drop.
+struct DupProxy(Child);
+
+impl DupProxy {
+    const PORT: u16 = 16230;
+    fn start(bmc: &Bmc) -> DupProxy {
+        let listen = format!("127.0.0.1:{}", Self::PORT);
+        let target = format!("{}:{PORT}", bmc.ip());
+        let mut child = bmc.spawn_client(&[UDP, "dup-proxy", &listen, &target]);
+        let mut ready = String::new();
+        BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut ready)
+            .unwrap();
+        assert_eq!(ready.trim(), "ready");
+        DupProxy(child)
+    }
+}
+
+impl DupProxy {
+    /// Stops the relay and returns how many datagrams it duplicated.
+    fn finish(mut self) -> usize {
+        let _ = self.0.kill();
+        let mut err = String::new();
+        let _ = std::io::Read::read_to_string(self.0.stderr.as_mut().unwrap(), &mut err);
+        err.lines().filter(|l| l.starts_with("dup ")).count()
+    }
+}
+
+impl Drop for DupProxy {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Every in-session request reaches the agent twice (a duplicating network, or a client
+/// retransmitting while the action runs). A hard reset or power cycle is not idempotent:
+/// the duplicate must be dropped as a replay or answered without acting again (IPMI 2.0
+/// §6.12.13 sequence numbers; DESIGN.md: an action must not run twice). Checked through
+/// `/vms`: each client run moves the counters exactly once.
+#[test]
+fn duplicated_requests_act_once() {
+    ready_or_skip!("ipmitool", "ipmipower");
+    let (bmc, v0) = agent_with_vm_on(&["--transition-ms", "200"]);
+    let proxy = DupProxy::start(&bmc);
+    let host = "127.0.0.1";
+    let port = DupProxy::PORT;
+
+    let mut resets = 0;
+    for iface in [Iface::Lan, Iface::Lanplus, Iface::LanplusC(3)] {
+        bmc.ipmitool_via(host, port, iface, &["power", "status"])
+            .assert_ok()
+            .assert_stdout_has("Chassis Power is on");
+        let out = bmc.ipmitool_via(host, port, iface, &["power", "reset"]);
+        out.assert_ok()
+            .assert_stdout_has("Chassis Power Control: Reset");
+        resets += 1;
+        let v = bmc.wait_vm(VM, "reset counted", Duration::from_secs(5), |v| {
+            v.resets >= v0.resets + resets && v.power == "on"
+        });
+        std::thread::sleep(Duration::from_millis(700));
+        let v2 = bmc.vm(VM);
+        assert_eq!(
+            v2.resets,
+            v0.resets + resets,
+            "a duplicated reset ran twice ({iface}): {v:?}"
+        );
+    }
+
+    let before = bmc.vm(VM);
+    let out = bmc.ipmitool_via(host, port, Iface::Lanplus, &["power", "cycle"]);
+    out.assert_ok();
+    bmc.wait_vm(VM, "cycle done", Duration::from_secs(10), |v| {
+        v.starts > before.starts && v.power == "on"
+    });
+    std::thread::sleep(Duration::from_millis(1000));
+    let v = bmc.vm(VM);
+    assert_eq!(
+        (v.starts, v.stops),
+        (before.starts + 1, before.stops + 1),
+        "a duplicated power cycle ran twice: {v:?}"
+    );
+
+    let target = format!("{host}:{port}");
+    let out = bmc.client(&[
+        "ipmipower",
+        "-h",
+        &target,
+        "-u",
+        "admin",
+        "-p",
+        "password",
+        "-D",
+        "LAN_2_0",
+        "--off",
+    ]);
+    assert!(out.stdout.contains(": ok"), "{out}");
+    let v = bmc.wait_power(VM, "off");
+    std::thread::sleep(Duration::from_millis(700));
+    assert_eq!(
+        bmc.vm(VM).stops,
+        v.stops,
+        "a duplicated power off ran twice"
+    );
+    let dups = proxy.finish();
+    assert!(
+        dups >= 20,
+        "the relay duplicated only {dups} datagrams: the test proves nothing"
+    );
+    eprintln!("{dups} in-session datagrams were sent twice");
+    assert!(bmc.alive());
+}

@@ -8,6 +8,7 @@
 
 mod demo;
 mod ebpf;
+mod fuzz;
 mod interrupt;
 mod test;
 mod tools;
@@ -19,7 +20,8 @@ const USAGE: &str = "usage: cargo xtask <command>
 commands:
   demo            build the agent, run it with 3 VMs in a network namespace, drive it with ipmitool
   test [FILTER]   install missing client tools, build, run unit and end-to-end tests (needs root)
-  bench           (not yet: load generator against the agent)
+  fuzz [RUNS]     run the engine fuzz target for RUNS inputs (default 300000; nightly)
+  bench [SECS]    benchmark the userspace path and the agent's memory per BMC
   build-ebpf      install rust-src/bpf-linker if missing, build the XDP object (nightly)";
 
 fn main() -> ExitCode {
@@ -27,8 +29,9 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("demo") => demo::run(),
         Some("test") => test::run(&args[1..]),
+        Some("fuzz") => fuzz::run(&args[1..]),
+        Some("bench") => bench(&args[1..]),
         Some("build-ebpf") => ebpf::build_ebpf().map(drop),
-        Some(cmd @ "bench") => Err(format!("`{cmd}` is not implemented yet")),
         Some("help" | "-h" | "--help") => {
             println!("{USAGE}");
             Ok(())
@@ -43,4 +46,14 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Release agent plus the benchmark example, which prints its figures side by side.
+fn bench(args: &[String]) -> Result<(), String> {
+    let agent = tools::build_agent()?;
+    tools::run(tools::cargo().args(["build", "--release", "-p", "virtbmc", "--example", "bench"]))?;
+    let bin = tools::root().join("target/release/examples/bench");
+    let mut cmd = std::process::Command::new(bin);
+    cmd.arg(&agent).args(args);
+    tools::run(&mut cmd)
 }

@@ -30,15 +30,21 @@ pub fn run(args: &[String]) -> Result<(), String> {
         .env("VIRTBMC_BIN", &agent);
     let e2e = tools::run(&mut e2e_cmd);
 
-    match (unit, e2e) {
-        (Ok(()), Ok(())) => {
-            println!("==> xtask test: unit tests passed, end-to-end tests passed");
+    // The engine under libFuzzer, bounded in runs (about a minute once built).
+    let fuzz = crate::fuzz::run(&[]);
+
+    match (unit, e2e, fuzz) {
+        (Ok(()), Ok(()), Ok(())) => {
+            println!(
+                "==> xtask test: unit tests passed, end-to-end tests passed, fuzzing found nothing"
+            );
             Ok(())
         }
-        (u, e) => Err(format!(
-            "unit tests {}, end-to-end tests {}",
+        (u, e, f) => Err(format!(
+            "unit tests {}, end-to-end tests {}, fuzzing {}",
             u.map_or_else(|e| format!("FAILED ({e})"), |()| "passed".into()),
             e.map_or_else(|e| format!("FAILED ({e})"), |()| "passed".into()),
+            f.map_or_else(|e| format!("FAILED ({e})"), |()| "passed".into()),
         )),
     }
 }

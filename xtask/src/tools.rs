@@ -37,59 +37,72 @@ pub fn on_path(tool: &str) -> bool {
         .any(|dir| dir.join(tool).is_file())
 }
 
-/// Binaries the end-to-end tests and the demo run, and the Debian package of each.
-pub const NEEDED: [(&str, &str); 10] = [
-    ("ipmitool", "ipmitool"),
-    ("ipmipower", "freeipmi-tools"),
-    ("ipmi-chassis", "freeipmi-tools"),
-    ("bmc-info", "freeipmi-tools"),
-    ("rmcpping", "freeipmi-tools"),
-    ("ipmiping", "freeipmi-tools"),
-    ("ip", "iproute2"),
-    ("curl", "curl"),
-    ("python3", "python3"),
-    ("timeout", "coreutils"),
+/// The Debian packages the end-to-end tests and the demo need.
+pub const PACKAGES: [&str; 7] = [
+    "ipmitool",
+    "freeipmi-tools",
+    "iproute2",
+    "curl",
+    "python3",
+    "python3-pyghmi",
+    "coreutils",
 ];
 
+/// Binaries the end-to-end tests and the demo run.
+pub const NEEDED: [&str; 10] = [
+    "ipmitool",
+    "ipmipower",
+    "ipmi-chassis",
+    "bmc-info",
+    "rmcpping",
+    "ipmiping",
+    "ip",
+    "curl",
+    "python3",
+    "timeout",
+];
+
+/// pyghmi (OpenStack Ironic's IPMI client) as Debian packages it: for the system interpreter.
+pub const PYGHMI_PYTHON: &str = "/usr/bin/python3";
+
+fn has_pyghmi() -> bool {
+    Command::new(PYGHMI_PYTHON)
+        .args(["-c", "import pyghmi.ipmi.command"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Missing binaries by name, plus `python3-pyghmi`.
+fn missing() -> Vec<&'static str> {
+    let mut missing: Vec<&str> = NEEDED.into_iter().filter(|bin| !on_path(bin)).collect();
+    if !has_pyghmi() {
+        missing.push("python3-pyghmi");
+    }
+    missing
+}
+
 /// Installs the client tools with apt when any is missing (one `apt-get update`, then one
-/// install of the usual package set); does nothing when all are present.
+/// install of the whole package set); does nothing when all are present.
 pub fn ensure_installed() -> Result<(), String> {
-    let missing: Vec<&str> = NEEDED
-        .iter()
-        .filter(|(bin, _)| !on_path(bin))
-        .map(|(bin, _)| *bin)
-        .collect();
+    let missing = missing();
     if missing.is_empty() {
-        println!(
-            "==> client tools present: {}",
-            NEEDED.map(|(b, _)| b).join(" ")
-        );
+        println!("==> client tools present: {} pyghmi", NEEDED.join(" "));
         return Ok(());
     }
     if !virtbmc_e2e::is_root() {
         return Err(format!(
-            "missing {} and not root: run as root or `apt-get install -y ipmitool freeipmi-tools iproute2 curl python3`",
-            missing.join(", ")
+            "missing {} and not root: run as root or `apt-get install -y {}`",
+            missing.join(", "),
+            PACKAGES.join(" ")
         ));
     }
     println!("==> missing {}: installing with apt", missing.join(", "));
     run(Command::new("apt-get").arg("update"))?;
     run(Command::new("apt-get")
         .args(["install", "-y", "--no-install-recommends"])
-        .args([
-            "ipmitool",
-            "freeipmi-tools",
-            "iproute2",
-            "curl",
-            "python3",
-            "coreutils",
-        ])
+        .args(PACKAGES)
         .env("DEBIAN_FRONTEND", "noninteractive"))?;
-    let still: Vec<&str> = NEEDED
-        .iter()
-        .filter(|(bin, _)| !on_path(bin))
-        .map(|(bin, _)| *bin)
-        .collect();
+    let still = self::missing();
     if still.is_empty() {
         Ok(())
     } else {

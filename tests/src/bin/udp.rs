@@ -5,9 +5,15 @@
 //! `none`, one line per datagram.
 //!
 //! `virtbmc-e2e-udp echo IP:PORT COUNT`: echoes COUNT datagrams back (fixture self-test).
+//!
+//! `virtbmc-e2e-udp dup-proxy LISTEN TARGET`: a UDP relay that forwards every datagram a
+//! client sends to TARGET and the replies back, and sends every in-session request (nonzero
+//! session id) twice, as a network that duplicates packets (or a client retransmitting
+//! at once) would. Prints `ready` once listening; runs until killed.
 
+use std::collections::HashMap;
 use std::io::{BufRead, Write};
-use std::net::UdpSocket;
+use std::net::{SocketAddr, UdpSocket};
 use std::time::Duration;
 
 fn usage() -> ! {
@@ -25,6 +31,7 @@ fn main() {
     {
         ["send", target, wait] => send(target, wait.parse().unwrap_or_else(|_| usage())),
         ["echo", bind, count] => echo(bind, count.parse().unwrap_or_else(|_| usage())),
+        ["dup-proxy", listen, target] => dup_proxy(listen, target),
         _ => usage(),
     }
 }
@@ -58,5 +65,49 @@ fn echo(bind: &str, count: usize) {
     for _ in 0..count {
         let (n, from) = sock.recv_from(&mut buf).expect("recv");
         sock.send_to(&buf[..n], from).expect("send");
+    }
+}
+
+/// An RMCP datagram of class IPMI that belongs to an established or pending session: IPMI 1.5
+/// (session id at bytes 9..13) or an RMCP+ IPMI payload (type 0, session id at bytes 6..10).
+/// Session set-up messages (Open Session, RAKP) are not duplicated.
+fn in_session(d: &[u8]) -> bool {
+    if d.len() < 14 || d[0] != 0x06 || d[3] != 0x07 {
+        return false;
+    }
+    if d[4] == 0x06 {
+        d[5] & 0x3f == 0x00 && d[6..10] != [0; 4]
+    } else {
+        d[9..13] != [0; 4]
+    }
+}
+
+fn dup_proxy(listen: &str, target: &str) {
+    let front = UdpSocket::bind(listen).expect("bind");
+    println!("ready");
+    std::io::stdout().flush().unwrap();
+    let mut upstream: HashMap<SocketAddr, UdpSocket> = HashMap::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let (n, client) = front.recv_from(&mut buf).expect("recv");
+        let up = upstream.entry(client).or_insert_with(|| {
+            // One upstream socket per client, so replies find their way back.
+            let up = UdpSocket::bind("0.0.0.0:0").expect("bind upstream");
+            up.connect(target).expect("connect");
+            let (back, front) = (up.try_clone().unwrap(), front.try_clone().unwrap());
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = back.recv(&mut buf) {
+                    let _ = front.send_to(&buf[..n], client);
+                }
+            });
+            up
+        });
+        let _ = up.send(&buf[..n]);
+        if in_session(&buf[..n]) {
+            let _ = up.send(&buf[..n]);
+            // Counted by the test, so that it knows duplicates really went out.
+            eprintln!("dup {n}");
+        }
     }
 }

@@ -6,13 +6,14 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use super::metrics::Metrics;
+use super::registry::Registry;
 use crate::backend::embedded::Embedded;
 
 pub struct Admin {
     pub metrics: Arc<Metrics>,
-    /// The embedded machines and their ports, listed by /vms.
+    /// The embedded machines, listed by /vms for the BMCs the registry serves.
     pub embedded: Arc<Embedded>,
-    pub vms: Vec<(String, u16)>,
+    pub registry: Arc<Registry>,
 }
 
 impl Admin {
@@ -38,7 +39,7 @@ impl Admin {
     fn route(&self, path: &str) -> (&'static str, String) {
         match path {
             "/healthz" | "/readyz" => ("200 OK", "ok\n".into()),
-            "/metrics" => ("200 OK", self.metrics.render(self.vms.len())),
+            "/metrics" => ("200 OK", self.metrics.render(self.registry.len())),
             "/vms" => ("200 OK", self.vm_lines()),
             _ => ("404 Not Found", "not found\n".into()),
         }
@@ -46,8 +47,8 @@ impl Admin {
 
     fn vm_lines(&self) -> String {
         let mut out = String::new();
-        for (name, port) in &self.vms {
-            let Some(vm) = self.embedded.get(name) else { continue };
+        for (name, port) in self.registry.list() {
+            let Some(vm) = self.embedded.get(&name) else { continue };
             let (boot, persistent, efi) = match vm.boot {
                 Some(b) => (b.device.to_string(), b.persistent, b.efi),
                 None => ("none".to_string(), false, false),

@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod config;
 pub mod metrics;
+pub mod registry;
 pub mod server;
 
 use std::net::SocketAddr;
@@ -11,14 +12,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use thiserror::Error;
-use tokio::net::{TcpListener, UdpSocket};
+use tokio::net::TcpListener;
 
 use crate::backend::Backend;
 use crate::backend::embedded::{Embedded, EmbeddedBackend};
-use crate::engine::Bmc;
 use config::Args;
 use metrics::Metrics;
-use server::BmcTask;
+use registry::Registry;
 
 #[derive(Debug, Error)]
 pub enum AgentError {
@@ -56,22 +56,14 @@ pub async fn run(args: Args) -> Result<(), AgentError> {
     let embedded = Embedded::new(Duration::from_millis(args.transition_ms));
     let backend: Arc<dyn Backend> = Arc::new(EmbeddedBackend(embedded.clone()));
     let metrics = Arc::new(Metrics::default());
+    let registry = Arc::new(Registry::new(args.listen, backend.clone(), metrics.clone(), Duration::from_millis(args.action_timeout_ms)));
     for vm in &vms {
         embedded.add(&vm.name, vm.on, name_guid(&vm.name));
         let addr = SocketAddr::new(args.listen, vm.port);
-        let socket = UdpSocket::bind(addr).await.map_err(|source| AgentError::Bind { vm: vm.name.clone(), addr, source })?;
-        let task = BmcTask {
-            name: Arc::from(vm.name.as_str()),
-            socket,
-            bmc: Bmc::new(config.clone()),
-            backend: backend.clone(),
-            metrics: metrics.clone(),
-            action_timeout: Duration::from_millis(args.action_timeout_ms),
-        };
-        tokio::spawn(task.run());
+        registry.add(&vm.name, vm.port, config.clone()).await.map_err(|source| AgentError::Bind { vm: vm.name.clone(), addr, source })?;
     }
     let listener = TcpListener::bind(args.admin).await.map_err(|source| AgentError::Admin { addr: args.admin, source })?;
-    let admin = Arc::new(admin::Admin { metrics, embedded, vms: vms.iter().map(|v| (v.name.clone(), v.port)).collect() });
+    let admin = Arc::new(admin::Admin { metrics, embedded, registry: registry.clone() });
     tokio::spawn(admin.serve(listener));
     log::info!(
         "serving {} BMC(s) on {} (suites {:?}, auth none {}), admin on http://{}",

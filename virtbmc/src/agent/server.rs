@@ -6,10 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::UdpSocket;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use super::metrics::Metrics;
 use crate::backend::Backend;
+use crate::engine::config::BmcConfig;
 use crate::engine::{ActionError, Bmc, DropReason, MAX_DATAGRAM, Output, Pending};
 
 pub struct BmcTask {
@@ -19,6 +20,8 @@ pub struct BmcTask {
     pub backend: Arc<dyn Backend>,
     pub metrics: Arc<Metrics>,
     pub action_timeout: Duration,
+    /// Credential and suite updates (a changed Secret); they apply to the next session.
+    pub config: watch::Receiver<Arc<BmcConfig>>,
 }
 
 type Completion = (Pending, SocketAddr, Result<(), ActionError>);
@@ -38,6 +41,11 @@ impl BmcTask {
                         log::debug!("bmc={} recv error: {e}", self.name);
                     }
                 },
+                Ok(()) = self.config.changed() => {
+                    let config = self.config.borrow_and_update().clone();
+                    self.bmc.set_config(config);
+                    log::info!("bmc={} configuration updated", self.name);
+                }
                 Some((pending, peer, result)) = done_rx.recv() => {
                     match &result {
                         Ok(()) => self.metrics.actions_ok.fetch_add(1, std::sync::atomic::Ordering::Relaxed),

@@ -24,17 +24,19 @@ pub struct EmbeddedVm {
 pub struct Embedded {
     vms: Mutex<HashMap<String, EmbeddedVm>>,
     transition: Duration,
+    changes: tokio::sync::broadcast::Sender<Arc<str>>,
 }
 
 impl Embedded {
     pub fn new(transition: Duration) -> Arc<Embedded> {
-        Arc::new(Embedded { vms: Mutex::new(HashMap::new()), transition })
+        Arc::new(Embedded { vms: Mutex::new(HashMap::new()), transition, changes: tokio::sync::broadcast::channel(1024).0 })
     }
 
     pub fn add(&self, name: &str, on: bool, guid: [u8; 16]) {
         let power = if on { PowerState::On } else { PowerState::Off };
         let vm = EmbeddedVm { power, boot: None, guid, starts: 0, stops: 0, resets: 0 };
         self.lock().insert(name.to_string(), vm);
+        self.changed(name);
     }
 
     pub fn get(&self, name: &str) -> Option<EmbeddedVm> {
@@ -50,6 +52,12 @@ impl Embedded {
         if let Some(vm) = self.lock().get_mut(name) {
             f(vm);
         }
+        self.changed(name);
+    }
+
+    fn changed(&self, name: &str) {
+        // No receiver (no fast path) is fine: nobody needs to know.
+        let _ = self.changes.send(Arc::from(name));
     }
 
     /// Marks the machine booted: a one-shot boot override is consumed by the boot it served.
@@ -85,7 +93,14 @@ impl Backend for EmbeddedBackend {
 
     fn perform(&self, vm: &str, action: Action) -> ActionFuture {
         let result = self.apply(vm, action);
+        if result.is_ok() {
+            self.0.changed(vm);
+        }
         Box::pin(std::future::ready(result))
+    }
+
+    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Arc<str>> {
+        self.0.changes.subscribe()
     }
 }
 
@@ -152,6 +167,7 @@ mod tests {
         let e = Embedded::new(Duration::from_millis(100));
         e.add("a", false, [1; 16]);
         let b = EmbeddedBackend(e.clone());
+        let mut changes = b.subscribe();
         let pxe = BootOverride { device: BootDevice::Pxe, persistent: false, efi: true };
         b.perform("a", Action::SetBoot(Some(pxe))).await.unwrap();
         b.perform("a", Action::PowerOn).await.unwrap();
@@ -160,6 +176,12 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(150)).await;
         let v = e.get("a").unwrap();
         assert_eq!((v.power, v.starts, v.boot), (PowerState::On, 1, None));
+        let mut seen = 0;
+        while let Ok(name) = changes.try_recv() {
+            assert_eq!(&*name, "a");
+            seen += 1;
+        }
+        assert_eq!(seen, 3, "boot set, power-on accepted, booted");
         b.perform("a", Action::PowerCycle).await.unwrap();
         tokio::time::sleep(Duration::from_millis(250)).await;
         let v = e.get("a").unwrap();

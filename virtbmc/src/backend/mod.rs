@@ -18,4 +18,8 @@ pub trait Backend: Send + Sync + 'static {
     /// Starts `action` on `vm`. The future resolves when the backend accepted or refused it
     /// (not when the machine finished its transition), as a physical BMC answers at once.
     fn perform(&self, vm: &str, action: Action) -> ActionFuture;
+
+    /// Names of machines whose view changed, as they change: what keeps the fast path's
+    /// power map in step with the backend (a lagging receiver re-reads every view).
+    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<std::sync::Arc<str>>;
 }
