@@ -145,7 +145,7 @@ fn xdp_shared_window_matches_engine_window() {
             x ^= x << 13;
             x ^= x >> 17;
             x ^= x << 5;
-            let seq = cur.wrapping_add((x % 24) as u32).wrapping_sub(10);
+            let seq = cur.wrapping_add(x % 24).wrapping_sub(10);
             let ok = engine.check(seq);
             assert_eq!(window_check(shared, seq), ok, "seq {seq}");
             if ok {
