@@ -7,6 +7,25 @@
 //! pins. A crashed agent's program is detached by the kernel when its link fd closes.
 //!
 //! The map layout and what the program answers are documented in `virtbmc-common`.
+//!
+//! # Wiring it into the agent
+//! ```ignore
+//! let object = FastPathConfig::default_object(args.ebpf_object.as_deref(), None);
+//! let mut fp = match &args.xdp_iface {
+//!     Some(iface) => FastPath::start(&FastPathConfig::new(object, Some(iface.clone()), args.xdp_mode))?,
+//!     None => FastPath::off(),
+//! };
+//! // Inside the tokio runtime, so that the program's log records are drained.
+//! for vm in &vms {
+//!     fp.set_bmc(vm.port, &fastpath::bmc_state(&config, vm.on)?)?; // after binding the socket
+//! }
+//! // Whenever the power snapshot or the config changes: set_bmc again (one map write).
+//! // Before closing a BMC's socket: fp.remove_bmc(port). Metrics: fp.counters().
+//! // Shutdown: drop(fp) (detaches, unpins) before the sockets go.
+//! ```
+//! `set_bmc` takes `&mut self`: share the `FastPath` as `Arc<Mutex<FastPath>>` between tasks.
+//! IPMI 1.5 sessions are published only once the engine follows the protocol of
+//! `virtbmc_common::session` ([`FastPath::publish_v15_session`], [`SessionSlots`]).
 
 mod caps;
 mod iface;
