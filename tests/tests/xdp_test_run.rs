@@ -416,3 +416,52 @@ fn xdp_stale_pins_replaced_on_start() {
     drop(fp);
     assert!(!dir.exists(), "pins and folder removed on drop");
 }
+
+/// Without CAP_BPF/CAP_NET_ADMIN the loader says so before trying: the test re-runs itself
+/// under `setpriv` with an empty bounding set (root without capabilities).
+#[test]
+fn xdp_missing_capabilities_is_a_clear_error() {
+    use virtbmc::fastpath::{FastPathConfig, FastPathError, XdpMode};
+    if std::env::var_os("XDP_NOCAPS_CHILD").is_some() {
+        let cfg = FastPathConfig::new(object(), None, XdpMode::Auto);
+        match FastPath::start(&cfg) {
+            Err(e @ FastPathError::MissingCapabilities { .. }) => {
+                let msg = e.to_string();
+                assert!(
+                    msg.contains("CAP_BPF") && msg.contains("CAP_NET_ADMIN"),
+                    "{msg}"
+                );
+            }
+            Err(e) => panic!("wrong error: {e}"),
+            Ok(_) => panic!("loaded without capabilities"),
+        }
+        return;
+    }
+    if skip("xdp_missing_capabilities_is_a_clear_error") {
+        return;
+    }
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
+    let out = std::process::Command::new("setpriv")
+        .args(["--bounding-set=-all", "--inh-caps=-all", "--"])
+        .arg(exe)
+        .args([
+            "--exact",
+            "xdp_missing_capabilities_is_a_clear_error",
+            "--nocapture",
+        ])
+        .env("XDP_NOCAPS_CHILD", "1")
+        .output();
+    let Ok(out) = out else {
+        eprintln!("SKIP xdp_missing_capabilities_is_a_clear_error: no setpriv");
+        return;
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("1 passed"), "{text}");
+}
