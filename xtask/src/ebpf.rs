@@ -83,6 +83,21 @@ fn output(cmd: &mut Command) -> Result<String> {
 }
 
 fn ensure_rust_src() -> Result<()> {
+    // The machines come with a nightly (TOOLCHAIN.md); install one only where it is missing.
+    let has_nightly = nightly(Command::new("rustc"))
+        .args(["+nightly", "-V"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_nightly {
+        eprintln!("xtask: installing the nightly toolchain");
+        let ok = nightly(Command::new("rustup"))
+            .args(["toolchain", "install", "nightly", "--profile", "minimal"])
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            return Err("rustup toolchain install nightly failed".into());
+        }
+    }
     let installed = output(nightly(Command::new("rustup")).args([
         "component",
         "list",
