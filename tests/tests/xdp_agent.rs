@@ -87,5 +87,18 @@ fn xdp_in_front_of_the_agent_with_ipmitool() {
     assert!(c2.auth_caps_answered > c.auth_caps_answered, "{c2:?}");
     assert!(c2.passed >= 1, "the sessions went to the agent: {c2:?}");
     eprintln!("fast path counters after ipmitool lan + lanplus: {c2:?}");
+
+    // freeipmi, IPMI 1.5 and 2.0: its auth caps requests (privilege USER/OPERATOR/ADMIN,
+    // with and without the 2.0 bit) are answered by XDP too, and it takes the replies.
+    for driver in [&[][..], &["-D", "LAN_2_0"][..]] {
+        let args = [driver, &["--stat"][..]].concat();
+        let out = bmc.freeipmi("ipmipower", PORT, &args);
+        out.assert_ok().assert_stdout_has("on");
+        let args = [driver, &["--get-chassis-status"][..]].concat();
+        let out = bmc.freeipmi("ipmi-chassis", PORT, &args);
+        out.assert_ok().assert_stdout_has("System Power");
+    }
+    let c3 = fp.counters().unwrap();
+    assert!(c3.auth_caps_answered >= c2.auth_caps_answered + 4, "{c3:?}");
     drop(fp);
 }
