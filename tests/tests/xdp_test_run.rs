@@ -259,9 +259,11 @@ fn xdp_not_ours_passes_uncounted() {
     assert_action(&fp, &arp, XDP_PASS);
     let mut tcp = v4(C4, B4, &ping(1));
     tcp[14 + 9] = 6;
+    fix_ip_checksum(&mut tcp);
     assert_action(&fp, &tcp, XDP_PASS);
     let mut opts = v4(C4, B4, &ping(1));
     opts[14] = 0x46;
+    fix_ip_checksum(&mut opts);
     assert_action(&fp, &opts, XDP_PASS);
     assert_action(&fp, &v4_opts(C4, B4, &ping(1), 64, 1, 0x2000), XDP_PASS); // MF
     assert_action(&fp, &v4_opts(C4, B4, &ping(1), 64, 1, 0x0001), XDP_PASS); // offset
@@ -307,6 +309,7 @@ fn xdp_malformed_corpus() {
     assert_action(&fp, &short_udp, XDP_DROP);
     let mut short_ip = v4(C4, B4, &ping(1));
     short_ip[16..18].copy_from_slice(&30u16.to_be_bytes());
+    fix_ip_checksum(&mut short_ip);
     assert_action(&fp, &short_ip, XDP_DROP);
     // The UDP datagram cut short by the frame.
     let full = v4(C4, B4, &v15(&auth_caps_req(0x0E, 4)));
@@ -464,4 +467,28 @@ fn xdp_missing_capabilities_is_a_clear_error() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(text.contains("1 passed"), "{text}");
+}
+
+#[test]
+fn xdp_group_addressed_and_bad_ip_checksum_pass() {
+    if skip("xdp_group_addressed_and_bad_ip_checksum_pass") {
+        return;
+    }
+    let fp = loaded(false);
+    // Broadcast (a subnet-wide rmcpping), IPv4 and IPv6 multicast MACs: never answered here.
+    for mac in [
+        [0xFF; 6],
+        [0x01, 0x00, 0x5E, 0, 0, 1],
+        [0x33, 0x33, 0, 0, 0, 1],
+    ] {
+        let mut f = v4(C4, B4, &ping(1));
+        f[..6].copy_from_slice(&mac);
+        assert_action(&fp, &f, XDP_PASS);
+    }
+    assert_eq!(fp.counters().unwrap().passed, 3);
+    // A corrupted IPv4 header (checksum fails): the kernel drops it, XDP does not answer.
+    let mut f = v4(C4, B4, &ping(1));
+    f[14 + 12] ^= 0x10; // source address
+    assert_action(&fp, &f, XDP_PASS);
+    assert_eq!(fp.counters().unwrap().ping_answered, 0);
 }

@@ -167,6 +167,10 @@ fn classify(ctx: &XdpContext) -> Handled {
             if h[0] != 0x45 || h[9] != IPPROTO_UDP || (h[6] & 0x3F) != 0 || h[7] != 0 {
                 return Handled::NotOurs;
             }
+            // A header whose checksum fails is the kernel's to drop; its addresses may be wrong.
+            if csum_fold(csum_add(0, h)) != 0 {
+                return Handled::NotOurs;
+            }
             addrs[..8].copy_from_slice(&h[12..20]);
             let tot = be16(h[2], h[3]) as usize;
             (false, IP4_LEN, tot.wrapping_sub(IP4_LEN))
@@ -223,6 +227,11 @@ fn serve(
 ) -> Verdict {
     let l3_len = if hdr.v6 { IP6_LEN } else { IP4_LEN };
     let poff = ETH_LEN + l3_len + UDP_LEN;
+    // Broadcast or multicast (group bit of the destination MAC): a reply from XDP would carry
+    // the group address as its source. The agent answers those from its own address.
+    if hdr.macs[0] & 1 != 0 {
+        return Verdict::Pass;
+    }
     // A UDP length that the IP header or the frame cannot hold: garbage the stack drops too.
     if udp_len < UDP_LEN || udp_len > ip_payload_len {
         return Verdict::Drop;

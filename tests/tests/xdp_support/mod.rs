@@ -103,6 +103,13 @@ fn csum(data: &[u8], mut acc: u32) -> u16 {
     !(acc as u16)
 }
 
+/// Recomputes the IPv4 header checksum of a frame after a test edited the header.
+pub fn fix_ip_checksum(frame: &mut [u8]) {
+    frame[24..26].copy_from_slice(&[0, 0]);
+    let c = csum(&frame[14..34], 0);
+    frame[24..26].copy_from_slice(&be16(c));
+}
+
 /// Ethernet + IPv4 + UDP frame. The request's UDP checksum is a pseudo-header partial sum, as
 /// a veth client's CHECKSUM_PARTIAL packet carries (the program must not depend on it).
 pub fn v4(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), payload: &[u8]) -> Vec<u8> {
