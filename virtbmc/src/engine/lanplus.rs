@@ -72,10 +72,9 @@ impl Bmc {
         } else {
             pkt.payload.to_vec()
         };
-        if pkt.sequence == 0 || !active.inbound.check(pkt.sequence) {
+        if pkt.sequence == 0 || !active.accept(pkt.sequence) {
             return Output::Drop(DropReason::Replay);
         }
-        active.inbound.commit(pkt.sequence);
         self.in_session(now, id, &plain, vm)
     }
 
@@ -280,6 +279,7 @@ impl Bmc {
             inbound: SeqWindow::new(1, BEHIND, AHEAD),
             outbound: 1,
             in_flight: None,
+            shared: None,
         };
         if let Some(s) = self.sessions.get_mut(id) {
             s.state = State::Active(Box::new(active));

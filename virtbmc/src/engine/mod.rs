@@ -21,7 +21,7 @@ use commands::BootParams;
 use config::{BmcConfig, Privilege};
 use entropy::{Entropy, OsEntropy};
 use limiter::SourceLimiter;
-use session::{ActiveAuth, SessionTable, State};
+use session::{ActiveAuth, SessionPublisher, SessionTable, State};
 pub use vm::{Action, ActionError, BootDevice, BootOverride, PowerState, VmView};
 
 use crate::wire::message::Request;
@@ -104,6 +104,7 @@ pub struct Bmc {
     boot_params: BootParams,
     rakp_limiter: SourceLimiter,
     entropy: Box<dyn Entropy>,
+    publisher: Option<Arc<dyn SessionPublisher>>,
     pub stats: Stats,
 }
 
@@ -113,7 +114,7 @@ impl Bmc {
     }
 
     pub fn with_entropy(config: Arc<BmcConfig>, entropy: Box<dyn Entropy>) -> Bmc {
-        Bmc { config, sessions: SessionTable::default(), boot_params: BootParams::default(), rakp_limiter: SourceLimiter::default(), entropy, stats: Stats::default() }
+        Bmc { config, sessions: SessionTable::default(), boot_params: BootParams::default(), rakp_limiter: SourceLimiter::default(), entropy, publisher: None, stats: Stats::default() }
     }
 
     pub fn config(&self) -> &Arc<BmcConfig> {
@@ -123,6 +124,11 @@ impl Bmc {
     /// New users or suites apply to the next session; running sessions keep their keys.
     pub fn set_config(&mut self, config: Arc<BmcConfig>) {
         self.config = config;
+    }
+
+    /// Publishes IPMI 1.5 sessions activated from now on to the fast path.
+    pub fn set_publisher(&mut self, publisher: Option<Arc<dyn SessionPublisher>>) {
+        self.publisher = publisher;
     }
 
     pub fn active_sessions(&self) -> usize {
@@ -226,8 +232,7 @@ impl Bmc {
     fn seal(&mut self, id: u32, msg: &[u8]) -> Option<Vec<u8>> {
         let session = self.sessions.get_mut(id)?;
         let State::Active(active) = &mut session.state else { return None };
-        let seq = active.outbound;
-        active.outbound = active.outbound.wrapping_add(1);
+        let seq = active.next_outbound();
         let mut out = Vec::with_capacity(64 + msg.len());
         RmcpHeader { sequence: rmcp::RMCP_SEQ_NO_ACK, class: rmcp::CLASS_IPMI }.emit(&mut out);
         match &active.auth {
@@ -265,6 +270,9 @@ fn set_privilege(active: &mut session::Active, d: &[u8]) -> (u8, Vec<u8>) {
     match Privilege::from_wire(d[0]) {
         Some(p) if p <= active.max_privilege => {
             active.privilege = p;
+            if let Some(shared) = &active.shared {
+                shared.set_privilege(p);
+            }
             (cc::OK, vec![p.wire()])
         }
         Some(_) => (cc::SET_PRIV_EXCEEDS_LIMIT, Vec::new()),

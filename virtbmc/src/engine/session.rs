@@ -88,7 +88,39 @@ pub enum ActiveAuth {
     V20 { console_id: u32, suite: CipherSuite, k1: Vec<u8>, k2: Vec<u8> },
 }
 
+/// An IPMI 1.5 session's sequence state published to the fast path: memory both sides update
+/// atomically (the protocol is fixed in virtbmc-common's `session` module). While published,
+/// the engine keeps no private window or outbound counter. Dropping it unpublishes.
+pub trait SharedSession: Send + Sync + std::fmt::Debug {
+    /// Checks and commits an inbound sequence number in one atomic step.
+    fn accept(&self, seq: u32) -> bool;
+    /// Takes the next outbound sequence number.
+    fn next_outbound(&self) -> u32;
+    fn set_privilege(&self, privilege: Privilege);
+    /// When the fast path last answered in this session, if it did.
+    fn last_fast_answer(&self, now: Instant) -> Option<Instant>;
+}
+
+/// What the fast path needs to answer inside an IPMI 1.5 session.
 #[derive(Debug, Clone)]
+pub struct PublishV15 {
+    pub session_id: u32,
+    pub peer: SocketAddr,
+    pub auth_type: u8,
+    pub password: [u8; 16],
+    /// The first inbound sequence number the console may use.
+    pub inbound_start: u32,
+    pub next_outbound: u32,
+    pub privilege: Privilege,
+}
+
+/// Where an engine publishes its IPMI 1.5 sessions (the agent's fast path); None when the
+/// session cannot be published, which only means the engine answers everything itself.
+pub trait SessionPublisher: Send + Sync {
+    fn publish(&self, session: &PublishV15) -> Option<Box<dyn SharedSession>>;
+}
+
+#[derive(Debug)]
 pub struct Active {
     pub auth: ActiveAuth,
     pub user: String,
@@ -99,9 +131,36 @@ pub struct Active {
     /// A mutating command sent to the backend and not yet answered: its (rqSeq, cmd). A
     /// client's retransmission of it is ignored instead of run twice.
     pub in_flight: Option<(u8, u8)>,
+    /// Set when the session is published to the fast path: its sequence state lives there.
+    pub shared: Option<Box<dyn SharedSession>>,
 }
 
-#[derive(Debug, Clone)]
+impl Active {
+    /// Accepts and commits an inbound sequence number (call after the packet authenticated).
+    pub fn accept(&mut self, seq: u32) -> bool {
+        match &self.shared {
+            Some(shared) => shared.accept(seq),
+            None if self.inbound.check(seq) => {
+                self.inbound.commit(seq);
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub fn next_outbound(&mut self) -> u32 {
+        match &self.shared {
+            Some(shared) => shared.next_outbound(),
+            None => {
+                let seq = self.outbound;
+                self.outbound = seq.wrapping_add(1);
+                seq
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
 pub enum State {
     ChallengeSent(ChallengeSent),
     Opened(Opened),
@@ -109,7 +168,7 @@ pub enum State {
     Active(Box<Active>),
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Session {
     pub id: u32,
     pub peer: SocketAddr,
@@ -120,6 +179,17 @@ pub struct Session {
 impl Session {
     pub fn is_active(&self) -> bool {
         matches!(self.state, State::Active(_))
+    }
+
+    /// The later of the engine's and the fast path's last activity.
+    fn last_seen(&self, now: Instant) -> Instant {
+        match &self.state {
+            State::Active(a) => match a.shared.as_ref().and_then(|s| s.last_fast_answer(now)) {
+                Some(fast) => fast.max(self.last_activity),
+                None => self.last_activity,
+            },
+            _ => self.last_activity,
+        }
     }
 }
 
@@ -165,7 +235,7 @@ impl SessionTable {
         let before = self.sessions.len();
         self.sessions.retain(|s| {
             let limit = if s.is_active() { idle } else { handshake };
-            now.saturating_duration_since(s.last_activity) < limit
+            now.saturating_duration_since(s.last_seen(now)) < limit
         });
         before - self.sessions.len()
     }
@@ -227,6 +297,7 @@ mod tests {
                 inbound: SeqWindow::new(1, 8, 8),
                 outbound: 1,
                 in_flight: None,
+                shared: None,
             }))
         } else {
             State::ChallengeSent(ChallengeSent { user: "u".into(), auth_type: 2, challenge: [0; 16] })

@@ -436,3 +436,78 @@ fn boot_options_round_trip_through_the_backend_view() {
     assert_eq!(s.call(0x00, 0x09, &[0x05, 0, 0], &mut ex).unwrap(), (0, vec![1, 5, 0xE0, 0x14, 0, 0, 0]));
     assert_eq!(s.call(0x00, 0x09, &[0x04, 0, 0], &mut ex).unwrap(), (0, vec![1, 4, 0, 1]));
 }
+
+/// A stand-in for the fast path's shared slot: the engine must route every sequence decision
+/// of a published session through it, and unpublish by dropping it.
+#[derive(Debug)]
+struct MemShared {
+    window: std::sync::Mutex<super::session::SeqWindow>,
+    outbound: std::sync::atomic::AtomicU32,
+    privilege: std::sync::atomic::AtomicU8,
+    dropped: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl super::session::SharedSession for MemShared {
+    fn accept(&self, seq: u32) -> bool {
+        let mut w = self.window.lock().unwrap();
+        w.check(seq) && {
+            w.commit(seq);
+            true
+        }
+    }
+    fn next_outbound(&self) -> u32 {
+        self.outbound.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+    }
+    fn set_privilege(&self, p: Privilege) {
+        self.privilege.store(p.wire(), std::sync::atomic::Ordering::SeqCst);
+    }
+    fn last_fast_answer(&self, _now: Instant) -> Option<Instant> {
+        None
+    }
+}
+
+impl Drop for MemShared {
+    fn drop(&mut self) {
+        self.dropped.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+struct MemPublisher {
+    published: std::sync::Mutex<Vec<super::session::PublishV15>>,
+    dropped: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl super::session::SessionPublisher for MemPublisher {
+    fn publish(&self, s: &super::session::PublishV15) -> Option<Box<dyn super::session::SharedSession>> {
+        self.published.lock().unwrap().push(s.clone());
+        Some(Box::new(MemShared {
+            window: std::sync::Mutex::new(super::session::SeqWindow::new(s.inbound_start, 8, 8)),
+            outbound: std::sync::atomic::AtomicU32::new(s.next_outbound),
+            privilege: std::sync::atomic::AtomicU8::new(s.privilege.wire()),
+            dropped: self.dropped.clone(),
+        }))
+    }
+}
+
+#[test]
+fn published_v15_sessions_keep_their_sequence_state_in_the_shared_slot() {
+    let rig = Rig::new(config());
+    let dropped = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let publisher = Arc::new(MemPublisher { published: Default::default(), dropped: dropped.clone() });
+    rig.bmc.borrow_mut().set_publisher(Some(publisher.clone()));
+    let mut ex = rig.exchange();
+    let mut s = V15Session::open("admin", "password", AUTH_MD5, 4, &mut ex).unwrap();
+    let p = publisher.published.lock().unwrap()[0].clone();
+    assert_eq!((p.session_id, p.auth_type, p.inbound_start, p.next_outbound), (s.id, AUTH_MD5, s.seq, 2));
+    assert_eq!(p.password, crate::crypto::Key20::from_password("password").unwrap().first16());
+    assert_eq!(s.call(0x06, 0x3B, &[4], &mut ex).unwrap(), (0, vec![4]));
+    // The fast path answered two packets meanwhile: it took sequence numbers on both sides.
+    s.seq += 2;
+    let reply = ex(&s.request(0x00, 0x01, &[])).unwrap();
+    assert_eq!(crate::wire::le_u32(&reply[5..9]), 3, "outbound comes from the shared counter");
+    let replay = { s.seq -= 1; s.request(0x00, 0x01, &[]) };
+    assert!(ex(&replay).is_none(), "the shared window refuses a replay");
+    let sid = s.id.to_le_bytes();
+    s.call(0x06, 0x3C, &sid, &mut ex).unwrap();
+    assert_eq!(dropped.load(std::sync::atomic::Ordering::SeqCst), 1, "closing unpublishes");
+}

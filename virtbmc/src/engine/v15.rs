@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use super::commands::{self, CMD_ACTIVATE_SESSION, CMD_GET_SESSION_CHALLENGE, NETFN_APP};
 use super::config::Privilege;
-use super::session::{Active, ActiveAuth, ChallengeSent, SeqWindow, Session, State};
+use super::session::{Active, ActiveAuth, ChallengeSent, PublishV15, SeqWindow, Session, State};
 use super::{Bmc, DropReason, Output, cc};
 use crate::crypto::{auth_code_v15, ct_eq};
 use crate::engine::vm::VmView;
@@ -47,10 +47,9 @@ impl Bmc {
                 _ => return Output::Drop(DropReason::AuthFailed),
             }
         }
-        if !active.inbound.check(pkt.sequence) {
+        if !active.accept(pkt.sequence) {
             return Output::Drop(DropReason::Replay);
         }
-        active.inbound.commit(pkt.sequence);
         self.in_session(now, pkt.session_id, pkt.message, vm)
     }
 
@@ -170,14 +169,21 @@ impl Bmc {
         data.extend_from_slice(&inbound_start.to_le_bytes());
         data.push(requested.wire());
         let reply = reply_with(cc::OK, &data, outbound);
+        let privilege = Privilege::User.min(requested);
+        let shared = self.publisher.as_ref().and_then(|p| {
+            let peer = self.sessions.get_mut(temp_id).map(|s| s.peer)?;
+            let next_outbound = outbound.wrapping_add(1);
+            p.publish(&PublishV15 { session_id: new_id, peer, auth_type, password, inbound_start, next_outbound, privilege })
+        });
         let active = Active {
             auth: ActiveAuth::V15 { auth_type, password },
             user: user.name.clone(),
-            privilege: Privilege::User.min(requested),
+            privilege,
             max_privilege: requested,
             inbound: SeqWindow::new(inbound_start, WINDOW, WINDOW),
             outbound: outbound.wrapping_add(1),
             in_flight: None,
+            shared,
         };
         // The half-open entry becomes the session under its new, unguessable id.
         if let Some(mut s) = self.sessions.remove(temp_id) {
