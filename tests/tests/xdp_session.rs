@@ -252,3 +252,69 @@ fn xdp_session_chassis_status_matches_engine() {
         assert_eq!(fp.counters().unwrap().chassis_status_answered, 6);
     }
 }
+
+/// The agent's wiring: the engine publishes its IPMI 1.5 sessions through
+/// `FastPath::session_publisher`; requests of one session then alternate between the program
+/// and the engine with one sequence space (no number reused, replays caught on both sides),
+/// and closing the session in the engine unpublishes it.
+#[test]
+fn xdp_engine_publisher_shares_one_sequence_space() {
+    if skip("xdp_engine_publisher_shares_one_sequence_space") {
+        return;
+    }
+    use virtbmc::engine::DropReason;
+    let c4 = (CLIENT_V4, CLIENT_PORT);
+    let b4 = (BMC_V4, BMC_PORT);
+    let config = BmcConfig::new(vec![
+        User::new("admin", "password", Privilege::Admin).unwrap(),
+    ]);
+    let mut engine = Bmc::with_entropy(Arc::new(config.clone()), Box::new(TestEntropy(77)));
+    let mut fp = load_detached();
+    fp.set_bmc(BMC_PORT, &fastpath::bmc_state(&config, true).unwrap())
+        .unwrap();
+    engine.set_publisher(fp.session_publisher(BMC_PORT));
+    let (sid, inbound, outbound) = activate(&mut engine, MD5);
+
+    let out_seq = |payload: &[u8]| u32::from_le_bytes(payload[5..9].try_into().unwrap());
+    for i in 0..6u32 {
+        let req = v15_session(MD5, inbound + i, sid, &chassis_status(i as u8));
+        if i % 2 == 0 {
+            let out = fp.test_run(&v4(c4, b4, &req), 1).unwrap();
+            assert_eq!(out.action, XDP_TX, "XDP answers seq {}", inbound + i);
+            assert_eq!(out_seq(&out.frame[42..]), outbound + i);
+        } else {
+            let r = reply(&mut engine, &req, true).expect("engine answers");
+            assert_eq!(
+                out_seq(&r),
+                outbound + i,
+                "the engine takes the next number"
+            );
+        }
+    }
+    // Replays: what XDP accepted, the engine refuses, and the other way round.
+    let again = v15_session(MD5, inbound, sid, &chassis_status(0));
+    let out = engine.handle(Instant::now(), peer(), &again, &vm(true));
+    assert!(matches!(out, Output::Drop(DropReason::Replay)), "{out:?}");
+    let again = v15_session(MD5, inbound + 1, sid, &chassis_status(1));
+    assert_eq!(
+        fp.test_run(&v4(c4, b4, &again), 1).unwrap().action,
+        XDP_PASS
+    );
+    assert_eq!(fp.counters().unwrap().chassis_status_answered, 3);
+
+    // Close Session in the engine: unpublished, the program passes the session's packets.
+    let close = v15_session(
+        MD5,
+        inbound + 6,
+        sid,
+        &msg(0x06, 7, 0x3C, &sid.to_le_bytes()),
+    );
+    let r = reply(&mut engine, &close, true).expect("close reply");
+    assert_eq!(out_seq(&r), outbound + 6);
+    let after = v15_session(MD5, inbound + 7, sid, &chassis_status(8));
+    assert_eq!(
+        fp.test_run(&v4(c4, b4, &after), 1).unwrap().action,
+        XDP_PASS
+    );
+    assert_eq!(engine.active_sessions(), 0);
+}

@@ -50,7 +50,7 @@ use virtbmc_common::{
 };
 
 pub use caps::missing_capabilities;
-pub use sessions::{SessionSlots, monotonic_ns};
+pub use sessions::{Publisher, SessionSlots, Shared, monotonic_ns};
 pub use virtbmc_common::{self as common, PIN_DIR};
 
 /// Environment variable naming the eBPF object when `--ebpf-object` is not given.
@@ -207,8 +207,9 @@ struct Loaded {
     ebpf: Ebpf,
     bmcs: HashMap<MapData, u16, Value<BmcState>>,
     counters: PerCpuArray<MapData, Value<Counters>>,
-    session_ids: HashMap<MapData, u32, u32>,
-    slots: SessionSlots,
+    session_ids: sessions::SessionIds,
+    slots: std::sync::Arc<SessionSlots>,
+    alloc: std::sync::Arc<std::sync::Mutex<sessions::SlotAlloc>>,
     _sessions_map: aya::maps::Map,
     link: Option<(String, XdpLinkId, Attached)>,
     pin_dir: PathBuf,
@@ -323,8 +324,9 @@ impl FastPath {
             ebpf,
             bmcs,
             counters,
-            session_ids,
-            slots,
+            session_ids: std::sync::Arc::new(std::sync::Mutex::new(session_ids)),
+            slots: std::sync::Arc::new(slots),
+            alloc: Default::default(),
             _sessions_map: sessions_map,
             link: None,
             pin_dir: cfg.pin_dir.clone(),
@@ -403,11 +405,27 @@ impl FastPath {
 
     /// The shared IPMI 1.5 session slots (stage 3), when the fast path is on.
     pub fn sessions(&self) -> Option<&SessionSlots> {
-        self.inner.as_ref().map(|l| &l.slots)
+        self.inner.as_ref().map(|l| &*l.slots)
     }
 
-    /// Publishes an IPMI 1.5 session in `slot` (steps 1 of the protocol in
-    /// `virtbmc_common::session`): the slot, then the id index. False if the slot is in use.
+    /// The engine's session publisher for the BMC on `port` (`Bmc::set_publisher`): IPMI
+    /// 1.5 sessions it activates are then answered by the program as well (stage 3). None
+    /// when the fast path is off.
+    pub fn session_publisher(
+        &self,
+        port: u16,
+    ) -> Option<std::sync::Arc<dyn crate::engine::session::SessionPublisher>> {
+        let l = self.inner.as_ref()?;
+        Some(std::sync::Arc::new(Publisher {
+            port,
+            slots: l.slots.clone(),
+            ids: l.session_ids.clone(),
+            alloc: l.alloc.clone(),
+        }))
+    }
+
+    /// Publishes an IPMI 1.5 session in a given `slot` (tests; the agent uses
+    /// [`FastPath::session_publisher`]). False if the slot is in use.
     pub fn publish_v15_session(&mut self, slot: u32, session: &V15Session) -> Result<bool> {
         let Some(l) = &mut self.inner else {
             return Ok(false);
@@ -416,6 +434,8 @@ impl FastPath {
             return Ok(false);
         }
         l.session_ids
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
             .insert(session.session_id, slot, 0)
             .map_err(|source| FastPathError::Map {
                 map: SESSION_IDS_MAP,
@@ -424,25 +444,16 @@ impl FastPath {
         Ok(true)
     }
 
-    /// Step 6a: the program stops answering for the session; free the slot with
-    /// [`SessionSlots::free`] on a later sweep (at least a second on).
+    /// Step 6a for a session published with [`FastPath::publish_v15_session`].
     pub fn close_v15_session(&mut self, session_id: u32, slot: u32) -> Result<()> {
         let Some(l) = &mut self.inner else {
             return Ok(());
         };
         l.slots.close(slot);
-        match l.session_ids.remove(&session_id) {
-            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-            Err(aya::maps::MapError::SyscallError(e))
-                if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
-            {
-                Ok(())
-            }
-            Err(source) => Err(FastPathError::Map {
-                map: SESSION_IDS_MAP,
-                source: Box::new(source),
-            }),
-        }
+        sessions::remove_id(&l.session_ids, session_id).map_err(|source| FastPathError::Map {
+            map: SESSION_IDS_MAP,
+            source: Box::new(source),
+        })
     }
 
     /// Counters summed over CPUs (all zero when off).
