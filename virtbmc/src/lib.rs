@@ -4,10 +4,12 @@
 //! - [`engine`]: the sans-IO IPMI engine (sessions, users, commands).
 //! - [`backend`]: the power backends the engine's actions go through.
 //! - [`agent`]: the tokio wiring (sockets, timers, admin endpoint).
+//! - [`fastpath`]: the XDP program loader and its maps (the only module that knows aya).
 
 pub mod agent;
 pub mod backend;
 pub mod console;
 pub mod crypto;
 pub mod engine;
+pub mod fastpath;
 pub mod wire;
