@@ -13,6 +13,12 @@ use std::process::Command;
 use std::time::Duration;
 
 use virtbmc::fastpath::{Attached, FastPath, FastPathConfig, PIN_DIR, XdpMode};
+
+/// The agent pins under PIN_DIR; a test run uses a folder of its own beside it, so that it
+/// never disturbs (or is disturbed by) an agent or another test run on the machine.
+fn pin_dir() -> String {
+    format!("{PIN_DIR}-veth-{}", std::process::id())
+}
 use virtbmc_e2e::NetnsPair;
 use xdp_support::*;
 
@@ -71,7 +77,8 @@ fn xdp_veth_real_clients() {
         return;
     }
     let pair = NetnsPair::create();
-    let cfg = FastPathConfig::new(object(), Some(BMC_IF.to_string()), XdpMode::Auto);
+    let mut cfg = FastPathConfig::new(object(), Some(BMC_IF.to_string()), XdpMode::Auto);
+    cfg.pin_dir = pin_dir().into();
     let mut fp: FastPath = in_netns(&pair.bmc, move || FastPath::start(&cfg).expect("attach"));
     assert_eq!(
         fp.attached(),
@@ -154,7 +161,13 @@ fn xdp_veth_real_clients() {
 
     // bpftool sees the pinned map with BTF: named fields.
     let out = Command::new("bpftool")
-        .args(["-j", "map", "dump", "pinned", &format!("{PIN_DIR}/bmcs")])
+        .args([
+            "-j",
+            "map",
+            "dump",
+            "pinned",
+            &format!("{}/bmcs", pin_dir()),
+        ])
         .output()
         .unwrap();
     let dump = String::from_utf8_lossy(&out.stdout);
@@ -166,7 +179,7 @@ fn xdp_veth_real_clients() {
     let entry = parse_bmcs_dump(&dump);
     assert_eq!(entry, Some((623, 0, 1, 10)), "bpftool dump: {dump}");
     let out = Command::new("bpftool")
-        .args(["map", "dump", "pinned", &format!("{PIN_DIR}/counters")])
+        .args(["map", "dump", "pinned", &format!("{}/counters", pin_dir())])
         .output()
         .unwrap();
     let dump = String::from_utf8_lossy(&out.stdout);
@@ -177,7 +190,7 @@ fn xdp_veth_real_clients() {
 
     // Detach and unpin on drop; the client then gets no answer from XDP.
     drop(fp);
-    assert!(!std::path::Path::new(PIN_DIR).exists(), "pins removed");
+    assert!(!std::path::Path::new(&pin_dir()).exists(), "pins removed");
     let after = udp_request(&pair.client, pair.bmc_ip, v15(&auth_caps_req(0x0E, 4)));
     assert_eq!(after, None, "nothing answers once the program is gone");
 }
