@@ -332,7 +332,10 @@ fn xdp_session_corruptions_pass() {
     let (sid, inbound, outbound) = (0x0102_0304u32, 500u32, 9u32);
     let mut fp = load_detached();
     fp.set_bmc(BMC_PORT, &state(false)).unwrap();
-    assert!(fp.publish_v15_session(3, &slot_for(sid, MD5, inbound, outbound)).unwrap());
+    assert!(
+        fp.publish_v15_session(3, &slot_for(sid, MD5, inbound, outbound))
+            .unwrap()
+    );
     let good = v15_session(MD5, inbound, sid, &chassis_status(1));
     for i in 0..good.len() {
         for flip in [0x01u8, 0x80, 0xFF] {
