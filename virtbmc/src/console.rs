@@ -6,9 +6,9 @@ use crate::crypto::{ConfAlg, IntegAlg, Key20, aes_decrypt, aes_encrypt, auth_cod
 use crate::engine::config::CipherSuite;
 use crate::wire::lan15::{AUTH_NONE, Lan15Packet};
 use crate::wire::lanplus::*;
+use crate::wire::le_u32;
 use crate::wire::message::{Request, Response};
 use crate::wire::rmcp::{CLASS_ASF, CLASS_IPMI, RmcpHeader};
-use crate::wire::le_u32;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConsoleError {
@@ -26,29 +26,58 @@ pub enum ConsoleError {
 
 pub fn ping(tag: u8) -> Vec<u8> {
     let mut out = Vec::new();
-    RmcpHeader { sequence: 0xFF, class: CLASS_ASF }.emit(&mut out);
+    RmcpHeader {
+        sequence: 0xFF,
+        class: CLASS_ASF,
+    }
+    .emit(&mut out);
     out.extend_from_slice(&[0, 0, 0x11, 0xBE, 0x80, tag, 0, 0]);
     out
 }
 
 fn message(net_fn: u8, cmd: u8, rq_seq: u8, data: &[u8]) -> Vec<u8> {
     let mut msg = Vec::new();
-    Request { rs_addr: 0x20, net_fn, rs_lun: 0, rq_addr: 0x81, rq_seq, rq_lun: 0, cmd, data }.emit(&mut msg);
+    Request {
+        rs_addr: 0x20,
+        net_fn,
+        rs_lun: 0,
+        rq_addr: 0x81,
+        rq_seq,
+        rq_lun: 0,
+        cmd,
+        data,
+    }
+    .emit(&mut msg);
     msg
 }
 
 /// A session-less request in the IPMI 1.5 form.
 pub fn sessionless_v15(net_fn: u8, cmd: u8, rq_seq: u8, data: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
-    RmcpHeader { sequence: 0xFF, class: CLASS_IPMI }.emit(&mut out);
-    Lan15Packet::emit(AUTH_NONE, 0, 0, None, &message(net_fn, cmd, rq_seq, data), &mut out);
+    RmcpHeader {
+        sequence: 0xFF,
+        class: CLASS_IPMI,
+    }
+    .emit(&mut out);
+    Lan15Packet::emit(
+        AUTH_NONE,
+        0,
+        0,
+        None,
+        &message(net_fn, cmd, rq_seq, data),
+        &mut out,
+    );
     out
 }
 
 /// A session-less payload in the RMCP+ form.
 pub fn sessionless_v20(payload_type: u8, payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
-    RmcpHeader { sequence: 0xFF, class: CLASS_IPMI }.emit(&mut out);
+    RmcpHeader {
+        sequence: 0xFF,
+        class: CLASS_IPMI,
+    }
+    .emit(&mut out);
     LanPlusPacket::emit(payload_type, 0, 0, payload, &mut out);
     out
 }
@@ -81,18 +110,34 @@ pub struct V15Session {
 }
 
 impl V15Session {
-    pub fn open(user: &str, password: &str, auth_type: u8, privilege: u8, exchange: &mut dyn FnMut(&[u8]) -> Option<Vec<u8>>) -> Result<V15Session, ConsoleError> {
+    pub fn open(
+        user: &str,
+        password: &str,
+        auth_type: u8,
+        privilege: u8,
+        exchange: &mut dyn FnMut(&[u8]) -> Option<Vec<u8>>,
+    ) -> Result<V15Session, ConsoleError> {
         let mut name = [0u8; 16];
         name[..user.len().min(16)].copy_from_slice(&user.as_bytes()[..user.len().min(16)]);
         let mut d = vec![auth_type];
         d.extend_from_slice(&name);
-        let (cc, data) = parse_v15(&exchange(&sessionless_v15(0x06, 0x39, 1, &d)).ok_or(ConsoleError::NoAnswer)?)?;
+        let (cc, data) = parse_v15(
+            &exchange(&sessionless_v15(0x06, 0x39, 1, &d)).ok_or(ConsoleError::NoAnswer)?,
+        )?;
         if cc != 0 {
             return Err(ConsoleError::Completion(cc));
         }
         let temp = le_u32(&data[..4]);
-        let pw = Key20::from_password(password).ok_or(ConsoleError::Malformed)?.first16();
-        let mut s = V15Session { id: temp, auth_type, password: pw, seq: 0, rq_seq: 2 };
+        let pw = Key20::from_password(password)
+            .ok_or(ConsoleError::Malformed)?
+            .first16();
+        let mut s = V15Session {
+            id: temp,
+            auth_type,
+            password: pw,
+            seq: 0,
+            rq_seq: 2,
+        };
         let mut d = vec![auth_type, privilege];
         d.extend_from_slice(&data[4..20]);
         d.extend_from_slice(&1u32.to_le_bytes());
@@ -110,8 +155,19 @@ impl V15Session {
         self.rq_seq = (self.rq_seq + 1) & 0x3F;
         let code = auth_code_v15(self.auth_type, &self.password, self.id, &msg, self.seq);
         let mut out = Vec::new();
-        RmcpHeader { sequence: 0xFF, class: CLASS_IPMI }.emit(&mut out);
-        Lan15Packet::emit(self.auth_type, self.seq, self.id, code.as_ref(), &msg, &mut out);
+        RmcpHeader {
+            sequence: 0xFF,
+            class: CLASS_IPMI,
+        }
+        .emit(&mut out);
+        Lan15Packet::emit(
+            self.auth_type,
+            self.seq,
+            self.id,
+            code.as_ref(),
+            &msg,
+            &mut out,
+        );
         self.seq = self.seq.wrapping_add(1);
         out
     }
@@ -120,7 +176,13 @@ impl V15Session {
     pub fn parse(&self, reply: &[u8]) -> Result<(u8, Vec<u8>), ConsoleError> {
         let (_, rest) = RmcpHeader::parse(reply).map_err(|_| ConsoleError::Malformed)?;
         let p = Lan15Packet::parse(rest).map_err(|_| ConsoleError::Malformed)?;
-        let want = auth_code_v15(self.auth_type, &self.password, p.session_id, p.message, p.sequence);
+        let want = auth_code_v15(
+            self.auth_type,
+            &self.password,
+            p.session_id,
+            p.message,
+            p.sequence,
+        );
         if want.as_ref() != p.auth_code {
             return Err(ConsoleError::BadProof);
         }
@@ -128,7 +190,13 @@ impl V15Session {
         Ok((r.cc, r.data.to_vec()))
     }
 
-    pub fn call(&mut self, net_fn: u8, cmd: u8, data: &[u8], exchange: &mut dyn FnMut(&[u8]) -> Option<Vec<u8>>) -> Result<(u8, Vec<u8>), ConsoleError> {
+    pub fn call(
+        &mut self,
+        net_fn: u8,
+        cmd: u8,
+        data: &[u8],
+        exchange: &mut dyn FnMut(&[u8]) -> Option<Vec<u8>>,
+    ) -> Result<(u8, Vec<u8>), ConsoleError> {
         let req = self.request(net_fn, cmd, data);
         self.parse(&exchange(&req).ok_or(ConsoleError::NoAnswer)?)
     }
@@ -147,12 +215,47 @@ pub struct V20Session {
 }
 
 impl V20Session {
-    pub fn open(user: &str, password: &str, suite: CipherSuite, role: u8, exchange: &mut dyn FnMut(&[u8]) -> Option<Vec<u8>>) -> Result<V20Session, ConsoleError> {
+    pub fn open(
+        user: &str,
+        password: &str,
+        suite: CipherSuite,
+        role: u8,
+        exchange: &mut dyn FnMut(&[u8]) -> Option<Vec<u8>>,
+    ) -> Result<V20Session, ConsoleError> {
         let console_id = 0xa0a2a3a4u32;
         let mut req = vec![0, 0, 0, 0];
         req.extend_from_slice(&console_id.to_le_bytes());
-        req.extend_from_slice(&[0, 0, 0, 8, suite.auth.wire(), 0, 0, 0, 1, 0, 0, 8, suite.integ.wire(), 0, 0, 0, 2, 0, 0, 8, suite.conf.wire(), 0, 0, 0]);
-        let rsp = payload_v20(&exchange(&sessionless_v20(PAYLOAD_OPEN_SESSION_REQ, &req)).ok_or(ConsoleError::NoAnswer)?, PAYLOAD_OPEN_SESSION_RSP)?;
+        req.extend_from_slice(&[
+            0,
+            0,
+            0,
+            8,
+            suite.auth.wire(),
+            0,
+            0,
+            0,
+            1,
+            0,
+            0,
+            8,
+            suite.integ.wire(),
+            0,
+            0,
+            0,
+            2,
+            0,
+            0,
+            8,
+            suite.conf.wire(),
+            0,
+            0,
+            0,
+        ]);
+        let rsp = payload_v20(
+            &exchange(&sessionless_v20(PAYLOAD_OPEN_SESSION_REQ, &req))
+                .ok_or(ConsoleError::NoAnswer)?,
+            PAYLOAD_OPEN_SESSION_RSP,
+        )?;
         if rsp.get(1) != Some(&0) {
             return Err(ConsoleError::Status(*rsp.get(1).unwrap_or(&0xFF)));
         }
@@ -164,21 +267,48 @@ impl V20Session {
         r1.extend_from_slice(&rm);
         r1.extend_from_slice(&[role, 0, 0, name.len() as u8]);
         r1.extend_from_slice(name);
-        let r2 = payload_v20(&exchange(&sessionless_v20(PAYLOAD_RAKP1, &r1)).ok_or(ConsoleError::NoAnswer)?, PAYLOAD_RAKP2)?;
+        let r2 = payload_v20(
+            &exchange(&sessionless_v20(PAYLOAD_RAKP1, &r1)).ok_or(ConsoleError::NoAnswer)?,
+            PAYLOAD_RAKP2,
+        )?;
         if r2.get(1) != Some(&0) {
             return Err(ConsoleError::Status(*r2.get(1).unwrap_or(&0xFF)));
         }
         let (rc, guid, code) = (&r2[8..24], &r2[24..40], &r2[40..]);
         let kuid = Key20::from_password(password).ok_or(ConsoleError::Malformed)?;
-        let want = suite.auth.hmac(&kuid.0, &[&console_id.to_le_bytes(), &bmc_id.to_le_bytes(), &rm, rc, guid, &[role, name.len() as u8], name]);
+        let want = suite.auth.hmac(
+            &kuid.0,
+            &[
+                &console_id.to_le_bytes(),
+                &bmc_id.to_le_bytes(),
+                &rm,
+                rc,
+                guid,
+                &[role, name.len() as u8],
+                name,
+            ],
+        );
         if want != code {
             return Err(ConsoleError::BadProof);
         }
-        let sik = suite.auth.hmac(&kuid.0, &[&rm, rc, &[role, name.len() as u8], name]);
+        let sik = suite
+            .auth
+            .hmac(&kuid.0, &[&rm, rc, &[role, name.len() as u8], name]);
         let mut r3 = vec![2, 0, 0, 0];
         r3.extend_from_slice(&bmc_id.to_le_bytes());
-        r3.extend_from_slice(&suite.auth.hmac(&kuid.0, &[rc, &console_id.to_le_bytes(), &[role, name.len() as u8], name]));
-        let r4 = payload_v20(&exchange(&sessionless_v20(PAYLOAD_RAKP3, &r3)).ok_or(ConsoleError::NoAnswer)?, PAYLOAD_RAKP4)?;
+        r3.extend_from_slice(&suite.auth.hmac(
+            &kuid.0,
+            &[
+                rc,
+                &console_id.to_le_bytes(),
+                &[role, name.len() as u8],
+                name,
+            ],
+        ));
+        let r4 = payload_v20(
+            &exchange(&sessionless_v20(PAYLOAD_RAKP3, &r3)).ok_or(ConsoleError::NoAnswer)?,
+            PAYLOAD_RAKP4,
+        )?;
         if r4.get(1) != Some(&0) {
             return Err(ConsoleError::Status(*r4.get(1).unwrap_or(&0xFF)));
         }
@@ -189,7 +319,15 @@ impl V20Session {
         }
         let k1 = suite.auth.hmac(&sik, &[&[1u8; 20]]);
         let k2 = suite.auth.hmac(&sik, &[&[2u8; 20]]);
-        Ok(V20Session { bmc_id, console_id, suite, k1, k2, seq: 1, rq_seq: 1 })
+        Ok(V20Session {
+            bmc_id,
+            console_id,
+            suite,
+            k1,
+            k2,
+            seq: 1,
+            rq_seq: 1,
+        })
     }
 
     pub fn request(&mut self, net_fn: u8, cmd: u8, data: &[u8]) -> Vec<u8> {
@@ -208,7 +346,11 @@ impl V20Session {
             flags |= FLAG_AUTHENTICATED;
         }
         let mut out = Vec::new();
-        RmcpHeader { sequence: 0xFF, class: CLASS_IPMI }.emit(&mut out);
+        RmcpHeader {
+            sequence: 0xFF,
+            class: CLASS_IPMI,
+        }
+        .emit(&mut out);
         LanPlusPacket::emit(flags, self.bmc_id, self.seq, &payload, &mut out);
         let code = self.suite.integ.auth_code(&self.k1, &out[4..]);
         out.extend_from_slice(&code);
@@ -218,19 +360,32 @@ impl V20Session {
 
     pub fn parse(&self, reply: &[u8]) -> Result<(u8, Vec<u8>), ConsoleError> {
         let (_, rest) = RmcpHeader::parse(reply).map_err(|_| ConsoleError::Malformed)?;
-        let p = LanPlusPacket::parse(rest, self.suite.integ.auth_code_len()).map_err(|_| ConsoleError::Malformed)?;
+        let p = LanPlusPacket::parse(rest, self.suite.integ.auth_code_len())
+            .map_err(|_| ConsoleError::Malformed)?;
         if p.session_id != self.console_id {
             return Err(ConsoleError::Malformed);
         }
-        if self.suite.integ != IntegAlg::None && self.suite.integ.auth_code(&self.k1, p.signed) != p.auth_code {
+        if self.suite.integ != IntegAlg::None
+            && self.suite.integ.auth_code(&self.k1, p.signed) != p.auth_code
+        {
             return Err(ConsoleError::BadProof);
         }
-        let msg = if p.encrypted { aes_decrypt(&self.k2, p.payload).ok_or(ConsoleError::BadProof)? } else { p.payload.to_vec() };
+        let msg = if p.encrypted {
+            aes_decrypt(&self.k2, p.payload).ok_or(ConsoleError::BadProof)?
+        } else {
+            p.payload.to_vec()
+        };
         let r = Response::parse(&msg).map_err(|_| ConsoleError::Malformed)?;
         Ok((r.cc, r.data.to_vec()))
     }
 
-    pub fn call(&mut self, net_fn: u8, cmd: u8, data: &[u8], exchange: &mut dyn FnMut(&[u8]) -> Option<Vec<u8>>) -> Result<(u8, Vec<u8>), ConsoleError> {
+    pub fn call(
+        &mut self,
+        net_fn: u8,
+        cmd: u8,
+        data: &[u8],
+        exchange: &mut dyn FnMut(&[u8]) -> Option<Vec<u8>>,
+    ) -> Result<(u8, Vec<u8>), ConsoleError> {
         let req = self.request(net_fn, cmd, data);
         self.parse(&exchange(&req).ok_or(ConsoleError::NoAnswer)?)
     }
@@ -239,4 +394,3 @@ impl V20Session {
 pub fn suite(id: u8) -> CipherSuite {
     crate::engine::config::suite(id).expect("known suite")
 }
-

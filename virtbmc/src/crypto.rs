@@ -49,7 +49,13 @@ impl std::fmt::Debug for Key20 {
 
 /// IPMI 1.5 per-message auth code (§22.17.1): MD5(pw | sid | msg | seq | pw), or the password
 /// itself for auth type "straight password". None for auth types we do not implement.
-pub fn auth_code_v15(auth_type: u8, password: &[u8; 16], session_id: u32, message: &[u8], sequence: u32) -> Option<[u8; 16]> {
+pub fn auth_code_v15(
+    auth_type: u8,
+    password: &[u8; 16],
+    session_id: u32,
+    message: &[u8],
+    sequence: u32,
+) -> Option<[u8; 16]> {
     match auth_type {
         AUTH_MD5 => {
             let mut h = Md5::new();
@@ -98,7 +104,8 @@ impl AuthAlg {
     /// HMAC over the concatenation of `parts`; empty for the "none" algorithm.
     pub fn hmac(self, key: &[u8], parts: &[&[u8]]) -> Vec<u8> {
         fn run<M: Mac + hmac::digest::KeyInit>(key: &[u8], parts: &[&[u8]]) -> Vec<u8> {
-            let mut m = <M as hmac::digest::KeyInit>::new_from_slice(key).expect("HMAC takes any key length");
+            let mut m = <M as hmac::digest::KeyInit>::new_from_slice(key)
+                .expect("HMAC takes any key length");
             for p in parts {
                 m.update(p);
             }
@@ -204,7 +211,9 @@ pub fn aes_encrypt(k2: &[u8], iv: &[u8; 16], plain: &[u8], out: &mut Vec<u8>) {
     buf.push(pad as u8);
     let len = buf.len();
     let enc = Aes128CbcEnc::new(k2[..16].into(), iv.into());
-    let ct = enc.encrypt_padded_mut::<NoPadding>(&mut buf, len).expect("buffer is block aligned");
+    let ct = enc
+        .encrypt_padded_mut::<NoPadding>(&mut buf, len)
+        .expect("buffer is block aligned");
     out.extend_from_slice(iv);
     out.extend_from_slice(ct);
 }
@@ -224,7 +233,11 @@ pub fn aes_decrypt(k2: &[u8], payload: &[u8]) -> Option<Vec<u8>> {
     }
     let body = plain.len() - pad - 1;
     // The pad bytes are 1, 2, ... n; anything else means the wrong key or a forged payload.
-    if plain[body..body + pad].iter().enumerate().any(|(i, b)| *b as usize != i + 1) {
+    if plain[body..body + pad]
+        .iter()
+        .enumerate()
+        .any(|(i, b)| *b as usize != i + 1)
+    {
         return None;
     }
     Some(plain[..body].to_vec())
@@ -257,7 +270,10 @@ mod tests {
         let out = AuthAlg::HmacSha1.hmac(b"Jefe", &[b"what do ya want ", b"for nothing?"]);
         assert_eq!(
             out,
-            [0xef, 0xfc, 0xdf, 0x6a, 0xe5, 0xeb, 0x2f, 0xa2, 0xd2, 0x74, 0x16, 0xd5, 0xf1, 0x84, 0xdf, 0x9c, 0x25, 0x9a, 0x7c, 0x79]
+            [
+                0xef, 0xfc, 0xdf, 0x6a, 0xe5, 0xeb, 0x2f, 0xa2, 0xd2, 0x74, 0x16, 0xd5, 0xf1, 0x84,
+                0xdf, 0x9c, 0x25, 0x9a, 0x7c, 0x79
+            ]
         );
     }
 
@@ -270,7 +286,11 @@ mod tests {
             aes_encrypt(&k2, &[7; 16], &plain, &mut out);
             assert_eq!((out.len() - 16) % 16, 0);
             assert_eq!(aes_decrypt(&k2, &out).as_deref(), Some(&plain[..]));
-            assert_ne!(aes_decrypt(&[0x43; 20], &out).as_deref(), Some(&plain[..]), "wrong key");
+            assert_ne!(
+                aes_decrypt(&[0x43; 20], &out).as_deref(),
+                Some(&plain[..]),
+                "wrong key"
+            );
         }
         assert_eq!(aes_decrypt(&k2, &[0; 17]), None);
     }

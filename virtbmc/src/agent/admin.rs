@@ -19,18 +19,28 @@ pub struct Admin {
 impl Admin {
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
         loop {
-            let Ok((mut conn, _)) = listener.accept().await else { continue };
+            let Ok((mut conn, _)) = listener.accept().await else {
+                continue;
+            };
             let me = Arc::clone(&self);
             tokio::spawn(async move {
                 let mut buf = [0u8; 1024];
-                let n = match tokio::time::timeout(std::time::Duration::from_secs(5), conn.read(&mut buf)).await {
+                let n = match tokio::time::timeout(
+                    std::time::Duration::from_secs(5),
+                    conn.read(&mut buf),
+                )
+                .await
+                {
                     Ok(Ok(n)) => n,
                     _ => return,
                 };
                 let line = String::from_utf8_lossy(&buf[..n]);
                 let path = line.split_whitespace().nth(1).unwrap_or("/");
                 let (status, body) = me.route(path);
-                let resp = format!("HTTP/1.0 {status}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+                let resp = format!(
+                    "HTTP/1.0 {status}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
                 let _ = conn.write_all(resp.as_bytes()).await;
             });
         }
@@ -48,7 +58,9 @@ impl Admin {
     fn vm_lines(&self) -> String {
         let mut out = String::new();
         for (name, port) in self.registry.list() {
-            let Some(vm) = self.embedded.get(&name) else { continue };
+            let Some(vm) = self.embedded.get(&name) else {
+                continue;
+            };
             let (boot, persistent, efi) = match vm.boot {
                 Some(b) => (b.device.to_string(), b.persistent, b.efi),
                 None => ("none".to_string(), false, false),

@@ -8,7 +8,11 @@ use clap::Parser;
 use crate::engine::config::{BmcConfig, Privilege, User, suite};
 
 #[derive(Debug, Clone, Parser)]
-#[command(name = "virtbmc", version, about = "A virtual BMC: IPMI 1.5 and 2.0 over LAN for every VM on this node")]
+#[command(
+    name = "virtbmc",
+    version,
+    about = "A virtual BMC: IPMI 1.5 and 2.0 over LAN for every VM on this node"
+)]
 pub struct Args {
     /// Address the BMC sockets bind to.
     #[arg(long, default_value = "0.0.0.0")]
@@ -92,7 +96,11 @@ impl std::str::FromStr for VmSpec {
         if name.is_empty() {
             return Err("empty VM name".into());
         }
-        Ok(VmSpec { name: name.to_string(), port, on })
+        Ok(VmSpec {
+            name: name.to_string(),
+            port,
+            on,
+        })
     }
 }
 
@@ -106,7 +114,9 @@ impl std::str::FromStr for UserSpec {
         // The privilege is whatever follows the last colon, if it names one: passwords may
         // contain colons.
         let (password, privilege) = match rest.rsplit_once(':') {
-            Some((pw, p)) if p.parse::<Privilege>().is_ok() => (pw, p.parse().unwrap_or(Privilege::Admin)),
+            Some((pw, p)) if p.parse::<Privilege>().is_ok() => {
+                (pw, p.parse().unwrap_or(Privilege::Admin))
+            }
             _ => (rest, Privilege::Admin),
         };
         User::new(name, password, privilege).map(UserSpec)
@@ -118,7 +128,9 @@ impl Args {
         let mut c = BmcConfig::new(self.users.iter().map(|u| u.0.clone()).collect());
         for id in &self.cipher_suites {
             if suite(*id).is_none() {
-                return Err(format!("cipher suite {id} is not implemented (choose from 0, 1, 2, 3, 15, 16, 17)"));
+                return Err(format!(
+                    "cipher suite {id} is not implemented (choose from 0, 1, 2, 3, 15, 16, 17)"
+                ));
             }
         }
         c.cipher_suites = self.cipher_suites.clone();
@@ -132,7 +144,11 @@ impl Args {
     pub fn all_vms(&self) -> Vec<VmSpec> {
         let mut v = self.vms.clone();
         for i in 0..self.generate {
-            v.push(VmSpec { name: format!("vm-{i}"), port: self.base_port.wrapping_add(i as u16), on: false });
+            v.push(VmSpec {
+                name: format!("vm-{i}"),
+                port: self.base_port.wrapping_add(i as u16),
+                on: false,
+            });
         }
         v
     }
@@ -148,8 +164,14 @@ mod tests {
         assert_eq!((v.name.as_str(), v.port, v.on), ("web", 6230, true));
         assert!("web".parse::<VmSpec>().is_err());
         let u: UserSpec = "viewer:pa:ss:user".parse().unwrap();
-        assert_eq!((u.0.name.as_str(), u.0.max_privilege), ("viewer", Privilege::User));
-        assert_eq!(u.0.key, crate::crypto::Key20::from_password("pa:ss").unwrap());
+        assert_eq!(
+            (u.0.name.as_str(), u.0.max_privilege),
+            ("viewer", Privilege::User)
+        );
+        assert_eq!(
+            u.0.key,
+            crate::crypto::Key20::from_password("pa:ss").unwrap()
+        );
         let u: UserSpec = "admin:password".parse().unwrap();
         assert_eq!(u.0.max_privilege, Privilege::Admin);
         assert!("x:".parse::<UserSpec>().is_ok(), "empty password");

@@ -31,8 +31,19 @@ pub struct Registry {
 }
 
 impl Registry {
-    pub fn new(listen: IpAddr, backend: Arc<dyn Backend>, metrics: Arc<Metrics>, action_timeout: Duration) -> Registry {
-        Registry { listen, backend, metrics, action_timeout, entries: Mutex::new(HashMap::new()) }
+    pub fn new(
+        listen: IpAddr,
+        backend: Arc<dyn Backend>,
+        metrics: Arc<Metrics>,
+        action_timeout: Duration,
+    ) -> Registry {
+        Registry {
+            listen,
+            backend,
+            metrics,
+            action_timeout,
+            entries: Mutex::new(HashMap::new()),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u16, Entry>> {
@@ -55,13 +66,22 @@ impl Registry {
             config: rx,
         };
         let handle = tokio::spawn(task.run());
-        self.lock().insert(port, Entry { name, config: tx, task: handle });
+        self.lock().insert(
+            port,
+            Entry {
+                name,
+                config: tx,
+                task: handle,
+            },
+        );
         Ok(())
     }
 
     /// New credentials or suites take effect for the next session on that BMC.
     pub fn set_config(&self, port: u16, config: Arc<BmcConfig>) -> bool {
-        self.lock().get(&port).is_some_and(|e| e.config.send(config).is_ok())
+        self.lock()
+            .get(&port)
+            .is_some_and(|e| e.config.send(config).is_ok())
     }
 
     pub fn remove(&self, port: u16) -> bool {
@@ -77,7 +97,11 @@ impl Registry {
 
     /// (name, port) of every BMC, sorted by port.
     pub fn list(&self) -> Vec<(Arc<str>, u16)> {
-        let mut v: Vec<_> = self.lock().iter().map(|(p, e)| (e.name.clone(), *p)).collect();
+        let mut v: Vec<_> = self
+            .lock()
+            .iter()
+            .map(|(p, e)| (e.name.clone(), *p))
+            .collect();
         v.sort_by_key(|(_, p)| *p);
         v
     }

@@ -62,18 +62,30 @@ impl BmcTask {
         }
     }
 
-    async fn on_datagram(&mut self, datagram: &[u8], peer: SocketAddr, done: &mpsc::Sender<Completion>) {
+    async fn on_datagram(
+        &mut self,
+        datagram: &[u8],
+        peer: SocketAddr,
+        done: &mpsc::Sender<Completion>,
+    ) {
         let Some(view) = self.backend.view(&self.name) else {
             log::debug!("bmc={} no view of the machine; dropping", self.name);
             return;
         };
         let before = self.bmc.stats;
-        let out = self.bmc.handle(tokio::time::Instant::now().into_std(), peer, datagram, &view);
+        let out = self.bmc.handle(
+            tokio::time::Instant::now().into_std(),
+            peer,
+            datagram,
+            &view,
+        );
         self.metrics.add(&before, &self.bmc.stats);
         match out {
             Output::Reply(reply) => self.send(&reply, peer).await,
             Output::Drop(reason) => match reason {
-                DropReason::AuthFailed => log::info!("bmc={} peer={peer} authentication failed", self.name),
+                DropReason::AuthFailed => {
+                    log::info!("bmc={} peer={peer} authentication failed", self.name)
+                }
                 other => log::debug!("bmc={} peer={peer} dropped: {other:?}", self.name),
             },
             Output::Action(action, pending) => {
@@ -82,7 +94,9 @@ impl BmcTask {
                 let deadline = self.action_timeout;
                 let done = done.clone();
                 tokio::spawn(async move {
-                    let result = tokio::time::timeout(deadline, fut).await.unwrap_or(Err(ActionError::Timeout));
+                    let result = tokio::time::timeout(deadline, fut)
+                        .await
+                        .unwrap_or(Err(ActionError::Timeout));
                     let _ = done.send((pending, peer, result)).await;
                 });
             }

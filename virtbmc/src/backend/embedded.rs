@@ -29,12 +29,23 @@ pub struct Embedded {
 
 impl Embedded {
     pub fn new(transition: Duration) -> Arc<Embedded> {
-        Arc::new(Embedded { vms: Mutex::new(HashMap::new()), transition, changes: tokio::sync::broadcast::channel(1024).0 })
+        Arc::new(Embedded {
+            vms: Mutex::new(HashMap::new()),
+            transition,
+            changes: tokio::sync::broadcast::channel(1024).0,
+        })
     }
 
     pub fn add(&self, name: &str, on: bool, guid: [u8; 16]) {
         let power = if on { PowerState::On } else { PowerState::Off };
-        let vm = EmbeddedVm { power, boot: None, guid, starts: 0, stops: 0, resets: 0 };
+        let vm = EmbeddedVm {
+            power,
+            boot: None,
+            guid,
+            starts: 0,
+            stops: 0,
+            resets: 0,
+        };
         self.lock().insert(name.to_string(), vm);
         self.changed(name);
     }
@@ -88,7 +99,11 @@ pub struct EmbeddedBackend(pub Arc<Embedded>);
 
 impl Backend for EmbeddedBackend {
     fn view(&self, vm: &str) -> Option<VmView> {
-        self.0.lock().get(vm).map(|v| VmView { power: v.power, boot: v.boot, guid: v.guid })
+        self.0.lock().get(vm).map(|v| VmView {
+            power: v.power,
+            boot: v.boot,
+            guid: v.guid,
+        })
     }
 
     fn perform(&self, vm: &str, action: Action) -> ActionFuture {
@@ -108,7 +123,9 @@ impl EmbeddedBackend {
     fn apply(&self, name: &str, action: Action) -> Result<(), ActionError> {
         let e = &self.0;
         let mut vms = e.lock();
-        let vm = vms.get_mut(name).ok_or_else(|| ActionError::Failed(format!("no machine named {name}")))?;
+        let vm = vms
+            .get_mut(name)
+            .ok_or_else(|| ActionError::Failed(format!("no machine named {name}")))?;
         if vm.power.in_transition() && !matches!(action, Action::SetBoot(_)) {
             return Err(ActionError::Busy);
         }
@@ -120,7 +137,9 @@ impl EmbeddedBackend {
             }
             Action::PowerOn if on => return Ok(()),
             Action::PowerOff | Action::SoftOff if !on => return Ok(()),
-            Action::PowerCycle | Action::HardReset if !on => return Err(ActionError::NotInState("machine is off".into())),
+            Action::PowerCycle | Action::HardReset if !on => {
+                return Err(ActionError::NotInState("machine is off".into()));
+            }
             Action::PowerOn => {
                 vm.power = PowerState::Starting;
                 vec![Embedded::booted]
@@ -131,10 +150,13 @@ impl EmbeddedBackend {
             }
             Action::PowerCycle => {
                 vm.power = PowerState::Stopping;
-                vec![|vm| {
-                    stopped(vm);
-                    vm.power = PowerState::Starting;
-                }, Embedded::booted]
+                vec![
+                    |vm| {
+                        stopped(vm);
+                        vm.power = PowerState::Starting;
+                    },
+                    Embedded::booted,
+                ]
             }
             Action::HardReset => {
                 // A reset keeps power on: the machine reboots in place.
@@ -168,11 +190,18 @@ mod tests {
         e.add("a", false, [1; 16]);
         let b = EmbeddedBackend(e.clone());
         let mut changes = b.subscribe();
-        let pxe = BootOverride { device: BootDevice::Pxe, persistent: false, efi: true };
+        let pxe = BootOverride {
+            device: BootDevice::Pxe,
+            persistent: false,
+            efi: true,
+        };
         b.perform("a", Action::SetBoot(Some(pxe))).await.unwrap();
         b.perform("a", Action::PowerOn).await.unwrap();
         assert_eq!(b.view("a").unwrap().power, PowerState::Starting);
-        assert_eq!(b.perform("a", Action::PowerOff).await, Err(ActionError::Busy));
+        assert_eq!(
+            b.perform("a", Action::PowerOff).await,
+            Err(ActionError::Busy)
+        );
         tokio::time::sleep(Duration::from_millis(150)).await;
         let v = e.get("a").unwrap();
         assert_eq!((v.power, v.starts, v.boot), (PowerState::On, 1, None));
@@ -186,6 +215,9 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(250)).await;
         let v = e.get("a").unwrap();
         assert_eq!((v.power, v.starts, v.stops), (PowerState::On, 2, 1));
-        assert!(matches!(b.perform("missing", Action::PowerOn).await, Err(ActionError::Failed(_))));
+        assert!(matches!(
+            b.perform("missing", Action::PowerOn).await,
+            Err(ActionError::Failed(_))
+        ));
     }
 }

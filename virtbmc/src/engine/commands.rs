@@ -15,6 +15,7 @@ pub const CMD_GET_SESSION_CHALLENGE: u8 = 0x39;
 pub const CMD_ACTIVATE_SESSION: u8 = 0x3A;
 pub const CMD_SET_SESSION_PRIVILEGE: u8 = 0x3B;
 pub const CMD_CLOSE_SESSION: u8 = 0x3C;
+pub const CMD_GET_CHANNEL_INFO: u8 = 0x42;
 pub const CMD_GET_CIPHER_SUITES: u8 = 0x54;
 
 pub const CMD_GET_CHASSIS_STATUS: u8 = 0x01;
@@ -46,7 +47,14 @@ pub struct BootParams {
 
 /// The commands allowed outside a session (IPMI 2.0 §13.7): the ones that set one up.
 pub fn is_sessionless(net_fn: u8, cmd: u8) -> bool {
-    net_fn == NETFN_APP && matches!(cmd, CMD_GET_AUTH_CAPS | CMD_GET_CIPHER_SUITES | CMD_GET_SESSION_CHALLENGE | CMD_ACTIVATE_SESSION)
+    net_fn == NETFN_APP
+        && matches!(
+            cmd,
+            CMD_GET_AUTH_CAPS
+                | CMD_GET_CIPHER_SUITES
+                | CMD_GET_SESSION_CHALLENGE
+                | CMD_ACTIVATE_SESSION
+        )
 }
 
 /// Minimum privilege of each command we implement; None for commands we do not know.
@@ -62,7 +70,13 @@ fn required_privilege(net_fn: u8, cmd: u8) -> Option<Privilege> {
 
 /// Runs a command for a caller at `privilege` (None: outside a session, where only the
 /// session-less discovery commands reach this function).
-pub fn execute(req: &Request, privilege: Option<Privilege>, config: &BmcConfig, vm: &VmView, params: &mut BootParams) -> Outcome {
+pub fn execute(
+    req: &Request,
+    privilege: Option<Privilege>,
+    config: &BmcConfig,
+    vm: &VmView,
+    params: &mut BootParams,
+) -> Outcome {
     let Some(needed) = required_privilege(req.net_fn, req.cmd) else {
         return reply(cc::INVALID_COMMAND);
     };
@@ -79,9 +93,15 @@ pub fn execute(req: &Request, privilege: Option<Privilege>, config: &BmcConfig, 
             Ok(data) => Outcome::Reply(cc::OK, data),
             Err(code) => reply(code),
         },
-        (NETFN_APP, CMD_GET_DEVICE_ID) if d.is_empty() => Outcome::Reply(cc::OK, DEVICE_ID.to_vec()),
-        (NETFN_APP, CMD_GET_SYSTEM_GUID) if d.is_empty() => Outcome::Reply(cc::OK, vm.guid.to_vec()),
-        (NETFN_CHASSIS, CMD_GET_CHASSIS_STATUS) if d.is_empty() => Outcome::Reply(cc::OK, chassis_status(vm).to_vec()),
+        (NETFN_APP, CMD_GET_DEVICE_ID) if d.is_empty() => {
+            Outcome::Reply(cc::OK, DEVICE_ID.to_vec())
+        }
+        (NETFN_APP, CMD_GET_SYSTEM_GUID) if d.is_empty() => {
+            Outcome::Reply(cc::OK, vm.guid.to_vec())
+        }
+        (NETFN_CHASSIS, CMD_GET_CHASSIS_STATUS) if d.is_empty() => {
+            Outcome::Reply(cc::OK, chassis_status(vm).to_vec())
+        }
         (NETFN_CHASSIS, CMD_CHASSIS_CONTROL) if d.len() == 1 => chassis_control(d[0], vm),
         (NETFN_CHASSIS, CMD_SET_BOOT_OPTIONS) if !d.is_empty() => set_boot_option(d, params),
         (NETFN_CHASSIS, CMD_GET_BOOT_OPTIONS) if d.len() == 3 => get_boot_option(d, vm, params),
@@ -111,7 +131,10 @@ pub fn auth_caps(d: &[u8], allow_none: bool) -> Result<[u8; 8], u8> {
     }
     let channel = d[0] & 0x0F;
     let extended = d[0] & 0x80 != 0;
-    if (channel != THIS_CHANNEL && channel != LAN_CHANNEL) || d[0] & 0x70 != 0 || Privilege::from_wire(d[1]).is_none() {
+    if (channel != THIS_CHANNEL && channel != LAN_CHANNEL)
+        || d[0] & 0x70 != 0
+        || Privilege::from_wire(d[1]).is_none()
+    {
         return Err(cc::INVALID_DATA_FIELD);
     }
     let mut types = 0x04 | 0x10; // MD5, straight password
@@ -122,13 +145,33 @@ pub fn auth_caps(d: &[u8], allow_none: bool) -> Result<[u8; 8], u8> {
         types |= 0x80;
     }
     // Login status 0x04: non-null user names only; per-message and user-level auth enabled.
-    Ok([LAN_CHANNEL, types, 0x04, if extended { 0x03 } else { 0x00 }, 0, 0, 0, 0])
+    Ok([
+        LAN_CHANNEL,
+        types,
+        0x04,
+        if extended { 0x03 } else { 0x00 },
+        0,
+        0,
+        0,
+        0,
+    ])
 }
 
 /// The cipher suite records (IPMI 2.0 §22.15.2) of the enabled suites: 0xC0, id, then the
 /// authentication, integrity (tag 01b) and confidentiality (tag 10b) algorithm numbers.
 pub fn suite_records(config: &BmcConfig) -> Vec<u8> {
-    config.suites().flat_map(|s| [0xC0, s.id, s.auth.wire(), 0x40 | s.integ.wire(), 0x80 | s.conf.wire()]).collect()
+    config
+        .suites()
+        .flat_map(|s| {
+            [
+                0xC0,
+                s.id,
+                s.auth.wire(),
+                0x40 | s.integ.wire(),
+                0x80 | s.conf.wire(),
+            ]
+        })
+        .collect()
 }
 
 /// Get Channel Cipher Suites (IPMI 2.0 §22.15): 16 bytes of records per list index.
@@ -143,7 +186,11 @@ pub fn cipher_suites(d: &[u8], records: &[u8]) -> Result<Vec<u8>, u8> {
     let start = (d[2] & 0x3F) as usize * 16;
     let mut out = vec![LAN_CHANNEL];
     if d[2] & 0x80 != 0 {
-        out.extend_from_slice(records.get(start..records.len().min(start + 16)).unwrap_or(&[]));
+        out.extend_from_slice(
+            records
+                .get(start..records.len().min(start + 16))
+                .unwrap_or(&[]),
+        );
     } else {
         // "List supported algorithms": each distinct algorithm once, with its tag bits.
         let mut algs: Vec<u8> = Vec::new();
@@ -220,7 +267,13 @@ fn set_boot_option(d: &[u8], params: &mut BootParams) -> Outcome {
             Ok(o) => Outcome::Action(Action::SetBoot(o)),
             Err(code) => reply(code),
         },
-        (PARAM_SET_IN_PROGRESS | PARAM_VALID_BIT_CLEARING | PARAM_BOOT_INFO_ACK | PARAM_BOOT_FLAGS, _) => reply(cc::REQUEST_LENGTH_INVALID),
+        (
+            PARAM_SET_IN_PROGRESS
+            | PARAM_VALID_BIT_CLEARING
+            | PARAM_BOOT_INFO_ACK
+            | PARAM_BOOT_FLAGS,
+            _,
+        ) => reply(cc::REQUEST_LENGTH_INVALID),
         _ => reply(cc::PARAMETER_NOT_SUPPORTED),
     }
 }
@@ -235,13 +288,23 @@ pub fn boot_flags(v: &[u8]) -> Result<Option<BootOverride>, u8> {
         return Ok(None);
     }
     let device = BootDevice::from_selector(selector).ok_or(cc::INVALID_DATA_FIELD)?;
-    Ok(Some(BootOverride { device, persistent: v[0] & 0x40 != 0, efi: v[0] & 0x20 != 0 }))
+    Ok(Some(BootOverride {
+        device,
+        persistent: v[0] & 0x40 != 0,
+        efi: v[0] & 0x20 != 0,
+    }))
 }
 
 pub fn encode_boot_flags(o: Option<BootOverride>) -> [u8; 5] {
     match o {
         None => [0; 5],
-        Some(o) => [0x80 | u8::from(o.persistent) << 6 | u8::from(o.efi) << 5, o.device.selector() << 2, 0, 0, 0],
+        Some(o) => [
+            0x80 | u8::from(o.persistent) << 6 | u8::from(o.efi) << 5,
+            o.device.selector() << 2,
+            0,
+            0,
+            0,
+        ],
     }
 }
 
@@ -266,15 +329,30 @@ mod tests {
     use crate::engine::vm::PowerState;
 
     fn vm(power: PowerState) -> VmView {
-        VmView { power, boot: None, guid: [0; 16] }
+        VmView {
+            power,
+            boot: None,
+            guid: [0; 16],
+        }
     }
 
     fn req(net_fn: u8, cmd: u8, data: &[u8]) -> Request<'_> {
-        Request { rs_addr: 0x20, net_fn, rs_lun: 0, rq_addr: 0x81, rq_seq: 1, rq_lun: 0, cmd, data }
+        Request {
+            rs_addr: 0x20,
+            net_fn,
+            rs_lun: 0,
+            rq_addr: 0x81,
+            rq_seq: 1,
+            rq_lun: 0,
+            cmd,
+            data,
+        }
     }
 
     fn run(r: &Request, p: Privilege, power: PowerState) -> (u8, Vec<u8>, Option<Action>) {
-        let cfg = BmcConfig::new(vec![User::new("admin", "password", Privilege::Admin).unwrap()]);
+        let cfg = BmcConfig::new(vec![
+            User::new("admin", "password", Privilege::Admin).unwrap(),
+        ]);
         match execute(r, Some(p), &cfg, &vm(power), &mut BootParams::default()) {
             Outcome::Reply(c, d) => (c, d, None),
             Outcome::Action(a) => (0, Vec::new(), Some(a)),
@@ -283,9 +361,18 @@ mod tests {
 
     #[test]
     fn auth_caps_offers_only_enforced_types() {
-        assert_eq!(auth_caps(&[0x0e, 0x04], false), Ok([1, 0x14, 0x04, 0, 0, 0, 0, 0]));
-        assert_eq!(auth_caps(&[0x8e, 0x04], false), Ok([1, 0x94, 0x04, 0x03, 0, 0, 0, 0]));
-        assert_eq!(auth_caps(&[0x8e, 0x04], true), Ok([1, 0x95, 0x04, 0x03, 0, 0, 0, 0]));
+        assert_eq!(
+            auth_caps(&[0x0e, 0x04], false),
+            Ok([1, 0x14, 0x04, 0, 0, 0, 0, 0])
+        );
+        assert_eq!(
+            auth_caps(&[0x8e, 0x04], false),
+            Ok([1, 0x94, 0x04, 0x03, 0, 0, 0, 0])
+        );
+        assert_eq!(
+            auth_caps(&[0x8e, 0x04], true),
+            Ok([1, 0x95, 0x04, 0x03, 0, 0, 0, 0])
+        );
         assert_eq!(auth_caps(&[0x0e, 0x07], false), Err(cc::INVALID_DATA_FIELD));
         assert_eq!(auth_caps(&[0x0e], false), Err(cc::REQUEST_LENGTH_INVALID));
     }
@@ -297,20 +384,44 @@ mod tests {
         assert_eq!(rec, [0xC0, 3, 1, 0x41, 0x81, 0xC0, 17, 3, 0x44, 0x81]);
         assert_eq!(cipher_suites(&[0x0e, 0, 0x80], &rec).unwrap()[1..], rec[..]);
         assert_eq!(cipher_suites(&[0x0e, 0, 0x81], &rec).unwrap(), [1]);
-        assert_eq!(cipher_suites(&[0x0e, 0, 0x00], &rec).unwrap(), [1, 1, 0x41, 0x81, 3, 0x44]);
+        assert_eq!(
+            cipher_suites(&[0x0e, 0, 0x00], &rec).unwrap(),
+            [1, 1, 0x41, 0x81, 3, 0x44]
+        );
     }
 
     #[test]
     fn chassis_control_follows_state_and_privilege() {
         let off = req(NETFN_CHASSIS, CMD_CHASSIS_CONTROL, &[0]);
         let on = req(NETFN_CHASSIS, CMD_CHASSIS_CONTROL, &[1]);
-        assert_eq!(run(&off, Privilege::User, PowerState::On).0, cc::INSUFFICIENT_PRIVILEGE);
-        assert_eq!(run(&off, Privilege::Operator, PowerState::On).2, Some(Action::PowerOff));
-        assert_eq!(run(&off, Privilege::Operator, PowerState::Off), (0, vec![], None));
-        assert_eq!(run(&on, Privilege::Admin, PowerState::Starting).0, cc::NODE_BUSY);
-        assert_eq!(run(&req(0, 2, &[2]), Privilege::Admin, PowerState::Off).0, cc::NOT_IN_STATE);
-        assert_eq!(run(&req(0, 2, &[4]), Privilege::Admin, PowerState::On).0, cc::UNAVAILABLE);
-        assert_eq!(run(&req(0, 2, &[]), Privilege::Admin, PowerState::On).0, cc::REQUEST_LENGTH_INVALID);
+        assert_eq!(
+            run(&off, Privilege::User, PowerState::On).0,
+            cc::INSUFFICIENT_PRIVILEGE
+        );
+        assert_eq!(
+            run(&off, Privilege::Operator, PowerState::On).2,
+            Some(Action::PowerOff)
+        );
+        assert_eq!(
+            run(&off, Privilege::Operator, PowerState::Off),
+            (0, vec![], None)
+        );
+        assert_eq!(
+            run(&on, Privilege::Admin, PowerState::Starting).0,
+            cc::NODE_BUSY
+        );
+        assert_eq!(
+            run(&req(0, 2, &[2]), Privilege::Admin, PowerState::Off).0,
+            cc::NOT_IN_STATE
+        );
+        assert_eq!(
+            run(&req(0, 2, &[4]), Privilege::Admin, PowerState::On).0,
+            cc::UNAVAILABLE
+        );
+        assert_eq!(
+            run(&req(0, 2, &[]), Privilege::Admin, PowerState::On).0,
+            cc::REQUEST_LENGTH_INVALID
+        );
     }
 
     #[test]
@@ -324,15 +435,31 @@ mod tests {
     fn boot_flags_round_trip_what_ipmitool_sends() {
         // `chassis bootdev pxe options=persistent,efiboot`
         let o = boot_flags(&[0xE0, 0x04, 0, 0, 0]).unwrap().unwrap();
-        assert_eq!(o, BootOverride { device: BootDevice::Pxe, persistent: true, efi: true });
+        assert_eq!(
+            o,
+            BootOverride {
+                device: BootDevice::Pxe,
+                persistent: true,
+                efi: true
+            }
+        );
         assert_eq!(encode_boot_flags(Some(o)), [0xE0, 0x04, 0, 0, 0]);
-        assert_eq!(boot_flags(&[0x80, 0x14, 0, 0, 0]).unwrap().unwrap().device, BootDevice::Cdrom);
-        assert_eq!(boot_flags(&[0x80, 0x3C, 0, 0, 0]), Err(cc::INVALID_DATA_FIELD));
+        assert_eq!(
+            boot_flags(&[0x80, 0x14, 0, 0, 0]).unwrap().unwrap().device,
+            BootDevice::Cdrom
+        );
+        assert_eq!(
+            boot_flags(&[0x80, 0x3C, 0, 0, 0]),
+            Err(cc::INVALID_DATA_FIELD)
+        );
         assert_eq!(boot_flags(&[0x00, 0x04, 0, 0, 0]), Ok(None));
     }
 
     #[test]
     fn unknown_commands_answer_c1() {
-        assert_eq!(run(&req(0x2C, 0x3E, &[0, 2]), Privilege::Admin, PowerState::On).0, cc::INVALID_COMMAND);
+        assert_eq!(
+            run(&req(0x2C, 0x3E, &[0, 2]), Privilege::Admin, PowerState::On).0,
+            cc::INVALID_COMMAND
+        );
     }
 }

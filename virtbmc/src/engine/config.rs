@@ -38,7 +38,9 @@ impl std::str::FromStr for Privilege {
             "user" => Ok(Privilege::User),
             "operator" => Ok(Privilege::Operator),
             "admin" | "administrator" => Ok(Privilege::Admin),
-            other => Err(format!("unknown privilege {other:?} (user, operator or admin)")),
+            other => Err(format!(
+                "unknown privilege {other:?} (user, operator or admin)"
+            )),
         }
     }
 }
@@ -56,8 +58,13 @@ impl User {
         if name.is_empty() || name.len() > 16 {
             return Err(format!("user name {name:?} must be 1 to 16 bytes"));
         }
-        let key = Key20::from_password(password).ok_or_else(|| format!("password of {name:?} is longer than 20 bytes"))?;
-        Ok(User { name: name.to_string(), key, max_privilege })
+        let key = Key20::from_password(password)
+            .ok_or_else(|| format!("password of {name:?} is longer than 20 bytes"))?;
+        Ok(User {
+            name: name.to_string(),
+            key,
+            max_privilege,
+        })
     }
 }
 
@@ -73,13 +80,48 @@ pub struct CipherSuite {
 /// The suites this BMC can run. 0 (no authentication at all) is listed so that an operator
 /// who really wants it can name it; it is never in the default set.
 pub const SUITES: [CipherSuite; 7] = [
-    CipherSuite { id: 0, auth: AuthAlg::None, integ: IntegAlg::None, conf: ConfAlg::None },
-    CipherSuite { id: 1, auth: AuthAlg::HmacSha1, integ: IntegAlg::None, conf: ConfAlg::None },
-    CipherSuite { id: 2, auth: AuthAlg::HmacSha1, integ: IntegAlg::HmacSha1_96, conf: ConfAlg::None },
-    CipherSuite { id: 3, auth: AuthAlg::HmacSha1, integ: IntegAlg::HmacSha1_96, conf: ConfAlg::AesCbc128 },
-    CipherSuite { id: 15, auth: AuthAlg::HmacSha256, integ: IntegAlg::None, conf: ConfAlg::None },
-    CipherSuite { id: 16, auth: AuthAlg::HmacSha256, integ: IntegAlg::HmacSha256_128, conf: ConfAlg::None },
-    CipherSuite { id: 17, auth: AuthAlg::HmacSha256, integ: IntegAlg::HmacSha256_128, conf: ConfAlg::AesCbc128 },
+    CipherSuite {
+        id: 0,
+        auth: AuthAlg::None,
+        integ: IntegAlg::None,
+        conf: ConfAlg::None,
+    },
+    CipherSuite {
+        id: 1,
+        auth: AuthAlg::HmacSha1,
+        integ: IntegAlg::None,
+        conf: ConfAlg::None,
+    },
+    CipherSuite {
+        id: 2,
+        auth: AuthAlg::HmacSha1,
+        integ: IntegAlg::HmacSha1_96,
+        conf: ConfAlg::None,
+    },
+    CipherSuite {
+        id: 3,
+        auth: AuthAlg::HmacSha1,
+        integ: IntegAlg::HmacSha1_96,
+        conf: ConfAlg::AesCbc128,
+    },
+    CipherSuite {
+        id: 15,
+        auth: AuthAlg::HmacSha256,
+        integ: IntegAlg::None,
+        conf: ConfAlg::None,
+    },
+    CipherSuite {
+        id: 16,
+        auth: AuthAlg::HmacSha256,
+        integ: IntegAlg::HmacSha256_128,
+        conf: ConfAlg::None,
+    },
+    CipherSuite {
+        id: 17,
+        auth: AuthAlg::HmacSha256,
+        integ: IntegAlg::HmacSha256_128,
+        conf: ConfAlg::AesCbc128,
+    },
 ];
 
 pub const DEFAULT_SUITES: [u8; 2] = [3, 17];

@@ -35,21 +35,37 @@ const CONST_1: [u8; 20] = [1; 20];
 const CONST_2: [u8; 20] = [2; 20];
 
 impl Bmc {
-    pub(super) fn handle_lanplus(&mut self, now: Instant, peer: SocketAddr, buf: &[u8], vm: &VmView) -> Output {
-        let Some(id) = buf.get(2..6).map(le_u32) else { return Output::Drop(DropReason::Malformed(WireError::Truncated)) };
+    pub(super) fn handle_lanplus(
+        &mut self,
+        now: Instant,
+        peer: SocketAddr,
+        buf: &[u8],
+        vm: &VmView,
+    ) -> Output {
+        let Some(id) = buf.get(2..6).map(le_u32) else {
+            return Output::Drop(DropReason::Malformed(WireError::Truncated));
+        };
         if id == 0 {
             return match LanPlusPacket::parse(buf, 0) {
-                Ok(p) if !p.authenticated && !p.encrypted => self.sessionless_lanplus(now, peer, &p, vm),
+                Ok(p) if !p.authenticated && !p.encrypted => {
+                    self.sessionless_lanplus(now, peer, &p, vm)
+                }
                 Ok(_) => Output::Drop(DropReason::NotAllowed),
                 Err(e) => Output::Drop(DropReason::Malformed(e)),
             };
         }
-        let Some(session) = self.sessions.get_mut(id) else { return Output::Drop(DropReason::UnknownSession) };
+        let Some(session) = self.sessions.get_mut(id) else {
+            return Output::Drop(DropReason::UnknownSession);
+        };
         if session.peer != peer {
             return Output::Drop(DropReason::UnknownSession);
         }
-        let State::Active(active) = &mut session.state else { return Output::Drop(DropReason::UnknownSession) };
-        let ActiveAuth::V20 { suite, k1, k2, .. } = &active.auth else { return Output::Drop(DropReason::UnknownSession) };
+        let State::Active(active) = &mut session.state else {
+            return Output::Drop(DropReason::UnknownSession);
+        };
+        let ActiveAuth::V20 { suite, k1, k2, .. } = &active.auth else {
+            return Output::Drop(DropReason::UnknownSession);
+        };
         let pkt = match LanPlusPacket::parse(buf, suite.integ.auth_code_len()) {
             Ok(p) => p,
             Err(e) => return Output::Drop(DropReason::Malformed(e)),
@@ -58,7 +74,9 @@ impl Bmc {
             return Output::Drop(DropReason::NotAllowed);
         }
         // The suite decides what protection is required; a packet with less is refused.
-        if suite.integ != IntegAlg::None && (!pkt.authenticated || !ct_eq(&suite.integ.auth_code(k1, pkt.signed), pkt.auth_code)) {
+        if suite.integ != IntegAlg::None
+            && (!pkt.authenticated || !ct_eq(&suite.integ.auth_code(k1, pkt.signed), pkt.auth_code))
+        {
             return Output::Drop(DropReason::AuthFailed);
         }
         if pkt.encrypted != (suite.conf != ConfAlg::None) {
@@ -78,7 +96,13 @@ impl Bmc {
         self.in_session(now, id, &plain, vm)
     }
 
-    fn sessionless_lanplus(&mut self, now: Instant, peer: SocketAddr, pkt: &LanPlusPacket, vm: &VmView) -> Output {
+    fn sessionless_lanplus(
+        &mut self,
+        now: Instant,
+        peer: SocketAddr,
+        pkt: &LanPlusPacket,
+        vm: &VmView,
+    ) -> Output {
         match pkt.payload_type {
             PAYLOAD_IPMI => {
                 let req = match Request::parse(pkt.payload) {
@@ -86,14 +110,21 @@ impl Bmc {
                     Err(e) => return Output::Drop(DropReason::Malformed(e)),
                 };
                 // Only discovery is served here; the 1.5 session commands have no place in RMCP+.
-                let discovery = req.net_fn == commands::NETFN_APP && matches!(req.cmd, commands::CMD_GET_AUTH_CAPS | commands::CMD_GET_CIPHER_SUITES);
+                let discovery = req.net_fn == commands::NETFN_APP
+                    && matches!(
+                        req.cmd,
+                        commands::CMD_GET_AUTH_CAPS | commands::CMD_GET_CIPHER_SUITES
+                    );
                 if !discovery {
                     return Output::Drop(DropReason::NotAllowed);
                 }
-                let (code, data) = match commands::execute(&req, None, &self.config, vm, &mut self.boot_params) {
-                    commands::Outcome::Reply(code, data) => (code, data),
-                    commands::Outcome::Action(_) => return Output::Drop(DropReason::NotAllowed),
-                };
+                let (code, data) =
+                    match commands::execute(&req, None, &self.config, vm, &mut self.boot_params) {
+                        commands::Outcome::Reply(code, data) => (code, data),
+                        commands::Outcome::Action(_) => {
+                            return Output::Drop(DropReason::NotAllowed);
+                        }
+                    };
                 let mut msg = Vec::with_capacity(8 + data.len());
                 req.emit_response(code, &data, &mut msg);
                 Output::Reply(frame(PAYLOAD_IPMI, 0, &msg))
@@ -132,15 +163,28 @@ impl Bmc {
             return refuse(status::NO_CIPHER_SUITE_MATCH);
         };
         let id = self.new_session_id();
-        let session = Session { id, peer, state: State::Opened(Opened { console_id, suite }), last_activity: now };
-        if self.sessions.insert(session, self.config.max_sessions).is_err() {
+        let session = Session {
+            id,
+            peer,
+            state: State::Opened(Opened { console_id, suite }),
+            last_activity: now,
+        };
+        if self
+            .sessions
+            .insert(session, self.config.max_sessions)
+            .is_err()
+        {
             self.stats.sessions_refused += 1;
             return refuse(status::NO_RESOURCES);
         }
         let mut body = vec![tag, status::OK, max_priv.wire(), 0];
         body.extend_from_slice(&console_id.to_le_bytes());
         body.extend_from_slice(&id.to_le_bytes());
-        for (kind, alg) in [(0u8, suite.auth.wire()), (1, suite.integ.wire()), (2, suite.conf.wire())] {
+        for (kind, alg) in [
+            (0u8, suite.auth.wire()),
+            (1, suite.integ.wire()),
+            (2, suite.conf.wire()),
+        ] {
             body.extend_from_slice(&[kind, 0, 0, 8, alg, 0, 0, 0]);
         }
         Output::Reply(frame(PAYLOAD_OPEN_SESSION_RSP, 0, &body))
@@ -159,7 +203,11 @@ impl Bmc {
                 _ => Err(()),
             }
         };
-        let (a, i, c) = (want(auth, 0).ok()?, want(integ, 1).ok()?, want(conf, 2).ok()?);
+        let (a, i, c) = (
+            want(auth, 0).ok()?,
+            want(integ, 1).ok()?,
+            want(conf, 2).ok()?,
+        );
         let mut candidates: Vec<CipherSuite> = self.config.suites().collect();
         candidates.sort_by_key(|s| std::cmp::Reverse(s.id));
         candidates.into_iter().find(|s| {
@@ -176,7 +224,9 @@ impl Bmc {
             return Output::Drop(DropReason::Malformed(WireError::Truncated));
         }
         let (tag, id) = (p[0], le_u32(&p[4..8]));
-        let Some(session) = self.sessions.get_mut(id) else { return Output::Drop(DropReason::UnknownSession) };
+        let Some(session) = self.sessions.get_mut(id) else {
+            return Output::Drop(DropReason::UnknownSession);
+        };
         if session.peer != peer {
             return Output::Drop(DropReason::UnknownSession);
         }
@@ -200,22 +250,42 @@ impl Bmc {
             return refuse(self, status::INVALID_NAME_LENGTH);
         }
         let name = &p[28..28 + name_len];
-        if !self.rakp_limiter.allow(peer.ip(), now, self.config.rakp_per_second, self.config.rakp_burst) {
+        if !self.rakp_limiter.allow(
+            peer.ip(),
+            now,
+            self.config.rakp_per_second,
+            self.config.rakp_burst,
+        ) {
             self.stats.rakp_rate_limited += 1;
             return Output::Drop(DropReason::RateLimited);
         }
-        let Some(requested) = Privilege::from_wire(role) else { return refuse(self, status::INVALID_ROLE) };
+        let Some(requested) = Privilege::from_wire(role) else {
+            return refuse(self, status::INVALID_ROLE);
+        };
         if role & 0xE0 != 0 {
             return refuse(self, status::INVALID_ROLE);
         }
-        let Some(user) = self.config.user(name).cloned() else { return refuse(self, status::UNAUTHORIZED_NAME) };
+        let Some(user) = self.config.user(name).cloned() else {
+            return refuse(self, status::UNAUTHORIZED_NAME);
+        };
         if requested > user.max_privilege {
             return refuse(self, status::UNAUTHORIZED_ROLE);
         }
         let rc = self.entropy.bytes16();
         let kuid = &user.key.0[..];
         let auth = opened.suite.auth;
-        let code = auth.hmac(kuid, &[&console_id.to_le_bytes(), &id.to_le_bytes(), &rm, &rc, &guid, &[role, name_len as u8], name]);
+        let code = auth.hmac(
+            kuid,
+            &[
+                &console_id.to_le_bytes(),
+                &id.to_le_bytes(),
+                &rm,
+                &rc,
+                &guid,
+                &[role, name_len as u8],
+                name,
+            ],
+        );
         let sik = auth.hmac(kuid, &[&rm, &rc, &[role, name_len as u8], name]);
         let mut body = vec![tag, status::OK, 0, 0];
         body.extend_from_slice(&console_id.to_le_bytes());
@@ -223,7 +293,15 @@ impl Bmc {
         body.extend_from_slice(&guid);
         body.extend_from_slice(&code);
         if let Some(s) = self.sessions.get_mut(id) {
-            s.state = State::Rakp2Sent(Box::new(Rakp2Sent { opened, user: user.name.clone(), role, rm, rc, sik, guid }));
+            s.state = State::Rakp2Sent(Box::new(Rakp2Sent {
+                opened,
+                user: user.name.clone(),
+                role,
+                rm,
+                rc,
+                sik,
+                guid,
+            }));
             s.last_activity = now;
         }
         Output::Reply(frame(PAYLOAD_RAKP2, 0, &body))
@@ -237,11 +315,15 @@ impl Bmc {
             return Output::Drop(DropReason::Malformed(WireError::Truncated));
         }
         let (tag, console_status, id) = (p[0], p[1], le_u32(&p[4..8]));
-        let Some(session) = self.sessions.get_mut(id) else { return Output::Drop(DropReason::UnknownSession) };
+        let Some(session) = self.sessions.get_mut(id) else {
+            return Output::Drop(DropReason::UnknownSession);
+        };
         if session.peer != peer {
             return Output::Drop(DropReason::UnknownSession);
         }
-        let State::Rakp2Sent(hs) = &session.state else { return Output::Drop(DropReason::UnknownSession) };
+        let State::Rakp2Sent(hs) = &session.state else {
+            return Output::Drop(DropReason::UnknownSession);
+        };
         let hs = (**hs).clone();
         let console_id = hs.opened.console_id;
         let rakp4 = |code: u8, icv: &[u8]| {
@@ -261,18 +343,33 @@ impl Bmc {
         };
         let suite = hs.opened.suite;
         let name = user.name.as_bytes();
-        let want = suite.auth.hmac(&user.key.0, &[&hs.rc, &console_id.to_le_bytes(), &[hs.role, name.len() as u8], name]);
+        let want = suite.auth.hmac(
+            &user.key.0,
+            &[
+                &hs.rc,
+                &console_id.to_le_bytes(),
+                &[hs.role, name.len() as u8],
+                name,
+            ],
+        );
         if !ct_eq(&want, &p[8..]) {
             self.stats.auth_failures += 1;
             return rakp4(status::INVALID_INTEGRITY_CHECK, &[]);
         }
-        let mut icv = suite.auth.hmac(&hs.sik, &[&hs.rm, &id.to_le_bytes(), &hs.guid]);
+        let mut icv = suite
+            .auth
+            .hmac(&hs.sik, &[&hs.rm, &id.to_le_bytes(), &hs.guid]);
         icv.truncate(suite.auth.rakp4_icv_len());
         let k1 = suite.auth.hmac(&hs.sik, &[&CONST_1]);
         let k2 = suite.auth.hmac(&hs.sik, &[&CONST_2]);
         let max_privilege = Privilege::from_wire(hs.role).unwrap_or(Privilege::User);
         let active = Active {
-            auth: ActiveAuth::V20 { console_id, suite, k1, k2 },
+            auth: ActiveAuth::V20 {
+                console_id,
+                suite,
+                k1,
+                k2,
+            },
             user: user.name.clone(),
             privilege: Privilege::User.min(max_privilege),
             max_privilege,
@@ -293,14 +390,27 @@ impl Bmc {
 /// A session-less RMCP+ datagram (RMCP header included).
 fn frame(payload_type: u8, session_id: u32, payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(4 + HEADER_LEN + payload.len());
-    RmcpHeader { sequence: rmcp::RMCP_SEQ_NO_ACK, class: rmcp::CLASS_IPMI }.emit(&mut out);
+    RmcpHeader {
+        sequence: rmcp::RMCP_SEQ_NO_ACK,
+        class: rmcp::CLASS_IPMI,
+    }
+    .emit(&mut out);
     LanPlusPacket::emit(payload_type, session_id, 0, payload, &mut out);
     out
 }
 
 /// Wraps an in-session reply: encrypt when the suite has confidentiality, then sign.
 #[allow(clippy::too_many_arguments)]
-pub(super) fn seal(console_id: u32, seq: u32, suite: &CipherSuite, k1: &[u8], k2: &[u8], iv: &[u8; 16], msg: &[u8], out: &mut Vec<u8>) {
+pub(super) fn seal(
+    console_id: u32,
+    seq: u32,
+    suite: &CipherSuite,
+    k1: &[u8],
+    k2: &[u8],
+    iv: &[u8; 16],
+    msg: &[u8],
+    out: &mut Vec<u8>,
+) {
     let mut flags = PAYLOAD_IPMI;
     let payload = if suite.conf == ConfAlg::AesCbc128 {
         flags |= FLAG_ENCRYPTED;

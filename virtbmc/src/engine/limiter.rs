@@ -19,7 +19,13 @@ impl SourceLimiter {
             Some(i) => i,
             None => {
                 if self.buckets.len() >= MAX_SOURCES {
-                    let stalest = self.buckets.iter().enumerate().min_by_key(|(_, b)| b.2).map(|(i, _)| i).unwrap_or(0);
+                    let stalest = self
+                        .buckets
+                        .iter()
+                        .enumerate()
+                        .min_by_key(|(_, b)| b.2)
+                        .map(|(i, _)| i)
+                        .unwrap_or(0);
                     self.buckets.swap_remove(stalest);
                 }
                 self.buckets.push((ip, burst, now));

@@ -78,11 +78,28 @@ struct OwnedRequest {
 
 impl OwnedRequest {
     fn of(r: &Request) -> Self {
-        OwnedRequest { rs_addr: r.rs_addr, net_fn: r.net_fn, rs_lun: r.rs_lun, rq_addr: r.rq_addr, rq_seq: r.rq_seq, rq_lun: r.rq_lun, cmd: r.cmd }
+        OwnedRequest {
+            rs_addr: r.rs_addr,
+            net_fn: r.net_fn,
+            rs_lun: r.rs_lun,
+            rq_addr: r.rq_addr,
+            rq_seq: r.rq_seq,
+            rq_lun: r.rq_lun,
+            cmd: r.cmd,
+        }
     }
 
     fn as_request(&self) -> Request<'static> {
-        Request { rs_addr: self.rs_addr, net_fn: self.net_fn, rs_lun: self.rs_lun, rq_addr: self.rq_addr, rq_seq: self.rq_seq, rq_lun: self.rq_lun, cmd: self.cmd, data: &[] }
+        Request {
+            rs_addr: self.rs_addr,
+            net_fn: self.net_fn,
+            rs_lun: self.rs_lun,
+            rq_addr: self.rq_addr,
+            rq_seq: self.rq_seq,
+            rq_lun: self.rq_lun,
+            cmd: self.cmd,
+            data: &[],
+        }
     }
 }
 
@@ -114,7 +131,15 @@ impl Bmc {
     }
 
     pub fn with_entropy(config: Arc<BmcConfig>, entropy: Box<dyn Entropy>) -> Bmc {
-        Bmc { config, sessions: SessionTable::default(), boot_params: BootParams::default(), rakp_limiter: SourceLimiter::default(), entropy, publisher: None, stats: Stats::default() }
+        Bmc {
+            config,
+            sessions: SessionTable::default(),
+            boot_params: BootParams::default(),
+            rakp_limiter: SourceLimiter::default(),
+            entropy,
+            publisher: None,
+            stats: Stats::default(),
+        }
     }
 
     pub fn config(&self) -> &Arc<BmcConfig> {
@@ -135,9 +160,19 @@ impl Bmc {
         self.sessions.active_count()
     }
 
-    pub fn handle(&mut self, now: Instant, peer: SocketAddr, datagram: &[u8], vm: &VmView) -> Output {
+    pub fn handle(
+        &mut self,
+        now: Instant,
+        peer: SocketAddr,
+        datagram: &[u8],
+        vm: &VmView,
+    ) -> Output {
         self.stats.requests += 1;
-        self.sessions.expire(now, self.config.session_timeout, self.config.handshake_timeout);
+        self.sessions.expire(
+            now,
+            self.config.session_timeout,
+            self.config.handshake_timeout,
+        );
         let out = self.dispatch(now, peer, datagram, vm);
         if let Output::Drop(reason) = &out {
             self.stats.dropped += 1;
@@ -170,7 +205,12 @@ impl Bmc {
     }
 
     /// Finishes the reply to a command whose action ran; None when its session is gone.
-    pub fn complete(&mut self, _now: Instant, pending: Pending, result: Result<(), ActionError>) -> Option<Vec<u8>> {
+    pub fn complete(
+        &mut self,
+        _now: Instant,
+        pending: Pending,
+        result: Result<(), ActionError>,
+    ) -> Option<Vec<u8>> {
         let session = self.sessions.get_mut(pending.session_id)?;
         if let State::Active(a) = &mut session.state {
             a.in_flight = None;
@@ -180,7 +220,10 @@ impl Bmc {
             Err(e) => e.completion_code(),
         };
         let mut msg = Vec::with_capacity(8);
-        pending.request.as_request().emit_response(code, &[], &mut msg);
+        pending
+            .request
+            .as_request()
+            .emit_response(code, &[], &mut msg);
         self.seal(pending.session_id, &msg)
     }
 
@@ -190,11 +233,17 @@ impl Bmc {
             Ok(r) => r,
             Err(e) => return Output::Drop(DropReason::Malformed(e)),
         };
-        let Some(session) = self.sessions.get_mut(id) else { return Output::Drop(DropReason::UnknownSession) };
+        let Some(session) = self.sessions.get_mut(id) else {
+            return Output::Drop(DropReason::UnknownSession);
+        };
         session.last_activity = now;
-        let State::Active(active) = &mut session.state else { return Output::Drop(DropReason::UnknownSession) };
+        let State::Active(active) = &mut session.state else {
+            return Output::Drop(DropReason::UnknownSession);
+        };
         let (code, data) = match (req.net_fn, req.cmd) {
-            (commands::NETFN_APP, commands::CMD_SET_SESSION_PRIVILEGE) => set_privilege(active, req.data),
+            (commands::NETFN_APP, commands::CMD_SET_SESSION_PRIVILEGE) => {
+                set_privilege(active, req.data)
+            }
             (commands::NETFN_APP, commands::CMD_CLOSE_SESSION) => {
                 // Closing a session needs its id (or handle); a session may close only itself.
                 let target = (req.data.len() >= 4).then(|| crate::wire::le_u32(req.data));
@@ -210,37 +259,70 @@ impl Bmc {
                     return reply.map_or(Output::Drop(DropReason::UnknownSession), Output::Reply);
                 }
             }
-            (commands::NETFN_APP, commands::CMD_GET_SESSION_CHALLENGE | commands::CMD_ACTIVATE_SESSION) => (cc::NOT_IN_STATE, Vec::new()),
-            _ => match commands::execute(&req, Some(active.privilege), &self.config, vm, &mut self.boot_params) {
+            (
+                commands::NETFN_APP,
+                commands::CMD_GET_SESSION_CHALLENGE | commands::CMD_ACTIVATE_SESSION,
+            ) => (cc::NOT_IN_STATE, Vec::new()),
+            (commands::NETFN_APP, commands::CMD_GET_CHANNEL_INFO) => {
+                channel_info(req.data, self.sessions.active_count())
+            }
+            _ => match commands::execute(
+                &req,
+                Some(active.privilege),
+                &self.config,
+                vm,
+                &mut self.boot_params,
+            ) {
                 commands::Outcome::Reply(code, data) => (code, data),
                 commands::Outcome::Action(action) => {
                     if active.in_flight == Some((req.rq_seq, req.cmd)) {
                         return Output::Drop(DropReason::InFlight);
                     }
                     active.in_flight = Some((req.rq_seq, req.cmd));
-                    return Output::Action(action, Pending { session_id: id, request: OwnedRequest::of(&req) });
+                    return Output::Action(
+                        action,
+                        Pending {
+                            session_id: id,
+                            request: OwnedRequest::of(&req),
+                        },
+                    );
                 }
             },
         };
         let mut msg = Vec::with_capacity(8 + data.len());
         req.emit_response(code, &data, &mut msg);
-        self.seal(id, &msg).map_or(Output::Drop(DropReason::UnknownSession), Output::Reply)
+        self.seal(id, &msg)
+            .map_or(Output::Drop(DropReason::UnknownSession), Output::Reply)
     }
 
     /// Wraps a reply message for an active session: next outbound sequence number, auth code
     /// or integrity data, encryption.
     fn seal(&mut self, id: u32, msg: &[u8]) -> Option<Vec<u8>> {
         let session = self.sessions.get_mut(id)?;
-        let State::Active(active) = &mut session.state else { return None };
+        let State::Active(active) = &mut session.state else {
+            return None;
+        };
         let seq = active.next_outbound();
         let mut out = Vec::with_capacity(64 + msg.len());
-        RmcpHeader { sequence: rmcp::RMCP_SEQ_NO_ACK, class: rmcp::CLASS_IPMI }.emit(&mut out);
+        RmcpHeader {
+            sequence: rmcp::RMCP_SEQ_NO_ACK,
+            class: rmcp::CLASS_IPMI,
+        }
+        .emit(&mut out);
         match &active.auth {
-            ActiveAuth::V15 { auth_type, password } => {
+            ActiveAuth::V15 {
+                auth_type,
+                password,
+            } => {
                 let code = crate::crypto::auth_code_v15(*auth_type, password, id, msg, seq);
                 lan15::Lan15Packet::emit(*auth_type, seq, id, code.as_ref(), msg, &mut out);
             }
-            ActiveAuth::V20 { console_id, suite, k1, k2 } => {
+            ActiveAuth::V20 {
+                console_id,
+                suite,
+                k1,
+                k2,
+            } => {
                 let iv = self.entropy.bytes16();
                 lanplus::seal(*console_id, seq, suite, k1, k2, &iv, msg, &mut out);
             }
@@ -278,6 +360,32 @@ fn set_privilege(active: &mut session::Active, d: &[u8]) -> (u8, Vec<u8>) {
         Some(_) => (cc::SET_PRIV_EXCEEDS_LIMIT, Vec::new()),
         None => (cc::INVALID_DATA_FIELD, Vec::new()),
     }
+}
+
+/// Get Channel Info (IPMI 2.0 §22.24), mandatory in IPMI 2.0: our one channel is an 802.3
+/// LAN channel speaking IPMB-1.0 framing, multi-session, with the IPMI IANA as vendor.
+fn channel_info(d: &[u8], active: usize) -> (u8, Vec<u8>) {
+    if d.len() != 1 {
+        return (cc::REQUEST_LENGTH_INVALID, Vec::new());
+    }
+    if !matches!(d[0] & 0x0F, 0x0E | commands::LAN_CHANNEL) {
+        return (cc::INVALID_DATA_FIELD, Vec::new());
+    }
+    let sessions = 0x80 | (active.min(0x3F) as u8);
+    (
+        cc::OK,
+        vec![
+            commands::LAN_CHANNEL,
+            0x04,
+            0x01,
+            sessions,
+            0xF2,
+            0x1B,
+            0x00,
+            0x00,
+            0x00,
+        ],
+    )
 }
 
 fn presence_pong(header: RmcpHeader, rest: &[u8]) -> Output {

@@ -24,7 +24,12 @@ impl SeqWindow {
     /// `next` is the first number the peer may send; `behind`/`ahead` bound how far a number
     /// may lag or jump (IPMI 2.0 §6.12.13: 1.5 uses ±8, RMCP+ -16/+15 as OpenIPMI does).
     pub fn new(next: u32, behind: u32, ahead: u32) -> SeqWindow {
-        SeqWindow { highest: next.wrapping_sub(1), seen: 1, behind, ahead }
+        SeqWindow {
+            highest: next.wrapping_sub(1),
+            seen: 1,
+            behind,
+            ahead,
+        }
     }
 
     pub fn check(&self, seq: u32) -> bool {
@@ -85,7 +90,12 @@ pub enum ActiveAuth {
     /// IPMI 1.5 with per-message auth code of `auth_type` keyed by the password.
     V15 { auth_type: u8, password: [u8; 16] },
     /// RMCP+ with the negotiated suite and derived keys.
-    V20 { console_id: u32, suite: CipherSuite, k1: Vec<u8>, k2: Vec<u8> },
+    V20 {
+        console_id: u32,
+        suite: CipherSuite,
+        k1: Vec<u8>,
+        k2: Vec<u8>,
+    },
 }
 
 /// An IPMI 1.5 session's sequence state published to the fast path: memory both sides update
@@ -231,7 +241,12 @@ impl SessionTable {
     }
 
     /// Forgets idle active sessions and stale handshakes; returns how many went.
-    pub fn expire(&mut self, now: Instant, idle: std::time::Duration, handshake: std::time::Duration) -> usize {
+    pub fn expire(
+        &mut self,
+        now: Instant,
+        idle: std::time::Duration,
+        handshake: std::time::Duration,
+    ) -> usize {
         let before = self.sessions.len();
         self.sessions.retain(|s| {
             let limit = if s.is_active() { idle } else { handshake };
@@ -290,7 +305,10 @@ mod tests {
     fn session(id: u32, active: bool, t: Instant) -> Session {
         let state = if active {
             State::Active(Box::new(Active {
-                auth: ActiveAuth::V15 { auth_type: 2, password: [0; 16] },
+                auth: ActiveAuth::V15 {
+                    auth_type: 2,
+                    password: [0; 16],
+                },
                 user: "u".into(),
                 privilege: Privilege::User,
                 max_privilege: Privilege::User,
@@ -300,9 +318,18 @@ mod tests {
                 shared: None,
             }))
         } else {
-            State::ChallengeSent(ChallengeSent { user: "u".into(), auth_type: 2, challenge: [0; 16] })
+            State::ChallengeSent(ChallengeSent {
+                user: "u".into(),
+                auth_type: 2,
+                challenge: [0; 16],
+            })
         };
-        Session { id, peer: "127.0.0.1:1".parse().unwrap(), state, last_activity: t }
+        Session {
+            id,
+            peer: "127.0.0.1:1".parse().unwrap(),
+            state,
+            last_activity: t,
+        }
     }
 
     #[test]

@@ -32,8 +32,15 @@ struct Rig {
 impl Rig {
     fn new(cfg: BmcConfig) -> Rig {
         Rig {
-            bmc: RefCell::new(Bmc::with_entropy(Arc::new(cfg), Box::new(TestEntropy(0x1234_5678_9abc_def1)))),
-            vm: RefCell::new(VmView { power: PowerState::Off, boot: None, guid: [0x11; 16] }),
+            bmc: RefCell::new(Bmc::with_entropy(
+                Arc::new(cfg),
+                Box::new(TestEntropy(0x1234_5678_9abc_def1)),
+            )),
+            vm: RefCell::new(VmView {
+                power: PowerState::Off,
+                boot: None,
+                guid: [0x11; 16],
+            }),
             now: RefCell::new(Instant::now()),
             actions: RefCell::new(Vec::new()),
         }
@@ -41,7 +48,9 @@ impl Rig {
 
     fn from(&self, peer: &str, d: &[u8]) -> Output {
         let vm = *self.vm.borrow();
-        self.bmc.borrow_mut().handle(*self.now.borrow(), peer.parse().unwrap(), d, &vm)
+        self.bmc
+            .borrow_mut()
+            .handle(*self.now.borrow(), peer.parse().unwrap(), d, &vm)
     }
 
     /// Sends from PEER; actions complete successfully at once.
@@ -51,7 +60,9 @@ impl Rig {
             Output::Drop(_) => None,
             Output::Action(a, p) => {
                 self.actions.borrow_mut().push(a);
-                self.bmc.borrow_mut().complete(*self.now.borrow(), p, Ok(()))
+                self.bmc
+                    .borrow_mut()
+                    .complete(*self.now.borrow(), p, Ok(()))
             }
         }
     }
@@ -65,7 +76,12 @@ impl Rig {
 fn presence_ping_gets_pong_with_the_tag() {
     let rig = Rig::new(config());
     let pong = rig.send(&console::ping(0x42)).unwrap();
-    assert_eq!(pong[..12], [0x06, 0x00, 0xFF, 0x06, 0x00, 0x00, 0x11, 0xBE, 0x40, 0x42, 0x00, 0x10]);
+    assert_eq!(
+        pong[..12],
+        [
+            0x06, 0x00, 0xFF, 0x06, 0x00, 0x00, 0x11, 0xBE, 0x40, 0x42, 0x00, 0x10
+        ]
+    );
     assert_eq!(pong.len(), 28);
 }
 
@@ -73,9 +89,12 @@ fn presence_ping_gets_pong_with_the_tag() {
 fn auth_caps_bytes_match_the_capture_layout() {
     let rig = Rig::new(config());
     // ipmitool -I lan: 0e 04, rqSeq 1.
-    let reply = rig.send(&console::sessionless_v15(0x06, 0x38, 1, &[0x0e, 0x04])).unwrap();
+    let reply = rig
+        .send(&console::sessionless_v15(0x06, 0x38, 1, &[0x0e, 0x04]))
+        .unwrap();
     let want = [
-        0x06, 0x00, 0xFF, 0x07, 0x00, 0, 0, 0, 0, 0, 0, 0, 0, 0x10, // RMCP, 1.5 wrapper, length 16
+        0x06, 0x00, 0xFF, 0x07, 0x00, 0, 0, 0, 0, 0, 0, 0, 0,
+        0x10, // RMCP, 1.5 wrapper, length 16
         0x81, 0x1C, 0x63, 0x20, 0x04, 0x38, 0x00, 0x01, 0x14, 0x04, 0x00, 0, 0, 0, 0x00, 0x8B,
     ];
     assert_eq!(reply, want);
@@ -85,12 +104,34 @@ fn auth_caps_bytes_match_the_capture_layout() {
 fn cipher_suites_answered_in_the_form_asked() {
     let rig = Rig::new(config());
     let mut msg = Vec::new();
-    crate::wire::message::Request { rs_addr: 0x20, net_fn: 6, rs_lun: 0, rq_addr: 0x81, rq_seq: 0, rq_lun: 0, cmd: 0x54, data: &[0x0e, 0x00, 0x80] }.emit(&mut msg);
+    crate::wire::message::Request {
+        rs_addr: 0x20,
+        net_fn: 6,
+        rs_lun: 0,
+        rq_addr: 0x81,
+        rq_seq: 0,
+        rq_lun: 0,
+        cmd: 0x54,
+        data: &[0x0e, 0x00, 0x80],
+    }
+    .emit(&mut msg);
     let reply = rig.send(&console::sessionless_v20(0x00, &msg)).unwrap();
     assert_eq!(reply[4], 0x06, "RMCP+ form");
     let data = &reply[16 + 7..reply.len() - 1];
-    assert_eq!(data, [0x01, 0xC0, 3, 1, 0x41, 0x81, 0xC0, 17, 3, 0x44, 0x81]);
-    let (cc, data) = console::parse_v15(&rig.send(&console::sessionless_v15(0x06, 0x54, 2, &[0x0e, 0x00, 0x81])).unwrap()).unwrap();
+    assert_eq!(
+        data,
+        [0x01, 0xC0, 3, 1, 0x41, 0x81, 0xC0, 17, 3, 0x44, 0x81]
+    );
+    let (cc, data) = console::parse_v15(
+        &rig.send(&console::sessionless_v15(
+            0x06,
+            0x54,
+            2,
+            &[0x0e, 0x00, 0x81],
+        ))
+        .unwrap(),
+    )
+    .unwrap();
     assert_eq!((cc, data), (0, vec![1]));
 }
 
@@ -101,8 +142,19 @@ fn v15_md5_and_password_sessions_run_commands() {
         let mut ex = rig.exchange();
         let mut s = V15Session::open("admin", "password", auth, 4, &mut ex).unwrap();
         assert_eq!(s.call(0x06, 0x3B, &[4], &mut ex).unwrap(), (0, vec![4]));
-        assert_eq!(s.call(0x00, 0x01, &[], &mut ex).unwrap(), (0, vec![0, 0, 0]));
+        assert_eq!(
+            s.call(0x00, 0x01, &[], &mut ex).unwrap(),
+            (0, vec![0, 0, 0])
+        );
         assert_eq!(s.call(0x00, 0x02, &[1], &mut ex).unwrap(), (0, vec![]));
+        assert_eq!(
+            s.call(0x06, 0x42, &[0x0e], &mut ex).unwrap(),
+            (0, vec![1, 4, 1, 0x81, 0xF2, 0x1B, 0, 0, 0])
+        );
+        assert_eq!(
+            s.call(0x06, 0x42, &[0x05], &mut ex).unwrap().0,
+            cc::INVALID_DATA_FIELD
+        );
         let (cc, id) = s.call(0x06, 0x01, &[], &mut ex).unwrap();
         assert_eq!((cc, id.len(), id[4]), (0, 15, 0x02));
         let sid = s.id.to_le_bytes();
@@ -122,7 +174,10 @@ fn v15_outbound_sequence_strictly_increases() {
     for _ in 0..3 {
         let r = ex(&s.request(0x00, 0x01, &[])).unwrap();
         let seq = crate::wire::le_u32(&r[5..9]);
-        assert!(last.is_none_or(|l| seq > l), "freeipmi refuses a repeated outbound sequence number");
+        assert!(
+            last.is_none_or(|l| seq > l),
+            "freeipmi refuses a repeated outbound sequence number"
+        );
         last = Some(seq);
     }
 }
@@ -131,9 +186,18 @@ fn v15_outbound_sequence_strictly_increases() {
 fn v15_wrong_password_unknown_user_and_auth_none() {
     let rig = Rig::new(config());
     let mut ex = rig.exchange();
-    assert_eq!(V15Session::open("admin", "wrong", AUTH_MD5, 4, &mut ex).unwrap_err(), ConsoleError::NoAnswer);
-    assert_eq!(V15Session::open("nobody", "x", AUTH_MD5, 4, &mut ex).unwrap_err(), ConsoleError::Completion(cc::INVALID_USER));
-    assert_eq!(V15Session::open("admin", "password", AUTH_NONE, 4, &mut ex).unwrap_err(), ConsoleError::Completion(cc::INVALID_DATA_FIELD));
+    assert_eq!(
+        V15Session::open("admin", "wrong", AUTH_MD5, 4, &mut ex).unwrap_err(),
+        ConsoleError::NoAnswer
+    );
+    assert_eq!(
+        V15Session::open("nobody", "x", AUTH_MD5, 4, &mut ex).unwrap_err(),
+        ConsoleError::Completion(cc::INVALID_USER)
+    );
+    assert_eq!(
+        V15Session::open("admin", "password", AUTH_NONE, 4, &mut ex).unwrap_err(),
+        ConsoleError::Completion(cc::INVALID_DATA_FIELD)
+    );
     drop(ex);
     assert!(rig.bmc.borrow().stats.auth_failures >= 1);
 
@@ -149,10 +213,19 @@ fn v15_wrong_password_unknown_user_and_auth_none() {
 fn v15_privilege_is_capped_by_the_user() {
     let rig = Rig::new(config());
     let mut ex = rig.exchange();
-    assert_eq!(V15Session::open("viewer", "viewer", AUTH_MD5, 4, &mut ex).unwrap_err(), ConsoleError::Completion(cc::PRIVILEGE_EXCEEDS_LIMIT));
+    assert_eq!(
+        V15Session::open("viewer", "viewer", AUTH_MD5, 4, &mut ex).unwrap_err(),
+        ConsoleError::Completion(cc::PRIVILEGE_EXCEEDS_LIMIT)
+    );
     let mut s = V15Session::open("viewer", "viewer", AUTH_MD5, 2, &mut ex).unwrap();
-    assert_eq!(s.call(0x06, 0x3B, &[4], &mut ex).unwrap().0, cc::SET_PRIV_EXCEEDS_LIMIT);
-    assert_eq!(s.call(0x00, 0x02, &[0], &mut ex).unwrap().0, cc::INSUFFICIENT_PRIVILEGE);
+    assert_eq!(
+        s.call(0x06, 0x3B, &[4], &mut ex).unwrap().0,
+        cc::SET_PRIV_EXCEEDS_LIMIT
+    );
+    assert_eq!(
+        s.call(0x00, 0x02, &[0], &mut ex).unwrap().0,
+        cc::INSUFFICIENT_PRIVILEGE
+    );
     assert_eq!(s.call(0x00, 0x01, &[], &mut ex).unwrap().0, 0);
     drop(ex);
     assert!(rig.actions.borrow().is_empty());
@@ -166,7 +239,11 @@ fn replayed_packets_are_refused() {
     ex(&s.request(0x06, 0x3B, &[4])).unwrap();
     let power_on = s.request(0x00, 0x02, &[1]);
     assert!(ex(&power_on).is_some());
-    *rig.vm.borrow_mut() = VmView { power: PowerState::Off, boot: None, guid: [0; 16] };
+    *rig.vm.borrow_mut() = VmView {
+        power: PowerState::Off,
+        boot: None,
+        guid: [0; 16],
+    };
     assert!(ex(&power_on).is_none(), "verbatim replay");
     drop(ex);
     assert_eq!(rig.actions.borrow().len(), 1);
@@ -179,7 +256,10 @@ fn replayed_packets_are_refused() {
     assert!(ex(&status).is_some());
     assert!(ex(&status).is_none(), "RMCP+ replay");
     s.seq += 100;
-    assert!(s.call(0x00, 0x01, &[], &mut ex).is_err(), "jump beyond the window");
+    assert!(
+        s.call(0x00, 0x01, &[], &mut ex).is_err(),
+        "jump beyond the window"
+    );
 }
 
 #[test]
@@ -189,10 +269,18 @@ fn rmcp_plus_every_enabled_suite_works() {
         cfg.cipher_suites = vec![id];
         let rig = Rig::new(cfg);
         let mut ex = rig.exchange();
-        let mut s = V20Session::open("admin", "password", suite(id), 0x14, &mut ex).unwrap_or_else(|e| panic!("suite {id}: {e}"));
+        let mut s = V20Session::open("admin", "password", suite(id), 0x14, &mut ex)
+            .unwrap_or_else(|e| panic!("suite {id}: {e}"));
         assert_eq!(s.call(0x06, 0x3B, &[4], &mut ex).unwrap(), (0, vec![4]));
-        assert_eq!(s.call(0x00, 0x02, &[1], &mut ex).unwrap(), (0, vec![]), "suite {id}");
-        assert_eq!(s.call(0x06, 0x37, &[], &mut ex).unwrap(), (0, vec![0x11; 16]));
+        assert_eq!(
+            s.call(0x00, 0x02, &[1], &mut ex).unwrap(),
+            (0, vec![]),
+            "suite {id}"
+        );
+        assert_eq!(
+            s.call(0x06, 0x37, &[], &mut ex).unwrap(),
+            (0, vec![0x11; 16])
+        );
     }
 }
 
@@ -200,34 +288,61 @@ fn rmcp_plus_every_enabled_suite_works() {
 fn rmcp_plus_refuses_disabled_suites_and_suite_zero_by_default() {
     let rig = Rig::new(config());
     let mut ex = rig.exchange();
-    assert_eq!(V20Session::open("admin", "password", suite(0), 0x14, &mut ex).unwrap_err(), ConsoleError::Status(0x11));
-    assert_eq!(V20Session::open("admin", "password", suite(2), 0x14, &mut ex).unwrap_err(), ConsoleError::Status(0x11));
+    assert_eq!(
+        V20Session::open("admin", "password", suite(0), 0x14, &mut ex).unwrap_err(),
+        ConsoleError::Status(0x11)
+    );
+    assert_eq!(
+        V20Session::open("admin", "password", suite(2), 0x14, &mut ex).unwrap_err(),
+        ConsoleError::Status(0x11)
+    );
 }
 
 #[test]
 fn rmcp_plus_wrong_password_unknown_user_and_role() {
     let rig = Rig::new(config());
     let mut ex = rig.exchange();
-    assert_eq!(V20Session::open("admin", "wrong", suite(3), 0x14, &mut ex).unwrap_err(), ConsoleError::BadProof);
-    assert_eq!(V20Session::open("nobody", "password", suite(3), 0x14, &mut ex).unwrap_err(), ConsoleError::Status(0x0D));
-    assert_eq!(V20Session::open("viewer", "viewer", suite(3), 0x14, &mut ex).unwrap_err(), ConsoleError::Status(0x0A));
+    assert_eq!(
+        V20Session::open("admin", "wrong", suite(3), 0x14, &mut ex).unwrap_err(),
+        ConsoleError::BadProof
+    );
+    assert_eq!(
+        V20Session::open("nobody", "password", suite(3), 0x14, &mut ex).unwrap_err(),
+        ConsoleError::Status(0x0D)
+    );
+    assert_eq!(
+        V20Session::open("viewer", "viewer", suite(3), 0x14, &mut ex).unwrap_err(),
+        ConsoleError::Status(0x0A)
+    );
     let mut s = V20Session::open("viewer", "viewer", suite(3), 0x12, &mut ex).unwrap();
-    assert_eq!(s.call(0x06, 0x3B, &[3], &mut ex).unwrap().0, cc::SET_PRIV_EXCEEDS_LIMIT);
-    assert_eq!(s.call(0x00, 0x02, &[0], &mut ex).unwrap().0, cc::INSUFFICIENT_PRIVILEGE);
+    assert_eq!(
+        s.call(0x06, 0x3B, &[3], &mut ex).unwrap().0,
+        cc::SET_PRIV_EXCEEDS_LIMIT
+    );
+    assert_eq!(
+        s.call(0x00, 0x02, &[0], &mut ex).unwrap().0,
+        cc::INSUFFICIENT_PRIVILEGE
+    );
 }
 
 /// Opens a session by hand up to RAKP2, returning (bmc id, Rc, GUID).
 fn half_open(rig: &Rig, peer: &str) -> (u32, [u8; 16]) {
     let mut req = vec![0, 0, 0, 0, 1, 2, 3, 4];
-    req.extend_from_slice(&[0, 0, 0, 8, 1, 0, 0, 0, 1, 0, 0, 8, 1, 0, 0, 0, 2, 0, 0, 8, 1, 0, 0, 0]);
-    let Output::Reply(r) = rig.from(peer, &console::sessionless_v20(0x10, &req)) else { panic!("open session") };
+    req.extend_from_slice(&[
+        0, 0, 0, 8, 1, 0, 0, 0, 1, 0, 0, 8, 1, 0, 0, 0, 2, 0, 0, 8, 1, 0, 0, 0,
+    ]);
+    let Output::Reply(r) = rig.from(peer, &console::sessionless_v20(0x10, &req)) else {
+        panic!("open session")
+    };
     let id = crate::wire::le_u32(&r[16 + 8..16 + 12]);
     let mut r1 = vec![1, 0, 0, 0];
     r1.extend_from_slice(&id.to_le_bytes());
     r1.extend_from_slice(&[0x77; 16]);
     r1.extend_from_slice(&[0x14, 0, 0, 5]);
     r1.extend_from_slice(b"admin");
-    let Output::Reply(r) = rig.from(peer, &console::sessionless_v20(0x12, &r1)) else { panic!("rakp1") };
+    let Output::Reply(r) = rig.from(peer, &console::sessionless_v20(0x12, &r1)) else {
+        panic!("rakp1")
+    };
     let mut rc = [0u8; 16];
     rc.copy_from_slice(&r[16 + 8..16 + 24]);
     (id, rc)
@@ -240,14 +355,21 @@ fn forged_rakp3_neither_activates_nor_closes_a_handshake() {
     let mut bad = vec![2, 0, 0, 0];
     bad.extend_from_slice(&id.to_le_bytes());
     bad.extend_from_slice(&[0u8; 20]);
-    let Output::Reply(r) = rig.from(PEER, &console::sessionless_v20(0x14, &bad)) else { panic!() };
+    let Output::Reply(r) = rig.from(PEER, &console::sessionless_v20(0x14, &bad)) else {
+        panic!()
+    };
     assert_eq!(r[16 + 1], 0x0F, "invalid integrity check value");
     // The real console's RAKP3 still succeeds afterwards.
     let kuid = crate::crypto::Key20::from_password("password").unwrap();
     let mut good = vec![2, 0, 0, 0];
     good.extend_from_slice(&id.to_le_bytes());
-    good.extend_from_slice(&crate::crypto::AuthAlg::HmacSha1.hmac(&kuid.0, &[&rc, &0x04030201u32.to_le_bytes(), &[0x14, 5], b"admin"]));
-    let Output::Reply(r) = rig.from(PEER, &console::sessionless_v20(0x14, &good)) else { panic!() };
+    good.extend_from_slice(&crate::crypto::AuthAlg::HmacSha1.hmac(
+        &kuid.0,
+        &[&rc, &0x04030201u32.to_le_bytes(), &[0x14, 5], b"admin"],
+    ));
+    let Output::Reply(r) = rig.from(PEER, &console::sessionless_v20(0x14, &good)) else {
+        panic!()
+    };
     assert_eq!(r[16 + 1], 0x00);
     assert_eq!(rig.bmc.borrow().active_sessions(), 1);
 }
@@ -264,12 +386,22 @@ fn handshake_messages_cannot_touch_an_active_session_or_come_from_elsewhere() {
     r1.extend_from_slice(&[0; 16]);
     r1.extend_from_slice(&[0x14, 0, 0, 5]);
     r1.extend_from_slice(b"admin");
-    assert!(matches!(rig.from(PEER, &console::sessionless_v20(0x12, &r1)), Output::Drop(_)));
+    assert!(matches!(
+        rig.from(PEER, &console::sessionless_v20(0x12, &r1)),
+        Output::Drop(_)
+    ));
     // A valid in-session packet from another address: dropped.
     let req = s.request(0x00, 0x01, &[]);
-    assert!(matches!(rig.from("10.0.0.9:40000", &req), Output::Drop(DropReason::UnknownSession)));
+    assert!(matches!(
+        rig.from("10.0.0.9:40000", &req),
+        Output::Drop(DropReason::UnknownSession)
+    ));
     let mut ex = rig.exchange();
-    assert_eq!(s.call(0x00, 0x01, &[], &mut ex).unwrap().0, 0, "the session still works");
+    assert_eq!(
+        s.call(0x00, 0x01, &[], &mut ex).unwrap().0,
+        0,
+        "the session still works"
+    );
 }
 
 #[test]
@@ -296,13 +428,22 @@ fn full_table_refuses_new_sessions_and_keeps_live_ones() {
     let mut ex = rig.exchange();
     let mut a = V20Session::open("admin", "password", suite(17), 0x14, &mut ex).unwrap();
     let mut b = V15Session::open("admin", "password", AUTH_MD5, 4, &mut ex).unwrap();
-    assert_eq!(V20Session::open("admin", "password", suite(17), 0x14, &mut ex).unwrap_err(), ConsoleError::Status(0x01));
-    assert_eq!(V15Session::open("admin", "password", AUTH_MD5, 4, &mut ex).unwrap_err(), ConsoleError::Completion(cc::OUT_OF_SPACE));
+    assert_eq!(
+        V20Session::open("admin", "password", suite(17), 0x14, &mut ex).unwrap_err(),
+        ConsoleError::Status(0x01)
+    );
+    assert_eq!(
+        V15Session::open("admin", "password", AUTH_MD5, 4, &mut ex).unwrap_err(),
+        ConsoleError::Completion(cc::OUT_OF_SPACE)
+    );
     assert_eq!(a.call(0x00, 0x01, &[], &mut ex).unwrap().0, 0);
     assert_eq!(b.call(0x00, 0x01, &[], &mut ex).unwrap().0, 0);
     let bid = b.id.to_le_bytes();
     b.call(0x06, 0x3C, &bid, &mut ex).unwrap();
-    assert!(V20Session::open("admin", "password", suite(17), 0x14, &mut ex).is_ok(), "a freed slot is reusable");
+    assert!(
+        V20Session::open("admin", "password", suite(17), 0x14, &mut ex).is_ok(),
+        "a freed slot is reusable"
+    );
 }
 
 #[test]
@@ -312,7 +453,9 @@ fn half_open_flood_cannot_lock_logins_out() {
     let rig = Rig::new(cfg);
     for i in 0..100 {
         let mut req = vec![0, 0, 0, 0, i, 0, 0, 0];
-        req.extend_from_slice(&[0, 0, 0, 8, 3, 0, 0, 0, 1, 0, 0, 8, 4, 0, 0, 0, 2, 0, 0, 8, 1, 0, 0, 0]);
+        req.extend_from_slice(&[
+            0, 0, 0, 8, 3, 0, 0, 0, 1, 0, 0, 8, 4, 0, 0, 0, 2, 0, 0, 8, 1, 0, 0, 0,
+        ]);
         rig.from("10.0.0.66:1", &console::sessionless_v20(0x10, &req));
     }
     let mut ex = rig.exchange();
@@ -337,21 +480,40 @@ fn retransmission_while_an_action_runs_does_not_run_it_twice() {
     let mut s = V20Session::open("admin", "password", suite(17), 0x14, &mut ex).unwrap();
     ex(&s.request(0x06, 0x3B, &[4])).unwrap();
     drop(ex);
-    *rig.vm.borrow_mut() = VmView { power: PowerState::On, boot: None, guid: [0; 16] };
+    *rig.vm.borrow_mut() = VmView {
+        power: PowerState::On,
+        boot: None,
+        guid: [0; 16],
+    };
     let first = s.request(0x00, 0x02, &[2]);
-    let Output::Action(Action::PowerCycle, pending) = rig.from(PEER, &first) else { panic!("cycle") };
+    let Output::Action(Action::PowerCycle, pending) = rig.from(PEER, &first) else {
+        panic!("cycle")
+    };
     s.rq_seq -= 1; // a retransmission: same rqSeq, new session sequence number
     let again = s.request(0x00, 0x02, &[2]);
-    assert!(matches!(rig.from(PEER, &again), Output::Drop(DropReason::InFlight)));
-    let reply = rig.bmc.borrow_mut().complete(Instant::now(), pending, Err(ActionError::Busy)).unwrap();
+    assert!(matches!(
+        rig.from(PEER, &again),
+        Output::Drop(DropReason::InFlight)
+    ));
+    let reply = rig
+        .bmc
+        .borrow_mut()
+        .complete(Instant::now(), pending, Err(ActionError::Busy))
+        .unwrap();
     assert_eq!(s.parse(&reply).unwrap().0, cc::NODE_BUSY);
 }
 
 #[test]
 fn sessionless_commands_other_than_discovery_are_dropped() {
     let rig = Rig::new(config());
-    assert!(rig.send(&console::sessionless_v15(0x00, 0x02, 1, &[0])).is_none());
-    assert!(rig.send(&console::sessionless_v15(0x00, 0x01, 1, &[])).is_none());
+    assert!(
+        rig.send(&console::sessionless_v15(0x00, 0x02, 1, &[0]))
+            .is_none()
+    );
+    assert!(
+        rig.send(&console::sessionless_v15(0x00, 0x01, 1, &[]))
+            .is_none()
+    );
     assert!(rig.actions.borrow().is_empty());
 }
 
@@ -359,7 +521,10 @@ fn sessionless_commands_other_than_discovery_are_dropped() {
 fn garbage_never_panics_and_never_amplifies_much() {
     let rig = Rig::new(config());
     let mut rng = TestEntropy(7);
-    let mut seeds: Vec<Vec<u8>> = vec![console::ping(1), console::sessionless_v15(6, 0x38, 1, &[0x8e, 4])];
+    let mut seeds: Vec<Vec<u8>> = vec![
+        console::ping(1),
+        console::sessionless_v15(6, 0x38, 1, &[0x8e, 4]),
+    ];
     {
         let mut ex = rig.exchange();
         let mut s = V20Session::open("admin", "password", suite(17), 0x14, &mut ex).unwrap();
@@ -386,10 +551,18 @@ fn garbage_never_panics_and_never_amplifies_much() {
             d.truncate(d.len() - (rng.u32() as usize % 3).min(d.len()));
         }
         if let Output::Reply(r) = rig.from("10.0.0.7:1", &d) {
-            assert!(r.len() <= d.len() + 28, "reply of {} bytes to {} bytes", r.len(), d.len());
+            assert!(
+                r.len() <= d.len() + 28,
+                "reply of {} bytes to {} bytes",
+                r.len(),
+                d.len()
+            );
         }
     }
-    assert!(matches!(rig.from(PEER, &vec![6u8; 2000]), Output::Drop(DropReason::Oversized)));
+    assert!(matches!(
+        rig.from(PEER, &vec![6u8; 2000]),
+        Output::Drop(DropReason::Oversized)
+    ));
 }
 
 #[test]
@@ -398,8 +571,12 @@ fn rakp2_is_rate_limited_per_source() {
     let mut answered = 0;
     for _ in 0..100 {
         let mut req = vec![0, 0, 0, 0, 1, 2, 3, 4];
-        req.extend_from_slice(&[0, 0, 0, 8, 1, 0, 0, 0, 1, 0, 0, 8, 1, 0, 0, 0, 2, 0, 0, 8, 1, 0, 0, 0]);
-        let Output::Reply(r) = rig.from("10.0.0.8:1", &console::sessionless_v20(0x10, &req)) else { panic!() };
+        req.extend_from_slice(&[
+            0, 0, 0, 8, 1, 0, 0, 0, 1, 0, 0, 8, 1, 0, 0, 0, 2, 0, 0, 8, 1, 0, 0, 0,
+        ]);
+        let Output::Reply(r) = rig.from("10.0.0.8:1", &console::sessionless_v20(0x10, &req)) else {
+            panic!()
+        };
         let id = crate::wire::le_u32(&r[16 + 8..16 + 12]);
         let mut r1 = vec![1, 0, 0, 0];
         r1.extend_from_slice(&id.to_le_bytes());
@@ -410,7 +587,10 @@ fn rakp2_is_rate_limited_per_source() {
             answered += 1;
         }
     }
-    assert_eq!(answered, 40, "the burst, then nothing within the same instant");
+    assert_eq!(
+        answered, 40,
+        "the burst, then nothing within the same instant"
+    );
     // Another source is not locked out.
     let mut ex = rig.exchange();
     assert!(V20Session::open("admin", "password", suite(3), 0x14, &mut ex).is_ok());
@@ -423,18 +603,49 @@ fn boot_options_round_trip_through_the_backend_view() {
     let mut s = V20Session::open("admin", "password", suite(17), 0x14, &mut ex).unwrap();
     s.call(0x06, 0x3B, &[4], &mut ex).unwrap();
     assert_eq!(s.call(0x00, 0x08, &[0x00, 0x01], &mut ex).unwrap().0, 0);
-    assert_eq!(s.call(0x00, 0x08, &[0x04, 0x01, 0x01], &mut ex).unwrap().0, 0);
-    assert_eq!(s.call(0x00, 0x08, &[0x05, 0xE0, 0x14, 0, 0, 0], &mut ex).unwrap().0, 0);
-    assert_eq!(s.call(0x00, 0x08, &[0x05, 0x80, 0x3C, 0, 0, 0], &mut ex).unwrap().0, cc::INVALID_DATA_FIELD);
-    assert_eq!(s.call(0x00, 0x08, &[0x07, 0], &mut ex).unwrap().0, cc::PARAMETER_NOT_SUPPORTED);
+    assert_eq!(
+        s.call(0x00, 0x08, &[0x04, 0x01, 0x01], &mut ex).unwrap().0,
+        0
+    );
+    assert_eq!(
+        s.call(0x00, 0x08, &[0x05, 0xE0, 0x14, 0, 0, 0], &mut ex)
+            .unwrap()
+            .0,
+        0
+    );
+    assert_eq!(
+        s.call(0x00, 0x08, &[0x05, 0x80, 0x3C, 0, 0, 0], &mut ex)
+            .unwrap()
+            .0,
+        cc::INVALID_DATA_FIELD
+    );
+    assert_eq!(
+        s.call(0x00, 0x08, &[0x07, 0], &mut ex).unwrap().0,
+        cc::PARAMETER_NOT_SUPPORTED
+    );
     drop(ex);
     let set = *rig.actions.borrow().last().unwrap();
-    let Action::SetBoot(Some(b)) = set else { panic!() };
-    assert_eq!(b, BootOverride { device: BootDevice::Cdrom, persistent: true, efi: true });
+    let Action::SetBoot(Some(b)) = set else {
+        panic!()
+    };
+    assert_eq!(
+        b,
+        BootOverride {
+            device: BootDevice::Cdrom,
+            persistent: true,
+            efi: true
+        }
+    );
     rig.vm.borrow_mut().boot = Some(b);
     let mut ex = rig.exchange();
-    assert_eq!(s.call(0x00, 0x09, &[0x05, 0, 0], &mut ex).unwrap(), (0, vec![1, 5, 0xE0, 0x14, 0, 0, 0]));
-    assert_eq!(s.call(0x00, 0x09, &[0x04, 0, 0], &mut ex).unwrap(), (0, vec![1, 4, 0, 1]));
+    assert_eq!(
+        s.call(0x00, 0x09, &[0x05, 0, 0], &mut ex).unwrap(),
+        (0, vec![1, 5, 0xE0, 0x14, 0, 0, 0])
+    );
+    assert_eq!(
+        s.call(0x00, 0x09, &[0x04, 0, 0], &mut ex).unwrap(),
+        (0, vec![1, 4, 0, 1])
+    );
 }
 
 /// A stand-in for the fast path's shared slot: the engine must route every sequence decision
@@ -456,10 +667,12 @@ impl super::session::SharedSession for MemShared {
         }
     }
     fn next_outbound(&self) -> u32 {
-        self.outbound.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+        self.outbound
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
     }
     fn set_privilege(&self, p: Privilege) {
-        self.privilege.store(p.wire(), std::sync::atomic::Ordering::SeqCst);
+        self.privilege
+            .store(p.wire(), std::sync::atomic::Ordering::SeqCst);
     }
     fn last_fast_answer(&self, _now: Instant) -> Option<Instant> {
         None
@@ -468,7 +681,8 @@ impl super::session::SharedSession for MemShared {
 
 impl Drop for MemShared {
     fn drop(&mut self) {
-        self.dropped.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.dropped
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
@@ -478,7 +692,10 @@ struct MemPublisher {
 }
 
 impl super::session::SessionPublisher for MemPublisher {
-    fn publish(&self, s: &super::session::PublishV15) -> Option<Box<dyn super::session::SharedSession>> {
+    fn publish(
+        &self,
+        s: &super::session::PublishV15,
+    ) -> Option<Box<dyn super::session::SharedSession>> {
         self.published.lock().unwrap().push(s.clone());
         Some(Box::new(MemShared {
             window: std::sync::Mutex::new(super::session::SeqWindow::new(s.inbound_start, 8, 8)),
@@ -493,21 +710,43 @@ impl super::session::SessionPublisher for MemPublisher {
 fn published_v15_sessions_keep_their_sequence_state_in_the_shared_slot() {
     let rig = Rig::new(config());
     let dropped = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let publisher = Arc::new(MemPublisher { published: Default::default(), dropped: dropped.clone() });
+    let publisher = Arc::new(MemPublisher {
+        published: Default::default(),
+        dropped: dropped.clone(),
+    });
     rig.bmc.borrow_mut().set_publisher(Some(publisher.clone()));
     let mut ex = rig.exchange();
     let mut s = V15Session::open("admin", "password", AUTH_MD5, 4, &mut ex).unwrap();
     let p = publisher.published.lock().unwrap()[0].clone();
-    assert_eq!((p.session_id, p.auth_type, p.inbound_start, p.next_outbound), (s.id, AUTH_MD5, s.seq, 2));
-    assert_eq!(p.password, crate::crypto::Key20::from_password("password").unwrap().first16());
+    assert_eq!(
+        (p.session_id, p.auth_type, p.inbound_start, p.next_outbound),
+        (s.id, AUTH_MD5, s.seq, 2)
+    );
+    assert_eq!(
+        p.password,
+        crate::crypto::Key20::from_password("password")
+            .unwrap()
+            .first16()
+    );
     assert_eq!(s.call(0x06, 0x3B, &[4], &mut ex).unwrap(), (0, vec![4]));
     // The fast path answered two packets meanwhile: it took sequence numbers on both sides.
     s.seq += 2;
     let reply = ex(&s.request(0x00, 0x01, &[])).unwrap();
-    assert_eq!(crate::wire::le_u32(&reply[5..9]), 3, "outbound comes from the shared counter");
-    let replay = { s.seq -= 1; s.request(0x00, 0x01, &[]) };
+    assert_eq!(
+        crate::wire::le_u32(&reply[5..9]),
+        3,
+        "outbound comes from the shared counter"
+    );
+    let replay = {
+        s.seq -= 1;
+        s.request(0x00, 0x01, &[])
+    };
     assert!(ex(&replay).is_none(), "the shared window refuses a replay");
     let sid = s.id.to_le_bytes();
     s.call(0x06, 0x3C, &sid, &mut ex).unwrap();
-    assert_eq!(dropped.load(std::sync::atomic::Ordering::SeqCst), 1, "closing unpublishes");
+    assert_eq!(
+        dropped.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "closing unpublishes"
+    );
 }

@@ -18,7 +18,13 @@ use crate::wire::rmcp::{self, RmcpHeader};
 const WINDOW: u32 = 8;
 
 impl Bmc {
-    pub(super) fn handle_v15(&mut self, now: Instant, peer: SocketAddr, buf: &[u8], vm: &VmView) -> Output {
+    pub(super) fn handle_v15(
+        &mut self,
+        now: Instant,
+        peer: SocketAddr,
+        buf: &[u8],
+        vm: &VmView,
+    ) -> Output {
         let pkt = match Lan15Packet::parse(buf) {
             Ok(p) => p,
             Err(e) => return Output::Drop(DropReason::Malformed(e)),
@@ -34,14 +40,30 @@ impl Bmc {
         if state_is_challenge {
             return self.activate(now, &pkt);
         }
-        let Some(session) = self.sessions.get_mut(pkt.session_id) else { return Output::Drop(DropReason::UnknownSession) };
-        let State::Active(active) = &mut session.state else { return Output::Drop(DropReason::UnknownSession) };
-        let ActiveAuth::V15 { auth_type, password } = &active.auth else { return Output::Drop(DropReason::UnknownSession) };
+        let Some(session) = self.sessions.get_mut(pkt.session_id) else {
+            return Output::Drop(DropReason::UnknownSession);
+        };
+        let State::Active(active) = &mut session.state else {
+            return Output::Drop(DropReason::UnknownSession);
+        };
+        let ActiveAuth::V15 {
+            auth_type,
+            password,
+        } = &active.auth
+        else {
+            return Output::Drop(DropReason::UnknownSession);
+        };
         if pkt.auth_type != *auth_type {
             return Output::Drop(DropReason::AuthFailed);
         }
         if *auth_type != AUTH_NONE {
-            let want = auth_code_v15(*auth_type, password, pkt.session_id, pkt.message, pkt.sequence);
+            let want = auth_code_v15(
+                *auth_type,
+                password,
+                pkt.session_id,
+                pkt.message,
+                pkt.sequence,
+            );
             match (want, pkt.auth_code) {
                 (Some(w), Some(got)) if ct_eq(&w, got) => {}
                 _ => return Output::Drop(DropReason::AuthFailed),
@@ -53,7 +75,13 @@ impl Bmc {
         self.in_session(now, pkt.session_id, pkt.message, vm)
     }
 
-    fn sessionless_v15(&mut self, now: Instant, peer: SocketAddr, pkt: &Lan15Packet, vm: &VmView) -> Output {
+    fn sessionless_v15(
+        &mut self,
+        now: Instant,
+        peer: SocketAddr,
+        pkt: &Lan15Packet,
+        vm: &VmView,
+    ) -> Output {
         if pkt.auth_type != AUTH_NONE || pkt.sequence != 0 {
             return Output::Drop(DropReason::NotAllowed);
         }
@@ -82,7 +110,8 @@ impl Bmc {
             return (cc::REQUEST_LENGTH_INVALID, Vec::new());
         }
         let auth_type = d[0] & 0x0F;
-        let allowed = matches!(auth_type, AUTH_MD5 | AUTH_PASSWORD) || (auth_type == AUTH_NONE && self.config.allow_auth_none);
+        let allowed = matches!(auth_type, AUTH_MD5 | AUTH_PASSWORD)
+            || (auth_type == AUTH_NONE && self.config.allow_auth_none);
         if !allowed {
             return (cc::INVALID_DATA_FIELD, Vec::new());
         }
@@ -97,8 +126,21 @@ impl Bmc {
         };
         let id = self.new_session_id();
         let challenge = self.entropy.bytes16();
-        let session = Session { id, peer, state: State::ChallengeSent(ChallengeSent { user, auth_type, challenge }), last_activity: now };
-        if self.sessions.insert(session, self.config.max_sessions).is_err() {
+        let session = Session {
+            id,
+            peer,
+            state: State::ChallengeSent(ChallengeSent {
+                user,
+                auth_type,
+                challenge,
+            }),
+            last_activity: now,
+        };
+        if self
+            .sessions
+            .insert(session, self.config.max_sessions)
+            .is_err()
+        {
             self.stats.sessions_refused += 1;
             return (cc::OUT_OF_SPACE, Vec::new());
         }
@@ -111,8 +153,12 @@ impl Bmc {
     /// and echoes the challenge; the session then runs at USER until raised.
     fn activate(&mut self, now: Instant, pkt: &Lan15Packet) -> Output {
         let temp_id = pkt.session_id;
-        let Some(session) = self.sessions.get_mut(temp_id) else { return Output::Drop(DropReason::UnknownSession) };
-        let State::ChallengeSent(ch) = &session.state else { return Output::Drop(DropReason::UnknownSession) };
+        let Some(session) = self.sessions.get_mut(temp_id) else {
+            return Output::Drop(DropReason::UnknownSession);
+        };
+        let State::ChallengeSent(ch) = &session.state else {
+            return Output::Drop(DropReason::UnknownSession);
+        };
         let ch = ch.clone();
         let Some(user) = self.config.user(ch.user.as_bytes()).cloned() else {
             // The user was removed between challenge and activation.
@@ -142,7 +188,11 @@ impl Bmc {
             let mut msg = Vec::new();
             req.emit_response(code, data, &mut msg);
             let mut out = Vec::new();
-            RmcpHeader { sequence: rmcp::RMCP_SEQ_NO_ACK, class: rmcp::CLASS_IPMI }.emit(&mut out);
+            RmcpHeader {
+                sequence: rmcp::RMCP_SEQ_NO_ACK,
+                class: rmcp::CLASS_IPMI,
+            }
+            .emit(&mut out);
             let code = auth_code_v15(pkt.auth_type, &password, temp_id, &msg, seq);
             Lan15Packet::emit(pkt.auth_type, seq, temp_id, code.as_ref(), &msg, &mut out);
             Output::Reply(out)
@@ -153,7 +203,9 @@ impl Bmc {
         if d[0] & 0x0F != ch.auth_type || !ct_eq(&d[2..18], &ch.challenge) {
             return reply_with(cc::INVALID_DATA_FIELD, &[], 0);
         }
-        let Some(requested) = Privilege::from_wire(d[1]) else { return reply_with(cc::INVALID_DATA_FIELD, &[], 0) };
+        let Some(requested) = Privilege::from_wire(d[1]) else {
+            return reply_with(cc::INVALID_DATA_FIELD, &[], 0);
+        };
         if requested > user.max_privilege {
             return reply_with(cc::PRIVILEGE_EXCEEDS_LIMIT, &[], 0);
         }
@@ -173,10 +225,21 @@ impl Bmc {
         let shared = self.publisher.as_ref().and_then(|p| {
             let peer = self.sessions.get_mut(temp_id).map(|s| s.peer)?;
             let next_outbound = outbound.wrapping_add(1);
-            p.publish(&PublishV15 { session_id: new_id, peer, auth_type, password, inbound_start, next_outbound, privilege })
+            p.publish(&PublishV15 {
+                session_id: new_id,
+                peer,
+                auth_type,
+                password,
+                inbound_start,
+                next_outbound,
+                privilege,
+            })
         });
         let active = Active {
-            auth: ActiveAuth::V15 { auth_type, password },
+            auth: ActiveAuth::V15 {
+                auth_type,
+                password,
+            },
             user: user.name.clone(),
             privilege,
             max_privilege: requested,
@@ -202,7 +265,11 @@ pub(crate) fn sessionless_reply(req: &Request, code: u8, data: &[u8]) -> Vec<u8>
     let mut msg = Vec::with_capacity(8 + data.len());
     req.emit_response(code, data, &mut msg);
     let mut out = Vec::with_capacity(14 + msg.len());
-    RmcpHeader { sequence: rmcp::RMCP_SEQ_NO_ACK, class: rmcp::CLASS_IPMI }.emit(&mut out);
+    RmcpHeader {
+        sequence: rmcp::RMCP_SEQ_NO_ACK,
+        class: rmcp::CLASS_IPMI,
+    }
+    .emit(&mut out);
     Lan15Packet::emit(AUTH_NONE, 0, 0, None, &msg, &mut out);
     out
 }

@@ -94,13 +94,12 @@ pub struct VmView {
     pub guid: [u8; 16],
 }
 
-/// Converts an RFC 4122 UUID (as Kubernetes and SMBIOS tools print it) to the byte order
-/// IPMI sends a GUID in: the time fields little-endian (IPMI 2.0 §20.8, SMBIOS encoding).
+/// Converts an RFC 4122 UUID (as Kubernetes prints it) to the byte order IPMI sends a GUID in:
+/// the whole 16 bytes reversed (IPMI 2.0 §20.8: node first, time-low last). ipmitool then
+/// reports "IPMI" encoding and freeipmi prints the same UUID string as Kubernetes.
 pub fn uuid_to_wire(u: [u8; 16]) -> [u8; 16] {
     let mut g = u;
-    g[..4].reverse();
-    g[4..6].reverse();
-    g[6..8].reverse();
+    g.reverse();
     g
 }
 
@@ -127,7 +126,13 @@ impl fmt::Display for Action {
             Action::PowerCycle => f.write_str("power-cycle"),
             Action::HardReset => f.write_str("hard-reset"),
             Action::SetBoot(None) => f.write_str("boot-clear"),
-            Action::SetBoot(Some(b)) => write!(f, "boot-{}{}{}", b.device, if b.persistent { "-persistent" } else { "" }, if b.efi { "-efi" } else { "" }),
+            Action::SetBoot(Some(b)) => write!(
+                f,
+                "boot-{}{}{}",
+                b.device,
+                if b.persistent { "-persistent" } else { "" },
+                if b.efi { "-efi" } else { "" }
+            ),
         }
     }
 }

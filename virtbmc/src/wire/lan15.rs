@@ -40,11 +40,24 @@ impl<'a> Lan15Packet<'a> {
         if buf.len() > at + len + 1 {
             return Err(WireError::BadLength);
         }
-        Ok(Lan15Packet { auth_type, sequence: le_u32(&head[1..5]), session_id: le_u32(&head[5..9]), auth_code, message })
+        Ok(Lan15Packet {
+            auth_type,
+            sequence: le_u32(&head[1..5]),
+            session_id: le_u32(&head[5..9]),
+            auth_code,
+            message,
+        })
     }
 
     /// Emits the wrapper (without the RMCP header) around `message`.
-    pub fn emit(auth_type: u8, sequence: u32, session_id: u32, auth_code: Option<&[u8; 16]>, message: &[u8], out: &mut Vec<u8>) {
+    pub fn emit(
+        auth_type: u8,
+        sequence: u32,
+        session_id: u32,
+        auth_code: Option<&[u8; 16]>,
+        message: &[u8],
+        out: &mut Vec<u8>,
+    ) {
         out.push(auth_type);
         out.extend_from_slice(&sequence.to_le_bytes());
         out.extend_from_slice(&session_id.to_le_bytes());
@@ -64,19 +77,34 @@ mod tests {
     fn parses_sessionless_and_authenticated_forms() {
         let raw = [0, 0, 0, 0, 0, 0, 0, 0, 0, 3, 0xAA, 0xBB, 0xCC];
         let p = Lan15Packet::parse(&raw).unwrap();
-        assert_eq!((p.auth_type, p.session_id, p.auth_code, p.message), (0, 0, None, &[0xAA, 0xBB, 0xCC][..]));
+        assert_eq!(
+            (p.auth_type, p.session_id, p.auth_code, p.message),
+            (0, 0, None, &[0xAA, 0xBB, 0xCC][..])
+        );
 
         let mut auth = vec![AUTH_MD5, 1, 0, 0, 0, 0x82, 4, 0, 0];
         auth.extend_from_slice(&[7; 16]);
         auth.extend_from_slice(&[1, 0xEE]);
         let p = Lan15Packet::parse(&auth).unwrap();
-        assert_eq!((p.sequence, p.session_id, p.auth_code, p.message), (1, 0x482, Some(&[7; 16]), &[0xEE][..]));
+        assert_eq!(
+            (p.sequence, p.session_id, p.auth_code, p.message),
+            (1, 0x482, Some(&[7; 16]), &[0xEE][..])
+        );
     }
 
     #[test]
     fn rejects_lengths_that_disagree() {
-        assert_eq!(Lan15Packet::parse(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 9, 1]), Err(WireError::BadLength));
-        assert_eq!(Lan15Packet::parse(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 2, 3]), Err(WireError::BadLength));
-        assert_eq!(Lan15Packet::parse(&[2, 0, 0, 0, 0, 0, 0, 0, 0, 1]), Err(WireError::Truncated));
+        assert_eq!(
+            Lan15Packet::parse(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 9, 1]),
+            Err(WireError::BadLength)
+        );
+        assert_eq!(
+            Lan15Packet::parse(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 2, 3]),
+            Err(WireError::BadLength)
+        );
+        assert_eq!(
+            Lan15Packet::parse(&[2, 0, 0, 0, 0, 0, 0, 0, 0, 1]),
+            Err(WireError::Truncated)
+        );
     }
 }

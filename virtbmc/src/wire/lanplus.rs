@@ -40,7 +40,9 @@ impl<'a> LanPlusPacket<'a> {
             return Err(WireError::Unsupported);
         }
         let len = u16::from_le_bytes([head[10], head[11]]) as usize;
-        let payload = buf.get(HEADER_LEN..HEADER_LEN + len).ok_or(WireError::BadLength)?;
+        let payload = buf
+            .get(HEADER_LEN..HEADER_LEN + len)
+            .ok_or(WireError::BadLength)?;
         let authenticated = head[1] & FLAG_AUTHENTICATED != 0;
         let (signed, auth_code) = if authenticated && auth_code_len > 0 {
             if buf.len() < HEADER_LEN + len + 2 + auth_code_len {
@@ -49,7 +51,10 @@ impl<'a> LanPlusPacket<'a> {
             let (signed, code) = buf.split_at(buf.len() - auth_code_len);
             // signed ends with pad length and next header; the pad sits between payload and them.
             let pad = signed[signed.len() - 2] as usize;
-            if signed[signed.len() - 1] != NEXT_HEADER || HEADER_LEN + len + pad + 2 != signed.len() || pad > 3 {
+            if signed[signed.len() - 1] != NEXT_HEADER
+                || HEADER_LEN + len + pad + 2 != signed.len()
+                || pad > 3
+            {
                 return Err(WireError::BadLength);
             }
             (signed, code)
@@ -74,7 +79,13 @@ impl<'a> LanPlusPacket<'a> {
     /// Emits the header and payload; for authenticated packets also the integrity pad, pad
     /// length and next header, leaving the caller to append the AuthCode over
     /// `out[wrapper_start..]`.
-    pub fn emit(flags_and_type: u8, session_id: u32, sequence: u32, payload: &[u8], out: &mut Vec<u8>) {
+    pub fn emit(
+        flags_and_type: u8,
+        session_id: u32,
+        sequence: u32,
+        payload: &[u8],
+        out: &mut Vec<u8>,
+    ) {
         let start = out.len();
         out.push(super::lan15::AUTH_RMCPP);
         out.push(flags_and_type);
@@ -103,7 +114,10 @@ mod tests {
         assert_eq!(out.len() % 4, 0);
         out.extend_from_slice(&[9; 12]);
         let p = LanPlusPacket::parse(&out, 12).unwrap();
-        assert_eq!((p.session_id, p.sequence, p.payload, p.auth_code), (0x1234, 7, &[1, 2, 3][..], &[9; 12][..]));
+        assert_eq!(
+            (p.session_id, p.sequence, p.payload, p.auth_code),
+            (0x1234, 7, &[1, 2, 3][..], &[9; 12][..])
+        );
         assert_eq!(p.signed.len(), out.len() - 12);
     }
 

@@ -10,7 +10,10 @@ use super::WireError;
 pub const MIN_REQUEST_LEN: usize = 7;
 
 pub fn checksum(bytes: &[u8]) -> u8 {
-    bytes.iter().fold(0u8, |acc, b| acc.wrapping_add(*b)).wrapping_neg()
+    bytes
+        .iter()
+        .fold(0u8, |acc, b| acc.wrapping_add(*b))
+        .wrapping_neg()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,7 +108,10 @@ mod tests {
         // ipmitool -I lan: Get Channel Authentication Capabilities, rqSeq 1, data 0e 04.
         let raw = [0x20, 0x18, 0xc8, 0x81, 0x04, 0x38, 0x0e, 0x04, 0x31];
         let req = Request::parse(&raw).unwrap();
-        assert_eq!((req.net_fn, req.cmd, req.rq_seq, req.data), (0x06, 0x38, 1, &[0x0e, 0x04][..]));
+        assert_eq!(
+            (req.net_fn, req.cmd, req.rq_seq, req.data),
+            (0x06, 0x38, 1, &[0x0e, 0x04][..])
+        );
         let mut again = Vec::new();
         req.emit(&mut again);
         assert_eq!(again, raw);
@@ -113,17 +119,35 @@ mod tests {
 
     #[test]
     fn rejects_bad_checksums_and_short_messages() {
-        assert_eq!(Request::parse(&[0x20, 0x18, 0xc8, 0x81, 0x04, 0x38, 0x0e, 0x04, 0x30]), Err(WireError::Checksum));
-        assert_eq!(Request::parse(&[0x20, 0x18, 0xc9, 0x81, 0x04, 0x38, 0x43]), Err(WireError::Checksum));
+        assert_eq!(
+            Request::parse(&[0x20, 0x18, 0xc8, 0x81, 0x04, 0x38, 0x0e, 0x04, 0x30]),
+            Err(WireError::Checksum)
+        );
+        assert_eq!(
+            Request::parse(&[0x20, 0x18, 0xc9, 0x81, 0x04, 0x38, 0x43]),
+            Err(WireError::Checksum)
+        );
         assert_eq!(Request::parse(&[0x20, 0x18]), Err(WireError::Truncated));
     }
 
     #[test]
     fn response_round_trips() {
-        let req = Request { rs_addr: 0x20, net_fn: 0, rs_lun: 0, rq_addr: 0x81, rq_seq: 9, rq_lun: 0, cmd: 1, data: &[] };
+        let req = Request {
+            rs_addr: 0x20,
+            net_fn: 0,
+            rs_lun: 0,
+            rq_addr: 0x81,
+            rq_seq: 9,
+            rq_lun: 0,
+            cmd: 1,
+            data: &[],
+        };
         let mut out = Vec::new();
         req.emit_response(0, &[1, 0, 0], &mut out);
         let rsp = Response::parse(&out).unwrap();
-        assert_eq!((rsp.net_fn, rsp.rq_seq, rsp.cmd, rsp.cc, rsp.data), (1, 9, 1, 0, &[1, 0, 0][..]));
+        assert_eq!(
+            (rsp.net_fn, rsp.rq_seq, rsp.cmd, rsp.cc, rsp.data),
+            (1, 9, 1, 0, &[1, 0, 0][..])
+        );
     }
 }

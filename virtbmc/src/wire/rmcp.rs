@@ -31,7 +31,13 @@ impl RmcpHeader {
         if h[0] != RMCP_VERSION || h[3] & CLASS_ACK_BIT != 0 {
             return Err(WireError::Unsupported);
         }
-        Ok((RmcpHeader { sequence: h[2], class: h[3] & 0x1F }, &buf[Self::LEN..]))
+        Ok((
+            RmcpHeader {
+                sequence: h[2],
+                class: h[3] & 0x1F,
+            },
+            &buf[Self::LEN..],
+        ))
     }
 
     pub fn emit(&self, out: &mut Vec<u8>) {
@@ -65,7 +71,11 @@ impl<'a> AsfMessage<'a> {
 /// The whole Presence Pong datagram (RMCP header included) answering a ping with `tag`.
 /// The fast path emits these same 28 bytes.
 pub fn emit_pong(rmcp_seq: u8, tag: u8, out: &mut Vec<u8>) {
-    RmcpHeader { sequence: rmcp_seq, class: CLASS_ASF }.emit(out);
+    RmcpHeader {
+        sequence: rmcp_seq,
+        class: CLASS_ASF,
+    }
+    .emit(out);
     out.extend_from_slice(&ASF_IANA.to_be_bytes());
     out.extend_from_slice(&[ASF_PONG, tag, 0x00, 0x10]);
     out.extend_from_slice(&ASF_IANA.to_be_bytes()); // OEM IANA
@@ -84,16 +94,22 @@ mod tests {
         let mut out = Vec::new();
         emit_pong(0xFF, 0x27, &mut out);
         let want = [
-            0x06, 0x00, 0xFF, 0x06, 0x00, 0x00, 0x11, 0xBE, 0x40, 0x27, 0x00, 0x10, 0x00, 0x00, 0x11,
-            0xBE, 0, 0, 0, 0, 0x81, 0x00, 0, 0, 0, 0, 0, 0,
+            0x06, 0x00, 0xFF, 0x06, 0x00, 0x00, 0x11, 0xBE, 0x40, 0x27, 0x00, 0x10, 0x00, 0x00,
+            0x11, 0xBE, 0, 0, 0, 0, 0x81, 0x00, 0, 0, 0, 0, 0, 0,
         ];
         assert_eq!(out, want);
     }
 
     #[test]
     fn rejects_acks_and_other_versions() {
-        assert_eq!(RmcpHeader::parse(&[6, 0, 0xFF, 0x86]), Err(WireError::Unsupported));
-        assert_eq!(RmcpHeader::parse(&[7, 0, 0xFF, 0x07]), Err(WireError::Unsupported));
+        assert_eq!(
+            RmcpHeader::parse(&[6, 0, 0xFF, 0x86]),
+            Err(WireError::Unsupported)
+        );
+        assert_eq!(
+            RmcpHeader::parse(&[7, 0, 0xFF, 0x07]),
+            Err(WireError::Unsupported)
+        );
         assert_eq!(RmcpHeader::parse(&[6, 0]), Err(WireError::Truncated));
     }
 }
