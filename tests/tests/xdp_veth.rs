@@ -176,6 +176,7 @@ fn xdp_veth_real_clients() {
         "bpftool: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    eprintln!("bpftool -j map dump pinned .../bmcs:\n{dump}");
     let entry = parse_bmcs_dump(&dump);
     assert_eq!(entry, Some((623, 0, 1, 10)), "bpftool dump: {dump}");
     let out = Command::new("bpftool")
