@@ -73,6 +73,10 @@ pub struct Args {
     /// target/bpfel-unknown-none/release/virtbmc-ebpf; build it with `cargo xtask build-ebpf`).
     #[arg(long)]
     pub ebpf_object: Option<std::path::PathBuf>,
+
+    /// bpffs folder the maps are pinned in (one per agent: a second agent must not share it).
+    #[arg(long, default_value = crate::fastpath::PIN_DIR)]
+    pub bpf_pin_dir: std::path::PathBuf,
 }
 
 #[derive(Debug, Clone)]

@@ -139,11 +139,9 @@ fn start_fastpath(args: &Args) -> Result<FastPath, AgentError> {
         return Ok(FastPath::off());
     };
     let object = FastPathConfig::default_object(args.ebpf_object.as_deref(), None);
-    let fp = FastPath::start(&FastPathConfig::new(
-        object,
-        Some(iface.clone()),
-        args.xdp_mode,
-    ))?;
+    let mut config = FastPathConfig::new(object, Some(iface.clone()), args.xdp_mode);
+    config.pin_dir = args.bpf_pin_dir.clone();
+    let fp = FastPath::start(&config)?;
     Ok(fp)
 }
 
