@@ -180,6 +180,11 @@ impl Bmc {
     }
 
     /// True while the agent process runs.
+    /// The agent's process id (`ip netns exec` execs it, so it is the child's).
+    pub fn pid(&self) -> u32 {
+        self.child.lock().unwrap_or_else(|e| e.into_inner()).id()
+    }
+
     pub fn alive(&self) -> bool {
         matches!(self.child.lock().unwrap().try_wait(), Ok(None))
     }

@@ -6,7 +6,11 @@
 //! in flight, and answers per second with a window of 8. Then the agent's resident memory
 //! with 1, 100 and 10,000 BMCs configured.
 //!
-//! Usage: cargo run --release -p virtbmc --example bench [-- AGENT_BIN [SECONDS]]
+//! With an XDP object (third argument or $VIRTBMC_EBPF_OBJECT) and root, it also runs the
+//! agent in a network namespace behind a veth, with the fast path off and on, and prints the
+//! same figures side by side with their ratio.
+//!
+//! Usage: cargo run --release -p virtbmc --example bench [-- AGENT_BIN [SECONDS [OBJECT]]]
 //! Ports: BMCs on 127.0.0.1:19623 and 20000-29999 (below the ephemeral range), admin 10623+.
 
 use std::net::{SocketAddr, UdpSocket};
@@ -66,7 +70,12 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 fn socket(target: SocketAddr) -> UdpSocket {
-    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let local = if target.ip().is_loopback() {
+        "127.0.0.1:0"
+    } else {
+        "0.0.0.0:0"
+    };
+    let s = UdpSocket::bind(local).unwrap();
     s.connect(target).unwrap();
     s.set_read_timeout(Some(Duration::from_millis(500)))
         .unwrap();
@@ -137,6 +146,176 @@ fn exchange(sock: &UdpSocket) -> impl FnMut(&[u8]) -> Option<Vec<u8>> + '_ {
     }
 }
 
+const REQUESTS: [&str; 4] = [
+    "presence ping",
+    "get channel auth capabilities",
+    "get chassis status (1.5 MD5 session)",
+    "get chassis status (RMCP+ suite 17)",
+];
+
+/// The four measurements against one BMC, in the order of [`REQUESTS`].
+fn suite_figures(target: SocketAddr, secs: f64) -> Vec<Figures> {
+    let mut out = Vec::new();
+    let s = socket(target);
+    let mut tag = 0u8;
+    out.push(measure(&s, secs, 8, &mut || {
+        tag = tag.wrapping_add(1);
+        console::ping(tag)
+    }));
+    out.push(measure(&s, secs, 8, &mut || {
+        console::sessionless_v15(0x06, 0x38, 1, &[0x8e, 0x04])
+    }));
+    let s15 = socket(target);
+    let mut v15 = V15Session::open("admin", "password", AUTH_MD5, 4, &mut exchange(&s15))
+        .expect("1.5 session");
+    v15.call(0x06, 0x3B, &[4], &mut exchange(&s15))
+        .expect("set privilege");
+    out.push(measure(&s15, secs, 8, &mut || v15.request(0x00, 0x01, &[])));
+    let s20 = socket(target);
+    let mut v20 = V20Session::open("admin", "password", suite(17), 0x14, &mut exchange(&s20))
+        .expect("RMCP+ session");
+    out.push(measure(&s20, secs, 8, &mut || v20.request(0x00, 0x01, &[])));
+    out
+}
+
+/// Two namespaces joined by a veth, deleted on drop.
+struct Veth;
+
+const NS_AGENT: &str = "virtbmc-bench-a";
+const NS_CLIENT: &str = "virtbmc-bench-b";
+
+impl Veth {
+    fn new() -> Veth {
+        let _ = Veth::teardown();
+        let sh = |c: &str| {
+            let ok = Command::new("sh")
+                .arg("-c")
+                .arg(c)
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(ok, "`{c}` failed");
+        };
+        sh(&format!(
+            "ip netns add {NS_AGENT} && ip netns add {NS_CLIENT}"
+        ));
+        let veth = Veth;
+        sh(&format!(
+            "ip link add vbench0 netns {NS_AGENT} type veth peer name vbench1 netns {NS_CLIENT}"
+        ));
+        sh(&format!(
+            "ip -n {NS_AGENT} addr add 10.231.90.1/24 dev vbench0 && ip -n {NS_CLIENT} addr add 10.231.90.2/24 dev vbench1"
+        ));
+        sh(&format!(
+            "ip -n {NS_AGENT} link set vbench0 up && ip -n {NS_CLIENT} link set vbench1 up"
+        ));
+        sh(&format!(
+            "ip -n {NS_AGENT} link set lo up && ip -n {NS_CLIENT} link set lo up"
+        ));
+        veth
+    }
+
+    fn teardown() -> bool {
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!("ip netns del {NS_AGENT}; ip netns del {NS_CLIENT}"))
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+}
+
+impl Drop for Veth {
+    fn drop(&mut self) {
+        Veth::teardown();
+    }
+}
+
+/// The agent in the agent namespace (nsenter, not `ip netns exec`, so bpffs pins stay visible).
+fn start_agent_in_ns(bin: &str, xdp: Option<&str>) -> Agent {
+    let mut cmd = Command::new("nsenter");
+    cmd.arg(format!("--net=/run/netns/{NS_AGENT}"))
+        .arg(bin)
+        .args([
+            "--listen",
+            "10.231.90.1",
+            "--generate",
+            "1",
+            "--base-port",
+            "19623",
+        ])
+        .args([
+            "--user",
+            "admin:password:admin",
+            "--admin",
+            "127.0.0.1:10630",
+        ])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    match xdp {
+        Some(object) => cmd.args(["--xdp-iface", "vbench0", "--ebpf-object", object]),
+        None => cmd.args(["--xdp-mode", "off"]),
+    };
+    let agent = Agent(cmd.spawn().expect("start the agent"));
+    std::thread::sleep(Duration::from_millis(800));
+    agent
+}
+
+/// Runs `f` on a thread that lives in the client namespace.
+fn in_client_ns<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let ns = std::fs::File::open(format!("/run/netns/{NS_CLIENT}")).expect("netns file");
+            // SAFETY: setns on this thread only, with a valid namespace fd.
+            let rc =
+                unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&ns), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+            f()
+        })
+        .join()
+        .expect("client thread")
+    })
+}
+
+fn veth_comparison(bin: &str, object: &str, secs: f64) {
+    println!("\n== over a veth between two namespaces, fast path off vs on ({secs} s per figure)");
+    let _veth = Veth::new();
+    let target: SocketAddr = "10.231.90.1:19623".parse().unwrap();
+    let mut results = Vec::new();
+    for xdp in [None, Some(object)] {
+        let agent = start_agent_in_ns(bin, xdp);
+        results.push(in_client_ns(|| suite_figures(target, secs)));
+        drop(agent);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    println!(
+        "{:<38} {:>10} {:>10} {:>6}   {:>16} {:>16}   {:>10} {:>10}",
+        "request",
+        "off ans/s",
+        "on ans/s",
+        "ratio",
+        "off p50/p99 µs",
+        "on p50/p99 µs",
+        "off w=8",
+        "on w=8"
+    );
+    for (i, name) in REQUESTS.iter().enumerate() {
+        let (off, on) = (&results[0][i], &results[1][i]);
+        println!(
+            "{name:<38} {:>10.0} {:>10.0} {:>5.1}x   {:>7.1}/{:>7.1} {:>7.1}/{:>7.1}   {:>10.0} {:>10.0}",
+            off.per_second,
+            on.per_second,
+            on.per_second / off.per_second.max(1.0),
+            off.p50_us,
+            off.p99_us,
+            on.p50_us,
+            on.p99_us,
+            off.windowed_per_second,
+            on.windowed_per_second
+        );
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let bin = args
@@ -159,37 +338,9 @@ fn main() {
         )
     };
 
-    let s = socket(target);
-    let mut tag = 0u8;
-    row(
-        "presence ping",
-        measure(&s, secs, 8, &mut || {
-            tag = tag.wrapping_add(1);
-            console::ping(tag)
-        }),
-    );
-    row(
-        "get channel auth capabilities",
-        measure(&s, secs, 8, &mut || {
-            console::sessionless_v15(0x06, 0x38, 1, &[0x8e, 0x04])
-        }),
-    );
-
-    let s15 = socket(target);
-    let mut v15 = V15Session::open("admin", "password", AUTH_MD5, 4, &mut exchange(&s15))
-        .expect("1.5 session");
-    row(
-        "get chassis status (1.5 MD5 session)",
-        measure(&s15, secs, 8, &mut || v15.request(0x00, 0x01, &[])),
-    );
-
-    let s20 = socket(target);
-    let mut v20 = V20Session::open("admin", "password", suite(17), 0x14, &mut exchange(&s20))
-        .expect("RMCP+ session");
-    row(
-        "get chassis status (RMCP+ suite 17)",
-        measure(&s20, secs, 8, &mut || v20.request(0x00, 0x01, &[])),
-    );
+    for (name, f) in REQUESTS.iter().zip(suite_figures(target, secs)) {
+        row(name, f);
+    }
     drop(agent);
 
     println!("\n== agent memory (VmRSS after start-up, sessions idle)");
@@ -210,5 +361,18 @@ fn main() {
             String::new()
         };
         println!("{n:>6} BMCs: {rss:>8} KiB  {per}");
+    }
+
+    let object = args
+        .get(2)
+        .cloned()
+        .or_else(|| std::env::var("VIRTBMC_EBPF_OBJECT").ok());
+    match object {
+        Some(object) if std::path::Path::new(&object).exists() => {
+            veth_comparison(&bin, &object, secs)
+        }
+        _ => println!(
+            "\n(no XDP object: build it with `cargo xtask build-ebpf` for the veth comparison)"
+        ),
     }
 }

@@ -5,6 +5,7 @@
 //! - [`backend`]: the power backends the engine's actions go through.
 //! - [`cluster`]: the Kubernetes backend (VirtualMachineBMC, KubeVirt subresources, Lease).
 //! - [`agent`]: the tokio wiring (sockets, timers, admin endpoint).
+//! - [`fastpath`]: the XDP program loader and its maps (the only module that knows aya).
 
 pub mod agent;
 pub mod backend;
@@ -12,4 +13,5 @@ pub mod cluster;
 pub mod console;
 pub mod crypto;
 pub mod engine;
+pub mod fastpath;
 pub mod wire;

@@ -1,6 +1,7 @@
-//! `cargo xtask demo`: the agent with three VMs in namespace `virtbmc-demo`, real ipmitool
-//! commands from namespace `virtbmc-demo-client`, everything printed; the namespaces are
-//! deleted at the end, on failure and on Ctrl-C.
+//! `cargo xtask demo`: the agent with three VMs in namespace `virtbmc-demo`, its XDP fast path
+//! attached to the namespace's veth, real ipmitool commands from namespace
+//! `virtbmc-demo-client`, everything printed, then the fast path's counters and `bpftool`'s
+//! view of its maps; the namespaces are deleted at the end, on failure and on Ctrl-C.
 
 use std::time::{Duration, Instant};
 
@@ -12,6 +13,8 @@ const BMC_NS: &str = "virtbmc-demo";
 const CLIENT_NS: &str = "virtbmc-demo-client";
 /// 10.254.23.0/24, only inside the two demo namespaces.
 const NET: [u8; 3] = [10, 254, 23];
+/// The demo's own pin folder, so that it never disturbs an agent running on this machine.
+const PIN_DIR: &str = "/sys/fs/bpf/virtbmc-demo";
 
 pub fn run() -> Result<(), String> {
     interrupt::install();
@@ -20,6 +23,8 @@ pub fn run() -> Result<(), String> {
     }
     tools::ensure_installed()?;
     let agent = tools::build_agent()?;
+    interrupt::check()?;
+    let object = crate::ebpf::build_ebpf()?;
     interrupt::check()?;
 
     // A demo killed with SIGKILL cannot clean up; its namespaces go now.
@@ -40,6 +45,12 @@ pub fn run() -> Result<(), String> {
         .vm("vm-2=6232")
         .user("admin:password:admin")
         .user("viewer:viewer:user")
+        .arg("--xdp-iface")
+        .arg("vbmc0")
+        .arg("--ebpf-object")
+        .arg(object.to_str().ok_or("object path is not UTF-8")?)
+        .arg("--bpf-pin-dir")
+        .arg(PIN_DIR)
         .log_level("info")
         .quiet()
         .start();
@@ -92,6 +103,38 @@ impl Demo<'_> {
                 print!("{body}");
             }
             Err(e) => println!("/vms: {e}"),
+        }
+    }
+
+    fn show_fast_path(&self) {
+        match self.bmc.http_get("/metrics") {
+            Ok(body) => {
+                println!(
+                    "$ curl -s http://127.0.0.1:9623/metrics | grep fastpath   (in namespace {BMC_NS})"
+                );
+                for l in body.lines().filter(|l| l.starts_with("virtbmc_fastpath")) {
+                    println!("{l}");
+                }
+            }
+            Err(e) => println!("/metrics: {e}"),
+        }
+        // The agent runs under `ip netns exec`, whose private /sys has its own bpffs: look
+        // at the pins through the agent's mount namespace.
+        let pid = self.bmc.pid().to_string();
+        let dump = std::process::Command::new("nsenter")
+            .args([
+                "--mount", "--target", &pid, "bpftool", "map", "dump", "pinned",
+            ])
+            .arg(format!("{PIN_DIR}/bmcs"))
+            .output();
+        println!("$ bpftool map dump pinned {PIN_DIR}/bmcs   (port -> what XDP answers from)");
+        match dump {
+            Ok(o) => print!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            ),
+            Err(e) => println!("bpftool: {e}"),
         }
     }
 
@@ -179,6 +222,9 @@ fn script(bmc: &Bmc) -> Result<(), String> {
 
     d.say("the agent's view after all that (vm-0 on with PXE next, vm-1 still on)");
     d.show_vms();
+
+    d.say("what the XDP fast path answered itself: pings, auth capabilities, cipher suites and the IPMI 1.5 in-session power status; the rest was passed to the agent");
+    d.show_fast_path();
 
     if d.surprises.is_empty() {
         println!("\n==> demo finished: every step behaved as expected");

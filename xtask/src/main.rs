@@ -7,6 +7,7 @@
 //!   tests (as root, with `VIRTBMC_E2E_REQUIRED=1`).
 
 mod demo;
+mod ebpf;
 mod fuzz;
 mod interrupt;
 mod test;
@@ -21,7 +22,7 @@ commands:
   test [FILTER]   install missing client tools, build, run unit and end-to-end tests (needs root)
   fuzz [RUNS]     run the engine fuzz target for RUNS inputs (default 300000; nightly)
   bench [SECS]    benchmark the userspace path and the agent's memory per BMC
-  build-ebpf      (not yet: build the XDP fast path object)";
+  build-ebpf      install rust-src/bpf-linker if missing, build the XDP object (nightly)";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -30,7 +31,7 @@ fn main() -> ExitCode {
         Some("test") => test::run(&args[1..]),
         Some("fuzz") => fuzz::run(&args[1..]),
         Some("bench") => bench(&args[1..]),
-        Some(cmd @ "build-ebpf") => Err(format!("`{cmd}` is not implemented yet")),
+        Some("build-ebpf") => ebpf::build_ebpf().map(drop),
         Some("help" | "-h" | "--help") => {
             println!("{USAGE}");
             Ok(())

@@ -8,6 +8,9 @@ pub fn run(args: &[String]) -> Result<(), String> {
     }
     tools::ensure_installed()?;
     let agent = tools::build_agent()?;
+    // The XDP object (nightly + bpf-linker, installed when missing): the fast-path tests load
+    // it into the kernel, and must fail rather than skip when it is absent.
+    let object = crate::ebpf::build_ebpf()?;
 
     // Unit tests of every crate except the e2e one, whose own run follows.
     let unit = tools::run(tools::cargo().args([
@@ -27,6 +30,8 @@ pub fn run(args: &[String]) -> Result<(), String> {
         .args(args)
         .args(["--test-threads", "2"])
         .env("VIRTBMC_E2E_REQUIRED", "1")
+        .env("VIRTBMC_XDP_REQUIRED", "1")
+        .env("VIRTBMC_EBPF_OBJECT", &object)
         .env("VIRTBMC_BIN", &agent);
     let e2e = tools::run(&mut e2e_cmd);
 

@@ -38,7 +38,7 @@ pub fn on_path(tool: &str) -> bool {
 }
 
 /// The Debian packages the end-to-end tests and the demo need.
-pub const PACKAGES: [&str; 7] = [
+pub const PACKAGES: [&str; 8] = [
     "ipmitool",
     "freeipmi-tools",
     "iproute2",
@@ -46,10 +46,11 @@ pub const PACKAGES: [&str; 7] = [
     "python3",
     "python3-pyghmi",
     "coreutils",
+    "bpftool",
 ];
 
 /// Binaries the end-to-end tests and the demo run.
-pub const NEEDED: [&str; 10] = [
+pub const NEEDED: [&str; 11] = [
     "ipmitool",
     "ipmipower",
     "ipmi-chassis",
@@ -60,6 +61,7 @@ pub const NEEDED: [&str; 10] = [
     "curl",
     "python3",
     "timeout",
+    "bpftool",
 ];
 
 /// pyghmi (OpenStack Ironic's IPMI client) as Debian packages it: for the system interpreter.

@@ -6,7 +6,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use super::metrics::Metrics;
-use super::registry::Registry;
+use super::registry::{Registry, SharedFastPath};
 use crate::backend::embedded::Embedded;
 
 pub struct Admin {
@@ -14,6 +14,7 @@ pub struct Admin {
     /// The embedded machines, listed by /vms for the BMCs the registry serves.
     pub embedded: Arc<Embedded>,
     pub registry: Arc<Registry>,
+    pub fastpath: SharedFastPath,
 }
 
 impl Admin {
@@ -49,10 +50,36 @@ impl Admin {
     fn route(&self, path: &str) -> (&'static str, String) {
         match path {
             "/healthz" | "/readyz" => ("200 OK", "ok\n".into()),
-            "/metrics" => ("200 OK", self.metrics.render(self.registry.len())),
+            "/metrics" => ("200 OK", self.metrics_text()),
             "/vms" => ("200 OK", self.vm_lines()),
             _ => ("404 Not Found", "not found\n".into()),
         }
+    }
+
+    fn metrics_text(&self) -> String {
+        let mut out = self.metrics.render(self.registry.len());
+        let fp = self.fastpath.lock().unwrap_or_else(|e| e.into_inner());
+        if fp.is_on() {
+            match fp.counters() {
+                Ok(c) => {
+                    out.push_str("# HELP virtbmc_fastpath_packets_total Packets to a BMC port seen by the XDP program, by what it did.\n# TYPE virtbmc_fastpath_packets_total counter\n");
+                    for (action, v) in [
+                        ("answered_ping", c.ping_answered),
+                        ("answered_auth_caps", c.auth_caps_answered),
+                        ("answered_cipher_suites", c.cipher_suites_answered),
+                        ("answered_chassis_status", c.chassis_status_answered),
+                        ("passed", c.passed),
+                        ("dropped_malformed", c.dropped_malformed),
+                    ] {
+                        out.push_str(&format!(
+                            "virtbmc_fastpath_packets_total{{action=\"{action}\"}} {v}\n"
+                        ));
+                    }
+                }
+                Err(e) => log::warn!("fastpath: reading counters failed: {e}"),
+            }
+        }
+        out
     }
 
     fn vm_lines(&self) -> String {

@@ -87,6 +87,23 @@ pub struct Args {
     /// Admin HTTP endpoint: /healthz, /vms, /metrics.
     #[arg(long, default_value = "127.0.0.1:9623")]
     pub admin: std::net::SocketAddr,
+
+    /// Interface to attach the XDP fast path to (none: no fast path).
+    #[arg(long)]
+    pub xdp_iface: Option<String>,
+
+    /// XDP attach mode: auto (generic on veth, native elsewhere), native, skb, off.
+    #[arg(long, default_value = "auto")]
+    pub xdp_mode: crate::fastpath::XdpMode,
+
+    /// The XDP object (default: $VIRTBMC_EBPF_OBJECT, else
+    /// target/bpfel-unknown-none/release/virtbmc-ebpf; build it with `cargo xtask build-ebpf`).
+    #[arg(long)]
+    pub ebpf_object: Option<std::path::PathBuf>,
+
+    /// bpffs folder the maps are pinned in (one per agent: a second agent must not share it).
+    #[arg(long, default_value = crate::fastpath::PIN_DIR)]
+    pub bpf_pin_dir: std::path::PathBuf,
 }
 
 fn parse_port_range(s: &str) -> Result<(u16, u16), String> {

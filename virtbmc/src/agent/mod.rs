@@ -16,6 +16,7 @@ use tokio::net::TcpListener;
 
 use crate::backend::Backend;
 use crate::backend::embedded::{Embedded, EmbeddedBackend};
+use crate::fastpath::{FastPath, FastPathConfig};
 use config::Args;
 use metrics::Metrics;
 use registry::Registry;
@@ -30,6 +31,8 @@ pub enum AgentError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("XDP fast path: {0} (run with --xdp-mode off to serve without it)")]
+    FastPath(#[from] crate::fastpath::FastPathError),
     #[error("cannot bind the admin endpoint {addr}: {source}")]
     Admin {
         addr: SocketAddr,
@@ -76,11 +79,13 @@ pub async fn run(args: Args) -> Result<(), AgentError> {
     let embedded = Embedded::new(Duration::from_millis(args.transition_ms));
     let backend: Arc<dyn Backend> = Arc::new(EmbeddedBackend(embedded.clone()));
     let metrics = Arc::new(Metrics::default());
+    let fastpath = Arc::new(std::sync::Mutex::new(start_fastpath(&args)?));
     let registry = Arc::new(Registry::new(
         args.listen,
         backend.clone(),
         metrics.clone(),
         Duration::from_millis(args.action_timeout_ms),
+        fastpath.clone(),
     ));
     for vm in &vms {
         embedded.add(&vm.name, vm.on, name_guid(&vm.name));
@@ -94,6 +99,7 @@ pub async fn run(args: Args) -> Result<(), AgentError> {
                 source,
             })?;
     }
+    tokio::spawn(follow_backend(backend.subscribe(), registry.clone()));
     let listener = TcpListener::bind(args.admin)
         .await
         .map_err(|source| AgentError::Admin {
@@ -104,6 +110,7 @@ pub async fn run(args: Args) -> Result<(), AgentError> {
         metrics,
         embedded,
         registry: registry.clone(),
+        fastpath: fastpath.clone(),
     });
     tokio::spawn(admin.serve(listener));
     log::info!(
@@ -120,6 +127,16 @@ pub async fn run(args: Args) -> Result<(), AgentError> {
     );
     shutdown_signal().await;
     log::info!("shutting down");
+    // BMCs leave the map before their sockets close; then the program is detached and the
+    // pins removed, so a restart finds nothing stale.
+    for (_, port) in registry.list() {
+        registry.remove(port);
+    }
+    let fp = std::mem::replace(
+        &mut *fastpath.lock().unwrap_or_else(|e| e.into_inner()),
+        FastPath::off(),
+    );
+    fp.shutdown();
     Ok(())
 }
 
@@ -156,12 +173,15 @@ async fn run_kube(args: Args) -> Result<(), AgentError> {
     raise_fd_limit(opts.port_range.len() as u64 + 256);
     let metrics = Arc::new(Metrics::default());
     let (backend, writers) = KubeBackend::new(client, opts, metrics.clone());
+    let fastpath = Arc::new(std::sync::Mutex::new(start_fastpath(&args)?));
     let registry = Arc::new(Registry::new(
         args.listen,
         Arc::new(backend.clone()),
         metrics.clone(),
         Duration::from_millis(args.action_timeout_ms),
+        fastpath.clone(),
     ));
+    tokio::spawn(follow_backend(backend.subscribe(), registry.clone()));
     let tasks = serve::spawn(&backend, writers, registry.clone());
     let listener = TcpListener::bind(args.admin)
         .await
@@ -173,7 +193,8 @@ async fn run_kube(args: Args) -> Result<(), AgentError> {
     let admin = Arc::new(admin::Admin {
         metrics,
         embedded: Embedded::new(Duration::ZERO),
-        registry,
+        registry: registry.clone(),
+        fastpath: fastpath.clone(),
     });
     tokio::spawn(admin.serve(listener));
     log::info!(
@@ -189,7 +210,50 @@ async fn run_kube(args: Args) -> Result<(), AgentError> {
     for t in tasks {
         t.abort();
     }
+    // As in the embedded mode: BMCs leave the map before their sockets close, then the
+    // program is detached and its pins removed.
+    for (_, port) in registry.list() {
+        registry.remove(port);
+    }
+    let fp = std::mem::replace(
+        &mut *fastpath.lock().unwrap_or_else(|e| e.into_inner()),
+        FastPath::off(),
+    );
+    fp.shutdown();
     Ok(())
+}
+
+/// Loads and attaches the XDP program when an interface is named (`--xdp-iface`).
+fn start_fastpath(args: &Args) -> Result<FastPath, AgentError> {
+    let Some(iface) = &args.xdp_iface else {
+        log::info!("fastpath: no --xdp-iface, every packet goes to userspace");
+        return Ok(FastPath::off());
+    };
+    let object = FastPathConfig::default_object(args.ebpf_object.as_deref(), None);
+    let mut config = FastPathConfig::new(object, Some(iface.clone()), args.xdp_mode);
+    config.pin_dir = args.bpf_pin_dir.clone();
+    let fp = FastPath::start(&config)?;
+    Ok(fp)
+}
+
+/// Keeps the fast path's power map in step with the backend: one map write per change.
+async fn follow_backend(
+    mut changes: tokio::sync::broadcast::Receiver<Arc<str>>,
+    registry: Arc<Registry>,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        match changes.recv().await {
+            Ok(name) => registry.sync(&name),
+            Err(RecvError::Lagged(missed)) => {
+                log::warn!(
+                    "fastpath: {missed} change notifications missed, re-publishing every BMC"
+                );
+                registry.sync_all();
+            }
+            Err(RecvError::Closed) => return,
+        }
+    }
 }
 
 async fn shutdown_signal() {

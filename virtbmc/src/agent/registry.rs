@@ -15,6 +15,10 @@ use super::server::BmcTask;
 use crate::backend::Backend;
 use crate::engine::Bmc;
 use crate::engine::config::BmcConfig;
+use crate::fastpath::{self, FastPath};
+
+/// The fast path, shared by the registry (map writes) and the admin endpoint (counters).
+pub type SharedFastPath = Arc<Mutex<FastPath>>;
 
 struct Entry {
     name: Arc<str>,
@@ -28,6 +32,7 @@ pub struct Registry {
     metrics: Arc<Metrics>,
     action_timeout: Duration,
     entries: Mutex<HashMap<u16, Entry>>,
+    fastpath: SharedFastPath,
 }
 
 impl Registry {
@@ -36,6 +41,7 @@ impl Registry {
         backend: Arc<dyn Backend>,
         metrics: Arc<Metrics>,
         action_timeout: Duration,
+        fastpath: SharedFastPath,
     ) -> Registry {
         Registry {
             listen,
@@ -43,6 +49,52 @@ impl Registry {
             metrics,
             action_timeout,
             entries: Mutex::new(HashMap::new()),
+            fastpath,
+        }
+    }
+
+    fn fast(&self) -> std::sync::MutexGuard<'_, FastPath> {
+        self.fastpath.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Writes the fast path's view of one BMC: power from the backend's snapshot, auth types
+    /// and cipher records from the engine's own encoder. A failed write leaves the map as it
+    /// was; userspace still answers correctly, so it is logged, not fatal.
+    fn publish(&self, fp: &mut FastPath, name: &str, port: u16, config: &BmcConfig) {
+        if !fp.is_on() {
+            return;
+        }
+        let on = self.backend.view(name).is_some_and(|v| v.power.is_on());
+        match fastpath::bmc_state(config, on).and_then(|state| fp.set_bmc(port, &state)) {
+            Ok(()) => log::debug!("fastpath: bmc={name} port={port} power_on={on}"),
+            Err(e) => log::warn!("fastpath: bmc={name} port={port} map update failed: {e}"),
+        }
+    }
+
+    /// Re-publishes every BMC serving `name` (its view changed).
+    pub fn sync(&self, name: &str) {
+        let targets: Vec<(u16, Arc<BmcConfig>)> = self
+            .lock()
+            .iter()
+            .filter(|(_, e)| &*e.name == name)
+            .map(|(p, e)| (*p, e.config.borrow().clone()))
+            .collect();
+        let mut fp = self.fast();
+        for (port, config) in targets {
+            self.publish(&mut fp, name, port, &config);
+        }
+    }
+
+    /// Re-publishes every BMC (after missed change notifications).
+    pub fn sync_all(&self) {
+        let all: Vec<(Arc<str>, u16, Arc<BmcConfig>)> = self
+            .lock()
+            .iter()
+            .map(|(p, e)| (e.name.clone(), *p, e.config.borrow().clone()))
+            .collect();
+        let mut fp = self.fast();
+        for (name, port, config) in all {
+            self.publish(&mut fp, &name, port, &config);
         }
     }
 
@@ -56,10 +108,17 @@ impl Registry {
         let socket = UdpSocket::bind(SocketAddr::new(self.listen, port)).await?;
         let (tx, rx) = watch::channel(config.clone());
         let name: Arc<str> = Arc::from(name);
+        let mut bmc = Bmc::new(config.clone());
+        {
+            // The socket is bound first, so a packet the program passes always has a receiver.
+            let mut fp = self.fast();
+            bmc.set_publisher(fp.session_publisher(port));
+            self.publish(&mut fp, &name, port, &config);
+        }
         let task = BmcTask {
             name: name.clone(),
             socket,
-            bmc: Bmc::new(config),
+            bmc,
             backend: self.backend.clone(),
             metrics: self.metrics.clone(),
             action_timeout: self.action_timeout,
@@ -85,8 +144,13 @@ impl Registry {
     }
 
     pub fn remove(&self, port: u16) -> bool {
-        match self.lock().remove(&port) {
+        let entry = self.lock().remove(&port);
+        match entry {
             Some(e) => {
+                // The program must stop answering before the socket goes.
+                if let Err(err) = self.fast().remove_bmc(port) {
+                    log::warn!("fastpath: port={port} removal failed: {err}");
+                }
                 e.task.abort();
                 log::info!("bmc={} port={port} removed", e.name);
                 true
@@ -117,8 +181,9 @@ impl Registry {
 
 impl Drop for Registry {
     fn drop(&mut self) {
-        for (_, e) in self.lock().drain() {
-            e.task.abort();
+        let ports: Vec<u16> = self.lock().keys().copied().collect();
+        for port in ports {
+            self.remove(port);
         }
     }
 }

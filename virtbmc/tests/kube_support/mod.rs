@@ -61,6 +61,7 @@ impl Agent {
             Arc::new(backend.clone()),
             metrics,
             Duration::from_secs(3),
+            Arc::new(std::sync::Mutex::new(virtbmc::fastpath::FastPath::off())),
         ));
         let tasks = serve::spawn(&backend, writers, registry.clone());
         Agent {
