@@ -55,13 +55,22 @@ async fn vmbmc_gets_a_port_and_service_power_on_starts_the_vm_password_change_an
     // A physical BMC asked for the state it is in says yes.
     let out = admin(port, &["power", "on"]).await;
     assert!(out.ok, "{}", out.text);
-    let out = admin(port, &["mc", "guid"]).await;
+    // The GUID is the firmware uuid in IPMI's byte order. (ipmitool guesses the encoding
+    // from the version nibble of both readings, so for some random uuids it prints the
+    // RFC 4122 reading: compare bytes, and the text only when it says IPMI encoding.)
     let uuid = sim.get(Kind::VirtualMachine, NS, "vm1").unwrap()["spec"]["template"]["spec"]["domain"]["firmware"]["uuid"].as_str().unwrap().to_string();
-    assert!(
-        out.text.to_lowercase().contains(&uuid),
-        "GUID is the firmware uuid {uuid}: {}",
-        out.text
-    );
+    let want =
+        virtbmc::engine::vm::uuid_to_wire(virtbmc::cluster::view::parse_uuid(&uuid).unwrap());
+    assert_eq!(agent.backend.shared.view("default/vm1").unwrap().guid, want);
+    let out = admin(port, &["mc", "guid"]).await;
+    assert!(out.ok, "{}", out.text);
+    if out.text.contains("GUID Encoding : IPMI") {
+        assert!(
+            out.text.to_lowercase().contains(&uuid),
+            "GUID is the firmware uuid {uuid}: {}",
+            out.text
+        );
+    }
 
     // A changed password applies to the next session.
     let data = json!({"data": {"password": serde_json::to_value(k8s_openapi::ByteString(b"n3w-pass".to_vec())).unwrap()}});
@@ -510,6 +519,43 @@ async fn ports_survive_an_agent_restart() {
         .get(Kind::Lease, "virtbmc-system", "virtbmc-leader")
         .unwrap();
     assert_eq!(lease["spec"]["holderIdentity"], "agent-b");
+}
+
+/// Two agents (two "nodes"): both serve every BMC, one leads; when it goes, the other takes
+/// the Lease once it has not been renewed for a lease duration, and allocates from then on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_agents_serve_everything_and_the_lease_moves_when_the_leader_goes() {
+    use std::net::Ipv4Addr;
+    let sim = sim().await;
+    seed(&sim, "n1", "Halted");
+    let a = Agent::start_on(&sim, "node-a", 31080..=31089, Ipv4Addr::new(127, 0, 0, 1)).await;
+    until("node-a leads", || a.backend.shared.is_leader()).await;
+    let b = Agent::start_on(&sim, "node-b", 31080..=31089, Ipv4Addr::new(127, 0, 0, 2)).await;
+    let port = a.wait_served("default/n1").await;
+    assert_eq!(
+        b.wait_served("default/n1").await,
+        port,
+        "every agent serves every VM on one port"
+    );
+    let out = ipmitool_at("127.0.0.2", port, &["power", "status"]).await;
+    assert!(out.ok, "{}", out.text);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!b.backend.shared.is_leader(), "one leader at a time");
+
+    a.stop();
+    until("node-b leads", || b.backend.shared.is_leader()).await;
+    let lease = sim
+        .get(Kind::Lease, "virtbmc-system", "virtbmc-leader")
+        .unwrap();
+    assert_eq!(lease["spec"]["holderIdentity"], "node-b");
+    assert_eq!(lease["spec"]["leaseTransitions"], 1);
+    seed(&sim, "n2", "Halted");
+    let p2 = b.wait_served("default/n2").await;
+    assert_ne!(p2, port);
+    until("Service for n2", || {
+        sim.get(Kind::Service, NS, "n2-virtbmc").is_some()
+    })
+    .await;
 }
 
 /// In a cluster the API server is HTTPS: building the TLS client must not panic for want of

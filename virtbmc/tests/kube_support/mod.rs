@@ -50,6 +50,16 @@ pub struct Agent {
 
 impl Agent {
     pub async fn start(sim: &Handle, identity: &str, ports: RangeInclusive<u16>) -> Agent {
+        Agent::start_on(sim, identity, ports, Ipv4Addr::LOCALHOST).await
+    }
+
+    /// An agent bound on another loopback address: several agents, as on several nodes.
+    pub async fn start_on(
+        sim: &Handle,
+        identity: &str,
+        ports: RangeInclusive<u16>,
+        ip: Ipv4Addr,
+    ) -> Agent {
         let _ = env_logger::builder().is_test(true).try_init();
         let mut opts = ClusterOptions::new(identity, "virtbmc-system", BmcConfig::new(vec![]));
         opts.port_range = ports;
@@ -57,7 +67,7 @@ impl Agent {
         let metrics = Arc::new(Metrics::default());
         let (backend, writers) = KubeBackend::new(client(sim), opts, metrics.clone());
         let registry = Arc::new(Registry::new(
-            IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V4(ip),
             Arc::new(backend.clone()),
             metrics,
             Duration::from_secs(3),
@@ -160,6 +170,29 @@ pub struct Out {
 /// Runs `ipmitool -I lanplus -H 127.0.0.1 -p PORT -U user -P password ARGS`.
 pub async fn ipmitool(port: u16, user: &str, password: &str, args: &[&str]) -> Out {
     ipmitool_on("lanplus", port, user, password, args).await
+}
+
+/// admin/password over lanplus to another loopback address.
+pub async fn ipmitool_at(host: &str, port: u16, args: &[&str]) -> Out {
+    let mut cmd = std::process::Command::new("ipmitool");
+    let port = port.to_string();
+    cmd.args([
+        "-I", "lanplus", "-H", host, "-p", &port, "-U", "admin", "-P", "password", "-N", "2", "-R",
+        "3",
+    ]);
+    cmd.args(args);
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .unwrap()
+        .expect("ipmitool is installed");
+    Out {
+        ok: out.status.success(),
+        text: format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    }
 }
 
 /// Runs ipmitool over `interface` (`lan`: IPMI 1.5; `lanplus`: IPMI 2.0 RMCP+).
