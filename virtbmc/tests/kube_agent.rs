@@ -574,3 +574,55 @@ async fn an_https_client_builds_and_fails_cleanly() {
         kube::Api::namespaced(client, "default");
     assert!(api.get_opt("x").await.is_err());
 }
+
+/// The binary itself: `virtbmc --kube-url` (no --user) serves the cluster's BMCs and stops
+/// cleanly on SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_binary_in_cluster_mode() {
+    let sim = sim().await;
+    seed(&sim, "bin", "Halted");
+    let admin_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_virtbmc"))
+        .args([
+            "--kube-url",
+            &sim.url(),
+            "--listen",
+            "127.0.0.1",
+            "--port-range",
+            "31090-31099",
+        ])
+        .args([
+            "--admin",
+            &format!("127.0.0.1:{admin_port}"),
+            "--identity",
+            "bin-agent",
+        ])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    until("port allocated", || {
+        vmbmc(&sim, "bin").is_some_and(|b| b["status"]["port"] == 31090)
+    })
+    .await;
+    until_login(31090, "admin", "password").await;
+    let out = admin(31090, &["power", "on"]).await;
+    assert!(out.ok, "{}", out.text);
+    assert!(sim.wait_vmi_phase(NS, "bin", "Running", T).await.is_some());
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status}");
+    // Refused: --user with --kube.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_virtbmc"))
+        .args(["--kube-url", &sim.url(), "--user", "a:b"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}
