@@ -65,11 +65,8 @@ pub fn classify(sub: &str, status: &Status) -> Result<(), ActionError> {
     let msg = status.message.as_str();
     match status.code {
         409 if sub == "start" && msg.contains("VM is already running") => Ok(()),
-        409 if sub == "stop"
-            && (msg.ends_with("VM is not running") || msg.contains("VM is not running\"")) =>
-        {
-            Ok(())
-        }
+        // Exactly "not running": "VM is not running: Halted" (a restart) is a refusal.
+        409 if sub == "stop" && msg.ends_with("VM is not running") => Ok(()),
         409 => Err(ActionError::NotInState(msg.to_string())),
         500 if msg.contains("already underway") => Err(ActionError::Busy),
         _ => Err(ActionError::Failed(format!(
