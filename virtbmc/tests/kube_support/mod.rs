@@ -63,7 +63,8 @@ impl Agent {
         let _ = env_logger::builder().is_test(true).try_init();
         let mut opts = ClusterOptions::new(identity, "virtbmc-system", BmcConfig::new(vec![]));
         opts.port_range = ports;
-        opts.lease_duration = Duration::from_secs(1);
+        // Short, so a new agent takes over quickly; long enough that a loaded machine still renews.
+        opts.lease_duration = Duration::from_secs(2);
         let metrics = Arc::new(Metrics::default());
         let (backend, writers) = KubeBackend::new(client(sim), opts, metrics.clone());
         let registry = Arc::new(Registry::new(
