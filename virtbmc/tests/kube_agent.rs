@@ -619,6 +619,11 @@ async fn the_agent_binary_in_cluster_mode() {
         .unwrap()
         .unwrap();
     assert!(status.success(), "{status}");
+    let lease = sim.get(Kind::Lease, "default", "virtbmc-leader").unwrap();
+    assert!(
+        lease["spec"]["holderIdentity"].is_null(),
+        "released on shutdown: {lease}"
+    );
     // Refused: --user with --kube.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_virtbmc"))
         .args(["--kube-url", &sim.url(), "--user", "a:b"])

@@ -210,6 +210,13 @@ async fn run_kube(args: Args) -> Result<(), AgentError> {
     for t in tasks {
         t.abort();
     }
+    // A successor need not wait for the Lease to run out (bounded: shutdown must not hang
+    // on an unreachable API server).
+    let _ = tokio::time::timeout(
+        Duration::from_secs(2),
+        crate::cluster::lease::release(&backend.shared),
+    )
+    .await;
     // As in the embedded mode: BMCs leave the map before their sockets close, then the
     // program is detached and its pins removed.
     for (_, port) in registry.list() {

@@ -43,6 +43,30 @@ pub async fn run(sh: Arc<Shared>) {
     }
 }
 
+/// Gives the Lease up (on shutdown) so that another agent takes it at its next round rather
+/// than after a whole lease duration. Only if this agent still holds it.
+pub async fn release(sh: &Shared) {
+    let api: Api<Lease> = Api::namespaced(sh.client.clone(), &sh.opts.lease_namespace);
+    sh.set_leader(false);
+    let Ok(Some(mut lease)) = api.get_opt(&sh.opts.lease_name).await else {
+        return;
+    };
+    let Some(spec) = lease.spec.as_mut() else {
+        return;
+    };
+    if spec.holder_identity.as_deref() != Some(sh.opts.identity.as_str()) {
+        return;
+    }
+    spec.holder_identity = None;
+    match api
+        .replace(&sh.opts.lease_name, &PostParams::default(), &lease)
+        .await
+    {
+        Ok(_) => log::info!("lease={} released", sh.opts.lease_name),
+        Err(e) => log::warn!("lease={} release: {e}", sh.opts.lease_name),
+    }
+}
+
 fn now() -> MicroTime {
     MicroTime(k8s_openapi::jiff::Timestamp::now())
 }
