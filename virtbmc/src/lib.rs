@@ -7,11 +7,14 @@
 //! - [`agent`]: the tokio wiring (sockets, timers, admin endpoint).
 //! - [`fastpath`]: the XDP program loader and its maps (the only module that knows aya).
 
+#[cfg(feature = "agent")]
 pub mod agent;
 pub mod backend;
+#[cfg(feature = "agent")]
 pub mod cluster;
 pub mod console;
 pub mod crypto;
 pub mod engine;
+#[cfg(feature = "agent")]
 pub mod fastpath;
 pub mod wire;
