@@ -26,7 +26,7 @@ use serde_json::json;
 use super::crd::Condition;
 use super::serve::{object_json, wait_ready};
 use super::view::{SecretProblem, users_from_secret};
-use super::{MANAGED_BY, Shared, VMBMC_LABEL, VirtualMachineBMC, actions};
+use super::{MANAGED_BY, Shared, Stores, VMBMC_LABEL, VirtualMachineBMC, actions};
 
 /// The IPMI port every Service exposes.
 pub const IPMI_PORT: i32 = 623;
@@ -115,14 +115,15 @@ async fn reconcile(sh: &Shared, pending: &mut BTreeMap<String, u16>) {
         let ns = b.namespace().unwrap_or_default();
         let vm = &b.spec.virtual_machine_ref.name;
         let port = b.status.as_ref().and_then(|s| s.port);
-        let svc = match port.filter(|_| b.spec.ipmi_enabled()) {
+        let duplicate = Stores::duplicate_of(&bmcs, b);
+        let svc = match port.filter(|_| b.spec.ipmi_enabled() && duplicate.is_none()) {
             Some(port) => {
                 wanted.insert((ns.clone(), service_name(vm)));
                 ensure_service(sh, b, port).await
             }
             None => None,
         };
-        write_conditions(sh, b, svc.as_ref()).await;
+        write_conditions(sh, b, svc.as_ref(), duplicate.as_deref()).await;
         restore_one_shot(sh, b).await;
     }
     // Services of VirtualMachineBMCs that are gone or disabled.
@@ -232,7 +233,12 @@ fn condition(type_: &str, ok: bool, reason: &str, message: String) -> Condition 
 }
 
 /// The conditions a person reads with `kubectl describe vmbmc`.
-pub fn conditions(sh: &Shared, b: &VirtualMachineBMC, svc: Option<&Service>) -> Vec<Condition> {
+pub fn conditions(
+    sh: &Shared,
+    b: &VirtualMachineBMC,
+    svc: Option<&Service>,
+    duplicate_of: Option<&str>,
+) -> Vec<Condition> {
     let ns = b.namespace().unwrap_or_default();
     let vm = &b.spec.virtual_machine_ref.name;
     let secret_name = &b.spec.auth_secret_ref.name;
@@ -263,6 +269,12 @@ pub fn conditions(sh: &Shared, b: &VirtualMachineBMC, svc: Option<&Service>) -> 
     };
     let port = b.status.as_ref().and_then(|s| s.port);
     let ready = match (b.spec.ipmi_enabled(), port, svc) {
+        _ if let Some(first) = duplicate_of => condition(
+            "Ready",
+            false,
+            "DuplicateVirtualMachineRef",
+            format!("VirtualMachine {vm} is served by VirtualMachineBMC {first}"),
+        ),
         (false, _, _) => condition(
             "Ready",
             false,
@@ -309,9 +321,14 @@ pub fn conditions(sh: &Shared, b: &VirtualMachineBMC, svc: Option<&Service>) -> 
     ]
 }
 
-async fn write_conditions(sh: &Shared, b: &VirtualMachineBMC, svc: Option<&Service>) {
+async fn write_conditions(
+    sh: &Shared,
+    b: &VirtualMachineBMC,
+    svc: Option<&Service>,
+    duplicate_of: Option<&str>,
+) {
     let old = b.status.clone().unwrap_or_default();
-    let mut new = conditions(sh, b, svc);
+    let mut new = conditions(sh, b, svc, duplicate_of);
     let now = serde_json::to_value(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
         k8s_openapi::jiff::Timestamp::now(),
     ))

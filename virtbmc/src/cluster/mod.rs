@@ -161,6 +161,20 @@ impl Stores {
         v
     }
 
+    /// For a VirtualMachineBMC naming a VM an older one already names: that older one's
+    /// name. Only the oldest serves the VM (one Service `<vm>-virtbmc`, one port).
+    pub fn duplicate_of(bmcs: &[Arc<VirtualMachineBMC>], b: &VirtualMachineBMC) -> Option<String> {
+        let key = |o: &VirtualMachineBMC| {
+            (
+                o.metadata.namespace.clone(),
+                o.spec.virtual_machine_ref.name.clone(),
+            )
+        };
+        let first = bmcs.iter().find(|o| key(o) == key(b))?;
+        (first.metadata.uid != b.metadata.uid)
+            .then(|| first.metadata.name.clone().unwrap_or_default())
+    }
+
     /// The VirtualMachineBMC serving `ns/vm`.
     pub fn vmbmc_for(&self, ns: &str, vm: &str) -> Option<Arc<VirtualMachineBMC>> {
         self.vmbmcs().into_iter().find(|b| {

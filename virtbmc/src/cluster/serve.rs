@@ -122,7 +122,8 @@ pub struct Served {
 pub fn desired(sh: &Shared) -> (HashMap<String, VmView>, BTreeMap<u16, Served>) {
     let mut views = HashMap::new();
     let mut bmcs = BTreeMap::new();
-    for b in sh.stores.vmbmcs() {
+    let all = sh.stores.vmbmcs();
+    for b in all.iter().cloned() {
         let ns = b.namespace().unwrap_or_default();
         let vm_name = &b.spec.virtual_machine_ref.name;
         let name = format!("{ns}/{vm_name}");
@@ -146,7 +147,7 @@ pub fn desired(sh: &Shared) -> (HashMap<String, VmView>, BTreeMap<u16, Served>) 
         let Some(port) = status.and_then(|s| s.port) else {
             continue;
         };
-        if !b.spec.ipmi_enabled() {
+        if !b.spec.ipmi_enabled() || super::Stores::duplicate_of(&all, &b).is_some() {
             continue;
         }
         if bmcs.contains_key(&port) {
