@@ -77,6 +77,8 @@ pub fn spawn(
     tasks
 }
 
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
 fn reflect<K>(
     sh: &Arc<Shared>,
     what: &'static str,
@@ -93,9 +95,14 @@ where
         // default_backoff: a failing LIST or WATCH is retried with a growing delay instead of
         // a hot loop; every event (including a re-list's InitDone, after which vanished
         // objects are gone from the store without a Delete event) wakes the loops.
+        // managedFields and kubectl's last-applied annotation are dropped before caching:
+        // memory the agent never reads, and for Secrets a second copy of the password.
         let mut events = std::pin::pin!(reflector::reflector(
             writer,
-            watcher(api, wc).default_backoff()
+            watcher(api, wc).default_backoff().modify(|o| {
+                o.managed_fields_mut().clear();
+                o.annotations_mut().remove(LAST_APPLIED);
+            })
         ));
         while let Some(ev) = events.next().await {
             if let Err(e) = ev {
