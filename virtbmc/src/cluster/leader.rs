@@ -24,7 +24,7 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 
 use super::crd::Condition;
-use super::serve::{object_json, wait_ready};
+use super::serve::wait_ready;
 use super::view::{SecretProblem, users_from_secret};
 use super::{MANAGED_BY, Shared, Stores, VMBMC_LABEL, VirtualMachineBMC, actions};
 
@@ -41,6 +41,7 @@ pub async fn run(sh: Arc<Shared>) {
             pending.clear();
         }
         let _ = tokio::time::timeout(Duration::from_secs(5), sh.leader_wake.notified()).await;
+        tokio::time::sleep(super::serve::DEBOUNCE * 5).await;
     }
 }
 
@@ -110,12 +111,13 @@ async fn reconcile(sh: &Shared, pending: &mut BTreeMap<String, u16>) {
         // Services and conditions follow once the watch brings the ports back.
         return;
     }
+    let owners = Stores::owners(&bmcs);
     let mut wanted: BTreeSet<(String, String)> = BTreeSet::new();
     for b in &bmcs {
         let ns = b.namespace().unwrap_or_default();
         let vm = &b.spec.virtual_machine_ref.name;
         let port = b.status.as_ref().and_then(|s| s.port);
-        let duplicate = Stores::duplicate_of(&bmcs, b);
+        let duplicate = Stores::duplicate_of(&owners, b);
         let svc = match port.filter(|_| b.spec.ipmi_enabled() && duplicate.is_none()) {
             Some(port) => {
                 wanted.insert((ns.clone(), service_name(vm)));
@@ -374,9 +376,8 @@ async fn restore_one_shot(sh: &Shared, b: &VirtualMachineBMC) {
     let Some(vmi) = sh.stores.vmi(&ns, vm) else {
         return;
     };
-    let json = object_json(&vmi);
     let uid = vmi.metadata.uid.clone().unwrap_or_default();
-    if json["status"]["phase"] != "Running" || uid == o.vmi_uid {
+    if vmi.data["status"]["phase"] != "Running" || uid == o.vmi_uid {
         return;
     }
     log::info!(

@@ -77,6 +77,10 @@ pub fn spawn(
     tasks
 }
 
+/// How long a change waits for the next ones before the views are recomputed: small
+/// against a client's retry time and the 100 ms the issue allows for a power change to show.
+pub const DEBOUNCE: Duration = Duration::from_millis(10);
+
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
 fn reflect<K>(
@@ -130,23 +134,22 @@ pub fn desired(sh: &Shared) -> (HashMap<String, VmView>, BTreeMap<u16, Served>) 
     let mut views = HashMap::new();
     let mut bmcs = BTreeMap::new();
     let all = sh.stores.vmbmcs();
+    let owners = super::Stores::owners(&all);
     for b in all.iter().cloned() {
         let ns = b.namespace().unwrap_or_default();
         let vm_name = &b.spec.virtual_machine_ref.name;
         let name = format!("{ns}/{vm_name}");
         let vm = sh.stores.vm(&ns, vm_name);
         let vmi = sh.stores.vmi(&ns, vm_name);
-        let vm_json = vm.as_ref().map(|o| object_json(o));
-        let vmi_json = vmi.as_ref().map(|o| object_json(o));
         let status = b.status.as_ref();
         let view = VmView {
-            power: power_state(vm_json.as_ref(), vmi_json.as_ref()),
+            power: power_state(vm.as_deref(), vmi.as_deref()),
             boot: boot_override(
                 status.and_then(|s| s.boot_override.as_ref()),
-                vm_json.as_ref(),
+                vm.as_ref().map(|o| &o.data),
             ),
-            guid: vm_json
-                .as_ref()
+            guid: vm
+                .as_deref()
                 .and_then(guid)
                 .unwrap_or_else(|| name_guid(&name)),
         };
@@ -154,7 +157,7 @@ pub fn desired(sh: &Shared) -> (HashMap<String, VmView>, BTreeMap<u16, Served>) 
         let Some(port) = status.and_then(|s| s.port) else {
             continue;
         };
-        if !b.spec.ipmi_enabled() || super::Stores::duplicate_of(&all, &b).is_some() {
+        if !b.spec.ipmi_enabled() || super::Stores::duplicate_of(&owners, &b).is_some() {
             continue;
         }
         if bmcs.contains_key(&port) {
@@ -199,6 +202,9 @@ async fn serve_loop(sh: Arc<Shared>, registry: Arc<Registry>) {
         sync_registry(&sh.opts.base_config, &registry, &mut served, want).await;
         // A failed bind is retried on the next change or after a while.
         let _ = tokio::time::timeout(Duration::from_secs(5), sh.serve_wake.notified()).await;
+        // A burst of events (a re-list, a controller touching many VMs) is one recompute,
+        // not one per event: each recompute reads every VirtualMachineBMC.
+        tokio::time::sleep(DEBOUNCE).await;
     }
 }
 
