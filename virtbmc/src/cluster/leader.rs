@@ -11,10 +11,11 @@
 //! - the end of one-shot boot overrides: once a VMI other than the recorded one is Running,
 //!   the original boot orders come back and the record goes.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::{StreamExt, stream};
 use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -74,60 +75,63 @@ pub fn allocate(
     need.into_iter().map(|b| (b, free.next())).collect()
 }
 
+/// API writes in flight at once: a first pass over thousands of VirtualMachineBMCs should
+/// not be thousands of round trips in a row, nor a stampede on the API server.
+const CONCURRENT_WRITES: usize = 16;
+
 async fn reconcile(sh: &Shared, pending: &mut BTreeMap<String, u16>) {
     let bmcs = sh.stores.vmbmcs();
     log::debug!("reconcile: {} VirtualMachineBMC(s)", bmcs.len());
     // Forget pending ports once the cache shows them (or their owner is gone).
-    pending.retain(|uid, p| {
-        bmcs.iter().any(|b| {
-            b.metadata.uid.as_ref() == Some(uid)
-                && b.status.as_ref().and_then(|s| s.port) != Some(*p)
+    let cached: HashMap<&str, Option<u16>> = bmcs
+        .iter()
+        .map(|b| {
+            (
+                b.metadata.uid.as_deref().unwrap_or_default(),
+                b.status.as_ref().and_then(|s| s.port),
+            )
         })
-    });
-    let mut allocated = false;
-    for (b, port) in allocate(&bmcs, sh.opts.port_range.clone(), pending) {
-        let (ns, name) = (b.namespace().unwrap_or_default(), b.name_any());
-        let Some(port) = port else {
-            log::error!("vmbmc={ns}/{name} no free port in {:?}", sh.opts.port_range);
-            continue;
-        };
-        // The resourceVersion makes the write conditional: a VirtualMachineBMC changed since
-        // we read it is looked at again on the next round.
-        let patch = json!({"metadata": {"resourceVersion": b.resource_version()}, "status": {"port": port}});
-        let api: Api<VirtualMachineBMC> = Api::namespaced(sh.client.clone(), &ns);
-        match api
-            .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-        {
-            Ok(_) => {
-                log::info!("vmbmc={ns}/{name} port={port} allocated");
-                pending.insert(b.metadata.uid.clone().unwrap_or_default(), port);
-                allocated = true;
-            }
-            Err(e) => log::warn!("vmbmc={ns}/{name} port allocation: {e}"),
-        }
-    }
-    if allocated {
+        .collect();
+    pending.retain(|uid, p| cached.get(uid.as_str()).is_some_and(|c| *c != Some(*p)));
+    let allocations = allocate(&bmcs, sh.opts.port_range.clone(), pending);
+    let written: Vec<(String, u16)> = stream::iter(allocations)
+        .map(|(b, port)| write_port(sh, b, port))
+        .buffer_unordered(CONCURRENT_WRITES)
+        .filter_map(std::future::ready)
+        .collect()
+        .await;
+    if !written.is_empty() {
+        pending.extend(written);
         // Services and conditions follow once the watch brings the ports back.
         return;
     }
     let owners = Stores::owners(&bmcs);
     let mut wanted: BTreeSet<(String, String)> = BTreeSet::new();
     for b in &bmcs {
-        let ns = b.namespace().unwrap_or_default();
-        let vm = &b.spec.virtual_machine_ref.name;
-        let port = b.status.as_ref().and_then(|s| s.port);
-        let duplicate = Stores::duplicate_of(&owners, b);
-        let svc = match port.filter(|_| b.spec.ipmi_enabled() && duplicate.is_none()) {
-            Some(port) => {
-                wanted.insert((ns.clone(), service_name(vm)));
-                ensure_service(sh, b, port).await
-            }
-            None => None,
-        };
-        write_conditions(sh, b, svc.as_ref(), duplicate.as_deref()).await;
-        restore_one_shot(sh, b).await;
+        if b.status.as_ref().and_then(|s| s.port).is_some()
+            && b.spec.ipmi_enabled()
+            && Stores::duplicate_of(&owners, b).is_none()
+        {
+            wanted.insert((
+                b.namespace().unwrap_or_default(),
+                service_name(&b.spec.virtual_machine_ref.name),
+            ));
+        }
     }
+    stream::iter(&bmcs)
+        .for_each_concurrent(CONCURRENT_WRITES, |b| {
+            let duplicate = Stores::duplicate_of(&owners, b);
+            async move {
+                let port = b.status.as_ref().and_then(|s| s.port);
+                let svc = match port.filter(|_| b.spec.ipmi_enabled() && duplicate.is_none()) {
+                    Some(port) => ensure_service(sh, b, port).await,
+                    None => None,
+                };
+                write_conditions(sh, b, svc.as_ref(), duplicate.as_deref()).await;
+                restore_one_shot(sh, b).await;
+            }
+        })
+        .await;
     // Services of VirtualMachineBMCs that are gone or disabled.
     for svc in sh.stores.service.state() {
         let key = (svc.namespace().unwrap_or_default(), svc.name_any());
@@ -139,6 +143,37 @@ async fn reconcile(sh: &Shared, pending: &mut BTreeMap<String, u16>) {
             Ok(_) => log::info!("service={}/{} deleted", key.0, key.1),
             Err(kube::Error::Api(s)) if s.code == 404 => {}
             Err(e) => log::warn!("service={}/{} delete: {e}", key.0, key.1),
+        }
+    }
+}
+
+/// Writes a VirtualMachineBMC's port; Some((uid, port)) if it was written.
+async fn write_port(
+    sh: &Shared,
+    b: Arc<VirtualMachineBMC>,
+    port: Option<u16>,
+) -> Option<(String, u16)> {
+    let (ns, name) = (b.namespace().unwrap_or_default(), b.name_any());
+    let Some(port) = port else {
+        log::error!("vmbmc={ns}/{name} no free port in {:?}", sh.opts.port_range);
+        return None;
+    };
+    // The resourceVersion makes the write conditional: a VirtualMachineBMC changed since we
+    // read it is looked at again on the next round.
+    let patch =
+        json!({"metadata": {"resourceVersion": b.resource_version()}, "status": {"port": port}});
+    let api: Api<VirtualMachineBMC> = Api::namespaced(sh.client.clone(), &ns);
+    match api
+        .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) => {
+            log::info!("vmbmc={ns}/{name} port={port} allocated");
+            Some((b.metadata.uid.clone().unwrap_or_default(), port))
+        }
+        Err(e) => {
+            log::warn!("vmbmc={ns}/{name} port allocation: {e}");
+            None
         }
     }
 }
