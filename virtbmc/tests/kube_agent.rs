@@ -93,6 +93,54 @@ async fn vmbmc_gets_a_port_and_service_power_on_starts_the_vm_password_change_an
         "old password still accepted"
     );
 
+    // A second VirtualMachineBMC for the same VM: the older keeps the VM, its Service and
+    // its port; the newer says why it is not ready, and nobody fights over the Service.
+    sim.create(
+        Kind::VirtualMachineBmc,
+        NS,
+        json!({"apiVersion": "bmc.kubevirt.io/v1beta1", "kind": "VirtualMachineBMC", "metadata": {"name": "vm1-again"},
+               "spec": {"virtualMachineRef": {"name": "vm1"}, "authSecretRef": {"name": "vm1-auth"}}}),
+    )
+    .unwrap();
+    until("duplicate reported", || {
+        sim.get(Kind::VirtualMachineBmc, NS, "vm1-again")
+            .is_some_and(|b| {
+                b["status"]["conditions"].as_array().is_some_and(|cs| {
+                    cs.iter()
+                        .any(|c| c["reason"] == "DuplicateVirtualMachineRef")
+                })
+            })
+    })
+    .await;
+    sim.clear_requests();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let writes = sim
+        .requests()
+        .iter()
+        .filter(|r| {
+            let r = format!("{r:?}");
+            r.contains("services") && !r.contains("GET")
+        })
+        .count();
+    assert_eq!(writes, 0, "no Service writes in steady state");
+    let status_writes = sim
+        .requests()
+        .iter()
+        .filter(|r| {
+            let r = format!("{r:?}");
+            r.contains("virtualmachinebmcs") && !r.contains("GET")
+        })
+        .count();
+    assert_eq!(status_writes, 0, "no status writes in steady state");
+    assert_eq!(
+        sim.get(Kind::Service, NS, "vm1-virtbmc").unwrap()["spec"]["ports"][0]["targetPort"],
+        json!(port)
+    );
+    assert_eq!(agent.port_of("default/vm1"), Some(port));
+    assert_eq!(agent.registry.len(), 1);
+    sim.delete(Kind::VirtualMachineBmc, NS, "vm1-again")
+        .unwrap();
+
     // spec.ipmi.enabled=false turns the BMC off (no socket, no Service); the port is kept
     // for when it comes back.
     sim.merge_patch(

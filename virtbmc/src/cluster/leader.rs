@@ -11,10 +11,11 @@
 //! - the end of one-shot boot overrides: once a VMI other than the recorded one is Running,
 //!   the original boot orders come back and the record goes.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::{StreamExt, stream};
 use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -24,9 +25,9 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 
 use super::crd::Condition;
-use super::serve::{object_json, wait_ready};
+use super::serve::wait_ready;
 use super::view::{SecretProblem, users_from_secret};
-use super::{MANAGED_BY, Shared, VMBMC_LABEL, VirtualMachineBMC, actions};
+use super::{MANAGED_BY, Shared, Stores, VMBMC_LABEL, VirtualMachineBMC, actions};
 
 /// The IPMI port every Service exposes.
 pub const IPMI_PORT: i32 = 623;
@@ -41,6 +42,7 @@ pub async fn run(sh: Arc<Shared>) {
             pending.clear();
         }
         let _ = tokio::time::timeout(Duration::from_secs(5), sh.leader_wake.notified()).await;
+        tokio::time::sleep(super::serve::DEBOUNCE * 5).await;
     }
 }
 
@@ -73,58 +75,63 @@ pub fn allocate(
     need.into_iter().map(|b| (b, free.next())).collect()
 }
 
+/// API writes in flight at once: a first pass over thousands of VirtualMachineBMCs should
+/// not be thousands of round trips in a row, nor a stampede on the API server.
+const CONCURRENT_WRITES: usize = 16;
+
 async fn reconcile(sh: &Shared, pending: &mut BTreeMap<String, u16>) {
     let bmcs = sh.stores.vmbmcs();
     log::debug!("reconcile: {} VirtualMachineBMC(s)", bmcs.len());
     // Forget pending ports once the cache shows them (or their owner is gone).
-    pending.retain(|uid, p| {
-        bmcs.iter().any(|b| {
-            b.metadata.uid.as_ref() == Some(uid)
-                && b.status.as_ref().and_then(|s| s.port) != Some(*p)
+    let cached: HashMap<&str, Option<u16>> = bmcs
+        .iter()
+        .map(|b| {
+            (
+                b.metadata.uid.as_deref().unwrap_or_default(),
+                b.status.as_ref().and_then(|s| s.port),
+            )
         })
-    });
-    let mut allocated = false;
-    for (b, port) in allocate(&bmcs, sh.opts.port_range.clone(), pending) {
-        let (ns, name) = (b.namespace().unwrap_or_default(), b.name_any());
-        let Some(port) = port else {
-            log::error!("vmbmc={ns}/{name} no free port in {:?}", sh.opts.port_range);
-            continue;
-        };
-        // The resourceVersion makes the write conditional: a VirtualMachineBMC changed since
-        // we read it is looked at again on the next round.
-        let patch = json!({"metadata": {"resourceVersion": b.resource_version()}, "status": {"port": port}});
-        let api: Api<VirtualMachineBMC> = Api::namespaced(sh.client.clone(), &ns);
-        match api
-            .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-        {
-            Ok(_) => {
-                log::info!("vmbmc={ns}/{name} port={port} allocated");
-                pending.insert(b.metadata.uid.clone().unwrap_or_default(), port);
-                allocated = true;
-            }
-            Err(e) => log::warn!("vmbmc={ns}/{name} port allocation: {e}"),
-        }
-    }
-    if allocated {
+        .collect();
+    pending.retain(|uid, p| cached.get(uid.as_str()).is_some_and(|c| *c != Some(*p)));
+    let allocations = allocate(&bmcs, sh.opts.port_range.clone(), pending);
+    let written: Vec<(String, u16)> = stream::iter(allocations)
+        .map(|(b, port)| write_port(sh, b, port))
+        .buffer_unordered(CONCURRENT_WRITES)
+        .filter_map(std::future::ready)
+        .collect()
+        .await;
+    if !written.is_empty() {
+        pending.extend(written);
         // Services and conditions follow once the watch brings the ports back.
         return;
     }
+    let owners = Stores::owners(&bmcs);
     let mut wanted: BTreeSet<(String, String)> = BTreeSet::new();
     for b in &bmcs {
-        let ns = b.namespace().unwrap_or_default();
-        let vm = &b.spec.virtual_machine_ref.name;
-        let port = b.status.as_ref().and_then(|s| s.port);
-        let svc = match port.filter(|_| b.spec.ipmi_enabled()) {
-            Some(port) => {
-                wanted.insert((ns.clone(), service_name(vm)));
-                ensure_service(sh, b, port).await
-            }
-            None => None,
-        };
-        write_conditions(sh, b, svc.as_ref()).await;
-        restore_one_shot(sh, b).await;
+        if b.status.as_ref().and_then(|s| s.port).is_some()
+            && b.spec.ipmi_enabled()
+            && Stores::duplicate_of(&owners, b).is_none()
+        {
+            wanted.insert((
+                b.namespace().unwrap_or_default(),
+                service_name(&b.spec.virtual_machine_ref.name),
+            ));
+        }
     }
+    stream::iter(&bmcs)
+        .for_each_concurrent(CONCURRENT_WRITES, |b| {
+            let duplicate = Stores::duplicate_of(&owners, b);
+            async move {
+                let port = b.status.as_ref().and_then(|s| s.port);
+                let svc = match port.filter(|_| b.spec.ipmi_enabled() && duplicate.is_none()) {
+                    Some(port) => ensure_service(sh, b, port).await,
+                    None => None,
+                };
+                write_conditions(sh, b, svc.as_ref(), duplicate.as_deref()).await;
+                restore_one_shot(sh, b).await;
+            }
+        })
+        .await;
     // Services of VirtualMachineBMCs that are gone or disabled.
     for svc in sh.stores.service.state() {
         let key = (svc.namespace().unwrap_or_default(), svc.name_any());
@@ -136,6 +143,37 @@ async fn reconcile(sh: &Shared, pending: &mut BTreeMap<String, u16>) {
             Ok(_) => log::info!("service={}/{} deleted", key.0, key.1),
             Err(kube::Error::Api(s)) if s.code == 404 => {}
             Err(e) => log::warn!("service={}/{} delete: {e}", key.0, key.1),
+        }
+    }
+}
+
+/// Writes a VirtualMachineBMC's port; Some((uid, port)) if it was written.
+async fn write_port(
+    sh: &Shared,
+    b: Arc<VirtualMachineBMC>,
+    port: Option<u16>,
+) -> Option<(String, u16)> {
+    let (ns, name) = (b.namespace().unwrap_or_default(), b.name_any());
+    let Some(port) = port else {
+        log::error!("vmbmc={ns}/{name} no free port in {:?}", sh.opts.port_range);
+        return None;
+    };
+    // The resourceVersion makes the write conditional: a VirtualMachineBMC changed since we
+    // read it is looked at again on the next round.
+    let patch =
+        json!({"metadata": {"resourceVersion": b.resource_version()}, "status": {"port": port}});
+    let api: Api<VirtualMachineBMC> = Api::namespaced(sh.client.clone(), &ns);
+    match api
+        .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) => {
+            log::info!("vmbmc={ns}/{name} port={port} allocated");
+            Some((b.metadata.uid.clone().unwrap_or_default(), port))
+        }
+        Err(e) => {
+            log::warn!("vmbmc={ns}/{name} port allocation: {e}");
+            None
         }
     }
 }
@@ -232,7 +270,12 @@ fn condition(type_: &str, ok: bool, reason: &str, message: String) -> Condition 
 }
 
 /// The conditions a person reads with `kubectl describe vmbmc`.
-pub fn conditions(sh: &Shared, b: &VirtualMachineBMC, svc: Option<&Service>) -> Vec<Condition> {
+pub fn conditions(
+    sh: &Shared,
+    b: &VirtualMachineBMC,
+    svc: Option<&Service>,
+    duplicate_of: Option<&str>,
+) -> Vec<Condition> {
     let ns = b.namespace().unwrap_or_default();
     let vm = &b.spec.virtual_machine_ref.name;
     let secret_name = &b.spec.auth_secret_ref.name;
@@ -263,6 +306,12 @@ pub fn conditions(sh: &Shared, b: &VirtualMachineBMC, svc: Option<&Service>) -> 
     };
     let port = b.status.as_ref().and_then(|s| s.port);
     let ready = match (b.spec.ipmi_enabled(), port, svc) {
+        _ if let Some(first) = duplicate_of => condition(
+            "Ready",
+            false,
+            "DuplicateVirtualMachineRef",
+            format!("VirtualMachine {vm} is served by VirtualMachineBMC {first}"),
+        ),
         (false, _, _) => condition(
             "Ready",
             false,
@@ -309,9 +358,14 @@ pub fn conditions(sh: &Shared, b: &VirtualMachineBMC, svc: Option<&Service>) -> 
     ]
 }
 
-async fn write_conditions(sh: &Shared, b: &VirtualMachineBMC, svc: Option<&Service>) {
+async fn write_conditions(
+    sh: &Shared,
+    b: &VirtualMachineBMC,
+    svc: Option<&Service>,
+    duplicate_of: Option<&str>,
+) {
     let old = b.status.clone().unwrap_or_default();
-    let mut new = conditions(sh, b, svc);
+    let mut new = conditions(sh, b, svc, duplicate_of);
     let now = serde_json::to_value(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
         k8s_openapi::jiff::Timestamp::now(),
     ))
@@ -357,9 +411,8 @@ async fn restore_one_shot(sh: &Shared, b: &VirtualMachineBMC) {
     let Some(vmi) = sh.stores.vmi(&ns, vm) else {
         return;
     };
-    let json = object_json(&vmi);
     let uid = vmi.metadata.uid.clone().unwrap_or_default();
-    if json["status"]["phase"] != "Running" || uid == o.vmi_uid {
+    if vmi.data["status"]["phase"] != "Running" || uid == o.vmi_uid {
         return;
     }
     log::info!(

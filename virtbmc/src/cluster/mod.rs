@@ -161,6 +161,36 @@ impl Stores {
         v
     }
 
+    /// The VirtualMachineBMC that serves each VM, keyed (namespace, vm): the oldest naming
+    /// it (`bmcs` in [`Stores::vmbmcs`] order). One Service `<vm>-virtbmc`, one port.
+    pub fn owners(
+        bmcs: &[Arc<VirtualMachineBMC>],
+    ) -> HashMap<(String, String), Arc<VirtualMachineBMC>> {
+        let mut m = HashMap::new();
+        for b in bmcs {
+            let key = (
+                b.metadata.namespace.clone().unwrap_or_default(),
+                b.spec.virtual_machine_ref.name.clone(),
+            );
+            m.entry(key).or_insert_with(|| b.clone());
+        }
+        m
+    }
+
+    /// For a VirtualMachineBMC naming a VM an older one already names: that older one's name.
+    pub fn duplicate_of(
+        owners: &HashMap<(String, String), Arc<VirtualMachineBMC>>,
+        b: &VirtualMachineBMC,
+    ) -> Option<String> {
+        let key = (
+            b.metadata.namespace.clone().unwrap_or_default(),
+            b.spec.virtual_machine_ref.name.clone(),
+        );
+        let first = owners.get(&key)?;
+        (first.metadata.uid != b.metadata.uid)
+            .then(|| first.metadata.name.clone().unwrap_or_default())
+    }
+
     /// The VirtualMachineBMC serving `ns/vm`.
     pub fn vmbmc_for(&self, ns: &str, vm: &str) -> Option<Arc<VirtualMachineBMC>> {
         self.vmbmcs().into_iter().find(|b| {

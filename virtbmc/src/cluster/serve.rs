@@ -77,6 +77,12 @@ pub fn spawn(
     tasks
 }
 
+/// How long a change waits for the next ones before the views are recomputed: small
+/// against a client's retry time and the 100 ms the issue allows for a power change to show.
+pub const DEBOUNCE: Duration = Duration::from_millis(10);
+
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
 fn reflect<K>(
     sh: &Arc<Shared>,
     what: &'static str,
@@ -93,9 +99,14 @@ where
         // default_backoff: a failing LIST or WATCH is retried with a growing delay instead of
         // a hot loop; every event (including a re-list's InitDone, after which vanished
         // objects are gone from the store without a Delete event) wakes the loops.
+        // managedFields and kubectl's last-applied annotation are dropped before caching:
+        // memory the agent never reads, and for Secrets a second copy of the password.
         let mut events = std::pin::pin!(reflector::reflector(
             writer,
-            watcher(api, wc).default_backoff()
+            watcher(api, wc).default_backoff().modify(|o| {
+                o.managed_fields_mut().clear();
+                o.annotations_mut().remove(LAST_APPLIED);
+            })
         ));
         while let Some(ev) = events.next().await {
             if let Err(e) = ev {
@@ -122,23 +133,23 @@ pub struct Served {
 pub fn desired(sh: &Shared) -> (HashMap<String, VmView>, BTreeMap<u16, Served>) {
     let mut views = HashMap::new();
     let mut bmcs = BTreeMap::new();
-    for b in sh.stores.vmbmcs() {
+    let all = sh.stores.vmbmcs();
+    let owners = super::Stores::owners(&all);
+    for b in all.iter().cloned() {
         let ns = b.namespace().unwrap_or_default();
         let vm_name = &b.spec.virtual_machine_ref.name;
         let name = format!("{ns}/{vm_name}");
         let vm = sh.stores.vm(&ns, vm_name);
         let vmi = sh.stores.vmi(&ns, vm_name);
-        let vm_json = vm.as_ref().map(|o| object_json(o));
-        let vmi_json = vmi.as_ref().map(|o| object_json(o));
         let status = b.status.as_ref();
         let view = VmView {
-            power: power_state(vm_json.as_ref(), vmi_json.as_ref()),
+            power: power_state(vm.as_deref(), vmi.as_deref()),
             boot: boot_override(
                 status.and_then(|s| s.boot_override.as_ref()),
-                vm_json.as_ref(),
+                vm.as_ref().map(|o| &o.data),
             ),
-            guid: vm_json
-                .as_ref()
+            guid: vm
+                .as_deref()
                 .and_then(guid)
                 .unwrap_or_else(|| name_guid(&name)),
         };
@@ -146,7 +157,7 @@ pub fn desired(sh: &Shared) -> (HashMap<String, VmView>, BTreeMap<u16, Served>) 
         let Some(port) = status.and_then(|s| s.port) else {
             continue;
         };
-        if !b.spec.ipmi_enabled() {
+        if !b.spec.ipmi_enabled() || super::Stores::duplicate_of(&owners, &b).is_some() {
             continue;
         }
         if bmcs.contains_key(&port) {
@@ -191,6 +202,9 @@ async fn serve_loop(sh: Arc<Shared>, registry: Arc<Registry>) {
         sync_registry(&sh.opts.base_config, &registry, &mut served, want).await;
         // A failed bind is retried on the next change or after a while.
         let _ = tokio::time::timeout(Duration::from_secs(5), sh.serve_wake.notified()).await;
+        // A burst of events (a re-list, a controller touching many VMs) is one recompute,
+        // not one per event: each recompute reads every VirtualMachineBMC.
+        tokio::time::sleep(DEBOUNCE).await;
     }
 }
 

@@ -1,11 +1,47 @@
 //! From cluster objects to what the engine reads: a VM's power state, GUID and boot override,
-//! and a BMC's users. Pure functions over the JSON of the objects, tested below.
+//! and a BMC's users. Pure functions over the objects (cached `DynamicObject`s, or their JSON
+//! in tests: see [`Object`]), tested below.
 
+use kube::api::DynamicObject;
 use serde_json::Value;
 
 use super::crd::BootOverrideStatus;
 use crate::engine::config::{Privilege, User};
 use crate::engine::vm::{BootDevice, BootOverride, PowerState, uuid_to_wire};
+
+/// Read access to a KubeVirt object: the cached `DynamicObject` (metadata typed, the rest
+/// JSON, read in place without a copy) or plain JSON.
+pub trait Object {
+    /// A top-level field other than metadata (`spec`, `status`).
+    fn top(&self, key: &str) -> &Value;
+    /// Has a deletionTimestamp.
+    fn deleting(&self) -> bool;
+    fn uid(&self) -> Option<&str>;
+}
+
+impl Object for DynamicObject {
+    fn top(&self, key: &str) -> &Value {
+        &self.data[key]
+    }
+    fn deleting(&self) -> bool {
+        self.metadata.deletion_timestamp.is_some()
+    }
+    fn uid(&self) -> Option<&str> {
+        self.metadata.uid.as_deref()
+    }
+}
+
+impl Object for Value {
+    fn top(&self, key: &str) -> &Value {
+        &self[key]
+    }
+    fn deleting(&self) -> bool {
+        !self["metadata"]["deletionTimestamp"].is_null()
+    }
+    fn uid(&self) -> Option<&str> {
+        self["metadata"]["uid"].as_str()
+    }
+}
 
 /// Power as a physical BMC would report it, from the VM and its VMI (KUBEVIRT.md, KUBE-API.md
 /// §C.3). The first rule that matches wins:
@@ -22,9 +58,9 @@ use crate::engine::vm::{BootDevice, BootOverride, PowerState, uuid_to_wire};
 /// | VMI `Running` and paused (condition `Paused=True`) | On | the guest holds its memory and devices, as a suspended machine keeps power; "power off" must still stop it, and "power on" must not answer as if it were off (KubeVirt refuses a start of a paused VM) |
 /// | VMI `Unknown` | On | virt-handler lost track (node unreachable): the guest may well still run, and KubeVirt does not delete it; On lets "power off"/"reset" reach KubeVirt instead of being refused as busy forever |
 /// | any other phase | Starting | a phase this agent does not know is treated as a transition: mutating commands answer 0xC0 rather than act on a guess |
-pub fn power_state(vm: Option<&Value>, vmi: Option<&Value>) -> PowerState {
+pub fn power_state<O: Object>(vm: Option<&O>, vmi: Option<&O>) -> PowerState {
     let printable = vm
-        .and_then(|v| v["status"]["printableStatus"].as_str())
+        .and_then(|v| v.top("status")["printableStatus"].as_str())
         .unwrap_or("");
     let Some(vmi) = vmi else {
         return if printable == "Starting" {
@@ -33,14 +69,12 @@ pub fn power_state(vm: Option<&Value>, vmi: Option<&Value>) -> PowerState {
             PowerState::Off
         };
     };
-    let phase = vmi["status"]["phase"].as_str().unwrap_or("");
+    let phase = vmi.top("status")["phase"].as_str().unwrap_or("");
     let finished = matches!(phase, "Succeeded" | "Failed");
     if finished {
         return PowerState::Off;
     }
-    if !vmi["metadata"]["deletionTimestamp"].is_null()
-        || matches!(printable, "Stopping" | "Terminating")
-    {
+    if vmi.deleting() || matches!(printable, "Stopping" | "Terminating") {
         return PowerState::Stopping;
     }
     match phase {
@@ -59,10 +93,10 @@ pub fn is_paused(vmi: &Value) -> bool {
 
 /// The System GUID: the SMBIOS UUID the guest sees (`firmware.uuid`, stable across restarts),
 /// else the VM's uid; in IPMI's byte order. None if neither parses.
-pub fn guid(vm: &Value) -> Option<[u8; 16]> {
-    let s = vm["spec"]["template"]["spec"]["domain"]["firmware"]["uuid"]
+pub fn guid<O: Object>(vm: &O) -> Option<[u8; 16]> {
+    let s = vm.top("spec")["template"]["spec"]["domain"]["firmware"]["uuid"]
         .as_str()
-        .or_else(|| vm["metadata"]["uid"].as_str())?;
+        .or_else(|| vm.uid())?;
     parse_uuid(s).map(uuid_to_wire)
 }
 
@@ -207,7 +241,9 @@ mod tests {
             power_state(Some(&stopping), Some(&vmi("Running"))),
             PowerState::Stopping
         );
-        assert_eq!(power_state(None, None), PowerState::Off);
+        assert_eq!(power_state::<Value>(None, None), PowerState::Off);
+        let cached: DynamicObject = serde_json::from_value(json!({"metadata": {"name": "v", "deletionTimestamp": "2026-01-01T00:00:00Z"}, "status": {"phase": "Running"}})).unwrap();
+        assert_eq!(power_state(None, Some(&cached)), PowerState::Stopping);
     }
 
     #[test]
@@ -224,6 +260,8 @@ mod tests {
             uuid_to_wire([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1])
         );
         assert_eq!(guid(&json!({})), None);
+        let cached: DynamicObject = serde_json::from_value(json!({"metadata": {"name": "v", "uid": "00000000-0000-0000-0000-000000000002"}, "spec": {}})).unwrap();
+        assert_eq!(guid(&cached).unwrap()[0], 2);
         assert_eq!(parse_uuid("xyz"), None);
     }
 
