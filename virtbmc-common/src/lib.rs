@@ -44,7 +44,9 @@ pub const COUNTERS_MAP: &str = "COUNTERS";
 pub const COUNTERS_PIN: &str = "counters";
 
 /// Maximum number of BMCs (UDP ports) one agent serves through the fast path.
-pub const MAX_BMCS: u32 = 4096;
+/// Sized for a whole default port range (10,000 BMCs) with room: a BMC the map cannot hold
+/// is still answered by userspace, only slower.
+pub const MAX_BMCS: u32 = 16384;
 /// Capacity of [`BmcState::cipher_records`].
 pub const MAX_CIPHER_RECORDS: usize = 32;
 
