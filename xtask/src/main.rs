@@ -21,7 +21,8 @@ commands:
   demo            build the agent, run it with 3 VMs in a network namespace, drive it with ipmitool
   test [FILTER]   install missing client tools, build, run unit and end-to-end tests (needs root)
   fuzz [RUNS]     run the engine fuzz target for RUNS inputs (default 300000; nightly)
-  bench [SECS]    benchmark the userspace path and the agent's memory per BMC
+  bench [SECS]    benchmark the userspace path, memory per BMC, XDP off vs on over a veth
+  bench cluster [N...]  cluster mode against kubesim: memory, CPU, phase-change latency
   build-ebpf      install rust-src/bpf-linker if missing, build the XDP object (nightly)";
 
 fn main() -> ExitCode {
@@ -48,12 +49,24 @@ fn main() -> ExitCode {
     }
 }
 
-/// Release agent plus the benchmark example, which prints its figures side by side.
+/// The userspace and veth benchmark (`bench [SECS]`), or the cluster-mode one
+/// (`bench cluster [N...]`: kubesim with N VMs, default 1,000 and 10,000).
 fn bench(args: &[String]) -> Result<(), String> {
     let agent = tools::build_agent()?;
-    tools::run(tools::cargo().args(["build", "--release", "-p", "virtbmc", "--example", "bench"]))?;
-    let bin = tools::root().join("target/release/examples/bench");
+    let object = ebpf::build_ebpf()?;
+    let (example, rest) = match args.first().map(String::as_str) {
+        Some("cluster") => ("cluster_bench", &args[1..]),
+        _ => ("bench", args),
+    };
+    tools::run(tools::cargo().args(["build", "--release", "-p", "virtbmc", "--example", example]))?;
+    let bin = tools::root().join("target/release/examples").join(example);
     let mut cmd = std::process::Command::new(bin);
-    cmd.arg(&agent).args(args);
+    if example == "bench" {
+        cmd.arg(&agent)
+            .arg(rest.first().map_or("2", String::as_str))
+            .arg(&object);
+    } else {
+        cmd.arg(&agent).arg(&object).args(rest);
+    }
     tools::run(&mut cmd)
 }
