@@ -325,8 +325,8 @@ fn rmcp_plus_wrong_password_unknown_user_and_role() {
     );
 }
 
-/// Opens a session by hand up to RAKP2, returning (bmc id, Rc, GUID).
-fn half_open(rig: &Rig, peer: &str) -> (u32, [u8; 16]) {
+/// Open Session Request for suite 3 from `peer`: the BMC's session id.
+fn open_session(rig: &Rig, peer: &str) -> u32 {
     let mut req = vec![0, 0, 0, 0, 1, 2, 3, 4];
     req.extend_from_slice(&[
         0, 0, 0, 8, 1, 0, 0, 0, 1, 0, 0, 8, 1, 0, 0, 0, 2, 0, 0, 8, 1, 0, 0, 0,
@@ -334,13 +334,23 @@ fn half_open(rig: &Rig, peer: &str) -> (u32, [u8; 16]) {
     let Output::Reply(r) = rig.from(peer, &console::sessionless_v20(0x10, &req)) else {
         panic!("open session")
     };
-    let id = crate::wire::le_u32(&r[16 + 8..16 + 12]);
+    crate::wire::le_u32(&r[16 + 8..16 + 12])
+}
+
+/// RAKP1 for `admin` (Rm = 0x77.., role ADMIN, name-only lookup) on session `id`.
+fn rakp1(rig: &Rig, peer: &str, id: u32) -> Output {
     let mut r1 = vec![1, 0, 0, 0];
     r1.extend_from_slice(&id.to_le_bytes());
     r1.extend_from_slice(&[0x77; 16]);
     r1.extend_from_slice(&[0x14, 0, 0, 5]);
     r1.extend_from_slice(b"admin");
-    let Output::Reply(r) = rig.from(peer, &console::sessionless_v20(0x12, &r1)) else {
+    rig.from(peer, &console::sessionless_v20(0x12, &r1))
+}
+
+/// Opens a session by hand up to RAKP2, returning (bmc id, Rc).
+fn half_open(rig: &Rig, peer: &str) -> (u32, [u8; 16]) {
+    let id = open_session(rig, peer);
+    let Output::Reply(r) = rakp1(rig, peer, id) else {
         panic!("rakp1")
     };
     let mut rc = [0u8; 16];
@@ -570,20 +580,8 @@ fn rakp2_is_rate_limited_per_source() {
     let rig = Rig::new(config());
     let mut answered = 0;
     for _ in 0..100 {
-        let mut req = vec![0, 0, 0, 0, 1, 2, 3, 4];
-        req.extend_from_slice(&[
-            0, 0, 0, 8, 1, 0, 0, 0, 1, 0, 0, 8, 1, 0, 0, 0, 2, 0, 0, 8, 1, 0, 0, 0,
-        ]);
-        let Output::Reply(r) = rig.from("10.0.0.8:1", &console::sessionless_v20(0x10, &req)) else {
-            panic!()
-        };
-        let id = crate::wire::le_u32(&r[16 + 8..16 + 12]);
-        let mut r1 = vec![1, 0, 0, 0];
-        r1.extend_from_slice(&id.to_le_bytes());
-        r1.extend_from_slice(&[0x77; 16]);
-        r1.extend_from_slice(&[0x14, 0, 0, 5]);
-        r1.extend_from_slice(b"admin");
-        if let Output::Reply(_) = rig.from("10.0.0.8:1", &console::sessionless_v20(0x12, &r1)) {
+        let id = open_session(&rig, "10.0.0.8:1");
+        if let Output::Reply(_) = rakp1(&rig, "10.0.0.8:1", id) {
             answered += 1;
         }
     }
