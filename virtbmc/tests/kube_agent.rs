@@ -360,6 +360,14 @@ async fn bootdev_pxe_patches_boot_orders_and_a_one_shot_is_restored_after_the_ne
         out.text
     );
     assert_eq!(boot_orders(&sim, "web"), original);
+    until("IPMIBootDeviceRefused event", || {
+        sim.list(Kind::Event, Some(NS)).iter().any(|e| {
+            e["reason"] == "IPMIBootDeviceRefused"
+                && e["involvedObject"]["name"] == "web"
+                && e["message"].as_str().is_some_and(|m| m.contains("cdrom"))
+        })
+    })
+    .await;
     let out = admin(port, &["chassis", "bootdev", "bios"]).await;
     assert!(out.text.contains("failed"), "BIOS setup: {}", out.text);
 

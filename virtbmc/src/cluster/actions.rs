@@ -21,7 +21,19 @@ const BOOT_ATTEMPTS: usize = 4;
 pub async fn perform(sh: &Shared, ns: &str, vm: &str, action: Action) -> Result<(), ActionError> {
     let work = async {
         match action {
-            Action::SetBoot(b) => set_boot(sh, ns, vm, b).await,
+            Action::SetBoot(b) => {
+                let r = set_boot(sh, ns, vm, b).await;
+                if let Err(e) = &r {
+                    let reason = match e {
+                        ActionError::NotInState(_) | ActionError::Unsupported(_) => {
+                            "IPMIBootDeviceRefused"
+                        }
+                        _ => "IPMIBootDeviceFailed",
+                    };
+                    record_event(sh, ns, vm, reason, &format!("IPMI {action}: {e}"));
+                }
+                r
+            }
             power => power_action(sh, ns, vm, power).await,
         }
     };
@@ -165,8 +177,7 @@ async fn set_boot(
     want: Option<BootOverride>,
 ) -> Result<(), ActionError> {
     let bmc = sh
-        .stores
-        .vmbmc_for(ns, vm)
+        .owner(&format!("{ns}/{vm}"))
         .ok_or_else(|| ActionError::Failed(format!("no VirtualMachineBMC for {ns}/{vm}")))?;
     let existing = bmc.status.as_ref().and_then(|s| s.boot_override.clone());
     let vms: Api<DynamicObject> = Api::namespaced_with(sh.client.clone(), ns, &vm_resource());

@@ -13,7 +13,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures::{StreamExt, stream};
 use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
@@ -25,7 +25,7 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 
 use super::crd::Condition;
-use super::serve::wait_ready;
+use super::serve::{RESYNC, RETRY, wait_ready};
 use super::view::{SecretProblem, users_from_secret};
 use super::{MANAGED_BY, Shared, Stores, VMBMC_LABEL, VirtualMachineBMC, actions};
 
@@ -35,14 +35,46 @@ pub const IPMI_PORT: i32 = 623;
 pub async fn run(sh: Arc<Shared>) {
     wait_ready(&sh).await;
     let mut pending = BTreeMap::new();
+    let mut settled = false;
     loop {
-        if sh.is_leader() {
-            reconcile(&sh, &mut pending).await;
-        } else {
-            pending.clear();
-        }
-        let _ = tokio::time::timeout(Duration::from_secs(5), sh.leader_wake.notified()).await;
+        let idle = if settled { RESYNC } else { RETRY };
+        let woken = tokio::time::timeout(idle, sh.leader_wake.notified())
+            .await
+            .is_ok();
         tokio::time::sleep(super::serve::DEBOUNCE * 5).await;
+        let dirty = sh.take_dirty();
+        if !sh.is_leader() {
+            pending.clear();
+            settled = false;
+            continue;
+        }
+        let round = Round::default();
+        if dirty.all || !woken || !settled {
+            reconcile(&sh, &mut pending, &round).await;
+        } else {
+            // Only some VMs changed (a VMI phase, a VM's devices): their BMCs alone.
+            let bmcs: Vec<_> = dirty.names.iter().filter_map(|n| sh.owner(n)).collect();
+            log::debug!(
+                "reconcile: {} VirtualMachineBMC(s) of changed VMs",
+                bmcs.len()
+            );
+            stream::iter(&bmcs)
+                .for_each_concurrent(CONCURRENT_WRITES, |b| reconcile_one(&sh, b, None, &round))
+                .await;
+        }
+        settled = !round.failed.load(Ordering::Relaxed);
+    }
+}
+
+/// One reconcile pass: whether some write failed and the pass must be retried.
+#[derive(Default)]
+struct Round {
+    failed: AtomicBool,
+}
+
+impl Round {
+    fn fail(&self) {
+        self.failed.store(true, Ordering::Relaxed);
     }
 }
 
@@ -79,7 +111,7 @@ pub fn allocate(
 /// not be thousands of round trips in a row, nor a stampede on the API server.
 const CONCURRENT_WRITES: usize = 16;
 
-async fn reconcile(sh: &Shared, pending: &mut BTreeMap<String, u16>) {
+async fn reconcile(sh: &Shared, pending: &mut BTreeMap<String, u16>, round: &Round) {
     let bmcs = sh.stores.vmbmcs();
     log::debug!("reconcile: {} VirtualMachineBMC(s)", bmcs.len());
     // Forget pending ports once the cache shows them (or their owner is gone).
@@ -95,13 +127,15 @@ async fn reconcile(sh: &Shared, pending: &mut BTreeMap<String, u16>) {
     pending.retain(|uid, p| cached.get(uid.as_str()).is_some_and(|c| *c != Some(*p)));
     let allocations = allocate(&bmcs, sh.opts.port_range.clone(), pending);
     let written: Vec<(String, u16)> = stream::iter(allocations)
-        .map(|(b, port)| write_port(sh, b, port))
+        .map(|(b, port)| write_port(sh, b, port, round))
         .buffer_unordered(CONCURRENT_WRITES)
         .filter_map(std::future::ready)
         .collect()
         .await;
     if !written.is_empty() {
         pending.extend(written);
+        // Not settled until the watch shows them.
+        round.fail();
         // Services and conditions follow once the watch brings the ports back.
         return;
     }
@@ -120,16 +154,7 @@ async fn reconcile(sh: &Shared, pending: &mut BTreeMap<String, u16>) {
     }
     stream::iter(&bmcs)
         .for_each_concurrent(CONCURRENT_WRITES, |b| {
-            let duplicate = Stores::duplicate_of(&owners, b);
-            async move {
-                let port = b.status.as_ref().and_then(|s| s.port);
-                let svc = match port.filter(|_| b.spec.ipmi_enabled() && duplicate.is_none()) {
-                    Some(port) => ensure_service(sh, b, port).await,
-                    None => None,
-                };
-                write_conditions(sh, b, svc.as_ref(), duplicate.as_deref()).await;
-                restore_one_shot(sh, b).await;
-            }
+            reconcile_one(sh, b, Stores::duplicate_of(&owners, b), round)
         })
         .await;
     // Services of VirtualMachineBMCs that are gone or disabled.
@@ -142,9 +167,29 @@ async fn reconcile(sh: &Shared, pending: &mut BTreeMap<String, u16>) {
         match api.delete(&key.1, &DeleteParams::default()).await {
             Ok(_) => log::info!("service={}/{} deleted", key.0, key.1),
             Err(kube::Error::Api(s)) if s.code == 404 => {}
-            Err(e) => log::warn!("service={}/{} delete: {e}", key.0, key.1),
+            Err(e) => {
+                log::warn!("service={}/{} delete: {e}", key.0, key.1);
+                round.fail();
+            }
         }
     }
+}
+
+/// One VirtualMachineBMC: its Service, its conditions, the end of its one-shot override.
+/// `duplicate`: the older VirtualMachineBMC naming the same VM, if any.
+async fn reconcile_one(
+    sh: &Shared,
+    b: &VirtualMachineBMC,
+    duplicate: Option<String>,
+    round: &Round,
+) {
+    let port = b.status.as_ref().and_then(|s| s.port);
+    let svc = match port.filter(|_| b.spec.ipmi_enabled() && duplicate.is_none()) {
+        Some(port) => ensure_service(sh, b, port, round).await,
+        None => None,
+    };
+    write_conditions(sh, b, svc.as_ref(), duplicate.as_deref(), round).await;
+    restore_one_shot(sh, b, round).await;
 }
 
 /// Writes a VirtualMachineBMC's port; Some((uid, port)) if it was written.
@@ -152,10 +197,12 @@ async fn write_port(
     sh: &Shared,
     b: Arc<VirtualMachineBMC>,
     port: Option<u16>,
+    round: &Round,
 ) -> Option<(String, u16)> {
     let (ns, name) = (b.namespace().unwrap_or_default(), b.name_any());
     let Some(port) = port else {
         log::error!("vmbmc={ns}/{name} no free port in {:?}", sh.opts.port_range);
+        round.fail();
         return None;
     };
     // The resourceVersion makes the write conditional: a VirtualMachineBMC changed since we
@@ -173,13 +220,19 @@ async fn write_port(
         }
         Err(e) => {
             log::warn!("vmbmc={ns}/{name} port allocation: {e}");
+            round.fail();
             None
         }
     }
 }
 
 /// Creates or corrects the Service; returns it as the cache (or the write) has it.
-async fn ensure_service(sh: &Shared, b: &VirtualMachineBMC, port: u16) -> Option<Service> {
+async fn ensure_service(
+    sh: &Shared,
+    b: &VirtualMachineBMC,
+    port: u16,
+    round: &Round,
+) -> Option<Service> {
     let ns = b.namespace().unwrap_or_default();
     let name = service_name(&b.spec.virtual_machine_ref.name);
     let existing = sh.stores.service.get(&ObjectRef::new(&name).within(&ns));
@@ -254,6 +307,7 @@ async fn ensure_service(sh: &Shared, b: &VirtualMachineBMC, port: u16) -> Option
         }
         Err(e) => {
             log::warn!("service={ns}/{name} apply: {e}");
+            round.fail();
             existing.map(|s| (*s).clone())
         }
     }
@@ -363,6 +417,7 @@ async fn write_conditions(
     b: &VirtualMachineBMC,
     svc: Option<&Service>,
     duplicate_of: Option<&str>,
+    round: &Round,
 ) {
     let old = b.status.clone().unwrap_or_default();
     let mut new = conditions(sh, b, svc, duplicate_of);
@@ -394,10 +449,11 @@ async fn write_conditions(
         .await
     {
         log::warn!("vmbmc={ns}/{name} status: {e}");
+        round.fail();
     }
 }
 
-async fn restore_one_shot(sh: &Shared, b: &VirtualMachineBMC) {
+async fn restore_one_shot(sh: &Shared, b: &VirtualMachineBMC, round: &Round) {
     let Some(o) = b
         .status
         .as_ref()
@@ -421,6 +477,7 @@ async fn restore_one_shot(sh: &Shared, b: &VirtualMachineBMC) {
     );
     if let Err(e) = actions::restore_orders(sh, &ns, vm, o).await {
         log::warn!("vm={ns}/{vm} restore boot order: {e}");
+        round.fail();
         return;
     }
     // Conditional on the resourceVersion: a new override set meanwhile is kept.
@@ -435,6 +492,7 @@ async fn restore_one_shot(sh: &Shared, b: &VirtualMachineBMC) {
         .await
     {
         log::warn!("vm={ns}/{vm} clear one-shot record: {e}");
+        round.fail();
     }
 }
 

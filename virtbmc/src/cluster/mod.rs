@@ -18,10 +18,10 @@ pub mod lease;
 pub mod serve;
 pub mod view;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::RangeInclusive;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Secret, Service};
@@ -190,13 +190,22 @@ impl Stores {
         (first.metadata.uid != b.metadata.uid)
             .then(|| first.metadata.name.clone().unwrap_or_default())
     }
+}
 
-    /// The VirtualMachineBMC serving `ns/vm`.
-    pub fn vmbmc_for(&self, ns: &str, vm: &str) -> Option<Arc<VirtualMachineBMC>> {
-        self.vmbmcs().into_iter().find(|b| {
-            b.metadata.namespace.as_deref() == Some(ns) && b.spec.virtual_machine_ref.name == vm
-        })
-    }
+/// What the BMC tasks read, keyed by BMC name `<namespace>/<vm>`: each served VM's view and
+/// the VirtualMachineBMC serving it (the oldest naming the VM). One lock for both, so a
+/// per-VM refresh and a full rebuild never interleave into a stale view.
+#[derive(Default)]
+struct Table {
+    views: HashMap<String, VmView>,
+    owners: HashMap<String, Arc<VirtualMachineBMC>>,
+}
+
+/// What the leader must look at again: everything, or the BMCs of some VMs.
+#[derive(Default, Debug)]
+pub(crate) struct Dirty {
+    pub all: bool,
+    pub names: BTreeSet<String>,
 }
 
 /// State shared by the backend, the serving loop and the leader.
@@ -205,10 +214,11 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     pub opts: ClusterOptions,
     pub stores: Stores,
-    views: RwLock<HashMap<String, VmView>>,
+    table: RwLock<Table>,
     changes: broadcast::Sender<Arc<str>>,
     leader: AtomicBool,
-    /// Wakes the serving loop and the leader loop after any cache change.
+    leader_dirty: Mutex<Dirty>,
+    /// Wakes the serving loop (full rebuild) and the leader loop.
     pub(crate) serve_wake: Notify,
     pub(crate) leader_wake: Notify,
 }
@@ -221,7 +231,7 @@ impl Shared {
     pub(crate) fn set_leader(&self, on: bool) {
         if self.leader.swap(on, Ordering::Relaxed) != on {
             log::info!("identity={} leader={on}", self.opts.identity);
-            self.leader_wake.notify_one();
+            self.wake_leader_all();
         }
     }
 
@@ -242,35 +252,110 @@ impl Shared {
         r
     }
 
+    /// After a change that may touch any BMC (a VirtualMachineBMC, a Secret, a Service, a
+    /// re-list): the serving loop rebuilds everything and the leader reconciles everything.
     pub(crate) fn wake(&self) {
         self.serve_wake.notify_one();
+        self.wake_leader_all();
+    }
+
+    pub(crate) fn wake_leader_all(&self) {
+        self.dirty().all = true;
         self.leader_wake.notify_one();
     }
 
+    fn dirty(&self) -> std::sync::MutexGuard<'_, Dirty> {
+        self.leader_dirty.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// What the leader must reconcile now (and forgets it).
+    pub(crate) fn take_dirty(&self) -> Dirty {
+        std::mem::take(&mut *self.dirty())
+    }
+
+    /// After a VM or VMI event: only that VM's BMC can change, so only its view is
+    /// recomputed, at once (no debounce, no pass over every BMC: this is the path from a
+    /// phase change to the fast-path map and the next answer), and only it is handed to the
+    /// leader (conditions, the end of a one-shot override).
+    pub(crate) fn vm_changed(&self, ns: &str, vm: &str) {
+        let name = format!("{ns}/{vm}");
+        let mut t = self.table();
+        let Some(b) = t.owners.get(&name).cloned() else {
+            return;
+        };
+        let view = serve::view_of(&self.stores, &b, ns, vm, &name);
+        let changed = t.views.get(&name) != Some(&view);
+        if changed {
+            t.views.insert(name.clone(), view);
+        }
+        drop(t);
+        if changed {
+            let _ = self.changes.send(Arc::from(name.as_str()));
+        }
+        self.dirty().names.insert(name);
+        self.leader_wake.notify_one();
+    }
+
+    fn table(&self) -> std::sync::RwLockWriteGuard<'_, Table> {
+        self.table.write().unwrap_or_else(|e| e.into_inner())
+    }
+
     pub fn view(&self, name: &str) -> Option<VmView> {
-        self.views
+        self.table
             .read()
             .unwrap_or_else(|e| e.into_inner())
+            .views
             .get(name)
             .copied()
     }
 
-    /// Replaces every view, announcing the names whose view changed, appeared or went.
-    pub(crate) fn set_views(&self, new: HashMap<String, VmView>) {
-        let mut views = self.views.write().unwrap_or_else(|e| e.into_inner());
-        let mut changed: Vec<&String> = new
+    /// Whether a served VirtualMachineBMC names this Secret.
+    pub(crate) fn uses_secret(&self, ns: &str, secret: &str) -> bool {
+        self.table
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .owners
+            .values()
+            .any(|b| {
+                b.spec.auth_secret_ref.name == secret && b.metadata.namespace.as_deref() == Some(ns)
+            })
+    }
+
+    /// The VirtualMachineBMC serving the BMC `name` (`<namespace>/<vm>`).
+    pub fn owner(&self, name: &str) -> Option<Arc<VirtualMachineBMC>> {
+        self.table
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .owners
+            .get(name)
+            .cloned()
+    }
+
+    /// Recomputes every view and owner from the caches, announcing the names whose view
+    /// changed, appeared or went; returns the BMCs to serve by port. Computed under the
+    /// table's lock: a VM event meanwhile waits, then recomputes from the newer cache.
+    pub(crate) fn rebuild(&self) -> BTreeMap<u16, serve::Served> {
+        let mut t = self.table();
+        let (views, owners, bmcs) = serve::desired(&self.stores);
+        let mut changed: Vec<Arc<str>> = views
             .iter()
-            .filter(|(k, v)| views.get(*k) != Some(v))
-            .map(|(k, _)| k)
+            .filter(|(k, v)| t.views.get(*k) != Some(v))
+            .map(|(k, _)| Arc::from(k.as_str()))
             .collect();
-        changed.extend(views.keys().filter(|k| !new.contains_key(*k)));
-        let changed: Vec<Arc<str>> = changed.into_iter().map(|k| Arc::from(k.as_str())).collect();
-        *views = new;
-        drop(views);
+        changed.extend(
+            t.views
+                .keys()
+                .filter(|k| !views.contains_key(*k))
+                .map(|k| Arc::from(k.as_str())),
+        );
+        t.views = views;
+        t.owners = owners;
+        drop(t);
         for name in changed {
             // Nobody listening (no fast path) is fine.
             let _ = self.changes.send(name);
         }
+        bmcs
     }
 }
 
@@ -293,7 +378,8 @@ impl KubeBackend {
             metrics,
             opts,
             stores,
-            views: RwLock::new(HashMap::new()),
+            table: RwLock::new(Table::default()),
+            leader_dirty: Mutex::new(Dirty::default()),
             changes: broadcast::channel(4096).0,
             leader: AtomicBool::new(false),
             serve_wake: Notify::new(),

@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 
 use super::view::{boot_override, guid, power_state, users_from_secret};
 use super::{
-    KubeBackend, MANAGED_BY, Shared, VirtualMachineBMC, Writers, vm_resource, vmi_resource,
+    KubeBackend, MANAGED_BY, Shared, Stores, VirtualMachineBMC, Writers, vm_resource, vmi_resource,
 };
 use crate::agent::name_guid;
 use crate::agent::registry::Registry;
@@ -41,6 +41,7 @@ pub fn spawn(
             writers.vmbmc,
             Api::<VirtualMachineBMC>::all(client.clone()),
             watcher::Config::default(),
+            wake_all,
         ),
         reflect(
             &sh,
@@ -48,6 +49,7 @@ pub fn spawn(
             writers.vm,
             Api::<DynamicObject>::all_with(client.clone(), &vm_resource()),
             watcher::Config::default(),
+            vm_event,
         ),
         reflect(
             &sh,
@@ -55,6 +57,7 @@ pub fn spawn(
             writers.vmi,
             Api::<DynamicObject>::all_with(client.clone(), &vmi_resource()),
             watcher::Config::default(),
+            vm_event,
         ),
         reflect(
             &sh,
@@ -62,6 +65,7 @@ pub fn spawn(
             writers.secret,
             Api::<Secret>::all(client.clone()),
             watcher::Config::default(),
+            secret_event,
         ),
         reflect(
             &sh,
@@ -69,6 +73,7 @@ pub fn spawn(
             writers.service,
             Api::<Service>::all(client.clone()),
             watcher::Config::default().labels(&managed),
+            service_event,
         ),
     ];
     tasks.push(tokio::spawn(serve_loop(sh.clone(), registry)));
@@ -83,12 +88,49 @@ pub const DEBOUNCE: Duration = Duration::from_millis(10);
 
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
+/// Any event of a kind that may change any BMC: a full pass.
+fn wake_all<K>(sh: &Shared, _: &watcher::Event<K>) {
+    sh.wake();
+}
+
+/// Secrets are watched cluster-wide (a VirtualMachineBMC may name any Secret of its
+/// namespace), and most of them are no BMC's: only a named one's change is a full pass.
+fn secret_event(sh: &Shared, ev: &watcher::Event<Secret>) {
+    match ev {
+        watcher::Event::Apply(o) | watcher::Event::Delete(o) => {
+            if sh.uses_secret(&o.namespace().unwrap_or_default(), &o.name_any()) {
+                sh.wake();
+            }
+        }
+        watcher::Event::InitDone => sh.wake(),
+        watcher::Event::Init | watcher::Event::InitApply(_) => {}
+    }
+}
+
+/// Our Services matter to the leader only (conditions, clean-up), never to what is served.
+fn service_event(sh: &Shared, _: &watcher::Event<Service>) {
+    sh.wake_leader_all();
+}
+
+/// A VM or VMI event concerns the BMC of that VM only. A re-list is applied to the cache
+/// at its end (InitDone) and may have dropped objects without a Delete: a full pass then.
+fn vm_event(sh: &Shared, ev: &watcher::Event<DynamicObject>) {
+    match ev {
+        watcher::Event::Apply(o) | watcher::Event::Delete(o) => {
+            sh.vm_changed(&o.namespace().unwrap_or_default(), &o.name_any())
+        }
+        watcher::Event::InitDone => sh.wake(),
+        watcher::Event::Init | watcher::Event::InitApply(_) => {}
+    }
+}
+
 fn reflect<K>(
     sh: &Arc<Shared>,
     what: &'static str,
     writer: reflector::store::Writer<K>,
     api: Api<K>,
     wc: watcher::Config,
+    on_event: fn(&Shared, &watcher::Event<K>),
 ) -> JoinHandle<()>
 where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
@@ -97,8 +139,7 @@ where
     let sh = sh.clone();
     tokio::spawn(async move {
         // default_backoff: a failing LIST or WATCH is retried with a growing delay instead of
-        // a hot loop; every event (including a re-list's InitDone, after which vanished
-        // objects are gone from the store without a Delete event) wakes the loops.
+        // a hot loop. Events reach `on_event` after the cache has them.
         // managedFields and kubectl's last-applied annotation are dropped before caching:
         // memory the agent never reads, and for Secrets a second copy of the password.
         let mut events = std::pin::pin!(reflector::reflector(
@@ -109,14 +150,15 @@ where
             })
         ));
         while let Some(ev) = events.next().await {
-            if let Err(e) = ev {
-                sh.metrics
-                    .watch_errors
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                log::warn!("watch={what} error: {e}");
-                continue;
+            match ev {
+                Ok(ev) => on_event(&sh, &ev),
+                Err(e) => {
+                    sh.metrics
+                        .watch_errors
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    log::warn!("watch={what} error: {e}");
+                }
             }
-            sh.wake();
         }
         log::error!("watch={what} ended");
     })
@@ -129,35 +171,57 @@ pub struct Served {
     pub users: Vec<User>,
 }
 
-/// Views of every VM a VirtualMachineBMC names, and the BMCs to serve by port.
-pub fn desired(sh: &Shared) -> (HashMap<String, VmView>, BTreeMap<u16, Served>) {
+/// One VM's view, as the VirtualMachineBMC `b` serving it and the caches say.
+pub fn view_of(
+    stores: &Stores,
+    b: &VirtualMachineBMC,
+    ns: &str,
+    vm_name: &str,
+    name: &str,
+) -> VmView {
+    let vm = stores.vm(ns, vm_name);
+    let vmi = stores.vmi(ns, vm_name);
+    VmView {
+        power: power_state(vm.as_deref(), vmi.as_deref()),
+        boot: boot_override(
+            b.status.as_ref().and_then(|s| s.boot_override.as_ref()),
+            vm.as_ref().map(|o| &o.data),
+        ),
+        guid: vm
+            .as_deref()
+            .and_then(guid)
+            .unwrap_or_else(|| name_guid(name)),
+    }
+}
+
+/// Every VM a VirtualMachineBMC names: its view and the VirtualMachineBMC serving it (the
+/// oldest naming it), by BMC name; and the BMCs to serve, by port.
+#[allow(clippy::type_complexity)]
+pub fn desired(
+    stores: &Stores,
+) -> (
+    HashMap<String, VmView>,
+    HashMap<String, Arc<VirtualMachineBMC>>,
+    BTreeMap<u16, Served>,
+) {
     let mut views = HashMap::new();
+    let mut owners_by_name = HashMap::new();
     let mut bmcs = BTreeMap::new();
-    let all = sh.stores.vmbmcs();
-    let owners = super::Stores::owners(&all);
-    for b in all.iter().cloned() {
+    let all = stores.vmbmcs();
+    let owners = Stores::owners(&all);
+    for b in all.iter() {
+        if Stores::duplicate_of(&owners, b).is_some() {
+            continue;
+        }
         let ns = b.namespace().unwrap_or_default();
         let vm_name = &b.spec.virtual_machine_ref.name;
         let name = format!("{ns}/{vm_name}");
-        let vm = sh.stores.vm(&ns, vm_name);
-        let vmi = sh.stores.vmi(&ns, vm_name);
-        let status = b.status.as_ref();
-        let view = VmView {
-            power: power_state(vm.as_deref(), vmi.as_deref()),
-            boot: boot_override(
-                status.and_then(|s| s.boot_override.as_ref()),
-                vm.as_ref().map(|o| &o.data),
-            ),
-            guid: vm
-                .as_deref()
-                .and_then(guid)
-                .unwrap_or_else(|| name_guid(&name)),
-        };
-        views.insert(name.clone(), view);
-        let Some(port) = status.and_then(|s| s.port) else {
+        views.insert(name.clone(), view_of(stores, b, &ns, vm_name, &name));
+        owners_by_name.insert(name.clone(), b.clone());
+        let Some(port) = b.status.as_ref().and_then(|s| s.port) else {
             continue;
         };
-        if !b.spec.ipmi_enabled() || super::Stores::duplicate_of(&owners, &b).is_some() {
+        if !b.spec.ipmi_enabled() {
             continue;
         }
         if bmcs.contains_key(&port) {
@@ -165,8 +229,7 @@ pub fn desired(sh: &Shared) -> (HashMap<String, VmView>, BTreeMap<u16, Served>) 
             log::warn!("bmc={name} port={port} already served for another VirtualMachineBMC");
             continue;
         }
-        let secret = sh
-            .stores
+        let secret = stores
             .secret
             .get(&ObjectRef::new(&b.spec.auth_secret_ref.name).within(&ns));
         // A missing or unusable Secret leaves the BMC without users: every login is refused,
@@ -174,7 +237,7 @@ pub fn desired(sh: &Shared) -> (HashMap<String, VmView>, BTreeMap<u16, Served>) 
         let users = users_from_secret(secret.as_deref()).unwrap_or_default();
         bmcs.insert(port, Served { name, users });
     }
-    (views, bmcs)
+    (views, owners_by_name, bmcs)
 }
 
 /// A DynamicObject as the JSON the API server sent (metadata included), for [`super::view`].
@@ -192,21 +255,23 @@ async fn serve_loop(sh: Arc<Shared>, registry: Arc<Registry>) {
     log::info!("caches ready; serving");
     let mut served: BTreeMap<u16, Served> = BTreeMap::new();
     loop {
-        let (views, want) = desired(&sh);
-        log::debug!(
-            "serve: {} view(s), {} BMC(s) with a port",
-            views.len(),
-            want.len()
-        );
-        sh.set_views(views);
-        sync_registry(&sh.opts.base_config, &registry, &mut served, want).await;
-        // A failed bind is retried on the next change or after a while.
-        let _ = tokio::time::timeout(Duration::from_secs(5), sh.serve_wake.notified()).await;
-        // A burst of events (a re-list, a controller touching many VMs) is one recompute,
-        // not one per event: each recompute reads every VirtualMachineBMC.
+        let want = sh.rebuild();
+        log::debug!("serve: {} BMC(s) with a port", want.len());
+        let settled = sync_registry(&sh.opts.base_config, &registry, &mut served, want).await;
+        // A failed bind is retried soon; otherwise a rare full pass guards against anything
+        // missed (every change that matters wakes us).
+        let idle = if settled { RESYNC } else { RETRY };
+        let _ = tokio::time::timeout(idle, sh.serve_wake.notified()).await;
+        // A burst of events (a re-list, a controller touching many VirtualMachineBMCs) is
+        // one rebuild, not one per event: each rebuild reads every VirtualMachineBMC.
         tokio::time::sleep(DEBOUNCE).await;
     }
 }
+
+/// How soon a failed bind or API write is tried again.
+pub const RETRY: Duration = Duration::from_secs(5);
+/// A full pass when nothing woke us for this long.
+pub const RESYNC: Duration = Duration::from_secs(60);
 
 /// Until every cache holds its first full list. Polled with a timeout in a loop: a store's
 /// readiness is a single oneshot receiver that remembers only the last task's waker, so of
@@ -232,12 +297,14 @@ pub(crate) async fn wait_ready(sh: &Shared) {
     }
 }
 
+/// Brings the registry to `want`; false if some BMC could not be bound.
 async fn sync_registry(
     base: &BmcConfig,
     registry: &Registry,
     served: &mut BTreeMap<u16, Served>,
     want: BTreeMap<u16, Served>,
-) {
+) -> bool {
+    let mut settled = true;
     let gone: Vec<u16> = served
         .keys()
         .filter(|p| !want.contains_key(p))
@@ -261,6 +328,7 @@ async fn sync_registry(
                 {
                     log::warn!("bmc={} port={port} cannot bind: {e}", s.name);
                     served.remove(&port);
+                    settled = false;
                     continue;
                 }
                 log::info!(
@@ -272,6 +340,7 @@ async fn sync_registry(
         }
         served.insert(port, s);
     }
+    settled
 }
 
 fn config_with(base: &BmcConfig, users: &[User]) -> BmcConfig {
