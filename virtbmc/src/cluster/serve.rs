@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::core::v1::{Pod, Secret, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, DynamicObject};
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -69,6 +70,20 @@ pub fn spawn(
             writers.service,
             Api::<Service>::all(client.clone()),
             watcher::Config::default().labels(&managed),
+        ),
+        reflect(
+            &sh,
+            "pods",
+            writers.pod,
+            Api::<Pod>::namespaced(client.clone(), &sh.opts.agent_namespace),
+            watcher::Config::default().labels(&sh.opts.agent_selector),
+        ),
+        reflect(
+            &sh,
+            "endpointslices",
+            writers.endpoint_slice,
+            Api::<EndpointSlice>::all(client.clone()),
+            watcher::Config::default().labels(&super::endpoints::managed_selector()),
         ),
     ];
     tasks.push(tokio::spawn(serve_loop(sh.clone(), registry)));
