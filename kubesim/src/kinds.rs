@@ -21,6 +21,10 @@ pub enum Kind {
     EventV1,
     /// coordination.k8s.io/v1 Lease.
     Lease,
+    /// core/v1 Pod (status subresource, graceful deletion).
+    Pod,
+    /// discovery.k8s.io/v1 EndpointSlice.
+    EndpointSlice,
 }
 
 /// Static facts about one resource.
@@ -149,6 +153,35 @@ pub const ALL: &[KindInfo] = &[
         // pkg/registry/coordination/lease/strategy.go
         unconditional_update: false,
         create_on_update: true,
+        return_deleted: false,
+        short_names: &[],
+    },
+    KindInfo {
+        kind: Kind::Pod,
+        group: "",
+        version: "v1",
+        plural: "pods",
+        kind_name: "Pod",
+        crd: false,
+        status_subresource: true,
+        // pkg/registry/core/pod/strategy.go: AllowUnconditionalUpdate true,
+        // AllowCreateOnUpdate false; pod/storage: ReturnDeletedObject true.
+        unconditional_update: true,
+        create_on_update: false,
+        return_deleted: true,
+        short_names: &["po"],
+    },
+    KindInfo {
+        kind: Kind::EndpointSlice,
+        group: "discovery.k8s.io",
+        version: "v1",
+        plural: "endpointslices",
+        kind_name: "EndpointSlice",
+        crd: false,
+        status_subresource: false,
+        // pkg/registry/discovery/endpointslice/strategy.go
+        unconditional_update: true,
+        create_on_update: false,
         return_deleted: false,
         short_names: &[],
     },

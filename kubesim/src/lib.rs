@@ -18,10 +18,12 @@
 //! ```
 
 mod controller;
+mod endpointslices;
 mod faults;
 mod http;
 mod kinds;
 mod kubevirt;
+mod pods;
 mod selectors;
 mod status;
 mod store;

@@ -466,6 +466,8 @@ impl Inner {
                     }
                 }
             }
+            Kind::Pod => crate::pods::default(obj),
+            Kind::EndpointSlice => crate::endpointslices::default(obj),
             _ => {}
         }
     }
@@ -474,6 +476,17 @@ impl Inner {
         match kind {
             Kind::VirtualMachine => crate::kubevirt::validate_vm(obj),
             Kind::VirtualMachineBmc => crate::kubevirt::validate_vmbmc(obj),
+            Kind::Pod => crate::pods::validate(obj),
+            Kind::EndpointSlice => crate::endpointslices::validate(obj),
+            _ => Ok(()),
+        }
+    }
+
+    /// The rules an update of the object (not its status) must also pass.
+    fn validate_update(kind: Kind, old: &Value, new: &Value) -> Result<(), ApiError> {
+        match kind {
+            Kind::Pod => crate::pods::validate_update(old, new),
+            Kind::EndpointSlice => crate::endpointslices::validate_update(old, new),
             _ => Ok(()),
         }
     }
@@ -572,8 +585,10 @@ impl Inner {
             m.remove("status");
         }
         self.normalize(kind, &mut obj);
-        if kind == Kind::VirtualMachine {
-            crate::kubevirt::mutate_vm_on_create(&mut obj);
+        match kind {
+            Kind::VirtualMachine => crate::kubevirt::mutate_vm_on_create(&mut obj),
+            Kind::Pod => crate::pods::prepare_for_create(&mut obj),
+            _ => {}
         }
         Self::validate(kind, &obj)?;
         if dry_run {
@@ -643,7 +658,13 @@ impl Inner {
         let name = name_of(old).to_string();
         let rv = self.next_rv();
         new["metadata"]["resourceVersion"] = json!(rv.to_string());
+        // ShouldDeleteDuringUpdate: marked, no finalizers left, and no grace period running
+        // (a pod in graceful deletion stays until its kubelet, or a DELETE, ends it).
         let finalizing = new["metadata"].get("deletionTimestamp").is_some()
+            && new["metadata"]["deletionGracePeriodSeconds"]
+                .as_i64()
+                .unwrap_or(0)
+                == 0
             && new["metadata"]["finalizers"]
                 .as_array()
                 .is_none_or(|a| a.is_empty());
@@ -714,6 +735,7 @@ impl Inner {
         if target == Target::Main {
             self.normalize(kind, &mut new);
             Self::validate(kind, &new)?;
+            Self::validate_update(kind, old, &new)?;
         }
         Ok(self
             .commit_update(info, old, new.clone(), dry_run)
@@ -891,7 +913,13 @@ impl Inner {
             || old["metadata"]["finalizers"]
                 .as_array()
                 .is_some_and(|a| !a.is_empty());
-        if has_finalizers {
+        // Graceful deletion (pods only): the object stays, marked, for its grace period; a
+        // DELETE with grace period 0 then removes it at once.
+        let grace = match kind {
+            Kind::Pod => crate::pods::grace_period(&old, options),
+            _ => 0,
+        };
+        if has_finalizers || grace > 0 {
             if old["metadata"].get("deletionTimestamp").is_some() || dry_run {
                 return Ok(Deleted::Finalizing((*old).clone()));
             }
@@ -905,8 +933,9 @@ impl Inner {
                     None => new["metadata"]["finalizers"] = json!(["foregroundDeletion"]),
                 }
             }
-            new["metadata"]["deletionTimestamp"] = json!(util::now_rfc3339());
-            new["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+            new["metadata"]["deletionTimestamp"] =
+                json!(util::rfc3339(util::now_secs() + grace as u64));
+            new["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
             let rv = self.next_rv();
             new["metadata"]["resourceVersion"] = json!(rv.to_string());
             let arc = Arc::new(new);

@@ -83,6 +83,47 @@ fn columns(kind: Kind) -> Vec<Column> {
             }),
             age,
         ],
+        Kind::Pod => vec![
+            ("Ready", "string", |o| {
+                let statuses = o["status"]["containerStatuses"].as_array();
+                let ready =
+                    statuses.map_or(0, |cs| cs.iter().filter(|c| c["ready"] == true).count());
+                let all = o["spec"]["containers"].as_array().map_or(0, Vec::len);
+                json!(format!("{ready}/{all}"))
+            }),
+            ("Status", "string", |o| {
+                if o["metadata"]["deletionTimestamp"].is_string() {
+                    json!("Terminating")
+                } else {
+                    o["status"]["phase"].clone()
+                }
+            }),
+            age,
+            ("IP", "string", |o| o["status"]["podIP"].clone()),
+            ("Node", "string", |o| o["spec"]["nodeName"].clone()),
+        ],
+        Kind::EndpointSlice => vec![
+            ("AddressType", "string", |o| o["addressType"].clone()),
+            ("Ports", "string", |o| {
+                let ports: Vec<String> = o["ports"]
+                    .as_array()
+                    .map(|ps| ps.iter().map(|p| p["port"].to_string()).collect())
+                    .unwrap_or_default();
+                json!(ports.join(","))
+            }),
+            ("Endpoints", "string", |o| {
+                let addrs: Vec<&str> = o["endpoints"]
+                    .as_array()
+                    .map(|es| {
+                        es.iter()
+                            .filter_map(|e| e["addresses"][0].as_str())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                json!(addrs.join(","))
+            }),
+            age,
+        ],
         Kind::Lease => vec![
             ("Holder", "string", |o| o["spec"]["holderIdentity"].clone()),
             age,

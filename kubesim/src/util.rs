@@ -4,11 +4,15 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 /// The current time as Kubernetes writes `metav1.Time`: `2026-11-27T17:46:11Z`.
 pub fn now_rfc3339() -> String {
-    let secs = SystemTime::now()
+    rfc3339(now_secs())
+}
+
+/// Seconds since the epoch.
+pub fn now_secs() -> u64 {
+    SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
-        .unwrap_or(0);
-    rfc3339(secs)
+        .unwrap_or(0)
 }
 
 pub fn rfc3339(secs: u64) -> String {

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
-use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::core::v1::{Pod, Secret, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{
     Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
@@ -279,6 +280,207 @@ async fn secret_and_lease_crud() {
     .unwrap();
     let svc = services.create(&PostParams::default(), &svc).await.unwrap();
     assert!(svc.spec.unwrap().cluster_ip.unwrap().starts_with("10.96."));
+    sim.stop().await;
+}
+
+/// Pods as the apiserver keeps them (a new pod is Pending, status only through the status
+/// subresource, the spec immutable but images, graceful deletion of a scheduled pod) and
+/// EndpointSlices (address type required and immutable, addresses of that type), through
+/// kube's typed clients and a label-selected reflector.
+#[tokio::test]
+async fn pods_and_endpoint_slices() {
+    let (sim, client) = sim().await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "virtbmc-system");
+    let pod = |name: &str, node: &str| -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "labels": {"app.kubernetes.io/name": "virtbmc"}},
+            "spec": {"nodeName": node, "containers": [{"name": "virtbmc", "image": "virtbmc:1"}]},
+            "status": {"phase": "Running", "podIP": "10.0.0.9"},
+        }))
+        .unwrap()
+    };
+    let (store, writer) = reflector::store::<Pod>();
+    let selected = watcher::Config::default().labels("app.kubernetes.io/name=virtbmc");
+    let reflect = tokio::spawn(
+        reflector::reflector(writer, watcher(pods.clone(), selected))
+            .applied_objects()
+            .for_each(|_| async {}),
+    );
+    let created = pods
+        .create(&PostParams::default(), &pod("a", "node1"))
+        .await
+        .unwrap();
+    let status = created.status.unwrap();
+    assert_eq!(
+        status.phase.as_deref(),
+        Some("Pending"),
+        "create drops the status"
+    );
+    assert!(status.pod_ip.is_none());
+    assert_eq!(
+        created.spec.unwrap().termination_grace_period_seconds,
+        Some(30)
+    );
+    let err = api_err(
+        pods.create(
+            &PostParams::default(),
+            &serde_json::from_value(
+                json!({"metadata": {"name": "bad"}, "spec": {"containers": []}}),
+            )
+            .unwrap(),
+        )
+        .await
+        .unwrap_err(),
+    );
+    assert_eq!((err.code, err.reason.as_str()), (422, "Invalid"));
+    assert_eq!(
+        err.message,
+        "pods \"bad\" is invalid: spec.containers: Required value"
+    );
+    // Status through its subresource; the main endpoint keeps the old status.
+    let ready = json!({"status": {"phase": "Running", "podIP": "10.0.0.1", "podIPs": [{"ip": "10.0.0.1"}],
+        "conditions": [{"type": "Ready", "status": "True"}]}});
+    pods.patch_status("a", &PatchParams::default(), &Patch::Merge(&ready))
+        .await
+        .unwrap();
+    let p = pods
+        .patch(
+            "a",
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"metadata": {"labels": {"x": "y"}}, "status": {"podIP": "1.2.3.4"}}),
+            ),
+        )
+        .await
+        .unwrap();
+    assert_eq!(p.status.unwrap().pod_ip.as_deref(), Some("10.0.0.1"));
+    let err = api_err(
+        pods.patch(
+            "a",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"nodeName": "node2"}})),
+        )
+        .await
+        .unwrap_err(),
+    );
+    assert_eq!((err.code, err.reason.as_str()), (422, "Invalid"));
+    pods.patch(
+        "a",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"containers": [{"name": "virtbmc", "image": "virtbmc:2"}]}})),
+    )
+    .await
+    .unwrap();
+    // The label-selected reflector sees the status written through the subresource.
+    let seen = sim
+        .wait_until(T, |_| {
+            let pods = store.state();
+            pods.len() == 1
+                && pods[0].status.as_ref().unwrap().pod_ip.as_deref() == Some("10.0.0.1")
+        })
+        .await;
+    assert!(seen, "reflector never saw the pod's status");
+    // A scheduled pod is deleted gracefully: it stays, marked, until a DELETE with grace
+    // period 0; an unscheduled one goes at once. DELETE answers with the object.
+    let del = pods.delete("a", &DeleteParams::default()).await.unwrap();
+    let marked = del.left().expect("a pod DELETE answers the object");
+    assert_eq!(marked.metadata.deletion_grace_period_seconds, Some(30));
+    assert!(marked.metadata.deletion_timestamp.is_some());
+    pods.patch_status(
+        "a",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"conditions": [{"type": "Ready", "status": "False"}]}})),
+    )
+    .await
+    .unwrap();
+    assert!(
+        pods.get_opt("a").await.unwrap().is_some(),
+        "still terminating"
+    );
+    pods.delete(
+        "a",
+        &DeleteParams {
+            grace_period_seconds: Some(0),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert!(pods.get_opt("a").await.unwrap().is_none());
+    pods.create(&PostParams::default(), &pod("b", ""))
+        .await
+        .unwrap();
+    pods.delete("b", &DeleteParams::default()).await.unwrap();
+    assert!(
+        pods.get_opt("b").await.unwrap().is_none(),
+        "never scheduled: gone at once"
+    );
+    assert!(
+        sim.wait_until(T, |_| store.state().is_empty()).await,
+        "reflector never saw the pods go"
+    );
+    reflect.abort();
+
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
+    let slice = |at: &str, addr: &str| -> EndpointSlice {
+        serde_json::from_value(json!({
+            "metadata": {"name": "vm1-virtbmc-ipv4", "labels": {"kubernetes.io/service-name": "vm1-virtbmc"}},
+            "addressType": at,
+            "ports": [{"port": 10000, "protocol": "UDP"}],
+            "endpoints": [{"addresses": [addr], "conditions": {"ready": true}, "nodeName": "node1"}],
+        }))
+        .unwrap()
+    };
+    let err = api_err(
+        slices
+            .create(&PostParams::default(), &slice("IPv4", "fd00::1"))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!((err.code, err.reason.as_str()), (422, "Invalid"));
+    let s = slices
+        .patch(
+            "vm1-virtbmc-ipv4",
+            &PatchParams::apply("virtbmc").force(),
+            &Patch::Apply(slice("IPv4", "10.0.0.1")),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        s.ports.unwrap()[0].name.as_deref(),
+        Some(""),
+        "port name defaults to empty"
+    );
+    let err = api_err(
+        slices
+            .patch(
+                "vm1-virtbmc-ipv4",
+                &PatchParams::apply("virtbmc").force(),
+                &Patch::Apply(slice("IPv6", "fd00::1")),
+            )
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(
+        (err.code, err.reason.as_str()),
+        (422, "Invalid"),
+        "addressType is immutable"
+    );
+    let all: Api<EndpointSlice> = Api::all(client);
+    let listed = all
+        .list(&ListParams::default().labels("kubernetes.io/service-name=vm1-virtbmc"))
+        .await
+        .unwrap();
+    assert_eq!(listed.items.len(), 1);
+    assert_eq!(
+        listed.items[0].endpoints.as_ref().unwrap()[0].addresses,
+        ["10.0.0.1"]
+    );
+    let del = slices
+        .delete("vm1-virtbmc-ipv4", &DeleteParams::default())
+        .await
+        .unwrap();
+    assert!(del.is_right(), "an EndpointSlice DELETE answers a Status");
     sim.stop().await;
 }
 

@@ -687,3 +687,184 @@ async fn the_agent_binary_in_cluster_mode() {
         .unwrap();
     assert!(!out.status.success());
 }
+
+/// An agent pod of the DaemonSet, scheduled on `node`, with its kubelet-written status.
+fn agent_pod(sim: &kubesim::Handle, ns: &str, name: &str, labels: serde_json::Value) {
+    sim.create(
+        Kind::Pod,
+        ns,
+        json!({"metadata": {"name": name, "labels": labels},
+               "spec": {"nodeName": format!("node-{name}"), "containers": [{"name": "virtbmc", "image": "virtbmc:latest"}]}}),
+    )
+    .unwrap();
+}
+
+/// What a kubelet writes: phase Running, the pod IPs and the Ready condition.
+fn pod_status(sim: &kubesim::Handle, name: &str, ips: &[&str], ready: bool) {
+    let ips: Vec<_> = ips.iter().map(|ip| json!({"ip": ip})).collect();
+    sim.set_status(
+        Kind::Pod,
+        "virtbmc-system",
+        name,
+        json!({"phase": "Running", "podIP": ips[0]["ip"], "podIPs": ips,
+               "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]}),
+    )
+    .unwrap();
+}
+
+/// Each endpoint of a slice as "address ready|not-ready|terminating node".
+fn slice_endpoints(slice: &serde_json::Value) -> Vec<String> {
+    slice["endpoints"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            let c = &e["conditions"];
+            let state = match (c["ready"] == true, c["terminating"] == true) {
+                (true, _) => "ready",
+                (false, true) => "terminating",
+                (false, false) => "not-ready",
+            };
+            format!(
+                "{} {state} {}",
+                e["addresses"][0].as_str().unwrap_or(""),
+                e["nodeName"].as_str().unwrap_or("")
+            )
+        })
+        .collect()
+}
+
+/// Until the slice `name` of the default namespace has exactly these endpoints.
+async fn until_slice(sim: &kubesim::Handle, name: &str, want: &[&str]) {
+    until(&format!("{name} with {want:?}"), || {
+        sim.get(Kind::EndpointSlice, NS, name)
+            .is_some_and(|s| slice_endpoints(&s) == want)
+    })
+    .await;
+}
+
+/// The selectorless Service routes to the agent pods through EndpointSlices the leader writes:
+/// every agent pod of the agent namespace (and only those) on the VM's port, readiness and
+/// termination followed, an IPv6 slice while an agent has an IPv6 address, nothing rewritten
+/// in steady state, and the slices gone with the VirtualMachineBMC.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoint_slices_route_each_service_to_the_agent_pods() {
+    let sim = sim().await;
+    let agent_label = json!({"app.kubernetes.io/name": "virtbmc"});
+    for name in ["a", "b"] {
+        agent_pod(&sim, "virtbmc-system", name, agent_label.clone());
+    }
+    pod_status(&sim, "a", &["10.0.0.1"], true);
+    pod_status(&sim, "b", &["10.0.0.2"], true);
+    // Neither another app's pod in the agent namespace nor an agent-labelled pod elsewhere.
+    agent_pod(
+        &sim,
+        "virtbmc-system",
+        "other",
+        json!({"app.kubernetes.io/name": "other"}),
+    );
+    agent_pod(&sim, NS, "stray", agent_label);
+    sim.set_status(
+        Kind::Pod,
+        "virtbmc-system",
+        "other",
+        json!({"phase": "Running", "podIP": "10.0.0.9", "podIPs": [{"ip": "10.0.0.9"}]}),
+    );
+    sim.set_status(
+        Kind::Pod,
+        NS,
+        "stray",
+        json!({"phase": "Running", "podIP": "10.0.0.8", "podIPs": [{"ip": "10.0.0.8"}]}),
+    );
+    seed(&sim, "vm1", "Halted");
+    let agent = Agent::start(&sim, "agent-a", 31100..=31109).await;
+    let port = agent.wait_served("default/vm1").await;
+    let v4_name = "vm1-virtbmc-ipv4";
+    let v4 = || sim.get(Kind::EndpointSlice, NS, v4_name);
+    let v6 = || sim.get(Kind::EndpointSlice, NS, "vm1-virtbmc-ipv6");
+    until_slice(
+        &sim,
+        v4_name,
+        &["10.0.0.1 ready node-a", "10.0.0.2 ready node-b"],
+    )
+    .await;
+    let s = v4().unwrap();
+    assert_eq!(s["addressType"], "IPv4");
+    assert_eq!(
+        s["ports"],
+        json!([{"name": "ipmi", "protocol": "UDP", "port": port}])
+    );
+    let labels = &s["metadata"]["labels"];
+    assert_eq!(labels["kubernetes.io/service-name"], "vm1-virtbmc");
+    assert_eq!(labels["endpointslice.kubernetes.io/managed-by"], "virtbmc");
+    assert_eq!(labels["app.kubernetes.io/managed-by"], "virtbmc");
+    assert_eq!(labels["bmc.kubevirt.io/virtualmachinebmc-name"], "vm1-bmc");
+    let owner = &s["metadata"]["ownerReferences"][0];
+    assert_eq!(owner["kind"], "VirtualMachineBMC");
+    assert_eq!(owner["uid"], vmbmc(&sim, "vm1").unwrap()["metadata"]["uid"]);
+    assert_eq!(s["endpoints"][0]["targetRef"]["name"], "a");
+    assert!(v6().is_none(), "no IPv6 slice without an IPv6 agent");
+
+    // A pod that fails its readiness probe stays, not ready.
+    pod_status(&sim, "b", &["10.0.0.2"], false);
+    until_slice(
+        &sim,
+        v4_name,
+        &["10.0.0.1 ready node-a", "10.0.0.2 not-ready node-b"],
+    )
+    .await;
+
+    // Steady state writes nothing: neither the slice's own watch event nor another change
+    // (a VM label: the leader reconciles everything) makes it write the same slice again.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sim.clear_requests();
+    sim.merge_patch(
+        Kind::VirtualMachine,
+        NS,
+        "vm1",
+        json!({"metadata": {"labels": {"touched": "yes"}}}),
+    )
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let writes: Vec<_> = sim
+        .requests()
+        .into_iter()
+        .filter(|r| r.uri.contains("endpointslices") && r.method != "GET")
+        .collect();
+    assert!(writes.is_empty(), "steady state wrote {writes:?}");
+
+    // A dual-stack agent: an IPv6 slice while it lasts.
+    pod_status(&sim, "a", &["10.0.0.1", "fd00::1"], true);
+    until_slice(&sim, "vm1-virtbmc-ipv6", &["fd00::1 ready node-a"]).await;
+    assert_eq!(v6().unwrap()["addressType"], "IPv6");
+    pod_status(&sim, "a", &["10.0.0.1"], true);
+    until("IPv6 slice deleted", || v6().is_none()).await;
+
+    // A pod being deleted (graceful: it lingers) is terminating, not ready; once gone, it
+    // leaves the slice.
+    sim.delete(Kind::Pod, "virtbmc-system", "a").unwrap();
+    until_slice(
+        &sim,
+        v4_name,
+        &["10.0.0.1 terminating node-a", "10.0.0.2 not-ready node-b"],
+    )
+    .await;
+    sim.store()
+        .delete(
+            Kind::Pod,
+            "virtbmc-system",
+            "a",
+            &json!({"gracePeriodSeconds": 0}),
+            false,
+        )
+        .unwrap();
+    until_slice(&sim, v4_name, &["10.0.0.2 not-ready node-b"]).await;
+
+    // Deleting the VirtualMachineBMC removes its Service and its slices.
+    sim.delete(Kind::VirtualMachineBmc, NS, "vm1-bmc").unwrap();
+    until("slices deleted", || {
+        v4().is_none() && sim.get(Kind::Service, NS, "vm1-virtbmc").is_none()
+    })
+    .await;
+    assert!(sim.list(Kind::EndpointSlice, None).is_empty());
+}

@@ -55,6 +55,11 @@ pub struct Args {
     #[arg(long)]
     pub lease_namespace: Option<String>,
 
+    /// With --kube: label selector of the agent pods, in this pod's namespace ($POD_NAMESPACE,
+    /// else the lease namespace): every BMC Service's endpoints.
+    #[arg(long, default_value = crate::cluster::DEFAULT_AGENT_SELECTOR)]
+    pub agent_selector: String,
+
     /// With --kube: this agent's holder identity in the Lease (default: node name, else
     /// host name, else virtbmc-PID).
     #[arg(long)]
@@ -176,6 +181,15 @@ impl Args {
             .or_else(|| std::env::var("NODE_NAME").ok().filter(|n| !n.is_empty()))
     }
 
+    /// The agent pods' namespace: $POD_NAMESPACE (the DaemonSet sets it from the pod's own
+    /// metadata), else the lease namespace.
+    pub fn agent_namespace(&self, lease_namespace: &str) -> String {
+        std::env::var("POD_NAMESPACE")
+            .ok()
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| lease_namespace.to_string())
+    }
+
     /// The cluster agent's name: --identity, else the node name, else the host name.
     pub fn identity(&self) -> String {
         self.identity
@@ -251,6 +265,7 @@ mod tests {
         .unwrap();
         assert!(a.kube_mode() && a.users.is_empty());
         assert_eq!(a.port_range, (20000, 20009));
+        assert_eq!(a.agent_selector, "app.kubernetes.io/name=virtbmc");
         assert!(Args::try_parse_from(["virtbmc", "--kube", "--port-range", "9-1"]).is_err());
         assert_eq!(
             Args::try_parse_from(["virtbmc"]).unwrap().port_range,

@@ -169,6 +169,8 @@ async fn run_kube(args: Args) -> Result<(), AgentError> {
     let base = args.bmc_config().map_err(AgentError::Config)?;
     let mut opts = ClusterOptions::new(&args.identity(), &lease_namespace, base);
     opts.port_range = args.port_range.0..=args.port_range.1;
+    opts.agent_namespace = args.agent_namespace(&lease_namespace);
+    opts.agent_selector = args.agent_selector.clone();
     opts.call_timeout = Duration::from_millis(args.action_timeout_ms * 4 / 5);
     raise_fd_limit(opts.port_range.len() as u64 + 256);
     let metrics = Arc::new(Metrics::default());

@@ -6,28 +6,31 @@
 //!   precondition; stored in the object, it survives agent restarts.
 //! - the Service `<vm>-virtbmc`: UDP 623 to the allocated port. It has no selector: a
 //!   selector picks pods of the Service's own namespace, and the agent pods live in theirs, so
-//!   the endpoints must be listed explicitly (an EndpointSlice of the agent pods: not done yet).
+//!   the endpoints are listed explicitly: EndpointSlices of the agent pods ([`endpoints`]).
 //! - status conditions Ready, VirtualMachineAvailable, SecretAvailable and status.clusterIP.
 //! - the end of one-shot boot overrides: once a VMI other than the recorded one is Running,
 //!   the original boot orders come back and the record goes.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt::Debug;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures::{StreamExt, stream};
+use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
+use serde::de::DeserializeOwned;
 use serde_json::json;
 
 use super::crd::Condition;
 use super::serve::{RESYNC, RETRY, wait_ready};
 use super::view::{SecretProblem, users_from_secret};
-use super::{MANAGED_BY, Shared, Stores, VMBMC_LABEL, VirtualMachineBMC, actions};
+use super::{MANAGED_BY, Shared, Stores, VMBMC_LABEL, VirtualMachineBMC, actions, endpoints};
 
 /// The IPMI port every Service exposes.
 pub const IPMI_PORT: i32 = 623;
@@ -58,8 +61,11 @@ pub async fn run(sh: Arc<Shared>) {
                 "reconcile: {} VirtualMachineBMC(s) of changed VMs",
                 bmcs.len()
             );
+            let agents = endpoints::Agents::cached(&sh);
             stream::iter(&bmcs)
-                .for_each_concurrent(CONCURRENT_WRITES, |b| reconcile_one(&sh, b, None, &round))
+                .for_each_concurrent(CONCURRENT_WRITES, |b| {
+                    reconcile_one(&sh, b, None, agents.as_ref(), &round)
+                })
                 .await;
         }
         settled = !round.failed.load(Ordering::Relaxed);
@@ -68,12 +74,12 @@ pub async fn run(sh: Arc<Shared>) {
 
 /// One reconcile pass: whether some write failed and the pass must be retried.
 #[derive(Default)]
-struct Round {
+pub(super) struct Round {
     failed: AtomicBool,
 }
 
 impl Round {
-    fn fail(&self) {
+    pub(super) fn fail(&self) {
         self.failed.store(true, Ordering::Relaxed);
     }
 }
@@ -152,40 +158,67 @@ async fn reconcile(sh: &Shared, pending: &mut BTreeMap<String, u16>, round: &Rou
             ));
         }
     }
+    let agents = endpoints::Agents::cached(sh);
+    let agents = agents.as_ref();
     stream::iter(&bmcs)
         .for_each_concurrent(CONCURRENT_WRITES, |b| {
-            reconcile_one(sh, b, Stores::duplicate_of(&owners, b), round)
+            reconcile_one(sh, b, Stores::duplicate_of(&owners, b), agents, round)
         })
         .await;
-    // Services of VirtualMachineBMCs that are gone or disabled.
-    for svc in sh.stores.service.state() {
-        let key = (svc.namespace().unwrap_or_default(), svc.name_any());
-        if wanted.contains(&key) || svc.metadata.deletion_timestamp.is_some() {
+    // Services (and their EndpointSlices) of VirtualMachineBMCs that are gone or disabled.
+    delete_unwanted(sh, sh.stores.service.state(), &wanted, "service", round).await;
+    if let Some(agents) = agents {
+        endpoints::remove_stale(sh, &wanted, agents, round).await;
+    }
+}
+
+/// Deletes the `cached` objects whose (namespace, name) is not in `keep`, unless already going.
+pub(super) async fn delete_unwanted<K>(
+    sh: &Shared,
+    cached: Vec<Arc<K>>,
+    keep: &BTreeSet<(String, String)>,
+    what: &str,
+    round: &Round,
+) where
+    K: Resource<Scope = NamespaceResourceScope> + Clone + DeserializeOwned + Debug,
+    K::DynamicType: Default,
+{
+    for o in cached {
+        let key = (o.namespace().unwrap_or_default(), o.name_any());
+        if keep.contains(&key) || o.meta().deletion_timestamp.is_some() {
             continue;
         }
-        let api: Api<Service> = Api::namespaced(sh.client.clone(), &key.0);
+        let api: Api<K> = Api::namespaced(sh.client.clone(), &key.0);
         match api.delete(&key.1, &DeleteParams::default()).await {
-            Ok(_) => log::info!("service={}/{} deleted", key.0, key.1),
+            Ok(_) => log::info!("{what}={}/{} deleted", key.0, key.1),
             Err(kube::Error::Api(s)) if s.code == 404 => {}
             Err(e) => {
-                log::warn!("service={}/{} delete: {e}", key.0, key.1);
+                log::warn!("{what}={}/{} delete: {e}", key.0, key.1);
                 round.fail();
             }
         }
     }
 }
 
-/// One VirtualMachineBMC: its Service, its conditions, the end of its one-shot override.
-/// `duplicate`: the older VirtualMachineBMC naming the same VM, if any.
+/// One VirtualMachineBMC: its Service and EndpointSlices, its conditions, the end of its
+/// one-shot override. `duplicate`: the older VirtualMachineBMC naming the same VM, if any;
+/// `agents`: the agent pods, once their cache is loaded.
 async fn reconcile_one(
     sh: &Shared,
     b: &VirtualMachineBMC,
     duplicate: Option<String>,
+    agents: Option<&endpoints::Agents>,
     round: &Round,
 ) {
     let port = b.status.as_ref().and_then(|s| s.port);
     let svc = match port.filter(|_| b.spec.ipmi_enabled() && duplicate.is_none()) {
-        Some(port) => ensure_service(sh, b, port, round).await,
+        Some(port) => {
+            let svc = ensure_service(sh, b, port, round).await;
+            if let (Some(_), Some(agents)) = (&svc, agents) {
+                endpoints::ensure(sh, b, port, agents, round).await;
+            }
+            svc
+        }
         None => None,
     };
     write_conditions(sh, b, svc.as_ref(), duplicate.as_deref(), round).await;
@@ -251,32 +284,13 @@ async fn ensure_service(
             return Some((**s).clone());
         }
     }
-    let mut labels: BTreeMap<String, String> = b
-        .spec
-        .service
-        .as_ref()
-        .and_then(|s| s.labels.clone())
-        .unwrap_or_default();
-    labels.insert(MANAGED_BY.0.into(), MANAGED_BY.1.into());
-    labels.insert(VMBMC_LABEL.into(), b.name_any());
-    labels.insert(
-        "kubevirt.io/vm-name".into(),
-        b.spec.virtual_machine_ref.name.clone(),
-    );
     let svc = Service {
         metadata: ObjectMeta {
             name: Some(name.clone()),
             namespace: Some(ns.clone()),
-            labels: Some(labels),
+            labels: Some(labels(b)),
             annotations: b.spec.service.as_ref().and_then(|s| s.annotations.clone()),
-            // Garbage collection removes the Service with its VirtualMachineBMC on a real
-            // cluster even when no agent runs.
-            owner_references: b.controller_owner_ref(&()).map(|r| {
-                vec![OwnerReference {
-                    block_owner_deletion: Some(false),
-                    ..r
-                }]
-            }),
+            owner_references: owned_by(b),
             ..Default::default()
         },
         spec: Some(ServiceSpec {
@@ -311,6 +325,34 @@ async fn ensure_service(
             existing.map(|s| (*s).clone())
         }
     }
+}
+
+/// The labels of what the leader writes for `b`: the user's `spec.service.labels`, then ours.
+pub(super) fn labels(b: &VirtualMachineBMC) -> BTreeMap<String, String> {
+    let mut labels: BTreeMap<String, String> = b
+        .spec
+        .service
+        .as_ref()
+        .and_then(|s| s.labels.clone())
+        .unwrap_or_default();
+    labels.insert(MANAGED_BY.0.into(), MANAGED_BY.1.into());
+    labels.insert(VMBMC_LABEL.into(), b.name_any());
+    labels.insert(
+        "kubevirt.io/vm-name".into(),
+        b.spec.virtual_machine_ref.name.clone(),
+    );
+    labels
+}
+
+/// The owner reference to `b`: garbage collection removes what the leader wrote with its
+/// VirtualMachineBMC on a real cluster, even when no agent runs.
+pub(super) fn owned_by(b: &VirtualMachineBMC) -> Option<Vec<OwnerReference>> {
+    b.controller_owner_ref(&()).map(|r| {
+        vec![OwnerReference {
+            block_owner_deletion: Some(false),
+            ..r
+        }]
+    })
 }
 
 fn condition(type_: &str, ok: bool, reason: &str, message: String) -> Condition {

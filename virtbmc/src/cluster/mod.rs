@@ -3,16 +3,19 @@
 //! - [`crd`]: the `VirtualMachineBMC` resource (the peer's fields, plus `status.port`).
 //! - [`view`]: cluster objects to the engine's view (power from the VMI phase, GUID, boot
 //!   override) and a BMC's users (from the Secret).
-//! - [`serve`]: reflectors over VMBMCs, VMs, VMIs, Secrets and our Services; on every change
-//!   the views and the registry's BMC set are recomputed, and changed names announced.
+//! - [`serve`]: reflectors over VMBMCs, VMs, VMIs, Secrets, the agent pods, and our Services
+//!   and EndpointSlices; on every change the views and the registry's BMC set are recomputed,
+//!   and changed names announced.
 //! - [`actions`]: power through KubeVirt's `start`/`stop`/`restart` subresources, boot devices
 //!   through guarded JSON Patches ([`boot`]), refusals as Kubernetes Events.
 //! - [`lease`] and [`leader`]: one elected agent allocates ports, owns the Services, writes
 //!   status conditions and restores one-shot boot overrides.
+//! - [`endpoints`]: the leader's EndpointSlices, which route each Service to the agent pods.
 
 pub mod actions;
 pub mod boot;
 pub mod crd;
+pub mod endpoints;
 pub mod leader;
 pub mod lease;
 pub mod serve;
@@ -24,7 +27,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::core::v1::{Pod, Secret, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Client;
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -40,6 +44,8 @@ pub use crd::VirtualMachineBMC;
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "virtbmc");
 /// Label naming the VirtualMachineBMC a Service belongs to.
 pub const VMBMC_LABEL: &str = "bmc.kubevirt.io/virtualmachinebmc-name";
+/// Which pods of the agent namespace are the agents (the DaemonSet's pod label).
+pub const DEFAULT_AGENT_SELECTOR: &str = "app.kubernetes.io/name=virtbmc";
 
 /// What the cluster mode needs beyond a client.
 #[derive(Debug, Clone)]
@@ -50,6 +56,10 @@ pub struct ClusterOptions {
     pub identity: String,
     pub lease_namespace: String,
     pub lease_name: String,
+    /// Where the agent pods run, and the label selector that finds them: the endpoints of
+    /// every BMC's Service.
+    pub agent_namespace: String,
+    pub agent_selector: String,
     /// A holder that has not renewed for this long has lost the Lease.
     pub lease_duration: Duration,
     /// How long an action's API calls may take before the client is answered 0xC3 and an
@@ -66,6 +76,8 @@ impl ClusterOptions {
             identity: identity.to_string(),
             lease_namespace: lease_namespace.to_string(),
             lease_name: "virtbmc-leader".into(),
+            agent_namespace: lease_namespace.to_string(),
+            agent_selector: DEFAULT_AGENT_SELECTOR.into(),
             lease_duration: Duration::from_secs(15),
             call_timeout: Duration::from_millis(1200),
             base_config,
@@ -97,6 +109,10 @@ pub struct Stores {
     pub vmi: Store<DynamicObject>,
     pub secret: Store<Secret>,
     pub service: Store<Service>,
+    /// The agent pods.
+    pub pod: Store<Pod>,
+    /// Our EndpointSlices.
+    pub endpoint_slice: Store<EndpointSlice>,
 }
 
 /// The write halves of [`Stores`], consumed by [`serve::spawn`].
@@ -106,6 +122,8 @@ pub struct Writers {
     pub vmi: reflector::store::Writer<DynamicObject>,
     pub secret: reflector::store::Writer<Secret>,
     pub service: reflector::store::Writer<Service>,
+    pub pod: reflector::store::Writer<Pod>,
+    pub endpoint_slice: reflector::store::Writer<EndpointSlice>,
 }
 
 impl Stores {
@@ -115,12 +133,16 @@ impl Stores {
         let vmi = reflector::store::Writer::new(vmi_resource());
         let secret = reflector::store::Writer::default();
         let service = reflector::store::Writer::default();
+        let pod = reflector::store::Writer::default();
+        let endpoint_slice = reflector::store::Writer::default();
         let stores = Stores {
             vmbmc: vmbmc.as_reader(),
             vm: vm.as_reader(),
             vmi: vmi.as_reader(),
             secret: secret.as_reader(),
             service: service.as_reader(),
+            pod: pod.as_reader(),
+            endpoint_slice: endpoint_slice.as_reader(),
         };
         (
             stores,
@@ -130,6 +152,8 @@ impl Stores {
                 vmi,
                 secret,
                 service,
+                pod,
+                endpoint_slice,
             },
         )
     }

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::core::v1::{Pod, Secret, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, DynamicObject};
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -73,7 +74,23 @@ pub fn spawn(
             writers.service,
             Api::<Service>::all(client.clone()),
             watcher::Config::default().labels(&managed),
-            service_event,
+            leader_event,
+        ),
+        reflect(
+            &sh,
+            "pods",
+            writers.pod,
+            Api::<Pod>::namespaced(client.clone(), &sh.opts.agent_namespace),
+            watcher::Config::default().labels(&sh.opts.agent_selector),
+            leader_event,
+        ),
+        reflect(
+            &sh,
+            "endpointslices",
+            writers.endpoint_slice,
+            Api::<EndpointSlice>::all(client.clone()),
+            watcher::Config::default().labels(&super::endpoints::managed_selector()),
+            leader_event,
         ),
     ];
     tasks.push(tokio::spawn(serve_loop(sh.clone(), registry)));
@@ -107,8 +124,9 @@ fn secret_event(sh: &Shared, ev: &watcher::Event<Secret>) {
     }
 }
 
-/// Our Services matter to the leader only (conditions, clean-up), never to what is served.
-fn service_event(sh: &Shared, _: &watcher::Event<Service>) {
+/// Our Services and EndpointSlices and the agent pods matter to the leader only, never to
+/// what is served.
+fn leader_event<K>(sh: &Shared, _: &watcher::Event<K>) {
     sh.wake_leader_all();
 }
 
