@@ -868,3 +868,142 @@ async fn endpoint_slices_route_each_service_to_the_agent_pods() {
     .await;
     assert!(sim.list(Kind::EndpointSlice, None).is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn label_mode_serves_selected_vms_without_the_crd() {
+    use virtbmc::cluster::labeled::{BOOT_ANNOTATION, LabelMode, PORT_ANNOTATION};
+    let sim = sim().await;
+    // No CRD: any request for VirtualMachineBMCs would fail (and fail this test below).
+    sim.inject(
+        Fault::on("*", "virtualmachinebmcs")
+            .status(404)
+            .times(usize::MAX),
+    );
+    sim.seed_vm(NS, "web", "Always");
+    sim.seed_vm(NS, "db", "Halted");
+    sim.seed_vm(NS, "other", "Halted");
+    for vm in ["web", "db"] {
+        sim.merge_patch(
+            Kind::VirtualMachine,
+            NS,
+            vm,
+            json!({"metadata": {"labels": {"bmc.kubevirt.io/enabled": "true"}}}),
+        )
+        .unwrap();
+    }
+    sim.seed_secret(
+        "virtbmc-system",
+        "creds",
+        &[("username", "admin"), ("password", "password")],
+    );
+    // A Secret of the same name in the VMs' namespace is not the one.
+    sim.seed_secret(NS, "creds", &[("username", "admin"), ("password", "other")]);
+    let mut opts = virtbmc::cluster::ClusterOptions::new(
+        "agent-l",
+        "virtbmc-system",
+        virtbmc::engine::config::BmcConfig::new(vec![]),
+    );
+    opts.port_range = 31120..=31129;
+    opts.labels =
+        Some(LabelMode::new("bmc.kubevirt.io/enabled=true", "virtbmc-system/creds").unwrap());
+    let agent = Agent::start_with(&sim, opts, std::net::Ipv4Addr::LOCALHOST).await;
+
+    let web = agent.wait_served("default/web").await;
+    let db = agent.wait_served("default/db").await;
+    assert_ne!(web, db);
+    assert_eq!(agent.port_of("default/other"), None, "not selected");
+    // The port lives in the VM, the Service is owned by the VM.
+    let annotation = |vm: &str, key: &str| {
+        sim.get(Kind::VirtualMachine, NS, vm).unwrap()["metadata"]["annotations"][key]
+            .as_str()
+            .map(str::to_string)
+    };
+    assert_eq!(annotation("web", PORT_ANNOTATION), Some(web.to_string()));
+    until("Service owned by the VM", || {
+        sim.get(Kind::Service, NS, "web-virtbmc").is_some_and(|s| {
+            s["spec"]["ports"][0]["targetPort"] == web
+                && s["metadata"]["ownerReferences"][0]["kind"] == "VirtualMachine"
+                && s["metadata"]["ownerReferences"][0]["uid"]
+                    == sim.get(Kind::VirtualMachine, NS, "web").unwrap()["metadata"]["uid"]
+        })
+    })
+    .await;
+
+    // The one Secret's user, from its own namespace.
+    until_login(db, "admin", "password").await;
+    assert!(
+        !ipmitool(db, "admin", "other", &["power", "status"])
+            .await
+            .ok
+    );
+    let out = admin(db, &["power", "on"]).await;
+    assert!(out.ok, "{}", out.text);
+    sim.wait_vmi_phase(NS, "db", "Running", T).await.unwrap();
+    agent.wait_power("default/db", "on").await;
+
+    // A one-shot boot override is recorded in the VM and undone after the next start.
+    let uid = sim.wait_vmi_phase(NS, "web", "Running", T).await.unwrap();
+    agent.wait_power("default/web", "on").await;
+    let original = boot_orders(&sim, "web");
+    let out = admin(web, &["chassis", "bootdev", "pxe"]).await;
+    assert!(out.ok, "{}", out.text);
+    assert_eq!(
+        boot_orders(&sim, "web"),
+        json!({"disks": [2], "interfaces": [1]})
+    );
+    let rec: serde_json::Value =
+        serde_json::from_str(&annotation("web", BOOT_ANNOTATION).expect("override recorded"))
+            .unwrap();
+    assert_eq!(
+        (rec["mode"].as_str(), rec["device"].as_str()),
+        (Some("Oneshot"), Some("pxe"))
+    );
+    until("override visible to the engine", || {
+        agent
+            .backend
+            .shared
+            .view("default/web")
+            .is_some_and(|v| v.boot.is_some())
+    })
+    .await;
+    let out = admin(web, &["power", "reset"]).await;
+    assert!(out.ok, "{}", out.text);
+    until("restored after the next start", || {
+        boot_orders(&sim, "web") == original
+            && annotation("web", BOOT_ANNOTATION).is_none()
+            && sim.vmi_uid(NS, "web").is_some_and(|u| u != uid)
+    })
+    .await;
+    // The port survives: the agent never moved it.
+    assert_eq!(annotation("web", PORT_ANNOTATION), Some(web.to_string()));
+
+    // A changed password in the one Secret applies to every BMC's next session.
+    let data = json!({"data": {"password": serde_json::to_value(k8s_openapi::ByteString(b"n3w-pass".to_vec())).unwrap()}});
+    sim.merge_patch(Kind::Secret, "virtbmc-system", "creds", data)
+        .unwrap();
+    until_login(web, "admin", "n3w-pass").await;
+    until_login(db, "admin", "n3w-pass").await;
+
+    // Unselected: no BMC, no Service.
+    sim.merge_patch(
+        Kind::VirtualMachine,
+        NS,
+        "db",
+        json!({"metadata": {"labels": {"bmc.kubevirt.io/enabled": null}}}),
+    )
+    .unwrap();
+    until("unselected VM no longer served", || {
+        agent.port_of("default/db").is_none() && sim.get(Kind::Service, NS, "db-virtbmc").is_none()
+    })
+    .await;
+    assert!(agent.port_of("default/web").is_some());
+    let crd_requests = sim
+        .requests()
+        .iter()
+        .filter(|r| format!("{r:?}").contains("virtualmachinebmcs"))
+        .count();
+    assert_eq!(
+        crd_requests, 0,
+        "label mode never asks for VirtualMachineBMCs"
+    );
+}

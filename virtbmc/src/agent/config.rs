@@ -60,6 +60,16 @@ pub struct Args {
     #[arg(long, default_value = crate::cluster::DEFAULT_AGENT_SELECTOR)]
     pub agent_selector: String,
 
+    /// With --kube, without the VirtualMachineBMC CRD: give a BMC to every VirtualMachine
+    /// this label selector matches (e.g. `bmc.kubevirt.io/enabled=true`). Needs --auth-secret.
+    #[arg(long, value_name = "SELECTOR", requires = "auth_secret")]
+    pub vm_selector: Option<String>,
+
+    /// With --vm-selector: NAMESPACE/NAME of the one Secret (`username`, `password`) every
+    /// selected VM's BMC takes its user from.
+    #[arg(long, value_name = "NAMESPACE/NAME", requires = "vm_selector")]
+    pub auth_secret: Option<String>,
+
     /// With --kube: this agent's holder identity in the Lease (default: node name, else
     /// host name, else virtbmc-PID).
     #[arg(long)]
@@ -171,7 +181,17 @@ impl std::str::FromStr for UserSpec {
 
 impl Args {
     pub fn kube_mode(&self) -> bool {
-        self.kube || self.kube_url.is_some()
+        self.kube || self.kube_url.is_some() || self.vm_selector.is_some()
+    }
+
+    /// The mode without the CRD, if asked for.
+    pub fn label_mode(&self) -> Result<Option<crate::cluster::labeled::LabelMode>, String> {
+        match (&self.vm_selector, &self.auth_secret) {
+            (Some(sel), Some(secret)) => {
+                crate::cluster::labeled::LabelMode::new(sel, secret).map(Some)
+            }
+            _ => Ok(None),
+        }
     }
 
     /// --node-name, else $NODE_NAME (the DaemonSet sets it from spec.nodeName).
@@ -266,6 +286,24 @@ mod tests {
         assert!(a.kube_mode() && a.users.is_empty());
         assert_eq!(a.port_range, (20000, 20009));
         assert_eq!(a.agent_selector, "app.kubernetes.io/name=virtbmc");
+        assert_eq!(a.label_mode(), Ok(None));
+        let a = Args::try_parse_from([
+            "virtbmc",
+            "--vm-selector",
+            "bmc=on",
+            "--auth-secret",
+            "virtbmc-system/creds",
+        ])
+        .unwrap();
+        let m = a.label_mode().unwrap().unwrap();
+        assert!(a.kube_mode());
+        assert_eq!(
+            (m.selector.as_str(), m.secret_name.as_str()),
+            ("bmc=on", "creds")
+        );
+        // One without the other is refused.
+        assert!(Args::try_parse_from(["virtbmc", "--vm-selector", "bmc=on"]).is_err());
+        assert!(Args::try_parse_from(["virtbmc", "--auth-secret", "a/b"]).is_err());
         assert!(Args::try_parse_from(["virtbmc", "--kube", "--port-range", "9-1"]).is_err());
         assert_eq!(
             Args::try_parse_from(["virtbmc"]).unwrap().port_range,

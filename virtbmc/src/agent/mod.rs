@@ -171,6 +171,7 @@ async fn run_kube(args: Args) -> Result<(), AgentError> {
     opts.port_range = args.port_range.0..=args.port_range.1;
     opts.agent_namespace = args.agent_namespace(&lease_namespace);
     opts.agent_selector = args.agent_selector.clone();
+    opts.labels = args.label_mode().map_err(AgentError::Config)?;
     opts.call_timeout = Duration::from_millis(args.action_timeout_ms * 4 / 5);
     raise_fd_limit(opts.port_range.len() as u64 + 256);
     let metrics = Arc::new(Metrics::default());
@@ -199,6 +200,15 @@ async fn run_kube(args: Args) -> Result<(), AgentError> {
         fastpath: fastpath.clone(),
     });
     tokio::spawn(admin.serve(listener));
+    match &backend.shared.opts.labels {
+        Some(m) => log::info!(
+            "label mode (no CRD): VMs matching {:?} get a BMC, user from Secret {}/{}",
+            m.selector,
+            m.secret_namespace,
+            m.secret_name
+        ),
+        None => log::info!("serving every VirtualMachineBMC"),
+    }
     log::info!(
         "cluster mode: identity {}, lease {lease_namespace}/{}, ports {}-{}, admin on http://{}",
         backend.shared.opts.identity,

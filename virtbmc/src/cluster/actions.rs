@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use super::boot::{self, PlanError};
 use super::crd::BootOverrideStatus;
 use super::serve::object_json;
-use super::{Shared, VirtualMachineBMC, vm_resource};
+use super::{Shared, VirtualMachineBMC, labeled, vm_resource};
 use crate::engine::vm::{BootDevice, BootOverride};
 use crate::engine::{Action, ActionError};
 
@@ -307,6 +307,9 @@ pub async fn write_override(
     bmc: &VirtualMachineBMC,
     o: Option<BootOverrideStatus>,
 ) -> Result<(), ActionError> {
+    if labeled::is_synthesized(bmc) {
+        return labeled::write_override(sh, bmc, o.as_ref()).await;
+    }
     let ns = bmc.metadata.namespace.clone().unwrap_or_default();
     let name = bmc.metadata.name.clone().unwrap_or_default();
     let api: Api<VirtualMachineBMC> = Api::namespaced(sh.client.clone(), &ns);

@@ -30,7 +30,9 @@ use serde_json::json;
 use super::crd::Condition;
 use super::serve::{RESYNC, RETRY, wait_ready};
 use super::view::{SecretProblem, users_from_secret};
-use super::{MANAGED_BY, Shared, Stores, VMBMC_LABEL, VirtualMachineBMC, actions, endpoints};
+use super::{
+    MANAGED_BY, Shared, Stores, VMBMC_LABEL, VirtualMachineBMC, actions, endpoints, labeled,
+};
 
 /// The IPMI port every Service exposes.
 pub const IPMI_PORT: i32 = 623;
@@ -240,13 +242,16 @@ async fn write_port(
     };
     // The resourceVersion makes the write conditional: a VirtualMachineBMC changed since we
     // read it is looked at again on the next round.
-    let patch =
-        json!({"metadata": {"resourceVersion": b.resource_version()}, "status": {"port": port}});
-    let api: Api<VirtualMachineBMC> = Api::namespaced(sh.client.clone(), &ns);
-    match api
-        .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-    {
+    let written = if labeled::is_synthesized(&b) {
+        labeled::write_port(sh, &b, port).await
+    } else {
+        let patch = json!({"metadata": {"resourceVersion": b.resource_version()}, "status": {"port": port}});
+        let api: Api<VirtualMachineBMC> = Api::namespaced(sh.client.clone(), &ns);
+        api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map(|_| ())
+    };
+    match written {
         Ok(_) => {
             log::info!("vmbmc={ns}/{name} port={port} allocated");
             Some((b.metadata.uid.clone().unwrap_or_default(), port))
@@ -347,6 +352,9 @@ pub(super) fn labels(b: &VirtualMachineBMC) -> BTreeMap<String, String> {
 /// The owner reference to `b`: garbage collection removes what the leader wrote with its
 /// VirtualMachineBMC on a real cluster, even when no agent runs.
 pub(super) fn owned_by(b: &VirtualMachineBMC) -> Option<Vec<OwnerReference>> {
+    if labeled::is_synthesized(b) {
+        return Some(vec![labeled::vm_owner(b)]);
+    }
     b.controller_owner_ref(&()).map(|r| {
         vec![OwnerReference {
             block_owner_deletion: Some(false),
@@ -376,10 +384,7 @@ pub fn conditions(
     let vm = &b.spec.virtual_machine_ref.name;
     let secret_name = &b.spec.auth_secret_ref.name;
     let vm_found = sh.stores.vm(&ns, vm).is_some();
-    let secret = sh
-        .stores
-        .secret
-        .get(&ObjectRef::new(secret_name).within(&ns));
+    let secret = sh.stores.auth_secret(b);
     let secret_cond = match users_from_secret(secret.as_deref()) {
         Ok(_) => condition(
             "SecretAvailable",
@@ -461,6 +466,10 @@ async fn write_conditions(
     duplicate_of: Option<&str>,
     round: &Round,
 ) {
+    // Label mode has no status to write to.
+    if labeled::is_synthesized(b) {
+        return;
+    }
     let old = b.status.clone().unwrap_or_default();
     let mut new = conditions(sh, b, svc, duplicate_of);
     let now = serde_json::to_value(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
@@ -523,16 +532,20 @@ async fn restore_one_shot(sh: &Shared, b: &VirtualMachineBMC, round: &Round) {
         return;
     }
     // Conditional on the resourceVersion: a new override set meanwhile is kept.
-    let api: Api<VirtualMachineBMC> = Api::namespaced(sh.client.clone(), &ns);
-    let patch = json!({"metadata": {"resourceVersion": b.resource_version()}, "status": {"bootOverride": null}});
-    if let Err(e) = api
-        .patch_status(
+    let cleared = if labeled::is_synthesized(b) {
+        labeled::clear_override(sh, b).await
+    } else {
+        let api: Api<VirtualMachineBMC> = Api::namespaced(sh.client.clone(), &ns);
+        let patch = json!({"metadata": {"resourceVersion": b.resource_version()}, "status": {"bootOverride": null}});
+        api.patch_status(
             &b.name_any(),
             &PatchParams::default(),
             &Patch::Merge(&patch),
         )
         .await
-    {
+        .map(|_| ())
+    };
+    if let Err(e) = cleared {
         log::warn!("vm={ns}/{vm} clear one-shot record: {e}");
         round.fail();
     }

@@ -16,6 +16,7 @@ pub mod actions;
 pub mod boot;
 pub mod crd;
 pub mod endpoints;
+pub mod labeled;
 pub mod leader;
 pub mod lease;
 pub mod serve;
@@ -65,6 +66,8 @@ pub struct ClusterOptions {
     /// How long an action's API calls may take before the client is answered 0xC3 and an
     /// Event says so: below the agent's action timeout, so the Event is written by us.
     pub call_timeout: Duration,
+    /// Without the CRD: the VMs this selects get a BMC, all with one Secret's user.
+    pub labels: Option<labeled::LabelMode>,
     /// Cipher suites, session limits...: every BMC's configuration, users aside.
     pub base_config: BmcConfig,
 }
@@ -80,6 +83,7 @@ impl ClusterOptions {
             agent_selector: DEFAULT_AGENT_SELECTOR.into(),
             lease_duration: Duration::from_secs(15),
             call_timeout: Duration::from_millis(1200),
+            labels: None,
             base_config,
         }
     }
@@ -113,6 +117,8 @@ pub struct Stores {
     pub pod: Store<Pod>,
     /// Our EndpointSlices.
     pub endpoint_slice: Store<EndpointSlice>,
+    /// Label mode: the namespace of the one Secret (otherwise each VirtualMachineBMC's own).
+    secret_namespace: Option<String>,
 }
 
 /// The write halves of [`Stores`], consumed by [`serve::spawn`].
@@ -127,7 +133,7 @@ pub struct Writers {
 }
 
 impl Stores {
-    fn new() -> (Stores, Writers) {
+    fn new(secret_namespace: Option<String>) -> (Stores, Writers) {
         let vmbmc = reflector::store::Writer::default();
         let vm = reflector::store::Writer::new(vm_resource());
         let vmi = reflector::store::Writer::new(vmi_resource());
@@ -143,6 +149,7 @@ impl Stores {
             service: service.as_reader(),
             pod: pod.as_reader(),
             endpoint_slice: endpoint_slice.as_reader(),
+            secret_namespace,
         };
         (
             stores,
@@ -156,6 +163,21 @@ impl Stores {
                 endpoint_slice,
             },
         )
+    }
+
+    /// (namespace, name) of the Secret with `b`'s user.
+    pub fn secret_ref(&self, b: &VirtualMachineBMC) -> (String, String) {
+        let ns = match &self.secret_namespace {
+            Some(ns) => ns.clone(),
+            None => b.metadata.namespace.clone().unwrap_or_default(),
+        };
+        (ns, b.spec.auth_secret_ref.name.clone())
+    }
+
+    /// The Secret with `b`'s user, if cached.
+    pub fn auth_secret(&self, b: &VirtualMachineBMC) -> Option<Arc<Secret>> {
+        let (ns, name) = self.secret_ref(b);
+        self.secret.get(&ObjectRef::new(&name).within(&ns))
     }
 
     pub fn vm(&self, ns: &str, name: &str) -> Option<Arc<DynamicObject>> {
@@ -340,9 +362,7 @@ impl Shared {
             .unwrap_or_else(|e| e.into_inner())
             .owners
             .values()
-            .any(|b| {
-                b.spec.auth_secret_ref.name == secret && b.metadata.namespace.as_deref() == Some(ns)
-            })
+            .any(|b| self.stores.secret_ref(b) == (ns.to_string(), secret.to_string()))
     }
 
     /// The VirtualMachineBMC serving the BMC `name` (`<namespace>/<vm>`).
@@ -396,7 +416,8 @@ impl KubeBackend {
         opts: ClusterOptions,
         metrics: Arc<Metrics>,
     ) -> (KubeBackend, Writers) {
-        let (stores, writers) = Stores::new();
+        let (stores, writers) =
+            Stores::new(opts.labels.as_ref().map(|m| m.secret_namespace.clone()));
         let shared = Arc::new(Shared {
             client,
             metrics,

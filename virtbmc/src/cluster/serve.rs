@@ -6,11 +6,11 @@ use std::fmt::Debug;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{Stream, StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, DynamicObject};
-use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::reflector;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
@@ -18,7 +18,8 @@ use tokio::task::JoinHandle;
 
 use super::view::{boot_override, guid, power_state, users_from_secret};
 use super::{
-    KubeBackend, MANAGED_BY, Shared, Stores, VirtualMachineBMC, Writers, vm_resource, vmi_resource,
+    KubeBackend, MANAGED_BY, Shared, Stores, VirtualMachineBMC, Writers, labeled, vm_resource,
+    vmi_resource,
 };
 use crate::agent::name_guid;
 use crate::agent::registry::Registry;
@@ -35,8 +36,21 @@ pub fn spawn(
     let sh = backend.shared.clone();
     let client = sh.client.clone();
     let managed = format!("{}={}", MANAGED_BY.0, MANAGED_BY.1);
-    let mut tasks = vec![
-        reflect(
+    let vmbmcs = match sh.opts.labels.clone() {
+        // No CRD: the selected VMs stand for VirtualMachineBMCs.
+        Some(m) => reflect_stream(
+            &sh,
+            "virtualmachines (selected)",
+            writers.vmbmc,
+            watcher(
+                Api::<DynamicObject>::all_with(client.clone(), &vm_resource()),
+                watcher::Config::default().labels(&m.selector),
+            )
+            .default_backoff()
+            .map_ok(move |ev| labeled::events(ev, &m.secret_name)),
+            labeled_event,
+        ),
+        None => reflect(
             &sh,
             "virtualmachinebmcs",
             writers.vmbmc,
@@ -44,6 +58,21 @@ pub fn spawn(
             watcher::Config::default(),
             wake_all,
         ),
+    };
+    // Label mode reads one Secret; otherwise any VirtualMachineBMC may name any Secret of
+    // its namespace.
+    let (secrets, secret_watch) = match &sh.opts.labels {
+        Some(m) => (
+            Api::<Secret>::namespaced(client.clone(), &m.secret_namespace),
+            watcher::Config::default().fields(&format!("metadata.name={}", m.secret_name)),
+        ),
+        None => (
+            Api::<Secret>::all(client.clone()),
+            watcher::Config::default(),
+        ),
+    };
+    let mut tasks = vec![
+        vmbmcs,
         reflect(
             &sh,
             "virtualmachines",
@@ -64,8 +93,8 @@ pub fn spawn(
             &sh,
             "secrets",
             writers.secret,
-            Api::<Secret>::all(client.clone()),
-            watcher::Config::default(),
+            secrets,
+            secret_watch,
             secret_event,
         ),
         reflect(
@@ -154,19 +183,32 @@ where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     K::DynamicType: Eq + std::hash::Hash + Clone,
 {
+    // default_backoff: a failing LIST or WATCH is retried with a growing delay instead of
+    // a hot loop. managedFields and kubectl's last-applied annotation are dropped before
+    // caching: memory the agent never reads, and for Secrets a second copy of the password.
+    let events = watcher(api, wc).default_backoff().modify(|o| {
+        o.managed_fields_mut().clear();
+        o.annotations_mut().remove(LAST_APPLIED);
+    });
+    reflect_stream(sh, what, writer, events, on_event)
+}
+
+/// Feeds a cache from a stream of watch events; each event reaches `on_event` after the
+/// cache has it.
+fn reflect_stream<K>(
+    sh: &Arc<Shared>,
+    what: &'static str,
+    writer: reflector::store::Writer<K>,
+    events: impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+    on_event: fn(&Shared, &watcher::Event<K>),
+) -> JoinHandle<()>
+where
+    K: Resource + Clone + Debug + Send + Sync + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
     let sh = sh.clone();
     tokio::spawn(async move {
-        // default_backoff: a failing LIST or WATCH is retried with a growing delay instead of
-        // a hot loop. Events reach `on_event` after the cache has them.
-        // managedFields and kubectl's last-applied annotation are dropped before caching:
-        // memory the agent never reads, and for Secrets a second copy of the password.
-        let mut events = std::pin::pin!(reflector::reflector(
-            writer,
-            watcher(api, wc).default_backoff().modify(|o| {
-                o.managed_fields_mut().clear();
-                o.annotations_mut().remove(LAST_APPLIED);
-            })
-        ));
+        let mut events = std::pin::pin!(reflector::reflector(writer, events));
         while let Some(ev) = events.next().await {
             match ev {
                 Ok(ev) => on_event(&sh, &ev),
@@ -180,6 +222,29 @@ where
         }
         log::error!("watch={what} ended");
     })
+}
+
+/// A selected VM changed (label mode): its VirtualMachineBMC stands in for a real one, but
+/// most VM changes (status, devices) leave it as it was; only a new, changed or gone one
+/// is a full pass. The rest is the VM reflector's per-VM work.
+fn labeled_event(sh: &Shared, ev: &watcher::Event<VirtualMachineBMC>) {
+    match ev {
+        watcher::Event::Apply(b) => {
+            let name = format!(
+                "{}/{}",
+                b.namespace().unwrap_or_default(),
+                b.spec.virtual_machine_ref.name
+            );
+            let same = sh
+                .owner(&name)
+                .is_some_and(|old| old.metadata.uid == b.metadata.uid && old.status == b.status);
+            if !same {
+                sh.wake();
+            }
+        }
+        watcher::Event::Delete(_) | watcher::Event::InitDone => sh.wake(),
+        watcher::Event::Init | watcher::Event::InitApply(_) => {}
+    }
 }
 
 /// What one BMC needs to be served.
@@ -247,9 +312,7 @@ pub fn desired(
             log::warn!("bmc={name} port={port} already served for another VirtualMachineBMC");
             continue;
         }
-        let secret = stores
-            .secret
-            .get(&ObjectRef::new(&b.spec.auth_secret_ref.name).within(&ns));
+        let secret = stores.auth_secret(b);
         // A missing or unusable Secret leaves the BMC without users: every login is refused,
         // and the SecretAvailable condition says why.
         let users = users_from_secret(secret.as_deref()).unwrap_or_default();

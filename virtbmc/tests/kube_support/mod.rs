@@ -60,9 +60,14 @@ impl Agent {
         ports: RangeInclusive<u16>,
         ip: Ipv4Addr,
     ) -> Agent {
-        let _ = env_logger::builder().is_test(true).try_init();
         let mut opts = ClusterOptions::new(identity, "virtbmc-system", BmcConfig::new(vec![]));
         opts.port_range = ports;
+        Agent::start_with(sim, opts, ip).await
+    }
+
+    /// An agent with these options (identity, ports, label mode...), bound on `ip`.
+    pub async fn start_with(sim: &Handle, mut opts: ClusterOptions, ip: Ipv4Addr) -> Agent {
+        let _ = env_logger::builder().is_test(true).try_init();
         // Short, so a new agent takes over quickly; long enough that a loaded machine still renews.
         opts.lease_duration = Duration::from_secs(2);
         let metrics = Arc::new(Metrics::default());
