@@ -1007,3 +1007,58 @@ async fn label_mode_serves_selected_vms_without_the_crd() {
         "label mode never asks for VirtualMachineBMCs"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_bmc_with_a_pending_one_shot_puts_the_boot_order_back() {
+    use virtbmc::cluster::leader::FINALIZER;
+    let sim = sim().await;
+    seed(&sim, "web", "Always");
+    let agent = Agent::start(&sim, "agent-f", 31130..=31139).await;
+    let port = agent.wait_served("default/web").await;
+    sim.wait_vmi_phase(NS, "web", "Running", T).await.unwrap();
+    let original = boot_orders(&sim, "web");
+    let has_finalizer = |b: &serde_json::Value| {
+        b["metadata"]["finalizers"]
+            .as_array()
+            .is_some_and(|f| f.iter().any(|f| f == FINALIZER))
+    };
+
+    // A one-shot override holds the VirtualMachineBMC until the order is back: after the
+    // next start...
+    let uid = sim.vmi_uid(NS, "web").unwrap();
+    let out = admin(port, &["chassis", "bootdev", "pxe"]).await;
+    assert!(out.ok, "{}", out.text);
+    until("finalizer added", || {
+        vmbmc(&sim, "web").is_some_and(|b| has_finalizer(&b))
+    })
+    .await;
+    let out = admin(port, &["power", "reset"]).await;
+    assert!(out.ok, "{}", out.text);
+    until("restored after the next start, finalizer gone", || {
+        boot_orders(&sim, "web") == original
+            && sim.vmi_uid(NS, "web").is_some_and(|u| u != uid)
+            && vmbmc(&sim, "web").is_some_and(|b| !has_finalizer(&b))
+    })
+    .await;
+
+    // ...or when the VirtualMachineBMC is deleted before that start.
+    let out = admin(port, &["chassis", "bootdev", "pxe"]).await;
+    assert!(out.ok, "{}", out.text);
+    assert_eq!(
+        boot_orders(&sim, "web"),
+        json!({"disks": [2], "interfaces": [1]})
+    );
+    until("finalizer added", || {
+        vmbmc(&sim, "web").is_some_and(|b| has_finalizer(&b))
+    })
+    .await;
+    sim.delete(Kind::VirtualMachineBmc, NS, "web-bmc").unwrap();
+    until("order restored and the VirtualMachineBMC gone", || {
+        vmbmc(&sim, "web").is_none() && boot_orders(&sim, "web") == original
+    })
+    .await;
+    until("no longer served", || {
+        agent.port_of("default/web").is_none()
+    })
+    .await;
+}

@@ -36,6 +36,22 @@ impl VirtualMachineBMCSpec {
     }
 }
 
+impl VirtualMachineBMC {
+    /// Served, with a Service: IPMI enabled and not being deleted (a VirtualMachineBMC held
+    /// by our finalizer is going; only its pending boot override is still undone).
+    pub fn active(&self) -> bool {
+        self.spec.ipmi_enabled() && self.metadata.deletion_timestamp.is_none()
+    }
+
+    /// The one-shot boot override still waiting for the next start, if any.
+    pub fn pending_one_shot(&self) -> Option<&BootOverrideStatus> {
+        self.status
+            .as_ref()
+            .and_then(|s| s.boot_override.as_ref())
+            .filter(|o| o.mode == "Oneshot")
+    }
+}
+
 #[derive(Deserialize, Serialize, Clone, Debug, Default, JsonSchema, PartialEq, Eq)]
 pub struct LocalObjectReference {
     #[serde(default)]

@@ -107,7 +107,7 @@ pub fn allocate(
         }
         match b.status.as_ref().and_then(|s| s.port) {
             Some(p) if used.insert(p) => {}
-            _ if b.spec.ipmi_enabled() => need.push(b.clone()),
+            _ if b.active() => need.push(b.clone()),
             _ => {}
         }
     }
@@ -151,7 +151,7 @@ async fn reconcile(sh: &Shared, pending: &mut BTreeMap<String, u16>, round: &Rou
     let mut wanted: BTreeSet<(String, String)> = BTreeSet::new();
     for b in &bmcs {
         if b.status.as_ref().and_then(|s| s.port).is_some()
-            && b.spec.ipmi_enabled()
+            && b.active()
             && Stores::duplicate_of(&owners, b).is_none()
         {
             wanted.insert((
@@ -213,7 +213,13 @@ async fn reconcile_one(
     round: &Round,
 ) {
     let port = b.status.as_ref().and_then(|s| s.port);
-    let svc = match port.filter(|_| b.spec.ipmi_enabled() && duplicate.is_none()) {
+    if !labeled::is_synthesized(b) {
+        finalizer(sh, b, round).await;
+    }
+    if b.metadata.deletion_timestamp.is_some() {
+        return;
+    }
+    let svc = match port.filter(|_| b.active() && duplicate.is_none()) {
         Some(port) => {
             let svc = ensure_service(sh, b, port, round).await;
             if let (Some(_), Some(agents)) = (&svc, agents) {
@@ -504,13 +510,69 @@ async fn write_conditions(
     }
 }
 
+/// Held by a VirtualMachineBMC while a one-shot boot override is pending, so that deleting
+/// it first puts the VM's boot order back (without it the VM would keep booting from the
+/// override's device for good).
+pub const FINALIZER: &str = "bmc.kubevirt.io/boot-override";
+
+/// Adds or removes [`FINALIZER`] as a one-shot override is pending or not; on deletion,
+/// restores the boot order, then lets the object go.
+async fn finalizer(sh: &Shared, b: &VirtualMachineBMC, round: &Round) {
+    let has = b.finalizers().iter().any(|f| f == FINALIZER);
+    let (ns, vm) = (
+        b.namespace().unwrap_or_default(),
+        &b.spec.virtual_machine_ref.name,
+    );
+    let want = if b.metadata.deletion_timestamp.is_some() {
+        if !has {
+            return;
+        }
+        if let Some(o) = b.pending_one_shot() {
+            log::info!(
+                "vmbmc={ns}/{} deleted with a pending one-shot {} override; restoring the boot order of vm={vm}",
+                b.name_any(),
+                o.device
+            );
+            if let Err(e) = actions::restore_orders(sh, &ns, vm, o).await {
+                log::warn!("vm={ns}/{vm} restore boot order: {e}");
+                round.fail();
+                return;
+            }
+        }
+        false
+    } else {
+        b.pending_one_shot().is_some()
+    };
+    if want == has {
+        return;
+    }
+    let mut list: Vec<String> = b
+        .finalizers()
+        .iter()
+        .filter(|f| *f != FINALIZER)
+        .cloned()
+        .collect();
+    if want {
+        list.push(FINALIZER.into());
+    }
+    // Conditional on the resourceVersion: others' finalizers are never lost.
+    let patch = json!({"metadata": {"resourceVersion": b.resource_version(), "finalizers": list}});
+    let api: Api<VirtualMachineBMC> = Api::namespaced(sh.client.clone(), &ns);
+    if let Err(e) = api
+        .patch(
+            &b.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+    {
+        log::warn!("vmbmc={ns}/{} finalizer: {e}", b.name_any());
+        round.fail();
+    }
+}
+
 async fn restore_one_shot(sh: &Shared, b: &VirtualMachineBMC, round: &Round) {
-    let Some(o) = b
-        .status
-        .as_ref()
-        .and_then(|s| s.boot_override.as_ref())
-        .filter(|o| o.mode == "Oneshot")
-    else {
+    let Some(o) = b.pending_one_shot() else {
         return;
     };
     let ns = b.namespace().unwrap_or_default();

@@ -304,7 +304,7 @@ pub fn desired(
         let Some(port) = b.status.as_ref().and_then(|s| s.port) else {
             continue;
         };
-        if !b.spec.ipmi_enabled() {
+        if !b.active() {
             continue;
         }
         if bmcs.contains_key(&port) {
