@@ -546,6 +546,59 @@ async fn api_errors_reach_the_client_and_become_events() {
     .await;
 }
 
+/// The Events on `vm` with this reason.
+fn events_of(sim: &kubesim::Handle, vm: &str, reason: &str) -> Vec<serde_json::Value> {
+    sim.list(Kind::Event, Some(NS))
+        .into_iter()
+        .filter(|e| e["reason"] == reason && e["involvedObject"]["name"] == vm)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_refusals_aggregate_into_one_event_per_reason() {
+    const RESETS: i64 = 4;
+    let sim = sim().await;
+    seed(&sim, "once", "Once");
+    let agent = Agent::start(&sim, "agent-a", 31170..=31179).await;
+    let port = agent.wait_served("default/once").await;
+    sim.wait_vmi_phase(NS, "once", "Running", T).await.unwrap();
+    agent.wait_power("default/once", "on").await;
+    // An ipmitool retry loop against a VM KubeVirt keeps refusing: one Event, counted.
+    for _ in 0..RESETS {
+        let out = admin(port, &["power", "reset"]).await;
+        assert!(!out.ok, "a restart under Once is refused: {}", out.text);
+    }
+    until("one IPMIActionRefused event counting every reset", || {
+        let evs = events_of(&sim, "once", "IPMIActionRefused");
+        evs.len() == 1 && evs[0]["count"] == RESETS
+    })
+    .await;
+    // Another reason is another Event, with its own count.
+    for _ in 0..2 {
+        let out = admin(port, &["chassis", "bootdev", "bios"]).await;
+        assert!(out.text.contains("failed"), "BIOS setup: {}", out.text);
+    }
+    until("one IPMIBootDeviceRefused event counting both", || {
+        let evs = events_of(&sim, "once", "IPMIBootDeviceRefused");
+        evs.len() == 1 && evs[0]["count"] == 2
+    })
+    .await;
+    let evs = events_of(&sim, "once", "IPMIActionRefused");
+    assert_eq!(evs.len(), 1, "{evs:?}");
+    let ev = &evs[0];
+    assert_eq!(ev["count"], RESETS, "{ev}");
+    assert_eq!(ev["type"], "Warning");
+    assert!(
+        ev["lastTimestamp"].as_str() >= ev["firstTimestamp"].as_str(),
+        "{ev}"
+    );
+    let m = &agent.backend.shared.metrics;
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(load(&m.events_created), 2);
+    assert_eq!(load(&m.events_aggregated), RESETS as u64 - 1 + 1);
+    assert_eq!(load(&m.events_dropped), 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ports_survive_an_agent_restart() {
     let sim = sim().await;

@@ -23,6 +23,12 @@ pub struct Metrics {
     pub kube_call_errors: AtomicU64,
     pub kube_call_micros: AtomicU64,
     pub watch_errors: AtomicU64,
+    /// Cluster mode: refusals and failures as Events on the VM (`cluster/events.rs`). Each
+    /// occurrence is one of: a new Event, a repeat aggregated into its Event's count, or a
+    /// repeat over the VM's write limit (not written now; the next write counts it).
+    pub events_created: AtomicU64,
+    pub events_aggregated: AtomicU64,
+    pub events_dropped: AtomicU64,
 }
 
 impl Metrics {
@@ -112,6 +118,21 @@ impl Metrics {
             "watch_errors_total",
             "Watch or list errors (each restarts that watch).",
             &self.watch_errors,
+        );
+        counter(
+            "events_created_total",
+            "Events created on VMs for refused or failed actions.",
+            &self.events_created,
+        );
+        counter(
+            "events_aggregated_total",
+            "Repeated refusals or failures counted into an existing Event.",
+            &self.events_aggregated,
+        );
+        counter(
+            "events_dropped_total",
+            "Repeated refusals or failures not written, over the VM's event rate.",
+            &self.events_dropped,
         );
         let _ = writeln!(
             out,

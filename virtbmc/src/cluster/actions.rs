@@ -1,15 +1,15 @@
 //! What a BMC asks of the cluster: power through KubeVirt's `start`/`stop`/`restart`
 //! subresources (KUBE-API.md §A.3, §C.2), boot devices through guarded JSON Patches, and a
-//! Kubernetes Event on the VM for every refusal or failure so `kubectl describe vm` says why.
+//! Kubernetes Event on the VM for every refusal or failure so `kubectl describe vm` says why
+//! (repeats aggregated into one Event, see [`events`]).
 
-use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use kube::core::Status;
 use serde_json::{Value, json};
 
 use super::boot::{self, PlanError};
 use super::crd::BootOverrideStatus;
+use super::events;
 use super::serve::object_json;
 use super::{Shared, VirtualMachineBMC, labeled, vm_resource};
 use crate::engine::vm::{BootDevice, BootOverride};
@@ -30,7 +30,7 @@ pub async fn perform(sh: &Shared, ns: &str, vm: &str, action: Action) -> Result<
                         }
                         _ => "IPMIBootDeviceFailed",
                     };
-                    record_event(sh, ns, vm, reason, &format!("IPMI {action}: {e}"));
+                    events::record(sh, ns, vm, reason, &format!("IPMI {action}: {e}"));
                 }
                 r
             }
@@ -46,7 +46,7 @@ pub async fn perform(sh: &Shared, ns: &str, vm: &str, action: Action) -> Result<
                 "IPMI {action}: no answer from the API server within {:?}",
                 sh.opts.call_timeout
             );
-            record_event(sh, ns, vm, "IPMIActionTimeout", &msg);
+            events::record(sh, ns, vm, "IPMIActionTimeout", &msg);
             Err(ActionError::Timeout)
         }
     };
@@ -112,51 +112,9 @@ async fn power_action(sh: &Shared, ns: &str, vm: &str, action: Action) -> Result
             ActionError::Busy => return err,
             _ => "IPMIActionFailed",
         };
-        record_event(sh, ns, vm, reason, &format!("IPMI {action} ({sub}): {e}"));
+        events::record(sh, ns, vm, reason, &format!("IPMI {action} ({sub}): {e}"));
     }
     err
-}
-
-/// Posts a Warning Event on the VM, in the background: the client's answer does not wait
-/// for it, and a failure to write it is only logged.
-pub fn record_event(sh: &Shared, ns: &str, vm: &str, reason: &str, message: &str) {
-    let uid = sh.stores.vm(ns, vm).and_then(|o| o.metadata.uid.clone());
-    let now = Time(k8s_openapi::jiff::Timestamp::now());
-    let ev = Event {
-        metadata: ObjectMeta {
-            generate_name: Some(format!("{vm}.")),
-            namespace: Some(ns.to_string()),
-            ..Default::default()
-        },
-        involved_object: ObjectReference {
-            api_version: Some("kubevirt.io/v1".into()),
-            kind: Some("VirtualMachine".into()),
-            name: Some(vm.to_string()),
-            namespace: Some(ns.to_string()),
-            uid,
-            ..Default::default()
-        },
-        reason: Some(reason.to_string()),
-        message: Some(message.to_string()),
-        type_: Some("Warning".into()),
-        count: Some(1),
-        first_timestamp: Some(now.clone()),
-        last_timestamp: Some(now),
-        source: Some(EventSource {
-            component: Some("virtbmc".into()),
-            host: Some(sh.opts.identity.clone()),
-        }),
-        reporting_component: Some("virtbmc".into()),
-        reporting_instance: Some(sh.opts.identity.clone()),
-        ..Default::default()
-    };
-    let api = Api::<Event>::namespaced(sh.client.clone(), ns);
-    let what = format!("vm={ns}/{vm} event {reason}");
-    tokio::spawn(async move {
-        if let Err(e) = api.create(&PostParams::default(), &ev).await {
-            log::warn!("{what}: cannot record: {e}");
-        }
-    });
 }
 
 fn api_failed(what: &str, e: kube::Error) -> ActionError {

@@ -16,6 +16,7 @@ pub mod actions;
 pub mod boot;
 pub mod crd;
 pub mod endpoints;
+pub mod events;
 pub mod labeled;
 pub mod leader;
 pub mod lease;
