@@ -22,9 +22,10 @@ struct Args {
     /// Namespace of the created objects.
     #[arg(long, default_value = "default")]
     namespace: String,
-    /// runStrategy of the created VMs (Always, Halted, Manual, RerunOnFailure, Once).
-    #[arg(long, default_value = "Halted")]
-    run_strategy: String,
+    /// runStrategy of the created VMs (Always, Halted, Manual, RerunOnFailure, Once); a
+    /// comma-separated list is taken in turn, VM by VM (the demo gives each VM its own).
+    #[arg(long, default_value = "Halted", value_delimiter = ',')]
+    run_strategy: Vec<String>,
     /// Also create, per VM, a Secret <vm>-bmc-auth (admin/password) and a VirtualMachineBMC <vm>-bmc.
     #[arg(long)]
     with_bmcs: bool,
@@ -84,9 +85,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let sim = kubesim::Server::start_with(args.listen, cfg).await?;
     let ns = args.namespace.as_str();
     let mut seeded = 0usize;
-    for i in 1..=args.vms {
+    for (i, strategy) in (1..=args.vms).zip(args.run_strategy.iter().cycle()) {
         let name = format!("{}-{i}", args.vm_prefix);
-        sim.seed_vm(ns, &name, &args.run_strategy);
+        sim.seed_vm(ns, &name, strategy);
         seeded += 1;
         if args.with_bmcs {
             let secret = format!("{name}-bmc-auth");
