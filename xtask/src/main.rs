@@ -59,7 +59,7 @@ fn bench(args: &[String]) -> Result<(), String> {
         _ => ("bench", args),
     };
     tools::run(tools::cargo().args(["build", "--release", "-p", "virtbmc", "--example", example]))?;
-    let bin = tools::root().join("target/release/examples").join(example);
+    let bin = tools::target_dir().join("release/examples").join(example);
     let mut cmd = std::process::Command::new(bin);
     if example == "bench" {
         cmd.arg(&agent)

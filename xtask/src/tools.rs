@@ -112,6 +112,24 @@ pub fn ensure_installed() -> Result<(), String> {
     }
 }
 
+/// Where cargo puts what it builds: `$CARGO_TARGET_DIR`, else the workspace's `target/`.
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"))
+}
+
+/// `cargo build -p <package> --release`; returns the path of its binary of the same name.
+pub fn build_release(package: &str) -> Result<PathBuf, String> {
+    run(cargo().args(["build", "-p", package, "--release"]))?;
+    let bin = target_dir().join("release").join(package);
+    if bin.is_file() {
+        Ok(bin)
+    } else {
+        Err(format!("{} was not built", bin.display()))
+    }
+}
+
 /// `cargo build -p virtbmc --release`; returns the binary's path. With `VIRTBMC_BIN` set,
 /// that prebuilt binary is used instead and nothing is built.
 pub fn build_agent() -> Result<PathBuf, String> {
@@ -124,14 +142,5 @@ pub fn build_agent() -> Result<PathBuf, String> {
             Err(format!("VIRTBMC_BIN={} not found", bin.display()))
         };
     }
-    run(cargo().args(["build", "-p", "virtbmc", "--release"]))?;
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("target"));
-    let bin = target.join("release/virtbmc");
-    if bin.is_file() {
-        Ok(bin)
-    } else {
-        Err(format!("{} was not built", bin.display()))
-    }
+    build_release("virtbmc")
 }
