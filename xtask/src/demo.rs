@@ -2,41 +2,28 @@
 //! attached to the namespace's veth, real ipmitool commands from namespace
 //! `virtbmc-demo-client`, everything printed, then the fast path's counters and `bpftool`'s
 //! view of its maps; the namespaces are deleted at the end, on failure and on Ctrl-C.
+//!
+//! Also what the cluster variant (`demo cluster`, demo_cluster.rs) shares with it: the
+//! namespaces, the set-up, steps that print and record surprises, the fast path's view.
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use virtbmc_e2e::{Bmc, Iface, NetnsPair, Out};
 
 use crate::{interrupt, tools};
 
-const BMC_NS: &str = "virtbmc-demo";
-const CLIENT_NS: &str = "virtbmc-demo-client";
+pub const BMC_NS: &str = "virtbmc-demo";
+pub const CLIENT_NS: &str = "virtbmc-demo-client";
 /// 10.254.23.0/24, only inside the two demo namespaces.
-const NET: [u8; 3] = [10, 254, 23];
+pub const NET: [u8; 3] = [10, 254, 23];
 /// The demo's own pin folder, so that it never disturbs an agent running on this machine.
-const PIN_DIR: &str = "/sys/fs/bpf/virtbmc-demo";
+pub const PIN_DIR: &str = "/sys/fs/bpf/virtbmc-demo";
+/// The agent's admin endpoint, on the loopback of namespace `virtbmc-demo` (its default).
+pub const ADMIN: &str = "127.0.0.1:9623";
 
 pub fn run() -> Result<(), String> {
-    interrupt::install();
-    if !virtbmc_e2e::is_root() {
-        return Err("the demo creates network namespaces: run it as root".into());
-    }
-    tools::ensure_installed()?;
-    let agent = tools::build_agent()?;
-    interrupt::check()?;
-    let object = crate::ebpf::build_ebpf()?;
-    interrupt::check()?;
-
-    // A demo killed with SIGKILL cannot clean up; its namespaces go now.
-    for ns in [BMC_NS, CLIENT_NS] {
-        if NetnsPair::exists(ns) {
-            println!("==> deleting namespace {ns} left by an earlier demo");
-            let _ = std::process::Command::new("ip")
-                .args(["netns", "del", ns])
-                .status();
-        }
-    }
-
+    let (agent, object) = prepare()?;
     let bmc = Bmc::builder()
         .binary(&agent)
         .netns(BMC_NS, CLIENT_NS, NET)
@@ -62,14 +49,139 @@ pub fn run() -> Result<(), String> {
     result
 }
 
+/// What both demos do first: Ctrl-C handling, root, the client tools, the release agent and
+/// the XDP object (their paths are returned), and no namespaces left by an earlier demo.
+pub fn prepare() -> Result<(PathBuf, PathBuf), String> {
+    interrupt::install();
+    if !virtbmc_e2e::is_root() {
+        return Err("the demo creates network namespaces: run it as root".into());
+    }
+    tools::ensure_installed()?;
+    let agent = tools::build_agent()?;
+    interrupt::check()?;
+    let object = crate::ebpf::build_ebpf()?;
+    interrupt::check()?;
+
+    delete_leftovers();
+    Ok((agent, object))
+}
+
+/// A demo killed with SIGKILL cannot clean up: the processes and namespaces it left go now.
+fn delete_leftovers() {
+    use std::process::Command;
+    for ns in [BMC_NS, CLIENT_NS] {
+        if !NetnsPair::exists(ns) {
+            continue;
+        }
+        println!("==> deleting namespace {ns} left by an earlier demo, and its processes");
+        let pids = Command::new("ip")
+            .args(["netns", "pids", ns])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        for pid in pids.split_whitespace() {
+            let _ = Command::new("kill").args(["-KILL", pid]).status();
+        }
+        let _ = Command::new("ip").args(["netns", "del", ns]).status();
+    }
+}
+
+/// The demo's narration: prints each step and keeps what did not behave as expected.
+#[derive(Default)]
+pub struct Steps {
+    surprises: Vec<String>,
+}
+
+impl Steps {
+    pub fn say(&self, text: &str) {
+        println!("\n# {text}");
+    }
+
+    pub fn surprise(&mut self, what: String) {
+        self.surprises.push(what);
+    }
+
+    /// Prints what a client did; records a surprise when its success differs from `expect_ok`.
+    pub fn client(&mut self, out: Out, expect_ok: bool) -> Result<Out, String> {
+        println!("{out}");
+        if out.ok() != expect_ok {
+            self.surprise(format!(
+                "`{}` {}",
+                out.cmdline,
+                if expect_ok { "failed" } else { "succeeded" }
+            ));
+        }
+        interrupt::check()?;
+        Ok(out)
+    }
+
+    /// Ok when every step behaved; otherwise lists the surprises and the last lines of each
+    /// `(name, log)`.
+    pub fn finish(self, logs: &[(&str, String)]) -> Result<(), String> {
+        if self.surprises.is_empty() {
+            println!("\n==> demo finished: every step behaved as expected");
+            return Ok(());
+        }
+        for s in &self.surprises {
+            println!("unexpected: {s}");
+        }
+        print_log_tails(logs);
+        Err(format!(
+            "{} step(s) did not behave as expected",
+            self.surprises.len()
+        ))
+    }
+}
+
+/// The last lines of each `(name, log)`, to say why something failed.
+pub fn print_log_tails(logs: &[(&str, String)]) {
+    for (name, log) in logs {
+        let tail: Vec<&str> = log.lines().rev().take(20).collect();
+        println!("\n==> last lines of the {name} log:");
+        for l in tail.iter().rev() {
+            println!("{l}");
+        }
+    }
+}
+
+/// The XDP counters from the agent's `/metrics` (read with `admin_get`) and `bpftool`'s view
+/// of its BMC map.
+pub fn show_fast_path(admin_get: impl Fn(&str) -> Result<String, String>, agent_pid: u32) {
+    match admin_get("/metrics") {
+        Ok(body) => {
+            println!("$ curl -s http://{ADMIN}/metrics | grep fastpath   (in namespace {BMC_NS})");
+            for l in body.lines().filter(|l| l.starts_with("virtbmc_fastpath")) {
+                println!("{l}");
+            }
+        }
+        Err(e) => println!("/metrics: {e}"),
+    }
+    // The agent runs under `ip netns exec`, whose private /sys has its own bpffs: look
+    // at the pins through the agent's mount namespace.
+    let dump = std::process::Command::new("nsenter")
+        .args(["--mount", "--target", &agent_pid.to_string()])
+        .args(["bpftool", "map", "dump", "pinned"])
+        .arg(format!("{PIN_DIR}/bmcs"))
+        .output();
+    println!("$ bpftool map dump pinned {PIN_DIR}/bmcs   (port -> what XDP answers from)");
+    match dump {
+        Ok(o) => print!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ),
+        Err(e) => println!("bpftool: {e}"),
+    }
+}
+
 struct Demo<'a> {
     bmc: &'a Bmc,
-    surprises: Vec<String>,
+    steps: Steps,
 }
 
 impl Demo<'_> {
     fn say(&self, text: &str) {
-        println!("\n# {text}");
+        self.steps.say(text);
     }
 
     /// Runs and prints one ipmitool command; `expect_ok` records a surprise when it differs.
@@ -84,57 +196,16 @@ impl Demo<'_> {
         interrupt::check()?;
         let pass = if user == "admin" { "password" } else { user };
         let out = self.bmc.ipmitool(iface, user, pass, port, args);
-        println!("{out}");
-        if out.ok() != expect_ok {
-            self.surprises.push(format!(
-                "`{}` {}",
-                out.cmdline,
-                if expect_ok { "failed" } else { "succeeded" }
-            ));
-        }
-        interrupt::check()?;
-        Ok(out)
+        self.steps.client(out, expect_ok)
     }
 
     fn show_vms(&self) {
         match self.bmc.http_get("/vms") {
             Ok(body) => {
-                println!("$ curl -s http://127.0.0.1:9623/vms   (in namespace {BMC_NS})");
+                println!("$ curl -s http://{ADMIN}/vms   (in namespace {BMC_NS})");
                 print!("{body}");
             }
             Err(e) => println!("/vms: {e}"),
-        }
-    }
-
-    fn show_fast_path(&self) {
-        match self.bmc.http_get("/metrics") {
-            Ok(body) => {
-                println!(
-                    "$ curl -s http://127.0.0.1:9623/metrics | grep fastpath   (in namespace {BMC_NS})"
-                );
-                for l in body.lines().filter(|l| l.starts_with("virtbmc_fastpath")) {
-                    println!("{l}");
-                }
-            }
-            Err(e) => println!("/metrics: {e}"),
-        }
-        // The agent runs under `ip netns exec`, whose private /sys has its own bpffs: look
-        // at the pins through the agent's mount namespace.
-        let pid = self.bmc.pid().to_string();
-        let dump = std::process::Command::new("nsenter")
-            .args([
-                "--mount", "--target", &pid, "bpftool", "map", "dump", "pinned",
-            ])
-            .arg(format!("{PIN_DIR}/bmcs"))
-            .output();
-        println!("$ bpftool map dump pinned {PIN_DIR}/bmcs   (port -> what XDP answers from)");
-        match dump {
-            Ok(o) => print!(
-                "{}{}",
-                String::from_utf8_lossy(&o.stdout),
-                String::from_utf8_lossy(&o.stderr)
-            ),
-            Err(e) => println!("bpftool: {e}"),
         }
     }
 
@@ -151,8 +222,8 @@ impl Demo<'_> {
                 return Ok(());
             }
             if start.elapsed() > Duration::from_secs(10) {
-                self.surprises
-                    .push(format!("{vm} not {want} after 10 s: {now:?}"));
+                self.steps
+                    .surprise(format!("{vm} not {want} after 10 s: {now:?}"));
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -163,7 +234,7 @@ impl Demo<'_> {
 fn script(bmc: &Bmc) -> Result<(), String> {
     let mut d = Demo {
         bmc,
-        surprises: Vec::new(),
+        steps: Steps::default(),
     };
     println!("\n==> virtbmc demo: one agent serves a BMC per VM");
     println!("agent (namespace {BMC_NS}): {}", bmc.cmdline());
@@ -224,24 +295,6 @@ fn script(bmc: &Bmc) -> Result<(), String> {
     d.show_vms();
 
     d.say("what the XDP fast path answered itself: pings, auth capabilities, cipher suites and the IPMI 1.5 in-session power status; the rest was passed to the agent");
-    d.show_fast_path();
-
-    if d.surprises.is_empty() {
-        println!("\n==> demo finished: every step behaved as expected");
-        Ok(())
-    } else {
-        for s in &d.surprises {
-            println!("unexpected: {s}");
-        }
-        let log = bmc.log();
-        let tail: Vec<&str> = log.lines().rev().take(20).collect();
-        println!("\n==> last lines of the agent log:");
-        for l in tail.iter().rev() {
-            println!("{l}");
-        }
-        Err(format!(
-            "{} step(s) did not behave as expected",
-            d.surprises.len()
-        ))
-    }
+    show_fast_path(|path| bmc.http_get(path), bmc.pid());
+    d.steps.finish(&[("agent", bmc.log())])
 }
