@@ -3,13 +3,16 @@
 //!
 //! - `demo`: build the agent, run it with three VMs in a network namespace and drive it with
 //!   real ipmitool commands, printing everything; cleans up on exit, failure or Ctrl-C.
+//!   `demo cluster`: the same against the simulated KubeVirt cluster (kubesim).
 //! - `test`: install missing client tools (apt), build, run the unit tests and the end-to-end
 //!   tests (as root, with `VIRTBMC_E2E_REQUIRED=1`).
 
 mod demo;
+mod demo_cluster;
 mod ebpf;
 mod fuzz;
 mod interrupt;
+mod json;
 mod test;
 mod tools;
 
@@ -19,6 +22,7 @@ const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
   demo            build the agent, run it with 3 VMs in a network namespace, drive it with ipmitool
+  demo cluster    the same in cluster mode, against a simulated KubeVirt cluster (kubesim)
   test [FILTER]   install missing client tools, build, run unit and end-to-end tests (needs root)
   fuzz [RUNS]     run the engine fuzz target for RUNS inputs (default 300000; nightly)
   bench [SECS]    benchmark the userspace path, memory per BMC, XDP off vs on over a veth
@@ -28,7 +32,11 @@ commands:
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
-        Some("demo") => demo::run(),
+        Some("demo") => match args.get(1).map(String::as_str) {
+            None => demo::run(),
+            Some("cluster") => demo_cluster::run(),
+            Some(other) => Err(format!("unknown demo `{other}`\n\n{USAGE}")),
+        },
         Some("test") => test::run(&args[1..]),
         Some("fuzz") => fuzz::run(&args[1..]),
         Some("bench") => bench(&args[1..]),

@@ -1,0 +1,653 @@
+//! `cargo xtask demo cluster`: the agent in cluster mode against the simulated cluster.
+//!
+//! In namespace `virtbmc-demo`: kubesim (the test API server with its simulated
+//! virt-controller) on the namespace's loopback, with three VirtualMachines of different
+//! runStrategies, each with a Secret (admin/password) and a VirtualMachineBMC; the agent
+//! (`--kube-url`) serving them on the veth's address with XDP attached to it. From
+//! `virtbmc-demo-client`, real ipmitool commands against the ports the elected agent wrote
+//! into the BMCs' status; between them, views of the cluster read from kubesim's API with
+//! curl (no kubectl needed): VMs, VMIs and their phases, BMCs, Services, the Lease, Events.
+//! Then the fast path's counters and map, as in the embedded demo. The processes, namespaces
+//! and pins go at the end, on failure and on Ctrl-C.
+
+use std::fs::File;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use virtbmc_e2e::{NetnsPair, Out};
+
+use crate::demo::{ADMIN, BMC_NS, CLIENT_NS, NET, PIN_DIR, Steps, print_log_tails, show_fast_path};
+use crate::json::Json;
+use crate::{interrupt, tools};
+
+/// kubesim's address, on the loopback of namespace `virtbmc-demo`.
+const API: &str = "http://127.0.0.1:18401";
+/// The agent hands out BMC ports from here: the embedded demo's ports.
+const PORTS: &str = "6230-6239";
+/// One VM per runStrategy: kubesim takes the list in turn for vm-1, vm-2, vm-3. Always and
+/// Once start their VM at once; Once refuses restarts.
+const STRATEGIES: &str = "Halted,Always,Once";
+const VMS: usize = 3;
+/// Upper bound for anything the cluster does on its own (allocation, a VMI's phases).
+const SETTLE: Duration = Duration::from_secs(30);
+
+pub fn run() -> Result<(), String> {
+    let (agent, object) = crate::demo::prepare()?;
+    let kubesim = tools::build_release("kubesim")?;
+    interrupt::check()?;
+
+    // Dropped last: after both processes are stopped, the namespaces go.
+    let net = NetnsPair::create_named(BMC_NS, CLIENT_NS, NET);
+    let vms = VMS.to_string();
+    let sim = Daemon::start(
+        "kubesim",
+        &kubesim,
+        &[
+            "--listen",
+            API.trim_start_matches("http://"),
+            "--vms",
+            &vms,
+            "--run-strategy",
+            STRATEGIES,
+            "--with-bmcs",
+            "--phase-delay-ms",
+            "300-700",
+            "--stop-delay-ms",
+            "1000",
+        ],
+    )?;
+    let bmc_ip = net.bmc_ip.to_string();
+    let object = object.to_str().ok_or("object path is not UTF-8")?;
+    let agent = Daemon::start(
+        "agent",
+        &agent,
+        &[
+            "--kube-url",
+            API,
+            "--listen",
+            &bmc_ip,
+            "--port-range",
+            PORTS,
+            "--node-name",
+            "node1",
+            "--admin",
+            ADMIN,
+            "--xdp-iface",
+            "vbmc0",
+            "--ebpf-object",
+            object,
+            "--bpf-pin-dir",
+            PIN_DIR,
+        ],
+    )?;
+    let mut demo = Demo {
+        agent,
+        sim,
+        bmc_ip,
+        ports: Vec::new(),
+        steps: Steps::default(),
+    };
+    let result = demo.script();
+    let logs = [("agent", demo.agent.log()), ("kubesim", demo.sim.log())];
+    let result = match result {
+        Ok(()) => std::mem::take(&mut demo.steps).finish(&logs),
+        Err(e) => {
+            // A failure, unless it was Ctrl-C: the logs say why.
+            if interrupt::check().is_ok() {
+                print_log_tails(&logs);
+            }
+            Err(e)
+        }
+    };
+    println!(
+        "\n==> tearing down: agent and kubesim stopped, namespaces {BMC_NS} and {CLIENT_NS} deleted"
+    );
+    // The agent (detaching XDP, unpinning its maps), then kubesim, then the namespaces.
+    drop(demo);
+    drop(net);
+    result
+}
+
+/// kubesim or the agent, run in namespace `virtbmc-demo` with its output in a log file.
+/// Dropping it stops it with SIGTERM (the agent then shuts down cleanly), SIGKILL if it lingers.
+struct Daemon {
+    name: &'static str,
+    child: Child,
+    cmdline: String,
+    log: PathBuf,
+}
+
+impl Daemon {
+    fn start(name: &'static str, bin: &std::path::Path, args: &[&str]) -> Result<Daemon, String> {
+        let log = std::env::temp_dir().join(format!("{BMC_NS}-{name}.log"));
+        let file = File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
+        let bin = bin.to_str().ok_or("binary path is not UTF-8")?;
+        let argv: Vec<&str> = std::iter::once(bin).chain(args.iter().copied()).collect();
+        let mut cmd = NetnsPair::exec(BMC_NS, &argv);
+        cmd.stdin(Stdio::null())
+            .stdout(file.try_clone().map_err(|e| e.to_string())?)
+            .stderr(file)
+            // Its own process group: a Ctrl-C reaches only us, and we stop the daemons in
+            // order (the agent needs kubesim to release its Lease).
+            .process_group(0);
+        if std::env::var_os("RUST_LOG").is_none() {
+            cmd.env("RUST_LOG", "info");
+        }
+        let cmdline = format!("ip netns exec {BMC_NS} {}", argv.join(" "));
+        let child = cmd.spawn().map_err(|e| format!("{cmdline}: {e}"))?;
+        Ok(Daemon {
+            name,
+            child,
+            cmdline,
+            log,
+        })
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Err when it has exited (the caller prints the end of its log).
+    fn check_alive(&mut self) -> Result<(), String> {
+        let status = match self.child.try_wait() {
+            Ok(None) => return Ok(()),
+            Ok(Some(status)) => status.to_string(),
+            Err(e) => e.to_string(),
+        };
+        Err(format!("{} exited ({status}): {}", self.name, self.cmdline))
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let pid = self.child.id().to_string();
+            let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        }
+        let start = Instant::now();
+        while matches!(self.child.try_wait(), Ok(None)) && start.elapsed() < Duration::from_secs(5)
+        {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// `GET url` from inside namespace `virtbmc-demo` (kubesim and the admin endpoint live on
+/// its loopback).
+fn curl(url: &str) -> Result<String, String> {
+    let out = NetnsPair::exec(BMC_NS, &["curl", "-sS", "-f", "-m", "5", url])
+        .output()
+        .map_err(|e| format!("curl: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "GET {url}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// The objects of a list path of kubesim's API.
+fn list(path: &str) -> Result<Vec<Json>, String> {
+    let body = curl(&format!("{API}{path}"))?;
+    Ok(Json::parse(&body)?.at("items").items().to_vec())
+}
+
+/// How a column reads its cell from an object.
+enum Cell {
+    /// The value at a dotted path.
+    At(&'static str),
+    /// The status of the condition of this type.
+    Condition(&'static str),
+    /// Computed.
+    With(fn(&Json) -> String),
+}
+
+/// A view of one resource (in namespace `default`, where kubesim puts everything): the list
+/// path and the columns printed, as `kubectl get` would.
+struct View {
+    path: &'static str,
+    columns: &'static [(&'static str, Cell)],
+}
+
+const VMS_VIEW: View = View {
+    path: "/apis/kubevirt.io/v1/namespaces/default/virtualmachines",
+    columns: &[
+        ("NAME", Cell::At("metadata.name")),
+        ("RUNSTRATEGY", Cell::At("spec.runStrategy")),
+        ("STATUS", Cell::At("status.printableStatus")),
+        ("BOOT ORDER", Cell::With(boot_order)),
+    ],
+};
+
+const VMIS_VIEW: View = View {
+    path: "/apis/kubevirt.io/v1/namespaces/default/virtualmachineinstances",
+    columns: &[
+        ("NAME", Cell::At("metadata.name")),
+        ("PHASE", Cell::At("status.phase")),
+        ("NODE", Cell::At("status.nodeName")),
+        ("UID", Cell::At("metadata.uid")),
+    ],
+};
+
+const BMCS_VIEW: View = View {
+    path: "/apis/bmc.kubevirt.io/v1beta1/namespaces/default/virtualmachinebmcs",
+    columns: &[
+        ("NAME", Cell::At("metadata.name")),
+        ("VM", Cell::At("spec.virtualMachineRef.name")),
+        ("PORT", Cell::At("status.port")),
+        ("CLUSTER-IP", Cell::At("status.clusterIP")),
+        ("READY", Cell::Condition("Ready")),
+        ("VM-AVAILABLE", Cell::Condition("VirtualMachineAvailable")),
+        ("SECRET-AVAILABLE", Cell::Condition("SecretAvailable")),
+        ("BOOT OVERRIDE", Cell::At("status.bootOverride")),
+    ],
+};
+
+const SERVICES_VIEW: View = View {
+    path: "/api/v1/namespaces/default/services",
+    columns: &[
+        ("NAME", Cell::At("metadata.name")),
+        ("CLUSTER-IP", Cell::At("spec.clusterIP")),
+        (
+            "PORT",
+            Cell::With(|o| {
+                let p = o.at("spec.ports.0");
+                let [port, proto, target] =
+                    ["port", "protocol", "targetPort"].map(|k| p.at(k).text());
+                format!("{port}/{proto} -> {target}")
+            }),
+        ),
+    ],
+};
+
+const LEASES_VIEW: View = View {
+    path: "/apis/coordination.k8s.io/v1/namespaces/default/leases",
+    columns: &[
+        ("NAME", Cell::At("metadata.name")),
+        ("HOLDER", Cell::At("spec.holderIdentity")),
+        ("DURATION", Cell::At("spec.leaseDurationSeconds")),
+    ],
+};
+
+const EVENTS_VIEW: View = View {
+    path: "/api/v1/namespaces/default/events",
+    columns: &[
+        ("TYPE", Cell::At("type")),
+        ("REASON", Cell::At("reason")),
+        (
+            "OBJECT",
+            Cell::With(|o| {
+                let r = o.at("involvedObject");
+                format!("{}/{}", r.at("kind").text(), r.at("name").text()).to_lowercase()
+            }),
+        ),
+        ("FROM", Cell::At("source.component")),
+        ("MESSAGE", Cell::At("message")),
+    ],
+};
+
+impl Cell {
+    fn read(&self, o: &Json) -> String {
+        match self {
+            Cell::At(path) => o.at(path).text(),
+            Cell::Condition(kind) => condition(o, kind),
+            Cell::With(f) => f(o),
+        }
+    }
+}
+
+/// The status of a condition of `status.conditions`, `<none>` without it.
+fn condition(o: &Json, kind: &str) -> String {
+    o.at("status.conditions")
+        .items()
+        .iter()
+        .find(|c| c.at("type").text() == kind)
+        .map_or_else(|| "<none>".into(), |c| c.at("status").text())
+}
+
+/// The VM's boot devices by bootOrder: `rootdisk:1` boots from disk, `default:1 rootdisk:2`
+/// from the network (the interface `default` first).
+fn boot_order(vm: &Json) -> String {
+    let devices = vm.at("spec.template.spec.domain.devices");
+    let mut order: Vec<(u32, String)> = ["disks", "interfaces"]
+        .iter()
+        .flat_map(|class| devices.at(class).items())
+        .filter_map(|d| {
+            let n = d.at("bootOrder").text().parse().ok()?;
+            Some((n, d.at("name").text()))
+        })
+        .collect();
+    order.sort();
+    let shown: Vec<String> = order.iter().map(|(n, d)| format!("{d}:{n}")).collect();
+    if shown.is_empty() {
+        "<none>".into()
+    } else {
+        shown.join(" ")
+    }
+}
+
+/// Prints the view's rows as an aligned table, and the request it came from.
+fn show(view: &View) {
+    println!(
+        "$ curl -s {API}{}   (in namespace {BMC_NS}; as a table)",
+        view.path
+    );
+    let items = match list(view.path) {
+        Ok(items) => items,
+        Err(e) => return println!("{e}"),
+    };
+    if items.is_empty() {
+        return println!("(none)");
+    }
+    let rows: Vec<Vec<String>> = std::iter::once(view.columns.iter().map(|c| c.0.into()).collect())
+        .chain(
+            items
+                .iter()
+                .map(|o| view.columns.iter().map(|c| c.1.read(o)).collect()),
+        )
+        .collect();
+    let widths: Vec<usize> = (0..view.columns.len())
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
+    for r in &rows {
+        let cells: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", cells.join("   ").trim_end());
+    }
+}
+
+struct Demo {
+    /// Dropped (stopped) before kubesim: the agent releases its Lease while kubesim answers.
+    agent: Daemon,
+    sim: Daemon,
+    bmc_ip: String,
+    /// VM name -> the BMC port the elected agent wrote into its VirtualMachineBMC.
+    ports: Vec<(String, u16)>,
+    steps: Steps,
+}
+
+impl Demo {
+    fn say(&self, text: &str) {
+        self.steps.say(text);
+    }
+
+    /// Polls `probe` every 100 ms until it returns Some, while both processes run.
+    fn wait<T>(
+        &mut self,
+        limit: Duration,
+        mut probe: impl FnMut() -> Result<Option<T>, String>,
+    ) -> Result<Option<T>, String> {
+        let start = Instant::now();
+        loop {
+            interrupt::check()?;
+            self.sim.check_alive()?;
+            self.agent.check_alive()?;
+            if let Some(v) = probe()? {
+                return Ok(Some(v));
+            }
+            if start.elapsed() > limit {
+                return Ok(None);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits until every VirtualMachineBMC has a port and Ready=True, and the VMs that their
+    /// runStrategy starts are Running; keeps the ports.
+    fn wait_ready(&mut self) -> Result<(), String> {
+        let start = Instant::now();
+        let ready = self.wait(SETTLE, || {
+            // Until kubesim listens, curl fails: not yet.
+            let Ok(bmcs) = list(BMCS_VIEW.path) else {
+                return Ok(None);
+            };
+            let ports: Vec<(String, u16)> = bmcs
+                .iter()
+                .filter(|b| condition(b, "Ready") == "True")
+                .filter_map(|b| {
+                    let port = b.at("status.port").text().parse().ok()?;
+                    Some((b.at("spec.virtualMachineRef.name").text(), port))
+                })
+                .collect();
+            let vmis = list(VMIS_VIEW.path)?;
+            let running = |vm: &Json| {
+                vmis.iter().any(|i| {
+                    i.at("metadata.name") == vm.at("metadata.name")
+                        && i.at("status.phase").text() == "Running"
+                })
+            };
+            let settled = list(VMS_VIEW.path)?
+                .iter()
+                .filter(|vm| matches!(vm.at("spec.runStrategy").text().as_str(), "Always" | "Once"))
+                .all(running);
+            Ok((ports.len() == VMS && settled).then_some(ports))
+        })?;
+        self.ports = ready.ok_or("the VirtualMachineBMCs never all got a port and Ready=True")?;
+        self.ports.sort();
+        println!(
+            "every VirtualMachineBMC has its port, Service and Ready=True, the VMs of runStrategy Always and Once run: after {:.1}s",
+            start.elapsed().as_secs_f64()
+        );
+        Ok(())
+    }
+
+    fn port(&self, vm: &str) -> u16 {
+        self.ports
+            .iter()
+            .find(|(name, _)| name == vm)
+            .map_or(0, |(_, p)| *p)
+    }
+
+    /// Runs and prints `ipmitool -I <iface>` as admin against the BMC of `vm`, from the client
+    /// namespace; `expect_ok` records a surprise when it differs.
+    fn ipmitool(
+        &mut self,
+        iface: &str,
+        vm: &str,
+        args: &[&str],
+        expect_ok: bool,
+    ) -> Result<Out, String> {
+        interrupt::check()?;
+        let port = self.port(vm).to_string();
+        let mut argv = vec!["ipmitool", "-I", iface, "-U", "admin", "-P", "password"];
+        argv.extend(["-H", &self.bmc_ip, "-p", &port]);
+        argv.extend_from_slice(args);
+        let cmdline = argv.join(" ");
+        // `timeout --foreground` bounds a hung client and keeps it in our process group, so a
+        // Ctrl-C reaches it too.
+        let mut timed = vec!["timeout", "--foreground", "60"];
+        timed.extend(argv);
+        let start = Instant::now();
+        let out = NetnsPair::exec(CLIENT_NS, &timed)
+            .output()
+            .map_err(|e| format!("{cmdline}: {e}"))?;
+        let out = Out {
+            cmdline,
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            elapsed: start.elapsed(),
+        };
+        self.steps.client(out, expect_ok)
+    }
+
+    /// The VMI of `vm` as (phase, uid), None while there is none.
+    fn vmi(vm: &str) -> Result<Option<(String, String)>, String> {
+        Ok(list(VMIS_VIEW.path)?
+            .iter()
+            .find(|o| o.at("metadata.name").text() == vm)
+            .map(|o| (o.at("status.phase").text(), o.at("metadata.uid").text())))
+    }
+
+    /// Prints every change of the VMI of `vm` until `done` holds for it; a surprise if it
+    /// does not within [`SETTLE`] (`what`: what `done` means).
+    fn follow_vmi(
+        &mut self,
+        vm: &str,
+        what: &str,
+        done: impl Fn(Option<&(String, String)>) -> bool,
+    ) -> Result<(), String> {
+        println!(
+            "(following VMI {vm} in {API}{}: phase, uid)",
+            VMIS_VIEW.path
+        );
+        let start = Instant::now();
+        let mut last: Option<Option<(String, String)>> = None;
+        self.expect(&format!("VMI {vm} {what}"), SETTLE, || {
+            let now = Self::vmi(vm)?;
+            if last.as_ref() != Some(&now) {
+                let t = start.elapsed().as_secs_f64();
+                match &now {
+                    Some((phase, uid)) => println!("  {t:4.1}s  {vm}: {phase:<10} uid {uid}"),
+                    None => println!("  {t:4.1}s  {vm}: no VMI"),
+                }
+                last = Some(now.clone());
+            }
+            Ok(done(now.as_ref()))
+        })
+    }
+
+    /// Waits for `cond`; a surprise when it does not hold within `limit`.
+    fn expect(
+        &mut self,
+        what: &str,
+        limit: Duration,
+        mut cond: impl FnMut() -> Result<bool, String>,
+    ) -> Result<(), String> {
+        if self.wait(limit, || Ok(cond()?.then_some(())))?.is_none() {
+            self.steps.surprise(format!("{what}: not within {limit:?}"));
+        }
+        Ok(())
+    }
+
+    /// Follows the VMI of `vm` until a new one (another uid than `old`) is Running.
+    fn follow_new_vmi(&mut self, vm: &str, old: Option<String>) -> Result<(), String> {
+        self.follow_vmi(vm, "Running again with a new uid", |now| {
+            now.is_some_and(|(phase, uid)| phase == "Running" && Some(uid) != old.as_ref())
+        })
+    }
+
+    fn uid(vm: &str) -> Result<Option<String>, String> {
+        Ok(Self::vmi(vm)?.map(|(_, uid)| uid))
+    }
+
+    fn script(&mut self) -> Result<(), String> {
+        println!(
+            "\n==> virtbmc cluster demo: one agent serves every VirtualMachineBMC of a simulated KubeVirt cluster"
+        );
+        println!("kubesim: {}", self.sim.cmdline);
+        println!("agent:   {}", self.agent.cmdline);
+        println!(
+            "logs: {} {}",
+            self.sim.log.display(),
+            self.agent.log.display()
+        );
+        println!(
+            "clients run in namespace {CLIENT_NS}; the agent's address is {}",
+            self.bmc_ip
+        );
+        self.wait_ready()?;
+
+        self.say(&format!(
+            "the cluster: {VMS} VMs (runStrategy {STRATEGIES}), each with a Secret <vm>-bmc-auth (admin/password) and a VirtualMachineBMC"
+        ));
+        show(&VMS_VIEW);
+        show(&VMIS_VIEW);
+        self.say("what the elected agent wrote: a port per BMC, the Service <vm>-virtbmc (UDP 623 -> that port), the conditions; and the Lease it holds");
+        show(&BMCS_VIEW);
+        show(&SERVICES_VIEW);
+        show(&LEASES_VIEW);
+
+        let (p1, p2, p3) = (self.port("vm-1"), self.port("vm-2"), self.port("vm-3"));
+        self.say(&format!(
+            "vm-1 (Halted) on port {p1}, over IPMI 1.5 (ipmitool -I lan): off, no VMI"
+        ));
+        self.ipmitool("lan", "vm-1", &["power", "status"], true)?;
+        self.say("power on over IPMI 2.0 (-I lanplus): the agent calls KubeVirt's start, the simulated virt-controller moves the new VMI through its phases");
+        self.ipmitool("lanplus", "vm-1", &["power", "on"], true)?;
+        self.follow_vmi("vm-1", "Running", |now| {
+            now.is_some_and(|(phase, _)| phase == "Running")
+        })?;
+        self.ipmitool("lanplus", "vm-1", &["power", "status"], true)?;
+        self.ipmitool("lan", "vm-1", &["power", "status"], true)?;
+
+        self.say(&format!(
+            "vm-2 (Always) on port {p2}: the cluster started it"
+        ));
+        self.ipmitool("lanplus", "vm-2", &["power", "status"], true)?;
+
+        self.say("boot device: PXE for vm-1's next boot, a guarded JSON Patch of its boot orders; the one-shot override is recorded in the BMC's status");
+        self.ipmitool("lanplus", "vm-1", &["chassis", "bootdev", "pxe"], true)?;
+        self.ipmitool(
+            "lanplus",
+            "vm-1",
+            &["chassis", "bootparam", "get", "5"],
+            true,
+        )?;
+        show(&VMS_VIEW);
+        show(&BMCS_VIEW);
+
+        self.say("power cycle of vm-1: KubeVirt's restart; a new VMI (new uid) boots from the network, then the agent undoes the one-shot override");
+        let old = Self::uid("vm-1")?;
+        self.ipmitool("lanplus", "vm-1", &["power", "cycle"], true)?;
+        self.follow_new_vmi("vm-1", old)?;
+        // The agent undoes a one-shot override once the VM has started with it.
+        self.expect("vm-1's one-shot boot override undone", SETTLE, || {
+            Ok(list(BMCS_VIEW.path)?.iter().any(|b| {
+                b.at("spec.virtualMachineRef.name").text() == "vm-1"
+                    && b.at("status.bootOverride") == &Json::Null
+            }))
+        })?;
+        show(&VMS_VIEW);
+        self.ipmitool(
+            "lanplus",
+            "vm-1",
+            &["chassis", "bootparam", "get", "5"],
+            true,
+        )?;
+
+        self.say("power reset of vm-2 over IPMI 1.5: KubeVirt's restart with grace period 0");
+        let old = Self::uid("vm-2")?;
+        self.ipmitool("lan", "vm-2", &["power", "reset"], true)?;
+        self.follow_new_vmi("vm-2", old)?;
+
+        self.say("power off of vm-1 over IPMI 1.5: KubeVirt's stop; the guest shuts down and its VMI goes");
+        self.ipmitool("lan", "vm-1", &["power", "off"], true)?;
+        self.follow_vmi("vm-1", "gone", |now| now.is_none())?;
+        self.ipmitool("lan", "vm-1", &["power", "status"], true)?;
+
+        self.say(&format!(
+            "vm-3 (Once) on port {p3} ran from the start, and KubeVirt refuses restarts under runStrategy Once: ipmitool gets a completion code, the VM a Warning Event"
+        ));
+        self.ipmitool("lanplus", "vm-3", &["power", "status"], true)?;
+        self.ipmitool("lanplus", "vm-3", &["power", "reset"], false)?;
+        // Events are written in the background.
+        self.expect("a Warning Event on vm-3", Duration::from_secs(5), || {
+            Ok(list(EVENTS_VIEW.path)?
+                .iter()
+                .any(|e| e.at("involvedObject.name").text() == "vm-3"))
+        })?;
+        show(&EVENTS_VIEW);
+
+        self.say("the cluster at the end");
+        show(&VMS_VIEW);
+        show(&VMIS_VIEW);
+
+        self.say("what the XDP fast path answered itself (pings, auth capabilities, cipher suites, the IPMI 1.5 in-session power status), and its map of the BMCs the cluster gave the agent");
+        show_fast_path(
+            |path| curl(&format!("http://{ADMIN}{path}")),
+            self.agent.child.id(),
+        );
+        Ok(())
+    }
+}
