@@ -2,11 +2,12 @@
 //!
 //! In namespace `virtbmc-demo`: kubesim (the test API server with its simulated
 //! virt-controller) on the namespace's loopback, with three VirtualMachines of different
-//! runStrategies, each with a Secret (admin/password) and a VirtualMachineBMC; the agent
-//! (`--kube-url`) serving them on the veth's address with XDP attached to it. From
-//! `virtbmc-demo-client`, real ipmitool commands against the ports the elected agent wrote
-//! into the BMCs' status; between them, views of the cluster read from kubesim's API with
-//! curl (no kubectl needed): VMs, VMIs and their phases, BMCs, Services, the Lease, Events.
+//! runStrategies, each with a Secret (admin/password) and a VirtualMachineBMC, and a Pod that
+//! stands for the agent; the agent (`--kube-url`) serving them on the veth's address with XDP
+//! attached to it. From `virtbmc-demo-client`, real ipmitool commands against the ports the
+//! elected agent wrote into the BMCs' status; between them, views of the cluster read from
+//! kubesim's API with curl (no kubectl needed): VMs, VMIs and their phases, BMCs, Services
+//! and their EndpointSlices, the Lease, Events.
 //! Then the fast path's counters and map, as in the embedded demo. The processes, namespaces
 //! and pins go at the end, on failure and on Ctrl-C.
 
@@ -40,6 +41,11 @@ pub fn run() -> Result<(), String> {
 
     // Dropped last: after both processes are stopped, the namespaces go.
     let net = NetnsPair::create_named(BMC_NS, CLIENT_NS, NET);
+    let bmc_ip = net.bmc_ip.to_string();
+    let seed = TempFile::new("seed.json");
+    std::fs::write(&seed.0, agent_pod(&bmc_ip))
+        .map_err(|e| format!("{}: {e}", seed.0.display()))?;
+    let seed_arg = seed.0.to_str().ok_or("temporary folder is not UTF-8")?;
     let vms = VMS.to_string();
     let sim = Daemon::start(
         "kubesim",
@@ -52,13 +58,14 @@ pub fn run() -> Result<(), String> {
             "--run-strategy",
             STRATEGIES,
             "--with-bmcs",
+            "--seed",
+            seed_arg,
             "--phase-delay-ms",
             "300-700",
             "--stop-delay-ms",
             "1000",
         ],
     )?;
-    let bmc_ip = net.bmc_ip.to_string();
     let object = object.to_str().ok_or("object path is not UTF-8")?;
     let agent = Daemon::start(
         "agent",
@@ -85,6 +92,7 @@ pub fn run() -> Result<(), String> {
     let mut demo = Demo {
         agent,
         sim,
+        _seed: seed,
         bmc_ip,
         ports: Vec::new(),
         steps: Steps::default(),
@@ -110,19 +118,47 @@ pub fn run() -> Result<(), String> {
     result
 }
 
+/// A file of the demo in the temporary folder (`virtbmc-demo-<name>`), removed on drop.
+struct TempFile(PathBuf);
+
+impl TempFile {
+    fn new(name: &str) -> TempFile {
+        TempFile(std::env::temp_dir().join(format!("{BMC_NS}-{name}")))
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// The Pod that stands for the agent (a process here, a DaemonSet's pod in a real cluster),
+/// so that the leader gives each BMC Service an EndpointSlice with the agent's address. Its
+/// label is the agent's default `--agent-selector`; kubesim applies `status` after creating it.
+fn agent_pod(ip: &str) -> String {
+    format!(
+        r#"[{{"apiVersion": "v1", "kind": "Pod",
+  "metadata": {{"name": "virtbmc-node1", "labels": {{"app.kubernetes.io/name": "virtbmc"}}}},
+  "spec": {{"nodeName": "node1", "containers": [{{"name": "virtbmc", "image": "virtbmc"}}]}},
+  "status": {{"phase": "Running", "podIP": "{ip}", "podIPs": [{{"ip": "{ip}"}}],
+             "conditions": [{{"type": "Ready", "status": "True"}}]}}}}]"#
+    )
+}
+
 /// kubesim or the agent, run in namespace `virtbmc-demo` with its output in a log file.
 /// Dropping it stops it with SIGTERM (the agent then shuts down cleanly), SIGKILL if it lingers.
 struct Daemon {
     name: &'static str,
     child: Child,
     cmdline: String,
-    log: PathBuf,
+    log: TempFile,
 }
 
 impl Daemon {
     fn start(name: &'static str, bin: &std::path::Path, args: &[&str]) -> Result<Daemon, String> {
-        let log = std::env::temp_dir().join(format!("{BMC_NS}-{name}.log"));
-        let file = File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
+        let log = TempFile::new(&format!("{name}.log"));
+        let file = File::create(&log.0).map_err(|e| format!("{}: {e}", log.0.display()))?;
         let bin = bin.to_str().ok_or("binary path is not UTF-8")?;
         let argv: Vec<&str> = std::iter::once(bin).chain(args.iter().copied()).collect();
         let mut cmd = NetnsPair::exec(BMC_NS, &argv);
@@ -146,7 +182,7 @@ impl Daemon {
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        std::fs::read_to_string(&self.log.0).unwrap_or_default()
     }
 
     /// Err when it has exited (the caller prints the end of its log).
@@ -173,7 +209,7 @@ impl Drop for Daemon {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = std::fs::remove_file(&self.log);
+        // The log goes with `self.log`.
     }
 }
 
@@ -267,6 +303,37 @@ const SERVICES_VIEW: View = View {
     ],
 };
 
+const SLICES_VIEW: View = View {
+    path: "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices",
+    columns: &[
+        ("NAME", Cell::At("metadata.name")),
+        (
+            "SERVICE",
+            Cell::With(|o| o.at("metadata.labels").get(SERVICE_NAME).text()),
+        ),
+        ("ADDRESSTYPE", Cell::At("addressType")),
+        (
+            "PORTS",
+            Cell::With(|o| join(o.at("ports"), |p| p.at("port"))),
+        ),
+        (
+            "ENDPOINTS",
+            Cell::With(|o| join(o.at("endpoints"), |e| e.at("addresses.0"))),
+        ),
+    ],
+};
+
+const PODS_VIEW: View = View {
+    path: "/api/v1/namespaces/default/pods",
+    columns: &[
+        ("NAME", Cell::At("metadata.name")),
+        ("PHASE", Cell::At("status.phase")),
+        ("IP", Cell::At("status.podIP")),
+        ("NODE", Cell::At("spec.nodeName")),
+        ("READY", Cell::Condition("Ready")),
+    ],
+};
+
 const LEASES_VIEW: View = View {
     path: "/apis/coordination.k8s.io/v1/namespaces/default/leases",
     columns: &[
@@ -300,6 +367,19 @@ impl Cell {
             Cell::Condition(kind) => condition(o, kind),
             Cell::With(f) => f(o),
         }
+    }
+}
+
+/// The label of an EndpointSlice that names its Service.
+const SERVICE_NAME: &str = "kubernetes.io/service-name";
+
+/// One cell per element of an array, comma-separated.
+fn join(array: &Json, cell: fn(&Json) -> &Json) -> String {
+    let cells: Vec<String> = array.items().iter().map(|e| cell(e).text()).collect();
+    if cells.is_empty() {
+        "<none>".into()
+    } else {
+        cells.join(",")
     }
 }
 
@@ -370,6 +450,7 @@ struct Demo {
     /// Dropped (stopped) before kubesim: the agent releases its Lease while kubesim answers.
     agent: Daemon,
     sim: Daemon,
+    _seed: TempFile,
     bmc_ip: String,
     /// VM name -> the BMC port the elected agent wrote into its VirtualMachineBMC.
     ports: Vec<(String, u16)>,
@@ -402,8 +483,8 @@ impl Demo {
         }
     }
 
-    /// Waits until every VirtualMachineBMC has a port and Ready=True, and the VMs that their
-    /// runStrategy starts are Running; keeps the ports.
+    /// Waits until every VirtualMachineBMC has a port, Ready=True and an EndpointSlice with the
+    /// agent in it, and the VMs that their runStrategy starts are Running; keeps the ports.
     fn wait_ready(&mut self) -> Result<(), String> {
         let start = Instant::now();
         let ready = self.wait(SETTLE, || {
@@ -430,12 +511,16 @@ impl Demo {
                 .iter()
                 .filter(|vm| matches!(vm.at("spec.runStrategy").text().as_str(), "Always" | "Once"))
                 .all(running);
-            Ok((ports.len() == VMS && settled).then_some(ports))
+            let routed = list(SLICES_VIEW.path)?
+                .iter()
+                .filter(|e| !e.at("endpoints").items().is_empty())
+                .count();
+            Ok((ports.len() == VMS && settled && routed == VMS).then_some(ports))
         })?;
         self.ports = ready.ok_or("the VirtualMachineBMCs never all got a port and Ready=True")?;
         self.ports.sort();
         println!(
-            "every VirtualMachineBMC has its port, Service and Ready=True, the VMs of runStrategy Always and Once run: after {:.1}s",
+            "every VirtualMachineBMC has its port, Service, EndpointSlice and Ready=True, the VMs of runStrategy Always and Once run: after {:.1}s",
             start.elapsed().as_secs_f64()
         );
         Ok(())
@@ -549,8 +634,8 @@ impl Demo {
         println!("agent:   {}", self.agent.cmdline);
         println!(
             "logs: {} {}",
-            self.sim.log.display(),
-            self.agent.log.display()
+            self.sim.log.0.display(),
+            self.agent.log.0.display()
         );
         println!(
             "clients run in namespace {CLIENT_NS}; the agent's address is {}",
@@ -563,9 +648,12 @@ impl Demo {
         ));
         show(&VMS_VIEW);
         show(&VMIS_VIEW);
-        self.say("what the elected agent wrote: a port per BMC, the Service <vm>-virtbmc (UDP 623 -> that port), the conditions; and the Lease it holds");
+        self.say("the agent's Pod: a process here, it stands for the DaemonSet's pod on node1 (IP: the agent's address in the namespace)");
+        show(&PODS_VIEW);
+        self.say("what the elected agent wrote: a port per BMC, the Service <vm>-virtbmc (UDP 623 -> that port) and its EndpointSlice (the agent pods), the conditions; and the Lease it holds");
         show(&BMCS_VIEW);
         show(&SERVICES_VIEW);
+        show(&SLICES_VIEW);
         show(&LEASES_VIEW);
 
         let (p1, p2, p3) = (self.port("vm-1"), self.port("vm-2"), self.port("vm-3"));

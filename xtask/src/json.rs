@@ -30,9 +30,9 @@ impl Json {
         }
     }
 
-    /// The value at a dotted path (`status.port`, `spec.ports.0.port`); Null when absent.
-    pub fn at(&self, path: &str) -> &Json {
-        path.split('.').fold(self, |v, key| match v {
+    /// The member `key` of an object, or element `key` of an array; Null when absent.
+    pub fn get(&self, key: &str) -> &Json {
+        match self {
             Json::Obj(m) => m.get(key).unwrap_or(&NULL),
             Json::Arr(a) => key
                 .parse::<usize>()
@@ -40,7 +40,12 @@ impl Json {
                 .and_then(|i| a.get(i))
                 .unwrap_or(&NULL),
             _ => &NULL,
-        })
+        }
+    }
+
+    /// The value at a dotted path (`status.port`, `spec.ports.0.port`); Null when absent.
+    pub fn at(&self, path: &str) -> &Json {
+        path.split('.').fold(self, Json::get)
     }
 
     /// The elements of an array (none for anything else).
@@ -246,6 +251,7 @@ mod tests {
         assert_eq!(v.at("status.missing.deeper"), &Json::Null);
         assert_eq!(v.at("spec.ports.0.protocol").text(), "UDP");
         assert_eq!(v.at("spec.ports").items().len(), 1);
+        assert_eq!(v.at("spec").get("ports").get("0").get("port").text(), "623");
         assert_eq!(v.at("s").text(), "a\"bé😀\n");
         assert_eq!(
             Json::parse("[-1.5e3, []]").unwrap().at("0").text(),
