@@ -17,6 +17,8 @@ pub const BMC_NS: &str = "virtbmc-demo";
 pub const CLIENT_NS: &str = "virtbmc-demo-client";
 /// 10.254.23.0/24, only inside the two demo namespaces.
 pub const NET: [u8; 3] = [10, 254, 23];
+/// The BMC side of the veth (named by the e2e fixture's NetnsPair): XDP attaches there.
+pub const BMC_IFACE: &str = "vbmc0";
 /// The demo's own pin folder, so that it never disturbs an agent running on this machine.
 pub const PIN_DIR: &str = "/sys/fs/bpf/virtbmc-demo";
 /// The agent's admin endpoint, on the loopback of namespace `virtbmc-demo` (its default).
@@ -33,7 +35,7 @@ pub fn run() -> Result<(), String> {
         .user("admin:password:admin")
         .user("viewer:viewer:user")
         .arg("--xdp-iface")
-        .arg("vbmc0")
+        .arg(BMC_IFACE)
         .arg("--ebpf-object")
         .arg(object.to_str().ok_or("object path is not UTF-8")?)
         .arg("--bpf-pin-dir")

@@ -19,7 +19,9 @@ use std::time::{Duration, Instant};
 
 use virtbmc_e2e::{NetnsPair, Out};
 
-use crate::demo::{ADMIN, BMC_NS, CLIENT_NS, NET, PIN_DIR, Steps, print_log_tails, show_fast_path};
+use crate::demo::{
+    ADMIN, BMC_IFACE, BMC_NS, CLIENT_NS, NET, PIN_DIR, Steps, print_log_tails, show_fast_path,
+};
 use crate::json::Json;
 use crate::{interrupt, tools};
 
@@ -82,7 +84,7 @@ pub fn run() -> Result<(), String> {
             "--admin",
             ADMIN,
             "--xdp-iface",
-            "vbmc0",
+            BMC_IFACE,
             "--ebpf-object",
             object,
             "--bpf-pin-dir",
