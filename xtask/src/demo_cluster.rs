@@ -358,6 +358,7 @@ const EVENTS_VIEW: View = View {
             }),
         ),
         ("FROM", Cell::At("source.component")),
+        ("COUNT", Cell::At("count")),
         ("MESSAGE", Cell::At("message")),
     ],
 };
