@@ -17,7 +17,7 @@
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{LazyLock, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
@@ -272,12 +272,12 @@ impl Correlator {
     }
 }
 
-/// One per process, as client-go has one per broadcaster. The key names the agent and the
-/// VM's uid, so agents sharing a process (the tests) keep apart; and a cached Event name
-/// that is not on this API server only costs a 404 and a create.
-fn correlator() -> MutexGuard<'static, Correlator> {
-    static C: LazyLock<Mutex<Correlator>> = LazyLock::new(Mutex::default);
-    C.lock().unwrap_or_else(|e| e.into_inner())
+/// One per agent (in [`Shared`]), as client-go has one per broadcaster; shared with the
+/// background writes.
+pub type SharedCorrelator = Arc<Mutex<Correlator>>;
+
+fn lock(c: &Mutex<Correlator>) -> MutexGuard<'_, Correlator> {
+    c.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Records a Warning Event on the VM: the correlator decides at once, the write happens in
@@ -291,7 +291,7 @@ pub fn record(sh: &Shared, ns: &str, vm: &str, reason: &str, message: &str) {
         reason: reason.to_string(),
         message: message.to_string(),
     };
-    let fate = correlator().observe(key, Timestamp::now());
+    let fate = lock(&sh.events).observe(key, Timestamp::now());
     let m = &sh.metrics;
     match fate {
         Fate::Write(w) => {
@@ -301,7 +301,7 @@ pub fn record(sh: &Shared, ns: &str, vm: &str, reason: &str, message: &str) {
             };
             counter.fetch_add(1, Relaxed);
             let api = Api::<Event>::namespaced(sh.client.clone(), ns);
-            tokio::spawn(drive(api, *w));
+            tokio::spawn(drive(sh.events.clone(), api, *w));
         }
         Fate::InFlight => {
             m.events_aggregated.fetch_add(1, Relaxed);
@@ -315,22 +315,22 @@ pub fn record(sh: &Shared, ns: &str, vm: &str, reason: &str, message: &str) {
 
 /// A write under way. However it ends (an answer, or the task dropped), the correlator
 /// hears of it once, so a key is never left reserved.
-struct Pending(Option<Write>);
+struct Pending(SharedCorrelator, Option<Write>);
 
 impl Drop for Pending {
     fn drop(&mut self) {
-        if let Some(w) = self.0.take() {
-            correlator().completed(&w, Outcome::Failed, Timestamp::now());
+        if let Some(w) = self.1.take() {
+            lock(&self.0).completed(&w, Outcome::Failed, Timestamp::now());
         }
     }
 }
 
-async fn drive(api: Api<Event>, w: Write) {
-    let mut pending = Pending(Some(w));
-    while let Some(w) = &pending.0 {
+async fn drive(c: SharedCorrelator, api: Api<Event>, w: Write) {
+    let mut pending = Pending(c, Some(w));
+    while let Some(w) = &pending.1 {
         let outcome = send(&api, w).await;
-        let w = pending.0.take().expect("held until here");
-        pending.0 = correlator().completed(&w, outcome, Timestamp::now());
+        let w = pending.1.take().expect("held until here");
+        pending.1 = lock(&pending.0).completed(&w, outcome, Timestamp::now());
     }
 }
 

@@ -7,7 +7,8 @@
 //!   and EndpointSlices; on every change the views and the registry's BMC set are recomputed,
 //!   and changed names announced.
 //! - [`actions`]: power through KubeVirt's `start`/`stop`/`restart` subresources, boot devices
-//!   through guarded JSON Patches ([`boot`]), refusals as Kubernetes Events.
+//!   through guarded JSON Patches ([`boot`]), refusals as Kubernetes Events, aggregated per
+//!   VM and reason ([`events`]).
 //! - [`lease`] and [`leader`]: one elected agent allocates ports, owns the Services, writes
 //!   status conditions and restores one-shot boot overrides.
 //! - [`endpoints`]: the leader's EndpointSlices, which route each Service to the agent pods.
@@ -265,6 +266,8 @@ pub struct Shared {
     changes: broadcast::Sender<Arc<str>>,
     leader: AtomicBool,
     leader_dirty: Mutex<Dirty>,
+    /// Repeated Events folded into one, per VM and reason.
+    pub(crate) events: events::SharedCorrelator,
     /// Wakes the serving loop (full rebuild) and the leader loop.
     pub(crate) serve_wake: Notify,
     pub(crate) leader_wake: Notify,
@@ -426,6 +429,7 @@ impl KubeBackend {
             stores,
             table: RwLock::new(Table::default()),
             leader_dirty: Mutex::new(Dirty::default()),
+            events: Default::default(),
             changes: broadcast::channel(4096).0,
             leader: AtomicBool::new(false),
             serve_wake: Notify::new(),
