@@ -16,7 +16,9 @@ use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use tokio::task::JoinHandle;
 
-use super::view::{boot_override, guid, power_state, users_from_secret};
+use super::view::{
+    VM_FIELDS, VMI_FIELDS, boot_override, guid, power_state, prune, users_from_secret,
+};
 use super::{
     KubeBackend, MANAGED_BY, Shared, Stores, VirtualMachineBMC, Writers, labeled, vm_resource,
     vmi_resource,
@@ -57,6 +59,7 @@ pub fn spawn(
             Api::<VirtualMachineBMC>::all(client.clone()),
             watcher::Config::default(),
             wake_all,
+            |_| {},
         ),
     };
     // Label mode reads one Secret; otherwise any VirtualMachineBMC may name any Secret of
@@ -80,6 +83,7 @@ pub fn spawn(
             Api::<DynamicObject>::all_with(client.clone(), &vm_resource()),
             watcher::Config::default(),
             vm_event,
+            |o| prune(&mut o.data, VM_FIELDS),
         ),
         reflect(
             &sh,
@@ -88,6 +92,7 @@ pub fn spawn(
             Api::<DynamicObject>::all_with(client.clone(), &vmi_resource()),
             watcher::Config::default(),
             vm_event,
+            |o| prune(&mut o.data, VMI_FIELDS),
         ),
         reflect(
             &sh,
@@ -96,6 +101,7 @@ pub fn spawn(
             secrets,
             secret_watch,
             secret_event,
+            keep_credentials,
         ),
         reflect(
             &sh,
@@ -104,6 +110,7 @@ pub fn spawn(
             Api::<Service>::all(client.clone()),
             watcher::Config::default().labels(&managed),
             leader_event,
+            |_| {},
         ),
         reflect(
             &sh,
@@ -112,6 +119,7 @@ pub fn spawn(
             Api::<Pod>::namespaced(client.clone(), &sh.opts.agent_namespace),
             watcher::Config::default().labels(&sh.opts.agent_selector),
             leader_event,
+            |_| {},
         ),
         reflect(
             &sh,
@@ -120,6 +128,7 @@ pub fn spawn(
             Api::<EndpointSlice>::all(client.clone()),
             watcher::Config::default().labels(&super::endpoints::managed_selector()),
             leader_event,
+            |_| {},
         ),
     ];
     tasks.push(tokio::spawn(serve_loop(sh.clone(), registry)));
@@ -133,6 +142,19 @@ pub fn spawn(
 pub const DEBOUNCE: Duration = Duration::from_millis(10);
 
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// Of a Secret only the keys a BMC reads are kept: the other Secrets of the cluster (TLS
+/// keys, tokens) are watched only because RBAC cannot narrow the watch, and their contents
+/// have no business in this process.
+fn keep_credentials(s: &mut Secret) {
+    let read = |k: &String| k == "username" || k == "password";
+    if let Some(data) = s.data.as_mut() {
+        data.retain(|k, _| read(k));
+    }
+    if let Some(data) = s.string_data.as_mut() {
+        data.retain(|k, _| read(k));
+    }
+}
 
 /// Any event of a kind that may change any BMC: a full pass.
 fn wake_all<K>(sh: &Shared, _: &watcher::Event<K>) {
@@ -178,6 +200,7 @@ fn reflect<K>(
     api: Api<K>,
     wc: watcher::Config,
     on_event: fn(&Shared, &watcher::Event<K>),
+    prune: fn(&mut K),
 ) -> JoinHandle<()>
 where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
@@ -185,10 +208,12 @@ where
 {
     // default_backoff: a failing LIST or WATCH is retried with a growing delay instead of
     // a hot loop. managedFields and kubectl's last-applied annotation are dropped before
-    // caching: memory the agent never reads, and for Secrets a second copy of the password.
-    let events = watcher(api, wc).default_backoff().modify(|o| {
+    // caching: memory the agent never reads, and for Secrets a second copy of the password;
+    // `prune` drops what else of the object is never read.
+    let events = watcher(api, wc).default_backoff().modify(move |o| {
         o.managed_fields_mut().clear();
         o.annotations_mut().remove(LAST_APPLIED);
+        prune(o);
     });
     reflect_stream(sh, what, writer, events, on_event)
 }

@@ -83,6 +83,46 @@ pub fn power_state<O: Object>(vm: Option<&O>, vmi: Option<&O>) -> PowerState {
     }
 }
 
+/// What the views ([`power_state`], [`guid`], [`boot_override`]) and the leader read of a
+/// cached VM, as JSON pointers into its data (metadata is kept apart, whole). Boot-order
+/// changes re-read the VM from the API server; nothing else is needed.
+pub const VM_FIELDS: &[&str] = &[
+    "/status/printableStatus",
+    "/spec/template/spec/domain/firmware",
+    "/spec/template/spec/domain/devices/disks",
+    "/spec/template/spec/domain/devices/interfaces",
+];
+
+/// What is read of a cached VMI: its phase (power, the end of a one-shot override).
+pub const VMI_FIELDS: &[&str] = &["/status/phase"];
+
+/// Keeps only the `fields` (JSON pointers) of `data`, moved, not copied. A real VMI's status
+/// (interfaces, volumes, guest OS info, migration state...) and a VM's template run to
+/// kilobytes each; at thousands of VMs that, not the BMCs, would be most of the agent's memory.
+pub fn prune(data: &mut Value, fields: &[&str]) {
+    let mut kept = Value::Object(Default::default());
+    for pointer in fields {
+        let Some(v) = data.pointer_mut(pointer).map(Value::take) else {
+            continue;
+        };
+        let mut at = &mut kept;
+        let mut keys = pointer.split('/').skip(1).peekable();
+        while let Some(k) = keys.next() {
+            let Some(obj) = at.as_object_mut() else {
+                break;
+            };
+            if keys.peek().is_none() {
+                obj.insert(k.to_string(), v);
+                break;
+            }
+            at = obj
+                .entry(k.to_string())
+                .or_insert_with(|| Value::Object(Default::default()));
+        }
+    }
+    *data = kept;
+}
+
 /// The VMI was started paused, or was paused since.
 pub fn is_paused(vmi: &Value) -> bool {
     vmi["status"]["conditions"].as_array().is_some_and(|cs| {
@@ -244,6 +284,55 @@ mod tests {
         assert_eq!(power_state::<Value>(None, None), PowerState::Off);
         let cached: DynamicObject = serde_json::from_value(json!({"metadata": {"name": "v", "deletionTimestamp": "2026-01-01T00:00:00Z"}, "status": {"phase": "Running"}})).unwrap();
         assert_eq!(power_state(None, Some(&cached)), PowerState::Stopping);
+    }
+
+    #[test]
+    fn pruned_objects_give_the_same_views() {
+        let mut vm = json!({
+            "spec": {"runStrategy": "Always", "dataVolumeTemplates": [{"spec": {"storage": {}}}],
+                "template": {"metadata": {"labels": {"a": "b"}}, "spec": {
+                    "domain": {"cpu": {"cores": 2}, "resources": {"requests": {"memory": "2Gi"}},
+                        "firmware": {"uuid": "01020304-0506-0708-090a-0b0c0d0e0f10", "bootloader": {"efi": {}}},
+                        "devices": {"disks": [{"name": "root", "disk": {}, "bootOrder": 2}],
+                            "interfaces": [{"name": "pxe", "masquerade": {}, "bootOrder": 1}],
+                            "rng": {}}},
+                    "networks": [{"name": "pxe", "pod": {}}],
+                    "volumes": [{"name": "root", "containerDisk": {"image": "x"}}]}}},
+            "status": {"printableStatus": "Running", "ready": true, "created": true,
+                "conditions": [{"type": "Ready", "status": "True"}], "volumeSnapshotStatuses": []}
+        });
+        let mut vmi = json!({"status": {"phase": "Running", "nodeName": "n1",
+            "interfaces": [{"ipAddress": "10.0.0.1", "mac": "02:00:00:00:00:01"}],
+            "guestOSInfo": {"id": "fedora"}, "volumeStatus": [{"name": "root"}]}});
+        let o = BootOverrideStatus::default();
+        let before = (
+            power_state(Some(&vm), Some(&vmi)),
+            guid(&vm),
+            boot_override(Some(&o), Some(&vm)),
+            crate::cluster::boot::current_orders(&vm),
+        );
+        prune(&mut vm, VM_FIELDS);
+        prune(&mut vmi, VMI_FIELDS);
+        let after = (
+            power_state(Some(&vm), Some(&vmi)),
+            guid(&vm),
+            boot_override(Some(&o), Some(&vm)),
+            crate::cluster::boot::current_orders(&vm),
+        );
+        assert_eq!(before, after);
+        assert_eq!(vmi, json!({"status": {"phase": "Running"}}));
+        assert_eq!(
+            vm,
+            json!({"status": {"printableStatus": "Running"},
+                "spec": {"template": {"spec": {"domain": {
+                    "firmware": {"uuid": "01020304-0506-0708-090a-0b0c0d0e0f10", "bootloader": {"efi": {}}},
+                    "devices": {"disks": [{"name": "root", "disk": {}, "bootOrder": 2}],
+                        "interfaces": [{"name": "pxe", "masquerade": {}, "bootOrder": 1}]}}}}}})
+        );
+        // Missing fields stay missing; a VM without devices is still a VM.
+        let mut bare = json!({"spec": {"running": false}});
+        prune(&mut bare, VM_FIELDS);
+        assert_eq!(bare, json!({}));
     }
 
     #[test]
