@@ -361,16 +361,20 @@ async fn serve_loop(sh: Arc<Shared>, registry: Arc<Registry>) {
     log::info!("caches ready; serving");
     let mut served: BTreeMap<u16, Served> = BTreeMap::new();
     loop {
+        let start = std::time::Instant::now();
         let want = sh.rebuild();
-        log::debug!("serve: {} BMC(s) with a port", want.len());
         let settled = sync_registry(&sh.opts.base_config, &registry, &mut served, want).await;
+        let cost = start.elapsed();
+        log::debug!("serve: {} BMC(s) with a port, rebuilt in {cost:?}", served.len());
         // A failed bind is retried soon; otherwise a rare full pass guards against anything
         // missed (every change that matters wakes us).
         let idle = if settled { RESYNC } else { RETRY };
         let _ = tokio::time::timeout(idle, sh.serve_wake.notified()).await;
-        // A burst of events (a re-list, a controller touching many VirtualMachineBMCs) is
-        // one rebuild, not one per event: each rebuild reads every VirtualMachineBMC.
-        tokio::time::sleep(DEBOUNCE).await;
+        // A burst of events (a re-list, the leader writing thousands of ports or conditions)
+        // is one rebuild, not one per event: each rebuild reads every VirtualMachineBMC, so
+        // the wait grows with its cost and rebuilds take at most a fifth of a core. VM and
+        // VMI changes do not wait for this: they update their own view at once.
+        tokio::time::sleep(DEBOUNCE.max(cost * 4)).await;
     }
 }
 
