@@ -12,9 +12,14 @@ const PORT: u16 = 6230;
 
 /// The program's per-action counters as the agent exports them.
 fn fast_counters(bmc: &Bmc) -> std::collections::HashMap<String, u64> {
+    labelled(bmc, "virtbmc_fastpath_packets_total{action=\"")
+}
+
+/// A labelled counter family from /metrics, by label value; `prefix` ends at the value.
+fn labelled(bmc: &Bmc, prefix: &str) -> std::collections::HashMap<String, u64> {
     let text = bmc.http_get("/metrics").expect("metrics");
     text.lines()
-        .filter_map(|l| l.strip_prefix("virtbmc_fastpath_packets_total{action=\""))
+        .filter_map(|l| l.strip_prefix(prefix))
         .filter_map(|l| l.split_once("\"} "))
         .map(|(k, v)| (k.to_string(), v.trim().parse().unwrap_or(0)))
         .collect()
@@ -73,6 +78,12 @@ fn agent_attaches_its_fast_path_and_keeps_it_in_step() {
     let out = bmc.ipmitool(Iface::Lan, "admin", "password", PORT, &["power", "status"]);
     out.assert_ok().assert_stdout_has("Chassis Power is on");
     let c2 = fast_counters(&bmc);
+    // The other path: what the userspace engine handled, by command.
+    let slow = labelled(&bmc, "virtbmc_requests_by_command_total{command=\"");
+    assert!(
+        slow["chassis_control"] >= 1 && slow["activate_session"] >= 1,
+        "{slow:?}"
+    );
     assert!(
         c2["answered_chassis_status"] > c1["answered_chassis_status"],
         "{c2:?}"

@@ -4,6 +4,7 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use crate::engine::Stats;
+use crate::engine::commands::{COMMAND_SLOTS, command_name};
 
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -29,6 +30,8 @@ pub struct Metrics {
     pub events_created: AtomicU64,
     pub events_aggregated: AtomicU64,
     pub events_dropped: AtomicU64,
+    /// IPMI requests the userspace engine parsed, by command (`engine::commands::COUNTED`).
+    pub commands: [AtomicU64; COMMAND_SLOTS],
 }
 
 impl Metrics {
@@ -48,6 +51,15 @@ impl Metrics {
             .fetch_add(after.sessions_refused - before.sessions_refused, Relaxed);
         self.rakp_rate_limited
             .fetch_add(after.rakp_rate_limited - before.rakp_rate_limited, Relaxed);
+        for (m, (a, b)) in self
+            .commands
+            .iter()
+            .zip(after.commands.iter().zip(&before.commands))
+        {
+            if a != b {
+                m.fetch_add(a - b, Relaxed);
+            }
+        }
     }
 
     pub fn render(&self, bmcs: usize) -> String {
@@ -139,6 +151,20 @@ impl Metrics {
             "# HELP virtbmc_kube_call_seconds_sum Time spent in KubeVirt calls.\n# TYPE virtbmc_kube_call_seconds_sum counter\nvirtbmc_kube_call_seconds_sum {:.6}",
             self.kube_call_micros.load(Relaxed) as f64 / 1e6
         );
+        // The fast path's answers are virtbmc_fastpath_packets_total{action}: together the
+        // two say which path served what.
+        let _ = writeln!(
+            out,
+            "# HELP virtbmc_requests_by_command_total IPMI requests the userspace engine parsed, by command.\n# TYPE virtbmc_requests_by_command_total counter"
+        );
+        for (slot, v) in self.commands.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "virtbmc_requests_by_command_total{{command=\"{}\"}} {}",
+                command_name(slot),
+                v.load(Relaxed)
+            );
+        }
         let _ = writeln!(
             out,
             "# HELP virtbmc_bmcs BMCs served.\n# TYPE virtbmc_bmcs gauge\nvirtbmc_bmcs {bmcs}"

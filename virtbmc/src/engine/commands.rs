@@ -23,6 +23,64 @@ pub const CMD_CHASSIS_CONTROL: u8 = 0x02;
 pub const CMD_SET_BOOT_OPTIONS: u8 = 0x08;
 pub const CMD_GET_BOOT_OPTIONS: u8 = 0x09;
 
+/// The commands the metrics count by name (`virtbmc_requests_by_command_total`); any other
+/// request counts as "other", the last slot.
+pub const COUNTED: [(u8, u8, &str); 13] = [
+    (NETFN_APP, CMD_GET_DEVICE_ID, "get_device_id"),
+    (NETFN_APP, CMD_GET_SYSTEM_GUID, "get_system_guid"),
+    (
+        NETFN_APP,
+        CMD_GET_AUTH_CAPS,
+        "get_channel_auth_capabilities",
+    ),
+    (
+        NETFN_APP,
+        CMD_GET_SESSION_CHALLENGE,
+        "get_session_challenge",
+    ),
+    (NETFN_APP, CMD_ACTIVATE_SESSION, "activate_session"),
+    (
+        NETFN_APP,
+        CMD_SET_SESSION_PRIVILEGE,
+        "set_session_privilege",
+    ),
+    (NETFN_APP, CMD_CLOSE_SESSION, "close_session"),
+    (NETFN_APP, CMD_GET_CHANNEL_INFO, "get_channel_info"),
+    (
+        NETFN_APP,
+        CMD_GET_CIPHER_SUITES,
+        "get_channel_cipher_suites",
+    ),
+    (NETFN_CHASSIS, CMD_GET_CHASSIS_STATUS, "get_chassis_status"),
+    (NETFN_CHASSIS, CMD_CHASSIS_CONTROL, "chassis_control"),
+    (
+        NETFN_CHASSIS,
+        CMD_SET_BOOT_OPTIONS,
+        "set_system_boot_options",
+    ),
+    (
+        NETFN_CHASSIS,
+        CMD_GET_BOOT_OPTIONS,
+        "get_system_boot_options",
+    ),
+];
+
+/// Slots of [`COUNTED`], plus "other".
+pub const COMMAND_SLOTS: usize = COUNTED.len() + 1;
+
+/// The metrics slot of a request.
+pub fn command_slot(net_fn: u8, cmd: u8) -> usize {
+    COUNTED
+        .iter()
+        .position(|&(n, c, _)| (n, c) == (net_fn, cmd))
+        .unwrap_or(COUNTED.len())
+}
+
+/// The metrics label of a slot.
+pub fn command_name(slot: usize) -> &'static str {
+    COUNTED.get(slot).map_or("other", |c| c.2)
+}
+
 /// Our LAN channel number, answered for "this channel" (0x0E).
 pub const LAN_CHANNEL: u8 = 0x01;
 const THIS_CHANNEL: u8 = 0x0E;

@@ -109,6 +109,7 @@ impl Bmc {
                     Ok(r) => r,
                     Err(e) => return Output::Drop(DropReason::Malformed(e)),
                 };
+                self.stats.count(&req);
                 // Only discovery is served here; the 1.5 session commands have no place in RMCP+.
                 let discovery = req.net_fn == commands::NETFN_APP
                     && matches!(

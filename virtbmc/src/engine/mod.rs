@@ -113,6 +113,14 @@ pub struct Stats {
     pub sessions_opened: u64,
     pub sessions_refused: u64,
     pub rakp_rate_limited: u64,
+    /// IPMI requests parsed, by [`commands::command_slot`].
+    pub commands: [u64; commands::COMMAND_SLOTS],
+}
+
+impl Stats {
+    pub(crate) fn count(&mut self, req: &Request) {
+        self.commands[commands::command_slot(req.net_fn, req.cmd)] += 1;
+    }
 }
 
 pub struct Bmc {
@@ -233,6 +241,7 @@ impl Bmc {
             Ok(r) => r,
             Err(e) => return Output::Drop(DropReason::Malformed(e)),
         };
+        self.stats.count(&req);
         let Some(session) = self.sessions.get_mut(id) else {
             return Output::Drop(DropReason::UnknownSession);
         };

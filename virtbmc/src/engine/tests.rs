@@ -199,7 +199,15 @@ fn v15_wrong_password_unknown_user_and_auth_none() {
         ConsoleError::Completion(cc::INVALID_DATA_FIELD)
     );
     drop(ex);
-    assert!(rig.bmc.borrow().stats.auth_failures >= 1);
+    let stats = rig.bmc.borrow().stats;
+    assert!(stats.auth_failures >= 1);
+    // Every parsed request is counted by command: one challenge per attempt above.
+    let slot = |n, c| stats.commands[commands::command_slot(n, c)];
+    assert_eq!(
+        slot(commands::NETFN_APP, commands::CMD_GET_SESSION_CHALLENGE),
+        3
+    );
+    assert_eq!(commands::command_name(commands::COUNTED.len()), "other");
 
     let mut cfg = config();
     cfg.allow_auth_none = true;

@@ -89,6 +89,7 @@ impl Bmc {
             Ok(r) => r,
             Err(e) => return Output::Drop(DropReason::Malformed(e)),
         };
+        self.stats.count(&req);
         if !commands::is_sessionless(req.net_fn, req.cmd) {
             return Output::Drop(DropReason::NotAllowed);
         }
@@ -180,6 +181,7 @@ impl Bmc {
             Ok(r) => r,
             Err(e) => return Output::Drop(DropReason::Malformed(e)),
         };
+        self.stats.count(&req);
         if (req.net_fn, req.cmd) != (NETFN_APP, CMD_ACTIVATE_SESSION) {
             return Output::Drop(DropReason::NotAllowed);
         }
