@@ -4,8 +4,10 @@
 //! - [`view`]: cluster objects to the engine's view (power from the VMI phase, GUID, boot
 //!   override) and a BMC's users (from the Secret).
 //! - [`serve`]: reflectors over VMBMCs, VMs, VMIs, Secrets, the agent pods, and our Services
-//!   and EndpointSlices; on every change the views and the registry's BMC set are recomputed,
-//!   and changed names announced.
+//!   and EndpointSlices. A VM or VMI event recomputes that VM's view at once; a VMBMC, a
+//!   Secret one names, or a re-list rebuilds every view and the registry's BMC set
+//!   (throttled). Changed names are announced to the fast path.
+//! - [`labeled`]: the mode without the CRD, where selected VMs stand for VMBMCs.
 //! - [`actions`]: power through KubeVirt's `start`/`stop`/`restart` subresources, boot devices
 //!   through guarded JSON Patches ([`boot`]), refusals as Kubernetes Events, aggregated per
 //!   VM and reason ([`events`]).

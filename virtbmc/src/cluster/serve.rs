@@ -1,5 +1,7 @@
-//! Every agent: reflectors keep the caches current, and after any change the serving loop
-//! recomputes each VM's view and the set of BMCs (port, name, users) the registry serves.
+//! Every agent: reflectors keep the caches current. A VM or VMI event updates that VM's
+//! view on the spot (`Shared::vm_changed`); any other change that matters wakes the serving
+//! loop, which recomputes every view and the set of BMCs (port, name, users) the registry
+//! serves.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Debug;
@@ -365,7 +367,10 @@ async fn serve_loop(sh: Arc<Shared>, registry: Arc<Registry>) {
         let want = sh.rebuild();
         let settled = sync_registry(&sh.opts.base_config, &registry, &mut served, want).await;
         let cost = start.elapsed();
-        log::debug!("serve: {} BMC(s) with a port, rebuilt in {cost:?}", served.len());
+        log::debug!(
+            "serve: {} BMC(s) with a port, rebuilt in {cost:?}",
+            served.len()
+        );
         // A failed bind is retried soon; otherwise a rare full pass guards against anything
         // missed (every change that matters wakes us).
         let idle = if settled { RESYNC } else { RETRY };
