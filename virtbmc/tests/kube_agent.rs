@@ -1044,7 +1044,13 @@ async fn label_mode_serves_selected_vms_without_the_crd() {
     until_login(web, "admin", "n3w-pass").await;
     until_login(db, "admin", "n3w-pass").await;
 
-    // Unselected: no BMC, no Service.
+    // Unselected with a one-shot override pending: no BMC, no Service, the boot order back
+    // and the VM's annotations gone (its port is free).
+    let db_original = boot_orders(&sim, "db");
+    let out = ipmitool(db, "admin", "n3w-pass", &["chassis", "bootdev", "pxe"]).await;
+    assert!(out.ok, "{}", out.text);
+    assert_ne!(boot_orders(&sim, "db"), db_original);
+    assert!(annotation("db", BOOT_ANNOTATION).is_some());
     sim.merge_patch(
         Kind::VirtualMachine,
         NS,
@@ -1055,6 +1061,15 @@ async fn label_mode_serves_selected_vms_without_the_crd() {
     until("unselected VM no longer served", || {
         agent.port_of("default/db").is_none() && sim.get(Kind::Service, NS, "db-virtbmc").is_none()
     })
+    .await;
+    until(
+        "unselected VM's boot order and annotations released",
+        || {
+            boot_orders(&sim, "db") == db_original
+                && annotation("db", BOOT_ANNOTATION).is_none()
+                && annotation("db", PORT_ANNOTATION).is_none()
+        },
+    )
     .await;
     assert!(agent.port_of("default/web").is_some());
     let crd_requests = sim

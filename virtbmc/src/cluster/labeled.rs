@@ -15,12 +15,14 @@ use std::collections::BTreeMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::ResourceExt;
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use serde_json::json;
 
 use super::crd::{
     BootOverrideStatus, LocalObjectReference, VirtualMachineBMCSpec, VirtualMachineBMCStatus,
 };
+use super::leader::Round;
 use super::{Shared, VirtualMachineBMC, vm_resource};
 use crate::engine::ActionError;
 
@@ -200,10 +202,7 @@ pub async fn clear_override(sh: &Shared, b: &VirtualMachineBMC) -> Result<(), ku
     else {
         return Ok(());
     };
-    let path = format!(
-        "/metadata/annotations/{}",
-        BOOT_ANNOTATION.replace('/', "~1")
-    );
+    let path = annotation_path(BOOT_ANNOTATION);
     let patch: json_patch::Patch = serde_json::from_value(json!([
         {"op": "test", "path": path, "value": current},
         {"op": "remove", "path": path},
@@ -213,6 +212,77 @@ pub async fn clear_override(sh: &Shared, b: &VirtualMachineBMC) -> Result<(), ku
         .patch(vm, &PatchParams::default(), &Patch::Json::<()>(patch))
         .await
         .map(|_| ())
+}
+
+/// The JSON Pointer of an annotation (`~` and `/` escaped).
+fn annotation_path(key: &str) -> String {
+    format!(
+        "/metadata/annotations/{}",
+        key.replace('~', "~0").replace('/', "~1")
+    )
+}
+
+/// VMs no longer selected that still carry our annotations: a pending one-shot override is
+/// undone (the VM would otherwise boot from its device for good), then both annotations go,
+/// so the port is free and a VM selected again starts afresh.
+pub(super) async fn release_unselected(sh: &Shared, round: &Round) {
+    for vm in sh.stores.vm.state() {
+        let annotations = vm.annotations();
+        if !annotations.contains_key(PORT_ANNOTATION) && !annotations.contains_key(BOOT_ANNOTATION)
+        {
+            continue;
+        }
+        let (ns, name) = (vm.namespace().unwrap_or_default(), vm.name_any());
+        if sh
+            .stores
+            .vmbmc
+            .get(&ObjectRef::new(&name).within(&ns))
+            .is_some()
+            || vm.metadata.deletion_timestamp.is_some()
+        {
+            continue;
+        }
+        let pending = annotations
+            .get(BOOT_ANNOTATION)
+            .and_then(|j| serde_json::from_str::<BootOverrideStatus>(j).ok())
+            .filter(|o| o.mode == "Oneshot");
+        if let Some(o) = pending {
+            log::info!(
+                "vm={ns}/{name} no longer selected with a pending one-shot {} override; restoring its boot order",
+                o.device
+            );
+            if let Err(e) = super::actions::restore_orders(sh, &ns, &name, &o).await {
+                log::warn!("vm={ns}/{name} restore boot order: {e}");
+                round.fail();
+                continue;
+            }
+        }
+        // Each annotation is removed only if it still says what we read (a JSON Patch
+        // `test`): restoring the orders has just changed the resourceVersion.
+        let ops: Vec<serde_json::Value> = [PORT_ANNOTATION, BOOT_ANNOTATION]
+            .iter()
+            .filter_map(|k| annotations.get(*k).map(|v| (annotation_path(k), v)))
+            .flat_map(|(path, v)| {
+                [
+                    json!({"op": "test", "path": path, "value": v}),
+                    json!({"op": "remove", "path": path}),
+                ]
+            })
+            .collect();
+        let patch: json_patch::Patch =
+            serde_json::from_value(serde_json::Value::Array(ops)).expect("a valid JSON Patch");
+        let api: Api<DynamicObject> = Api::namespaced_with(sh.client.clone(), &ns, &vm_resource());
+        match api
+            .patch(&name, &PatchParams::default(), &Patch::Json::<()>(patch))
+            .await
+        {
+            Ok(_) => log::info!("vm={ns}/{name} no longer selected; its BMC port is free"),
+            Err(e) => {
+                log::warn!("vm={ns}/{name} remove BMC annotations: {e}");
+                round.fail();
+            }
+        }
+    }
 }
 
 #[cfg(test)]

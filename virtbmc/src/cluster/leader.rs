@@ -172,6 +172,9 @@ async fn reconcile(sh: &Shared, pending: &mut BTreeMap<String, u16>, round: &Rou
     if let Some(agents) = agents {
         endpoints::remove_stale(sh, &wanted, agents, round).await;
     }
+    if sh.opts.labels.is_some() {
+        labeled::release_unselected(sh, round).await;
+    }
 }
 
 /// Deletes the `cached` objects whose (namespace, name) is not in `keep`, unless already going.
