@@ -39,11 +39,10 @@ pub const REFILL: SignedDuration = SignedDuration::from_mins(5);
 
 const COMPONENT: &str = "virtbmc";
 
-/// What makes two occurrences the same Event. The type is always Warning.
+/// What makes two occurrences the same Event. The type is always Warning, and the source is
+/// the agent that owns the correlator (one per agent, in `Shared`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Key {
-    /// The writing agent (`source.host`, `reportingInstance`).
-    pub host: String,
     pub namespace: String,
     pub vm: String,
     /// The VM's uid when the cache knows it: a VM deleted and created again under the same
@@ -55,13 +54,8 @@ pub struct Key {
 
 impl Key {
     /// The object the write limit applies to (client-go's spam key: source and object).
-    fn object(&self) -> (String, String, String, Option<String>) {
-        (
-            self.host.clone(),
-            self.namespace.clone(),
-            self.vm.clone(),
-            self.uid.clone(),
-        )
+    fn object(&self) -> (String, String, Option<String>) {
+        (self.namespace.clone(), self.vm.clone(), self.uid.clone())
     }
 }
 
@@ -191,7 +185,7 @@ impl<K: Hash + Eq + Clone, V> Lru<K, V> {
 #[derive(Debug)]
 pub struct Correlator {
     series: Lru<Key, Series>,
-    limits: Lru<(String, String, String, Option<String>), Bucket>,
+    limits: Lru<(String, String, Option<String>), Bucket>,
 }
 
 impl Default for Correlator {
@@ -284,7 +278,6 @@ fn lock(c: &Mutex<Correlator>) -> MutexGuard<'_, Correlator> {
 /// the background, and a failure to write is only logged.
 pub fn record(sh: &Shared, ns: &str, vm: &str, reason: &str, message: &str) {
     let key = Key {
-        host: sh.opts.identity.clone(),
         namespace: ns.to_string(),
         vm: vm.to_string(),
         uid: sh.stores.vm(ns, vm).and_then(|o| o.metadata.uid.clone()),
@@ -301,7 +294,7 @@ pub fn record(sh: &Shared, ns: &str, vm: &str, reason: &str, message: &str) {
             };
             counter.fetch_add(1, Relaxed);
             let api = Api::<Event>::namespaced(sh.client.clone(), ns);
-            tokio::spawn(drive(sh.events.clone(), api, *w));
+            tokio::spawn(drive(sh.events.clone(), api, sh.opts.identity.clone(), *w));
         }
         Fate::InFlight => {
             m.events_aggregated.fetch_add(1, Relaxed);
@@ -325,19 +318,20 @@ impl Drop for Pending {
     }
 }
 
-async fn drive(c: SharedCorrelator, api: Api<Event>, w: Write) {
+/// `host`: this agent, the Events' `source.host` and `reportingInstance`.
+async fn drive(c: SharedCorrelator, api: Api<Event>, host: String, w: Write) {
     let mut pending = Pending(c, Some(w));
     while let Some(w) = &pending.1 {
-        let outcome = send(&api, w).await;
+        let outcome = send(&api, &host, w).await;
         let w = pending.1.take().expect("held until here");
         pending.1 = lock(&pending.0).completed(&w, outcome, Timestamp::now());
     }
 }
 
-async fn send(api: &Api<Event>, w: &Write) -> Outcome {
+async fn send(api: &Api<Event>, host: &str, w: &Write) -> Outcome {
     let r = match &w.name {
         None => api
-            .create(&PostParams::default(), &event(w))
+            .create(&PostParams::default(), &event(host, w))
             .await
             .map(|e| e.metadata.name.map_or(Outcome::Failed, Outcome::Created)),
         Some(name) => {
@@ -364,7 +358,7 @@ async fn send(api: &Api<Event>, w: &Write) -> Outcome {
     })
 }
 
-fn event(w: &Write) -> Event {
+fn event(host: &str, w: &Write) -> Event {
     let k = &w.key;
     Event {
         metadata: ObjectMeta {
@@ -388,10 +382,10 @@ fn event(w: &Write) -> Event {
         last_timestamp: Some(Time(w.last)),
         source: Some(EventSource {
             component: Some(COMPONENT.into()),
-            host: Some(k.host.clone()),
+            host: Some(host.to_string()),
         }),
         reporting_component: Some(COMPONENT.into()),
-        reporting_instance: Some(k.host.clone()),
+        reporting_instance: Some(host.to_string()),
         ..Default::default()
     }
 }
@@ -402,7 +396,6 @@ mod tests {
 
     fn key(vm: &str, reason: &str) -> Key {
         Key {
-            host: "agent-a".into(),
             namespace: "default".into(),
             vm: vm.into(),
             uid: Some(format!("uid-{vm}")),
