@@ -79,14 +79,7 @@ pub async fn run(args: Args) -> Result<(), AgentError> {
     let embedded = Embedded::new(Duration::from_millis(args.transition_ms));
     let backend: Arc<dyn Backend> = Arc::new(EmbeddedBackend(embedded.clone()));
     let metrics = Arc::new(Metrics::default());
-    let fastpath = Arc::new(std::sync::Mutex::new(start_fastpath(&args)?));
-    let registry = Arc::new(Registry::new(
-        args.listen,
-        backend.clone(),
-        metrics.clone(),
-        Duration::from_millis(args.action_timeout_ms),
-        fastpath.clone(),
-    ));
+    let (registry, fastpath) = start_registry(&args, backend.clone(), &metrics)?;
     for vm in &vms {
         embedded.add(&vm.name, vm.on, name_guid(&vm.name));
         let addr = SocketAddr::new(args.listen, vm.port);
@@ -100,19 +93,7 @@ pub async fn run(args: Args) -> Result<(), AgentError> {
             })?;
     }
     tokio::spawn(follow_backend(backend.subscribe(), registry.clone()));
-    let listener = TcpListener::bind(args.admin)
-        .await
-        .map_err(|source| AgentError::Admin {
-            addr: args.admin,
-            source,
-        })?;
-    let admin = Arc::new(admin::Admin {
-        metrics,
-        embedded,
-        registry: registry.clone(),
-        fastpath: fastpath.clone(),
-    });
-    tokio::spawn(admin.serve(listener));
+    serve_admin(&args, metrics, embedded, &registry, &fastpath).await?;
     log::info!(
         "serving {} BMC(s) on {} (suites {:?}, auth none {}), admin on http://{}",
         vms.len(),
@@ -127,16 +108,7 @@ pub async fn run(args: Args) -> Result<(), AgentError> {
     );
     shutdown_signal().await;
     log::info!("shutting down");
-    // BMCs leave the map before their sockets close; then the program is detached and the
-    // pins removed, so a restart finds nothing stale.
-    for (_, port) in registry.list() {
-        registry.remove(port);
-    }
-    let fp = std::mem::replace(
-        &mut *fastpath.lock().unwrap_or_else(|e| e.into_inner()),
-        FastPath::off(),
-    );
-    fp.shutdown();
+    stop_serving(&registry, &fastpath);
     Ok(())
 }
 
@@ -176,30 +148,12 @@ async fn run_kube(args: Args) -> Result<(), AgentError> {
     raise_fd_limit(opts.port_range.len() as u64 + 256);
     let metrics = Arc::new(Metrics::default());
     let (backend, writers) = KubeBackend::new(client, opts, metrics.clone());
-    let fastpath = Arc::new(std::sync::Mutex::new(start_fastpath(&args)?));
-    let registry = Arc::new(Registry::new(
-        args.listen,
-        Arc::new(backend.clone()),
-        metrics.clone(),
-        Duration::from_millis(args.action_timeout_ms),
-        fastpath.clone(),
-    ));
+    let (registry, fastpath) = start_registry(&args, Arc::new(backend.clone()), &metrics)?;
     tokio::spawn(follow_backend(backend.subscribe(), registry.clone()));
     let tasks = serve::spawn(&backend, writers, registry.clone());
-    let listener = TcpListener::bind(args.admin)
-        .await
-        .map_err(|source| AgentError::Admin {
-            addr: args.admin,
-            source,
-        })?;
     // /vms lists embedded machines only; in this mode it is empty.
-    let admin = Arc::new(admin::Admin {
-        metrics,
-        embedded: Embedded::new(Duration::ZERO),
-        registry: registry.clone(),
-        fastpath: fastpath.clone(),
-    });
-    tokio::spawn(admin.serve(listener));
+    let embedded = Embedded::new(Duration::ZERO);
+    serve_admin(&args, metrics, embedded, &registry, &fastpath).await?;
     match &backend.shared.opts.labels {
         Some(m) => log::info!(
             "label mode (no CRD): VMs matching {:?} get a BMC, user from Secret {}/{}",
@@ -229,8 +183,57 @@ async fn run_kube(args: Args) -> Result<(), AgentError> {
         crate::cluster::lease::release(&backend.shared),
     )
     .await;
-    // As in the embedded mode: BMCs leave the map before their sockets close, then the
-    // program is detached and its pins removed.
+    stop_serving(&registry, &fastpath);
+    Ok(())
+}
+
+type SharedFastPath = Arc<std::sync::Mutex<FastPath>>;
+
+/// What both modes serve through: the XDP program (if asked for) and the registry of BMC
+/// sockets over `backend`, which keeps the program's maps in step.
+fn start_registry(
+    args: &Args,
+    backend: Arc<dyn Backend>,
+    metrics: &Arc<Metrics>,
+) -> Result<(Arc<Registry>, SharedFastPath), AgentError> {
+    let fastpath = Arc::new(std::sync::Mutex::new(start_fastpath(args)?));
+    let registry = Arc::new(Registry::new(
+        args.listen,
+        backend,
+        metrics.clone(),
+        Duration::from_millis(args.action_timeout_ms),
+        fastpath.clone(),
+    ));
+    Ok((registry, fastpath))
+}
+
+/// Binds the admin endpoint (`/healthz`, `/readyz`, `/vms`, `/metrics`) and serves it.
+async fn serve_admin(
+    args: &Args,
+    metrics: Arc<Metrics>,
+    embedded: Arc<Embedded>,
+    registry: &Arc<Registry>,
+    fastpath: &SharedFastPath,
+) -> Result<(), AgentError> {
+    let listener = TcpListener::bind(args.admin)
+        .await
+        .map_err(|source| AgentError::Admin {
+            addr: args.admin,
+            source,
+        })?;
+    let admin = Arc::new(admin::Admin {
+        metrics,
+        embedded,
+        registry: registry.clone(),
+        fastpath: fastpath.clone(),
+    });
+    tokio::spawn(admin.serve(listener));
+    Ok(())
+}
+
+/// BMCs leave the map before their sockets close; then the program is detached and its pins
+/// removed, so a restart finds nothing stale.
+fn stop_serving(registry: &Registry, fastpath: &std::sync::Mutex<FastPath>) {
     for (_, port) in registry.list() {
         registry.remove(port);
     }
@@ -239,7 +242,6 @@ async fn run_kube(args: Args) -> Result<(), AgentError> {
         FastPath::off(),
     );
     fp.shutdown();
-    Ok(())
 }
 
 /// Loads and attaches the XDP program when an interface is named (`--xdp-iface`).
