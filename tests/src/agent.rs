@@ -215,18 +215,7 @@ impl Bmc {
 
     /// `GET path` on the admin endpoint (from inside the BMC namespace).
     pub fn http_get(&self, path: &str) -> Result<String, String> {
-        let url = format!("http://{ADMIN}{path}");
-        let out = NetnsPair::exec(&self.net.bmc, &["curl", "-sS", "-f", "-m", "5", &url])
-            .output()
-            .map_err(|e| format!("curl: {e}"))?;
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        } else {
-            Err(format!(
-                "GET {url}: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ))
-        }
+        NetnsPair::curl(&self.net.bmc, &format!("http://{ADMIN}{path}"))
     }
 
     /// Every VM as `/vms` reports it.

@@ -98,6 +98,22 @@ impl NetnsPair {
         cmd
     }
 
+    /// `GET url` with curl from inside namespace `ns` (what listens on its loopback or its
+    /// veth: the admin endpoint, kubesim); the body, or curl's error.
+    pub fn curl(ns: &str, url: &str) -> Result<String, String> {
+        let out = Self::exec(ns, &["curl", "-sS", "-f", "-m", "5", url])
+            .output()
+            .map_err(|e| format!("curl: {e}"))?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(format!(
+                "GET {url}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
+        }
+    }
+
     /// Sends one datagram from the client side to an echo server on the BMC side, both run
     /// by the UDP helper binary (`env!("CARGO_BIN_EXE_virtbmc-e2e-udp")`): the veth carries
     /// traffic. (Debian's minimal images have no `ping`.)

@@ -218,17 +218,7 @@ impl Drop for Daemon {
 /// `GET url` from inside namespace `virtbmc-demo` (kubesim and the admin endpoint live on
 /// its loopback).
 fn curl(url: &str) -> Result<String, String> {
-    let out = NetnsPair::exec(BMC_NS, &["curl", "-sS", "-f", "-m", "5", url])
-        .output()
-        .map_err(|e| format!("curl: {e}"))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(format!(
-            "GET {url}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
+    NetnsPair::curl(BMC_NS, url)
 }
 
 /// The objects of a list path of kubesim's API.
