@@ -1,11 +1,15 @@
-//! Wire formats: RMCP/ASF, the IPMI 1.5 and 2.0 (RMCP+) session wrappers and IPMI messages.
+//! Wire formats: RMCP/ASF, the IPMI 1.5 and 2.0 (RMCP+) session wrappers, IPMI messages,
+//! and the session set-up messages of both (RMCP+ Open Session and RAKP, IPMI 1.5 Get
+//! Session Challenge and Activate Session).
 //!
 //! Parsing never panics: every accessor is bounds-checked once when a view is built, and every
 //! error is a [`WireError`]. Emitting appends to a `Vec<u8>`, so callers control allocation.
 
+pub mod challenge;
 pub mod lan15;
 pub mod lanplus;
 pub mod message;
+pub mod rakp;
 pub mod rmcp;
 
 /// Why a datagram could not be parsed. The engine drops such datagrams (a real BMC cannot
