@@ -4,10 +4,15 @@
 
 use crate::crypto::{ConfAlg, IntegAlg, Key20, aes_decrypt, aes_encrypt, auth_code_v15};
 use crate::engine::config::CipherSuite;
+use crate::wire::challenge::{
+    ActivateRequest, ActivateResponse, ChallengeRequest, ChallengeResponse,
+};
 use crate::wire::lan15::{AUTH_NONE, Lan15Packet};
 use crate::wire::lanplus::*;
-use crate::wire::le_u32;
 use crate::wire::message::{Request, Response};
+use crate::wire::rakp::{
+    OpenSessionRequest, OpenSessionResponse, Proposal, Rakp1, Rakp2, Rakp3, Rakp4,
+};
 use crate::wire::rmcp::{CLASS_ASF, CLASS_IPMI, RmcpHeader};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -119,34 +124,40 @@ impl V15Session {
     ) -> Result<V15Session, ConsoleError> {
         let mut name = [0u8; 16];
         name[..user.len().min(16)].copy_from_slice(&user.as_bytes()[..user.len().min(16)]);
-        let mut d = vec![auth_type];
-        d.extend_from_slice(&name);
+        let mut d = Vec::new();
+        ChallengeRequest { auth_type, name }.emit(&mut d);
         let (cc, data) = parse_v15(
             &exchange(&sessionless_v15(0x06, 0x39, 1, &d)).ok_or(ConsoleError::NoAnswer)?,
         )?;
         if cc != 0 {
             return Err(ConsoleError::Completion(cc));
         }
-        let temp = le_u32(&data[..4]);
+        let ch = ChallengeResponse::parse(&data).map_err(|_| ConsoleError::Malformed)?;
         let pw = Key20::from_password(password)
             .ok_or(ConsoleError::Malformed)?
             .first16();
         let mut s = V15Session {
-            id: temp,
+            id: ch.temp_id,
             auth_type,
             password: pw,
             seq: 0,
             rq_seq: 2,
         };
-        let mut d = vec![auth_type, privilege];
-        d.extend_from_slice(&data[4..20]);
-        d.extend_from_slice(&1u32.to_le_bytes());
+        let mut d = Vec::new();
+        ActivateRequest {
+            auth_type,
+            privilege,
+            challenge: ch.challenge,
+            initial_outbound: 1,
+        }
+        .emit(&mut d);
         let (cc, data) = s.call(0x06, 0x3A, &d, exchange)?;
         if cc != 0 {
             return Err(ConsoleError::Completion(cc));
         }
-        s.id = le_u32(&data[1..5]);
-        s.seq = le_u32(&data[5..9]);
+        let act = ActivateResponse::parse(&data).map_err(|_| ConsoleError::Malformed)?;
+        s.id = act.session_id;
+        s.seq = act.initial_inbound;
         Ok(s)
     }
 
@@ -202,6 +213,30 @@ impl V15Session {
     }
 }
 
+/// How a console runs the RMCP+ handshake.
+#[derive(Debug, Clone, Copy)]
+pub struct V20Options {
+    pub console_id: u32,
+    pub rm: [u8; 16],
+    /// The privilege the Open Session Request asks for (0: the highest allowed).
+    pub open_privilege: u8,
+    /// Derive K1 and K2 from constants as long as the hash (32 bytes for HMAC-SHA256), as
+    /// python-ipmi does; the spec's are 20 bytes (§13.32).
+    pub long_kdf_constants: bool,
+}
+
+impl Default for V20Options {
+    fn default() -> Self {
+        V20Options {
+            // ipmitool's fixed console session id.
+            console_id: 0xa0a2a3a4,
+            rm: [0x5A; 16],
+            open_privilege: 0,
+            long_kdf_constants: false,
+        }
+    }
+}
+
 /// An RMCP+ session (ipmitool -I lanplus's handshake).
 #[derive(Debug, Clone)]
 pub struct V20Session {
@@ -222,59 +257,69 @@ impl V20Session {
         role: u8,
         exchange: &mut dyn FnMut(&[u8]) -> Option<Vec<u8>>,
     ) -> Result<V20Session, ConsoleError> {
-        let console_id = 0xa0a2a3a4u32;
-        let mut req = vec![0, 0, 0, 0];
-        req.extend_from_slice(&console_id.to_le_bytes());
-        req.extend_from_slice(&[
-            0,
-            0,
-            0,
-            8,
-            suite.auth.wire(),
-            0,
-            0,
-            0,
-            1,
-            0,
-            0,
-            8,
-            suite.integ.wire(),
-            0,
-            0,
-            0,
-            2,
-            0,
-            0,
-            8,
-            suite.conf.wire(),
-            0,
-            0,
-            0,
-        ]);
+        Self::open_with(user, password, suite, role, V20Options::default(), exchange)
+    }
+
+    pub fn open_with(
+        user: &str,
+        password: &str,
+        suite: CipherSuite,
+        role: u8,
+        opts: V20Options,
+        exchange: &mut dyn FnMut(&[u8]) -> Option<Vec<u8>>,
+    ) -> Result<V20Session, ConsoleError> {
+        let console_id = opts.console_id;
+        let mut req = Vec::new();
+        OpenSessionRequest {
+            tag: 0,
+            privilege: opts.open_privilege,
+            console_id,
+            proposals: Some(
+                [
+                    (0, suite.auth.wire()),
+                    (1, suite.integ.wire()),
+                    (2, suite.conf.wire()),
+                ]
+                .map(|(kind, algorithm)| Proposal {
+                    kind,
+                    len: 8,
+                    algorithm,
+                }),
+            ),
+        }
+        .emit(&mut req);
         let rsp = payload_v20(
             &exchange(&sessionless_v20(PAYLOAD_OPEN_SESSION_REQ, &req))
                 .ok_or(ConsoleError::NoAnswer)?,
             PAYLOAD_OPEN_SESSION_RSP,
         )?;
-        if rsp.get(1) != Some(&0) {
-            return Err(ConsoleError::Status(*rsp.get(1).unwrap_or(&0xFF)));
-        }
-        let bmc_id = le_u32(&rsp[8..12]);
-        let rm = [0x5Au8; 16];
+        let rsp = OpenSessionResponse::parse(&rsp).map_err(|_| ConsoleError::Malformed)?;
+        let opened = match rsp.opened {
+            Some(o) if rsp.status == 0 => o,
+            _ => return Err(ConsoleError::Status(rsp.status)),
+        };
+        let bmc_id = opened.managed_id;
+        let rm = opts.rm;
         let name = user.as_bytes();
-        let mut r1 = vec![1, 0, 0, 0];
-        r1.extend_from_slice(&bmc_id.to_le_bytes());
-        r1.extend_from_slice(&rm);
-        r1.extend_from_slice(&[role, 0, 0, name.len() as u8]);
-        r1.extend_from_slice(name);
+        let mut r1 = Vec::new();
+        Rakp1 {
+            tag: 1,
+            managed_id: bmc_id,
+            rm,
+            role,
+            name: Some(name),
+        }
+        .emit(&mut r1);
         let r2 = payload_v20(
             &exchange(&sessionless_v20(PAYLOAD_RAKP1, &r1)).ok_or(ConsoleError::NoAnswer)?,
             PAYLOAD_RAKP2,
         )?;
-        if r2.get(1) != Some(&0) {
-            return Err(ConsoleError::Status(*r2.get(1).unwrap_or(&0xFF)));
-        }
-        let (rc, guid, code) = (&r2[8..24], &r2[24..40], &r2[40..]);
+        let r2 = Rakp2::parse(&r2).map_err(|_| ConsoleError::Malformed)?;
+        let body = match r2.body {
+            Some(b) if r2.status == 0 => b,
+            _ => return Err(ConsoleError::Status(r2.status)),
+        };
+        let (rc, guid) = (&body.rc, &body.guid);
         let kuid = Key20::from_password(password).ok_or(ConsoleError::Malformed)?;
         let want = suite.auth.hmac(
             &kuid.0,
@@ -288,15 +333,13 @@ impl V20Session {
                 name,
             ],
         );
-        if want != code {
+        if want != body.code {
             return Err(ConsoleError::BadProof);
         }
         let sik = suite
             .auth
             .hmac(&kuid.0, &[&rm, rc, &[role, name.len() as u8], name]);
-        let mut r3 = vec![2, 0, 0, 0];
-        r3.extend_from_slice(&bmc_id.to_le_bytes());
-        r3.extend_from_slice(&suite.auth.hmac(
+        let code = suite.auth.hmac(
             &kuid.0,
             &[
                 rc,
@@ -304,21 +347,35 @@ impl V20Session {
                 &[role, name.len() as u8],
                 name,
             ],
-        ));
+        );
+        let mut r3 = Vec::new();
+        Rakp3 {
+            tag: 2,
+            status: 0,
+            managed_id: bmc_id,
+            code: &code,
+        }
+        .emit(&mut r3);
         let r4 = payload_v20(
             &exchange(&sessionless_v20(PAYLOAD_RAKP3, &r3)).ok_or(ConsoleError::NoAnswer)?,
             PAYLOAD_RAKP4,
         )?;
-        if r4.get(1) != Some(&0) {
-            return Err(ConsoleError::Status(*r4.get(1).unwrap_or(&0xFF)));
+        let r4 = Rakp4::parse(&r4).map_err(|_| ConsoleError::Malformed)?;
+        if r4.status != 0 {
+            return Err(ConsoleError::Status(r4.status));
         }
         let mut icv = suite.auth.hmac(&sik, &[&rm, &bmc_id.to_le_bytes(), guid]);
         icv.truncate(suite.auth.rakp4_icv_len());
-        if r4[8..] != icv[..] {
+        if r4.icv != &icv[..] {
             return Err(ConsoleError::BadProof);
         }
-        let k1 = suite.auth.hmac(&sik, &[&[1u8; 20]]);
-        let k2 = suite.auth.hmac(&sik, &[&[2u8; 20]]);
+        let n = if opts.long_kdf_constants {
+            sik.len()
+        } else {
+            20
+        };
+        let k1 = suite.auth.hmac(&sik, &[&vec![1u8; n]]);
+        let k2 = suite.auth.hmac(&sik, &[&vec![2u8; n]]);
         Ok(V20Session {
             bmc_id,
             console_id,
