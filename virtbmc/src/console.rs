@@ -245,6 +245,8 @@ pub struct V20Session {
     pub suite: CipherSuite,
     pub k1: Vec<u8>,
     pub k2: Vec<u8>,
+    /// The session integrity key K1 and K2 come from.
+    pub sik: Vec<u8>,
     pub seq: u32,
     pub rq_seq: u8,
 }
@@ -382,6 +384,7 @@ impl V20Session {
             suite,
             k1,
             k2,
+            sik,
             seq: 1,
             rq_seq: 1,
         })

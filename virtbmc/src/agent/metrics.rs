@@ -15,6 +15,8 @@ pub struct Metrics {
     pub sessions_opened: AtomicU64,
     pub sessions_refused: AtomicU64,
     pub rakp_rate_limited: AtomicU64,
+    /// RMCP+ sessions whose console derived K1/K2 from 32-byte constants (python-ipmi).
+    pub sessions_32byte_kdf: AtomicU64,
     pub actions_ok: AtomicU64,
     pub actions_failed: AtomicU64,
     /// Cluster mode: calls to KubeVirt's subresources and boot-order patches, their
@@ -51,6 +53,10 @@ impl Metrics {
             .fetch_add(after.sessions_refused - before.sessions_refused, Relaxed);
         self.rakp_rate_limited
             .fetch_add(after.rakp_rate_limited - before.rakp_rate_limited, Relaxed);
+        self.sessions_32byte_kdf.fetch_add(
+            after.sessions_32byte_kdf - before.sessions_32byte_kdf,
+            Relaxed,
+        );
         for (m, (a, b)) in self
             .commands
             .iter()
@@ -103,8 +109,13 @@ impl Metrics {
         );
         counter(
             "rakp_rate_limited_total",
-            "RAKP1 messages dropped by the per-source limit.",
+            "RAKP1 messages dropped by the per-source or per-user-name limit.",
             &self.rakp_rate_limited,
+        );
+        counter(
+            "sessions_32byte_kdf_total",
+            "RMCP+ sessions whose console derived K1/K2 from 32-byte constants (HMAC-SHA256 suites).",
+            &self.sessions_32byte_kdf,
         );
         counter(
             "actions_ok_total",

@@ -147,6 +147,11 @@ pub struct BmcConfig {
     /// the password, an offline-guessing oracle (CVE-2013-4786), so hand it out slowly.
     pub rakp_per_second: f32,
     pub rakp_burst: f32,
+    /// RAKP2 answers per second and burst per user name, over all sources together: with
+    /// the defaults a flood gets fewer than 50 hashes of one password in 5 s. Sources that
+    /// recently completed a login are not counted here (engine/limiter.rs).
+    pub rakp_per_name_per_second: f32,
+    pub rakp_per_name_burst: f32,
 }
 
 impl BmcConfig {
@@ -160,6 +165,8 @@ impl BmcConfig {
             handshake_timeout: Duration::from_secs(10),
             rakp_per_second: 20.0,
             rakp_burst: 40.0,
+            rakp_per_name_per_second: 8.0,
+            rakp_per_name_burst: 8.0,
         }
     }
 

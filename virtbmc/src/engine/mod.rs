@@ -6,9 +6,12 @@
 pub mod cc;
 pub mod commands;
 pub mod config;
+mod cookie;
 pub mod entropy;
 mod lanplus;
 mod limiter;
+mod outbound;
+mod secret;
 pub mod session;
 mod v15;
 pub mod vm;
@@ -19,8 +22,10 @@ use std::time::Instant;
 
 use commands::BootParams;
 use config::{BmcConfig, Privilege};
+use cookie::Cookies;
 use entropy::{Entropy, OsEntropy};
-use limiter::SourceLimiter;
+use limiter::{NameLimiter, SourceLimiter, TrustedSources};
+use secret::Secret;
 use session::{ActiveAuth, SessionPublisher, SessionTable, State};
 pub use vm::{Action, ActionError, BootDevice, BootOverride, PowerState, VmView};
 
@@ -113,6 +118,8 @@ pub struct Stats {
     pub sessions_opened: u64,
     pub sessions_refused: u64,
     pub rakp_rate_limited: u64,
+    /// RMCP+ sessions whose console derived K1 and K2 from 32-byte constants.
+    pub sessions_32byte_kdf: u64,
     /// IPMI requests parsed, by [`commands::command_slot`].
     pub commands: [u64; commands::COMMAND_SLOTS],
 }
@@ -128,6 +135,10 @@ pub struct Bmc {
     sessions: SessionTable,
     boot_params: BootParams,
     rakp_limiter: SourceLimiter,
+    name_limiter: NameLimiter,
+    trusted: TrustedSources,
+    secret: Secret,
+    cookies: Cookies,
     entropy: Box<dyn Entropy>,
     publisher: Option<Arc<dyn SessionPublisher>>,
     pub stats: Stats,
@@ -138,12 +149,16 @@ impl Bmc {
         Bmc::with_entropy(config, Box::new(OsEntropy))
     }
 
-    pub fn with_entropy(config: Arc<BmcConfig>, entropy: Box<dyn Entropy>) -> Bmc {
+    pub fn with_entropy(config: Arc<BmcConfig>, mut entropy: Box<dyn Entropy>) -> Bmc {
         Bmc {
             config,
             sessions: SessionTable::default(),
             boot_params: BootParams::default(),
             rakp_limiter: SourceLimiter::default(),
+            name_limiter: NameLimiter::default(),
+            trusted: TrustedSources::default(),
+            secret: Secret::draw(entropy.as_mut()),
+            cookies: Cookies::default(),
             entropy,
             publisher: None,
             stats: Stats::default(),
@@ -312,40 +327,23 @@ impl Bmc {
             return None;
         };
         let seq = active.next_outbound();
-        let mut out = Vec::with_capacity(64 + msg.len());
-        RmcpHeader {
-            sequence: rmcp::RMCP_SEQ_NO_ACK,
-            class: rmcp::CLASS_IPMI,
-        }
-        .emit(&mut out);
-        match &active.auth {
+        let out = match &active.auth {
             ActiveAuth::V15 {
                 auth_type,
                 password,
-            } => {
-                let code = crate::crypto::auth_code_v15(*auth_type, password, id, msg, seq);
-                lan15::Lan15Packet::emit(*auth_type, seq, id, code.as_ref(), msg, &mut out);
-            }
+            } => outbound::v15(*auth_type, password, id, seq, msg),
             ActiveAuth::V20 {
                 console_id,
                 suite,
                 k1,
                 k2,
+                ..
             } => {
                 let iv = self.entropy.bytes16();
-                lanplus::seal(*console_id, seq, suite, k1, k2, &iv, msg, &mut out);
+                outbound::v20(*console_id, seq, suite, (k1, k2), &iv, msg)
             }
-        }
+        };
         Some(out)
-    }
-
-    fn new_session_id(&mut self) -> u32 {
-        loop {
-            let id = self.entropy.u32();
-            if id != 0 && !self.sessions.contains(id) {
-                return id;
-            }
-        }
     }
 }
 

@@ -57,27 +57,20 @@ impl SeqWindow {
     }
 }
 
-/// IPMI 1.5: Get Session Challenge answered, Activate Session awaited.
-#[derive(Debug, Clone)]
-pub struct ChallengeSent {
-    pub user: String,
-    pub auth_type: u8,
-    pub challenge: [u8; 16],
-}
-
-/// RMCP+: Open Session answered, RAKP1 awaited.
-#[derive(Debug, Clone)]
-pub struct Opened {
-    pub console_id: u32,
-    pub suite: CipherSuite,
-}
-
-/// RMCP+: RAKP2 sent, RAKP3 awaited.
+/// RMCP+: RAKP2 sent, RAKP3 awaited. Nothing comes before it: Open Session is answered
+/// with a cookie (engine/cookie.rs), and this is made from a RAKP1 that echoed it.
 #[derive(Debug, Clone)]
 pub struct Rakp2Sent {
-    pub opened: Opened,
-    pub user: String,
+    pub console_id: u32,
+    pub suite: CipherSuite,
+    /// The name as RAKP1 gave it; `known` says whether this BMC has such a user. An unknown
+    /// name runs the same handshake under a stand-in key and fails where a wrong password
+    /// does, so that no answer tells which names exist.
+    pub name: Vec<u8>,
+    pub known: bool,
     pub role: u8,
+    /// The privilege the Open Session Request asked for (0 = any).
+    pub open_privilege: u8,
     pub rm: [u8; 16],
     pub rc: [u8; 16],
     pub sik: Vec<u8>,
@@ -95,6 +88,10 @@ pub enum ActiveAuth {
         suite: CipherSuite,
         k1: Vec<u8>,
         k2: Vec<u8>,
+        /// K1 and K2 derived from 32-byte constants, which some consoles use for the
+        /// HMAC-SHA256 suites; kept until the first packet that verifies says which pair
+        /// the console has.
+        undecided: Option<Box<(Vec<u8>, Vec<u8>)>>,
     },
 }
 
@@ -172,8 +169,6 @@ impl Active {
 
 #[derive(Debug)]
 pub enum State {
-    ChallengeSent(ChallengeSent),
-    Opened(Opened),
     Rakp2Sent(Box<Rakp2Sent>),
     Active(Box<Active>),
 }
@@ -318,11 +313,18 @@ mod tests {
                 shared: None,
             }))
         } else {
-            State::ChallengeSent(ChallengeSent {
-                user: "u".into(),
-                auth_type: 2,
-                challenge: [0; 16],
-            })
+            State::Rakp2Sent(Box::new(Rakp2Sent {
+                console_id: 1,
+                suite: crate::engine::config::SUITES[3],
+                name: b"u".to_vec(),
+                known: true,
+                role: 0x14,
+                open_privilege: 0,
+                rm: [0; 16],
+                rc: [0; 16],
+                sik: Vec::new(),
+                guid: [0; 16],
+            }))
         };
         Session {
             id,

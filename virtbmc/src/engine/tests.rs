@@ -190,9 +190,10 @@ fn v15_wrong_password_unknown_user_and_auth_none() {
         V15Session::open("admin", "wrong", AUTH_MD5, 4, &mut ex).unwrap_err(),
         ConsoleError::NoAnswer
     );
+    // An unknown name fails exactly as a wrong password does: no answer to Activate Session.
     assert_eq!(
         V15Session::open("nobody", "x", AUTH_MD5, 4, &mut ex).unwrap_err(),
-        ConsoleError::Completion(cc::INVALID_USER)
+        ConsoleError::NoAnswer
     );
     assert_eq!(
         V15Session::open("admin", "password", AUTH_NONE, 4, &mut ex).unwrap_err(),
@@ -314,10 +315,13 @@ fn rmcp_plus_wrong_password_unknown_user_and_role() {
         V20Session::open("admin", "wrong", suite(3), 0x14, &mut ex).unwrap_err(),
         ConsoleError::BadProof
     );
+    // An unknown name fails exactly as a wrong password does: RAKP2 does not verify.
     assert_eq!(
         V20Session::open("nobody", "password", suite(3), 0x14, &mut ex).unwrap_err(),
-        ConsoleError::Status(0x0D)
+        ConsoleError::BadProof
     );
+    // A role above the user's limit is refused once the password is proven (RAKP4), so
+    // that the refusal tells nothing to whoever does not know it.
     assert_eq!(
         V20Session::open("viewer", "viewer", suite(3), 0x14, &mut ex).unwrap_err(),
         ConsoleError::Status(0x0A)
@@ -335,7 +339,13 @@ fn rmcp_plus_wrong_password_unknown_user_and_role() {
 
 /// Open Session Request for suite 3 from `peer`: the BMC's session id.
 fn open_session(rig: &Rig, peer: &str) -> u32 {
-    let mut req = vec![0, 0, 0, 0, 1, 2, 3, 4];
+    open_session_as(rig, peer, 0x04030201)
+}
+
+/// Open Session Request for suite 3 from `peer` with `console_id`.
+fn open_session_as(rig: &Rig, peer: &str, console_id: u32) -> u32 {
+    let mut req = console_id.to_le_bytes().to_vec();
+    req.splice(0..0, [0, 0, 0, 0]);
     req.extend_from_slice(&[
         0, 0, 0, 8, 1, 0, 0, 0, 1, 0, 0, 8, 1, 0, 0, 0, 2, 0, 0, 8, 1, 0, 0, 0,
     ]);
@@ -347,11 +357,15 @@ fn open_session(rig: &Rig, peer: &str) -> u32 {
 
 /// RAKP1 for `admin` (Rm = 0x77.., role ADMIN, name-only lookup) on session `id`.
 fn rakp1(rig: &Rig, peer: &str, id: u32) -> Output {
+    rakp1_as(rig, peer, id, b"admin")
+}
+
+fn rakp1_as(rig: &Rig, peer: &str, id: u32, name: &[u8]) -> Output {
     let mut r1 = vec![1, 0, 0, 0];
     r1.extend_from_slice(&id.to_le_bytes());
     r1.extend_from_slice(&[0x77; 16]);
-    r1.extend_from_slice(&[0x14, 0, 0, 5]);
-    r1.extend_from_slice(b"admin");
+    r1.extend_from_slice(&[0x14, 0, 0, name.len() as u8]);
+    r1.extend_from_slice(name);
     rig.from(peer, &console::sessionless_v20(0x12, &r1))
 }
 
@@ -587,9 +601,10 @@ fn garbage_never_panics_and_never_amplifies_much() {
 fn rakp2_is_rate_limited_per_source() {
     let rig = Rig::new(config());
     let mut answered = 0;
-    for _ in 0..100 {
-        let id = open_session(&rig, "10.0.0.8:1");
-        if let Output::Reply(_) = rakp1(&rig, "10.0.0.8:1", id) {
+    // A name and a console session id of its own each time: only the per-source limit bites.
+    for i in 0..100u32 {
+        let id = open_session_as(&rig, "10.0.0.8:1", i);
+        if let Output::Reply(_) = rakp1_as(&rig, "10.0.0.8:1", id, format!("user{i}").as_bytes()) {
             answered += 1;
         }
     }
@@ -755,4 +770,375 @@ fn published_v15_sessions_keep_their_sequence_state_in_the_shared_slot() {
         1,
         "closing unpublishes"
     );
+}
+
+/// An exchange that sends from `peer`, and runs `between` after the `at`-th datagram.
+fn exchange_from<'a>(
+    rig: &'a Rig,
+    peer: &'a str,
+    at: usize,
+    mut between: impl FnMut(&Rig) + 'a,
+) -> impl FnMut(&[u8]) -> Option<Vec<u8>> + 'a {
+    let mut n = 0;
+    move |d| {
+        let out = match rig.from(peer, d) {
+            Output::Reply(r) => Some(r),
+            _ => None,
+        };
+        n += 1;
+        if n == at {
+            between(rig);
+        }
+        out
+    }
+}
+
+#[test]
+fn open_session_and_challenge_keep_nothing_in_the_table() {
+    let rig = Rig::new(config());
+    for i in 0..50 {
+        let id = open_session_as(&rig, PEER, i);
+        assert_ne!(id, 0);
+        let (cc, data) = console::parse_v15(
+            &rig.send(&console::sessionless_v15(
+                0x06,
+                0x39,
+                1,
+                b"\x02admin\0\0\0\0\0\0\0\0\0\0\0",
+            ))
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!((cc, data.len()), (0, 20));
+    }
+    assert_eq!(rig.bmc.borrow().sessions.len(), 0);
+    // Both still lead to sessions.
+    let mut ex = rig.exchange();
+    assert!(V20Session::open("admin", "password", suite(3), 0x14, &mut ex).is_ok());
+    assert!(V15Session::open("admin", "password", AUTH_MD5, 4, &mut ex).is_ok());
+    drop(ex);
+    assert_eq!(rig.bmc.borrow().sessions.len(), 2);
+}
+
+#[test]
+fn rakp1_with_a_forged_old_or_moved_cookie_is_dropped() {
+    let rig = Rig::new(config());
+    let id = open_session(&rig, PEER);
+    // Another source, or the same address from another port, naming the id.
+    for other in ["10.0.0.3:40000", "10.0.0.2:40001"] {
+        assert!(matches!(
+            rakp1(&rig, other, id),
+            Output::Drop(DropReason::UnknownSession)
+        ));
+    }
+    // Any other id: every bit is carried and bound, or part of the MAC.
+    for bit in 0..32 {
+        assert!(matches!(
+            rakp1(&rig, PEER, id ^ 1 << bit),
+            Output::Drop(DropReason::UnknownSession)
+        ));
+    }
+    assert_eq!(rig.bmc.borrow().sessions.len(), 0);
+    // Too old: two slices later.
+    *rig.now.borrow_mut() += cookie::SLICE * 2;
+    assert!(matches!(
+        rakp1(&rig, PEER, id),
+        Output::Drop(DropReason::UnknownSession)
+    ));
+    // Within two slices, the real console proceeds.
+    let id = open_session(&rig, PEER);
+    *rig.now.borrow_mut() += cookie::SLICE;
+    assert!(matches!(rakp1(&rig, PEER, id), Output::Reply(_)));
+    assert_eq!(rig.bmc.borrow().sessions.len(), 1);
+
+    // IPMI 1.5: Activate Session from elsewhere, or too late, gets nothing.
+    let rig = Rig::new(config());
+    let mut ex = exchange_from(&rig, PEER, 0, |_| {});
+    let mut moved = {
+        let mut n = 0;
+        let rig = &rig;
+        move |d: &[u8]| {
+            n += 1;
+            let peer = if n == 1 { PEER } else { "10.0.0.3:40000" };
+            match rig.from(peer, d) {
+                Output::Reply(r) => Some(r),
+                _ => None,
+            }
+        }
+    };
+    assert_eq!(
+        V15Session::open("admin", "password", AUTH_MD5, 4, &mut moved).unwrap_err(),
+        ConsoleError::NoAnswer
+    );
+    let mut late = exchange_from(&rig, PEER, 1, |rig| {
+        *rig.now.borrow_mut() += cookie::SLICE * 2;
+    });
+    assert_eq!(
+        V15Session::open("admin", "password", AUTH_MD5, 4, &mut late).unwrap_err(),
+        ConsoleError::NoAnswer
+    );
+    assert_eq!(rig.bmc.borrow().sessions.len(), 0);
+    assert!(V15Session::open("admin", "password", AUTH_MD5, 4, &mut ex).is_ok());
+}
+
+/// Spoofed Open Sessions and Get Session Challenges from 1000 other sources, each with its
+/// own console id, arrive between a real console's first and second message.
+fn spoofed_flood(rig: &Rig) {
+    for i in 0..1000u32 {
+        let peer = format!("10.9.{}.{}:623", i / 250, i % 250 + 1);
+        open_session_as(rig, &peer, 0x5000_0000 + i);
+        let mut d = vec![0x02];
+        d.extend_from_slice(b"admin\0\0\0\0\0\0\0\0\0\0\0");
+        rig.from(&peer, &console::sessionless_v15(0x06, 0x39, 1, &d));
+    }
+}
+
+#[test]
+fn a_spoofed_open_session_flood_neither_fills_the_table_nor_stops_a_handshake() {
+    let mut cfg = config();
+    cfg.max_sessions = 4;
+    let rig = Rig::new(cfg);
+    for id in [3u8, 17] {
+        let mut ex = exchange_from(&rig, PEER, 1, spoofed_flood);
+        let mut s = V20Session::open("admin", "password", suite(id), 0x14, &mut ex)
+            .unwrap_or_else(|e| panic!("suite {id}: {e}"));
+        assert_eq!(s.call(0x00, 0x01, &[], &mut ex).unwrap().0, 0);
+    }
+    let mut ex = exchange_from(&rig, PEER, 1, spoofed_flood);
+    let mut v = V15Session::open("admin", "password", AUTH_MD5, 4, &mut ex).unwrap();
+    assert_eq!(v.call(0x00, 0x01, &[], &mut ex).unwrap().0, 0);
+    assert_eq!(
+        rig.bmc.borrow().sessions.len(),
+        3,
+        "only the three real sessions"
+    );
+}
+
+/// Open Session and RAKP1 for `name` from `peer`: the managed id and RAKP2 payload.
+fn rakp2_for(rig: &Rig, peer: &str, console_id: u32, name: &[u8]) -> Option<(u32, Vec<u8>)> {
+    let id = open_session_as(rig, peer, console_id);
+    match rakp1_as(rig, peer, id, name) {
+        Output::Reply(r) => Some((id, r[16..].to_vec())),
+        _ => None,
+    }
+}
+
+#[test]
+fn an_unknown_name_gets_a_rakp2_like_a_known_one_and_fails_like_a_wrong_password() {
+    let rig = Rig::new(config());
+    let (_, known) = rakp2_for(&rig, PEER, 1, b"admin").unwrap();
+    let (id1, unknown) = rakp2_for(&rig, PEER, 2, b"nobody").unwrap();
+    let (_, low) = rakp2_for(&rig, PEER, 3, b"viewer").unwrap();
+    assert_eq!((known.len(), known[1]), (60, 0));
+    for r in [&unknown, &low] {
+        assert_eq!((r.len(), r[1]), (known.len(), known[1]));
+    }
+    // Asked twice, an unknown name answers under the same stand-in key each time.
+    let (id2, again) = rakp2_for(&rig, PEER, 4, b"nobody").unwrap();
+    let decoy = rig.bmc.borrow().secret.decoy_key(b"nobody");
+    for (console_id, id, r2) in [(2u32, id1, &unknown), (4, id2, &again)] {
+        let r2 = crate::wire::rakp::Rakp2::parse(r2).unwrap();
+        let b = r2.body.unwrap();
+        let want = crate::crypto::AuthAlg::HmacSha1.hmac(
+            &decoy.0,
+            &[
+                &console_id.to_le_bytes(),
+                &id.to_le_bytes(),
+                &[0x77; 16],
+                &b.rc,
+                &b.guid,
+                &[0x14, 6],
+                b"nobody",
+            ],
+        );
+        assert_eq!((r2.console_id, b.code), (console_id, &want[..]));
+    }
+    // RAKP3 with a proof under some password: unknown name and wrong password end alike.
+    let rakp4 = |name: &[u8], password: &str, console_id: u32| {
+        let id = open_session_as(&rig, PEER, console_id);
+        let Output::Reply(r) = rakp1_as(&rig, PEER, id, name) else {
+            panic!("rakp1")
+        };
+        let r2 = crate::wire::rakp::Rakp2::parse(&r[16..]).unwrap();
+        let rc = r2.body.unwrap().rc;
+        let kuid = crate::crypto::Key20::from_password(password).unwrap();
+        let code = crate::crypto::AuthAlg::HmacSha1.hmac(
+            &kuid.0,
+            &[
+                &rc,
+                &console_id.to_le_bytes(),
+                &[0x14, name.len() as u8],
+                name,
+            ],
+        );
+        let mut p = Vec::new();
+        crate::wire::rakp::Rakp3 {
+            tag: 2,
+            status: 0,
+            managed_id: id,
+            code: &code,
+        }
+        .emit(&mut p);
+        match rig.from(PEER, &console::sessionless_v20(0x14, &p)) {
+            Output::Reply(r) => r[16..].to_vec(),
+            other => panic!("{other:?}"),
+        }
+    };
+    let wrong = rakp4(b"admin", "wrong", 10);
+    let nobody = rakp4(b"nobody", "password", 11);
+    assert_eq!(wrong[1], 0x0F, "INVALID_INTEGRITY_CHECK");
+    assert_eq!((nobody.len(), nobody[1]), (wrong.len(), wrong[1]));
+    // A known user's own password still opens; a role above its limit is refused only then.
+    assert_eq!(rakp4(b"admin", "password", 12)[1], 0);
+    assert_eq!(rakp4(b"viewer", "viewer", 13)[1], 0x0A);
+    assert_eq!(rakp4(b"viewer", "wrong", 14)[1], 0x0F);
+}
+
+/// RAKP2 answers to `n` Open Session + RAKP1 for `name`, each from a source of its own,
+/// spread evenly over `over`; `between` runs after each.
+fn rakp2_flood(
+    rig: &Rig,
+    name: &[u8],
+    n: u32,
+    over: Duration,
+    mut between: impl FnMut(&Rig),
+) -> usize {
+    let mut answered = 0;
+    for i in 0..n {
+        let peer = format!("10.8.{}.{}:9", i / 250, i % 250 + 1);
+        if rakp2_for(rig, &peer, i, name).is_some() {
+            answered += 1;
+        }
+        between(rig);
+        *rig.now.borrow_mut() += over / n;
+    }
+    answered
+}
+
+#[test]
+fn one_user_name_gets_a_trickle_of_rakp2_from_many_sources() {
+    for name in [&b"admin"[..], b"nobody"] {
+        let rig = Rig::new(config());
+        let answered = rakp2_flood(&rig, name, 1000, Duration::from_secs(5), |_| {});
+        // The per-name budget, 8 at once and 8 per second; the same for a name that does
+        // not exist, or the limit would tell names apart.
+        assert!(
+            (40..50).contains(&answered),
+            "{answered} RAKP2 for {name:?} in 5 s"
+        );
+        assert_eq!(
+            rig.bmc.borrow().stats.rakp_rate_limited,
+            1000 - answered as u64
+        );
+        // Other names are not held back by it.
+        assert!(rakp2_for(&rig, "10.7.0.1:9", 1, b"op").is_some());
+    }
+}
+
+#[test]
+fn a_login_script_from_one_source_is_never_refused() {
+    let rig = Rig::new(config());
+    // Someone floods RAKP1 for the same name from many sources meanwhile.
+    let mut flood = 0u32;
+    let mut ex = rig.exchange();
+    for i in 0..600 {
+        let mut s = V20Session::open("admin", "password", suite(17), 0x14, &mut ex)
+            .unwrap_or_else(|e| panic!("login {i}: {e}"));
+        assert_eq!(s.call(0x00, 0x01, &[], &mut ex).unwrap().0, 0);
+        let sid = s.bmc_id.to_le_bytes();
+        assert_eq!(s.call(0x06, 0x3C, &sid, &mut ex).unwrap().0, 0);
+        if i % 3 == 0 {
+            let peer = format!("10.8.{}.{}:9", flood / 250, flood % 250 + 1);
+            rakp2_for(&rig, &peer, flood, b"admin");
+            flood += 1;
+        }
+        // Hundreds per second.
+        *rig.now.borrow_mut() += Duration::from_millis(2);
+    }
+    drop(ex);
+    let stats = rig.bmc.borrow().stats;
+    assert_eq!(stats.sessions_opened, 600);
+    assert!(stats.rakp_rate_limited > 100, "the flood was limited");
+    // Logins that stay open at once (up to the table) from the same source work too.
+    let mut ex = rig.exchange();
+    let held: Vec<_> = (0..4)
+        .map(|_| V20Session::open("admin", "password", suite(3), 0x14, &mut ex).unwrap())
+        .collect();
+    assert_eq!(
+        held.iter()
+            .map(|s| s.bmc_id)
+            .collect::<std::collections::HashSet<_>>()
+            .len(),
+        4,
+        "distinct session ids"
+    );
+}
+
+#[test]
+fn the_32_byte_k1_k2_variant_verifies_and_is_kept() {
+    for id in [15u8, 16, 17] {
+        let mut cfg = config();
+        cfg.cipher_suites = vec![id];
+        let rig = Rig::new(cfg);
+        let mut ex = rig.exchange();
+        let opts = console::V20Options {
+            long_kdf_constants: true,
+            ..Default::default()
+        };
+        let mut s = V20Session::open_with("admin", "password", suite(id), 0x14, opts, &mut ex)
+            .unwrap_or_else(|e| panic!("suite {id}: {e}"));
+        for _ in 0..3 {
+            assert_eq!(
+                s.call(0x06, 0x3B, &[4], &mut ex).unwrap(),
+                (0, vec![4]),
+                "suite {id}"
+            );
+        }
+        // Chosen once: the spec's keys of the same session are refused from now on.
+        let spec_k1 = s.suite.auth.hmac(&s.sik, &[&[1u8; 20]]);
+        let spec_k2 = s.suite.auth.hmac(&s.sik, &[&[2u8; 20]]);
+        let mut spec = s.clone();
+        (spec.k1, spec.k2) = (spec_k1, spec_k2);
+        let kept = spec.call(0x00, 0x01, &[], &mut ex);
+        if id == 15 {
+            assert!(kept.is_ok(), "suite 15 uses neither key");
+        } else {
+            assert!(kept.is_err(), "suite {id}: the choice is kept");
+        }
+        drop(ex);
+        let want = u64::from(id != 15);
+        assert_eq!(
+            rig.bmc.borrow().stats.sessions_32byte_kdf,
+            want,
+            "suite {id}"
+        );
+        // The spec's constants still work and are not counted.
+        let mut ex = rig.exchange();
+        let mut s = V20Session::open("admin", "password", suite(id), 0x14, &mut ex).unwrap();
+        assert_eq!(s.call(0x00, 0x01, &[], &mut ex).unwrap().0, 0);
+        drop(ex);
+        assert_eq!(rig.bmc.borrow().stats.sessions_32byte_kdf, want);
+    }
+}
+
+#[test]
+fn a_duplicated_activate_session_opens_one_session() {
+    let rig = Rig::new(config());
+    let mut ex = {
+        let rig = &rig;
+        let mut n = 0;
+        move |d: &[u8]| {
+            let first = rig.send(d);
+            n += 1;
+            if n == 2 {
+                // The network delivers the Activate Session twice.
+                assert!(rig.send(d).is_none(), "the copy is not answered");
+            }
+            first
+        }
+    };
+    let mut s = V15Session::open("admin", "password", AUTH_MD5, 4, &mut ex).unwrap();
+    assert_eq!(s.call(0x00, 0x01, &[], &mut ex).unwrap().0, 0);
+    assert_eq!(rig.bmc.borrow().sessions.len(), 1);
+    assert_eq!(rig.bmc.borrow().stats.replays, 1);
 }

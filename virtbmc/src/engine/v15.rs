@@ -6,13 +6,16 @@ use std::time::Instant;
 
 use super::commands::{self, CMD_ACTIVATE_SESSION, CMD_GET_SESSION_CHALLENGE, NETFN_APP};
 use super::config::Privilege;
-use super::session::{Active, ActiveAuth, ChallengeSent, PublishV15, SeqWindow, Session, State};
-use super::{Bmc, DropReason, Output, cc};
+use super::cookie::Cookies;
+use super::session::{Active, ActiveAuth, PublishV15, SeqWindow, Session, State};
+use super::{Bmc, DropReason, Output, cc, outbound};
 use crate::crypto::{auth_code_v15, ct_eq};
 use crate::engine::vm::VmView;
+use crate::wire::challenge::{
+    ActivateRequest, ActivateResponse, ChallengeRequest, ChallengeResponse,
+};
 use crate::wire::lan15::{AUTH_MD5, AUTH_NONE, AUTH_PASSWORD, Lan15Packet};
 use crate::wire::message::Request;
-use crate::wire::rmcp::{self, RmcpHeader};
 
 /// IPMI 1.5 sequence window: ±8 (IPMI 2.0 §6.12.13).
 const WINDOW: u32 = 8;
@@ -32,16 +35,12 @@ impl Bmc {
         if pkt.session_id == 0 {
             return self.sessionless_v15(now, peer, &pkt, vm);
         }
-        // Activate Session arrives under the temporary id Get Session Challenge handed out.
-        let state_is_challenge = match self.sessions.get_mut(pkt.session_id) {
-            Some(s) if s.peer == peer => matches!(s.state, State::ChallengeSent(_)),
-            _ => return Output::Drop(DropReason::UnknownSession),
-        };
-        if state_is_challenge {
-            return self.activate(now, &pkt);
-        }
-        let Some(session) = self.sessions.get_mut(pkt.session_id) else {
-            return Output::Drop(DropReason::UnknownSession);
+        // Activate Session arrives under the temporary id Get Session Challenge handed out,
+        // which is no session of ours but a cookie.
+        let session = match self.sessions.get_mut(pkt.session_id) {
+            Some(s) if s.peer == peer => s,
+            Some(_) => return Output::Drop(DropReason::UnknownSession),
+            None => return self.activate(now, peer, &pkt),
         };
         let State::Active(active) = &mut session.state else {
             return Output::Drop(DropReason::UnknownSession);
@@ -102,141 +101,130 @@ impl Bmc {
                 commands::Outcome::Action(_) => return Output::Drop(DropReason::NotAllowed),
             },
         };
-        Output::Reply(sessionless_reply(&req, code, &data))
+        Output::Reply(outbound::sessionless_v15(&req, code, &data))
     }
 
     /// Get Session Challenge (IPMI 2.0 §22.16): request auth type and 16-byte user name.
+    /// The answer is a cookie (engine/cookie.rs): nothing is kept. A name this BMC does not
+    /// know (or whose password is too long for IPMI 1.5) gets the same answer, and fails at
+    /// Activate Session as a wrong password does.
     fn challenge(&mut self, now: Instant, peer: SocketAddr, d: &[u8]) -> (u8, Vec<u8>) {
-        if d.len() != 17 {
+        let Ok(req) = ChallengeRequest::parse(d) else {
             return (cc::REQUEST_LENGTH_INVALID, Vec::new());
-        }
-        let auth_type = d[0] & 0x0F;
-        let allowed = matches!(auth_type, AUTH_MD5 | AUTH_PASSWORD)
-            || (auth_type == AUTH_NONE && self.config.allow_auth_none);
+        };
+        let allowed = matches!(req.auth_type, AUTH_MD5 | AUTH_PASSWORD)
+            || (req.auth_type == AUTH_NONE && self.config.allow_auth_none);
         if !allowed {
             return (cc::INVALID_DATA_FIELD, Vec::new());
         }
-        let name_len = d[1..].iter().position(|b| *b == 0).unwrap_or(16);
-        if name_len == 0 {
+        if req.user().is_empty() {
             return (cc::NULL_USER_DISABLED, Vec::new());
         }
-        // A password longer than 16 bytes cannot be typed into IPMI 1.5: that user is RMCP+ only.
-        let user = match self.config.user(&d[1..1 + name_len]) {
-            Some(u) if u.key.fits_v15() => u.name.clone(),
-            _ => return (cc::INVALID_USER, Vec::new()),
+        let req = ChallengeRequest {
+            auth_type: req.auth_type,
+            name: name16(req.user()),
         };
-        let id = self.new_session_id();
-        let challenge = self.entropy.bytes16();
-        let session = Session {
-            id,
-            peer,
-            state: State::ChallengeSent(ChallengeSent {
-                user,
-                auth_type,
-                challenge,
-            }),
-            last_activity: now,
-        };
-        if self
-            .sessions
-            .insert(session, self.config.max_sessions)
-            .is_err()
-        {
-            self.stats.sessions_refused += 1;
-            return (cc::OUT_OF_SPACE, Vec::new());
-        }
-        let mut out = id.to_le_bytes().to_vec();
-        out.extend_from_slice(&challenge);
+        let mut nonce = [0u8; 4];
+        self.entropy.fill(&mut nonce);
+        let mut out = Vec::with_capacity(20);
+        self.cookies
+            .challenge(&self.secret, now, peer, &req, nonce)
+            .emit(&mut out);
         (cc::OK, out)
     }
 
-    /// Activate Session (IPMI 2.0 §22.17): proves the password with the packet's auth code
-    /// and echoes the challenge; the session then runs at USER until raised.
-    fn activate(&mut self, now: Instant, pkt: &Lan15Packet) -> Output {
+    /// Activate Session (IPMI 2.0 §22.17) under a temporary id: the echoed challenge names
+    /// the user and proves that the console got our answer at this address within two
+    /// cookie slices; the packet's auth code proves the password. The session then runs at
+    /// USER until raised. Anything that fails before the password is proven gets no answer,
+    /// whatever the reason, as a wrong password gets none.
+    fn activate(&mut self, now: Instant, peer: SocketAddr, pkt: &Lan15Packet) -> Output {
         let temp_id = pkt.session_id;
-        let Some(session) = self.sessions.get_mut(temp_id) else {
+        let req = match Request::parse(pkt.message) {
+            Ok(r) => r,
+            Err(e) => return Output::Drop(DropReason::Malformed(e)),
+        };
+        if (req.net_fn, req.cmd) != (NETFN_APP, CMD_ACTIVATE_SESSION) {
             return Output::Drop(DropReason::UnknownSession);
+        }
+        self.stats.count(&req);
+        let act = match ActivateRequest::parse(req.data) {
+            Ok(a) => a,
+            Err(e) => return Output::Drop(DropReason::Malformed(e)),
         };
-        let State::ChallengeSent(ch) = &session.state else {
-            return Output::Drop(DropReason::UnknownSession);
-        };
-        let ch = ch.clone();
-        let Some(user) = self.config.user(ch.user.as_bytes()).cloned() else {
-            // The user was removed between challenge and activation.
-            self.sessions.remove(temp_id);
-            return Output::Drop(DropReason::AuthFailed);
-        };
-        let password = user.key.first16();
-        if pkt.auth_type != ch.auth_type {
+        if pkt.auth_type == AUTH_NONE && !self.config.allow_auth_none {
             return Output::Drop(DropReason::AuthFailed);
         }
-        if ch.auth_type != AUTH_NONE {
-            let want = auth_code_v15(ch.auth_type, &password, temp_id, pkt.message, pkt.sequence);
+        let tag = &act.challenge[..8];
+        let Some(user) = self
+            .config
+            .users
+            .iter()
+            .filter(|u| u.key.fits_v15())
+            .find(|u| {
+                ct_eq(
+                    &Cookies::name_tag(&self.secret, &name16(u.name.as_bytes())),
+                    tag,
+                )
+            })
+            .cloned()
+        else {
+            return Output::Drop(DropReason::AuthFailed);
+        };
+        let asked = ChallengeRequest {
+            auth_type: pkt.auth_type,
+            name: name16(user.name.as_bytes()),
+        };
+        let echoed = ChallengeResponse {
+            temp_id,
+            challenge: act.challenge,
+        };
+        if !self
+            .cookies
+            .check_challenge(&self.secret, now, peer, &asked, &echoed)
+        {
+            return Output::Drop(DropReason::UnknownSession);
+        }
+        let password = user.key.first16();
+        if pkt.auth_type != AUTH_NONE {
+            let want = auth_code_v15(pkt.auth_type, &password, temp_id, pkt.message, pkt.sequence);
             match (want, pkt.auth_code) {
                 (Some(w), Some(got)) if ct_eq(&w, got) => {}
                 _ => return Output::Drop(DropReason::AuthFailed),
             }
         }
-        let req = match Request::parse(pkt.message) {
-            Ok(r) => r,
-            Err(e) => return Output::Drop(DropReason::Malformed(e)),
-        };
-        self.stats.count(&req);
-        if (req.net_fn, req.cmd) != (NETFN_APP, CMD_ACTIVATE_SESSION) {
-            return Output::Drop(DropReason::NotAllowed);
-        }
-        let d = req.data;
         let reply_with = |code: u8, data: &[u8], seq: u32| {
-            let mut msg = Vec::new();
+            let mut msg = Vec::with_capacity(8 + data.len());
             req.emit_response(code, data, &mut msg);
-            let mut out = Vec::new();
-            RmcpHeader {
-                sequence: rmcp::RMCP_SEQ_NO_ACK,
-                class: rmcp::CLASS_IPMI,
-            }
-            .emit(&mut out);
-            let code = auth_code_v15(pkt.auth_type, &password, temp_id, &msg, seq);
-            Lan15Packet::emit(pkt.auth_type, seq, temp_id, code.as_ref(), &msg, &mut out);
-            Output::Reply(out)
+            Output::Reply(outbound::v15(pkt.auth_type, &password, temp_id, seq, &msg))
         };
-        if d.len() != 22 {
-            return reply_with(cc::REQUEST_LENGTH_INVALID, &[], 0);
-        }
-        if d[0] & 0x0F != ch.auth_type || !ct_eq(&d[2..18], &ch.challenge) {
+        if act.auth_type != pkt.auth_type {
             return reply_with(cc::INVALID_DATA_FIELD, &[], 0);
         }
-        let Some(requested) = Privilege::from_wire(d[1]) else {
+        let Some(requested) = Privilege::from_wire(act.privilege) else {
             return reply_with(cc::INVALID_DATA_FIELD, &[], 0);
         };
         if requested > user.max_privilege {
             return reply_with(cc::PRIVILEGE_EXCEEDS_LIMIT, &[], 0);
         }
-        let outbound = crate::wire::le_u32(&d[18..22]);
-        let auth_type = ch.auth_type;
-        let new_id = self.new_session_id();
+        // The session id follows from the cookie under the secret: as unguessable as a random
+        // one, and the same for a duplicated or replayed Activate Session, which must not
+        // open a second session.
+        let derived = self.secret.mac(
+            b"ipmi 1.5 session id",
+            &[&temp_id.to_le_bytes(), &act.challenge],
+        );
+        let new_id = crate::wire::le_u32(&derived).max(1);
+        if self.sessions.contains(new_id) {
+            return Output::Drop(DropReason::Replay);
+        }
         let mut inbound_start = self.entropy.u32();
         if inbound_start == 0 {
             inbound_start = 1;
         }
-        let mut data = vec![auth_type];
-        data.extend_from_slice(&new_id.to_le_bytes());
-        data.extend_from_slice(&inbound_start.to_le_bytes());
-        data.push(requested.wire());
-        let reply = reply_with(cc::OK, &data, outbound);
+        let outbound = act.initial_outbound;
+        let auth_type = pkt.auth_type;
         let privilege = Privilege::User.min(requested);
-        let shared = self.publisher.as_ref().and_then(|p| {
-            let peer = self.sessions.get_mut(temp_id).map(|s| s.peer)?;
-            let next_outbound = outbound.wrapping_add(1);
-            p.publish(&PublishV15 {
-                session_id: new_id,
-                peer,
-                auth_type,
-                password,
-                inbound_start,
-                next_outbound,
-                privilege,
-            })
-        });
         let active = Active {
             auth: ActiveAuth::V15 {
                 auth_type,
@@ -248,30 +236,53 @@ impl Bmc {
             inbound: SeqWindow::new(inbound_start, WINDOW, WINDOW),
             outbound: outbound.wrapping_add(1),
             in_flight: None,
-            shared,
+            shared: None,
         };
-        // The half-open entry becomes the session under its new, unguessable id.
-        if let Some(mut s) = self.sessions.remove(temp_id) {
-            s.id = new_id;
-            s.state = State::Active(Box::new(active));
-            s.last_activity = now;
-            self.sessions.insert(s, usize::MAX).ok();
+        let session = Session {
+            id: new_id,
+            peer,
+            state: State::Active(Box::new(active)),
+            last_activity: now,
+        };
+        if self
+            .sessions
+            .insert(session, self.config.max_sessions)
+            .is_err()
+        {
+            self.stats.sessions_refused += 1;
+            return reply_with(cc::OUT_OF_SPACE, &[], 0);
+        }
+        let shared = self.publisher.as_ref().and_then(|p| {
+            p.publish(&PublishV15 {
+                session_id: new_id,
+                peer,
+                auth_type,
+                password,
+                inbound_start,
+                next_outbound: outbound.wrapping_add(1),
+                privilege,
+            })
+        });
+        if let Some(State::Active(a)) = self.sessions.get_mut(new_id).map(|s| &mut s.state) {
+            a.shared = shared;
         }
         self.stats.sessions_opened += 1;
-        reply
+        let mut data = Vec::with_capacity(10);
+        ActivateResponse {
+            auth_type,
+            session_id: new_id,
+            initial_inbound: inbound_start,
+            privilege: requested.wire(),
+        }
+        .emit(&mut data);
+        reply_with(cc::OK, &data, outbound)
     }
 }
 
-/// A reply outside any session, in the IPMI 1.5 form.
-pub(crate) fn sessionless_reply(req: &Request, code: u8, data: &[u8]) -> Vec<u8> {
-    let mut msg = Vec::with_capacity(8 + data.len());
-    req.emit_response(code, data, &mut msg);
-    let mut out = Vec::with_capacity(14 + msg.len());
-    RmcpHeader {
-        sequence: rmcp::RMCP_SEQ_NO_ACK,
-        class: rmcp::CLASS_IPMI,
-    }
-    .emit(&mut out);
-    Lan15Packet::emit(AUTH_NONE, 0, 0, None, &msg, &mut out);
-    out
+/// A user name as IPMI 1.5 carries it: 16 bytes, NUL-padded.
+fn name16(name: &[u8]) -> [u8; 16] {
+    let mut n = [0u8; 16];
+    let len = name.len().min(16);
+    n[..len].copy_from_slice(&name[..len]);
+    n
 }
