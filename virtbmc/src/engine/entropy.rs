@@ -1,4 +1,4 @@
-//! Where session ids, challenges, random numbers and IVs come from. The engine takes a
+//! Where the per-process secret, nonces, random numbers and IVs come from. The engine takes a
 //! source so that tests can be deterministic; the agent always uses the OS CSPRNG.
 
 pub trait Entropy: Send + Sync {

@@ -2,7 +2,8 @@
 //!
 //! Each state is its own type so that a message can only act on a session in the state it
 //! belongs to (a RAKP3 cannot touch an active session, an in-session command cannot reach a
-//! half-open one). Sessions are keyed by the id this BMC assigned, drawn from a CSPRNG.
+//! half-open one). Sessions are keyed by the id this BMC assigned: a MAC under the BMC's
+//! random per-process secret (engine/cookie.rs), as unguessable as a random id.
 
 use std::net::SocketAddr;
 use std::time::Instant;
