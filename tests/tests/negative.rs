@@ -5,10 +5,10 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Write};
-use std::process::Child;
+use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
-use virtbmc_e2e::{Bmc, Iface, Out, Vm};
+use virtbmc_e2e::{Bmc, Iface, NetnsPair, Out, Vm};
 
 const PORT: u16 = common::PORT;
 const VM: &str = common::VM;
@@ -79,6 +79,8 @@ fn wrong_password_is_refused() {
     assert!(bmc.alive());
 }
 
+/// The name is neither confirmed nor denied: freeipmi reports what a wrong password gives
+/// (a RAKP 2 that does not verify; over IPMI 1.5, no answer to Activate Session).
 #[test]
 fn unknown_user_is_refused() {
     ready_or_skip!("ipmitool", "ipmipower");
@@ -93,9 +95,128 @@ fn unknown_user_is_refused() {
         argv.push("--off");
         let out = bmc.client(&argv);
         assert!(!out.stdout.contains(": ok"), "{out}");
-        assert!(out.text().contains("username invalid"), "{out}");
+        let want = if driver.is_empty() {
+            "password verification timeout"
+        } else {
+            "password invalid"
+        };
+        assert!(out.text().contains(want), "{out}");
+        assert!(!out.text().contains("username invalid"), "{out}");
     }
     assert_unchanged(&bmc, &before);
+}
+
+/// A counter from the agent's `/metrics`.
+#[track_caller]
+fn metric(bmc: &Bmc, name: &str) -> u64 {
+    let body = bmc.http_get("/metrics").unwrap();
+    body.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in /metrics:\n{body}"))
+}
+
+/// What a client printed, with the user name and timings taken out.
+fn words(out: &Out, user: &str) -> String {
+    out.text().replace(user, "USER")
+}
+
+/// An unknown user name fails exactly as a wrong password does: ipmitool (IPMI 1.5 and
+/// RMCP+ with each suite) and ipmipower print the same words and exit the same way, so that
+/// no client can tell which names exist.
+#[test]
+fn unknown_user_and_wrong_password_look_the_same() {
+    ready_or_skip!("ipmitool", "ipmipower");
+    let (bmc, before) = agent_with_vm_on(&[]);
+    for iface in IFACES {
+        let wrong = bmc.ipmitool(iface, "admin", "wrong-password", PORT, &["power", "status"]);
+        let unknown = bmc.ipmitool(
+            iface,
+            "mallory",
+            "wrong-password",
+            PORT,
+            &["power", "status"],
+        );
+        assert_refused(&wrong);
+        assert_eq!(
+            (unknown.code, words(&unknown, "mallory")),
+            (wrong.code, words(&wrong, "admin")),
+            "{iface}: an unknown user must look like a wrong password\n{wrong}\n{unknown}"
+        );
+        assert!(!wrong.text().is_empty(), "{wrong}");
+    }
+    let host = format!("{}:{PORT}", bmc.ip());
+    for driver in [&[][..], &["-D", "LAN_2_0"][..]] {
+        let run = |user: &str| {
+            let mut argv = vec!["ipmipower", "-h", &host, "-u", user, "-p", "wrong-password"];
+            argv.extend_from_slice(driver);
+            argv.push("--stat");
+            bmc.client(&argv)
+        };
+        let (wrong, unknown) = (run("admin"), run("mallory"));
+        assert!(!wrong.stdout.contains(": on"), "{wrong}");
+        assert_eq!(
+            (unknown.code, words(&unknown, "mallory")),
+            (wrong.code, words(&wrong, "admin")),
+            "ipmipower {driver:?}\n{wrong}\n{unknown}"
+        );
+    }
+    assert_unchanged(&bmc, &before);
+}
+
+/// Open Session Requests from 50 other loopback addresses in the agent's namespace, none of
+/// which goes on to RAKP1 (as spoofed sources cannot), while real ipmitool lanplus clients
+/// log in. Open Session is answered with a cookie, so the flood neither fills the table
+/// (`--max-sessions 2`) nor pushes a real handshake out. `/metrics` shows the flood reached
+/// the engine before, while and after the clients ran.
+#[test]
+fn lanplus_logins_complete_during_an_open_session_flood() {
+    ready_or_skip!("ipmitool");
+    let (bmc, before) = agent_with_vm_on(&["--max-sessions", "2"]);
+    let handled = || metric(&bmc, "virtbmc_requests_total");
+    let start = handled();
+    let target = format!("{}:{PORT}", bmc.ip());
+    let mut flood = NetnsPair::exec(&bmc.net.bmc, &[UDP, "open-flood", &target, "50", "10"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let during = handled();
+    for iface in [
+        Iface::Lanplus,
+        Iface::LanplusC(3),
+        Iface::LanplusC(17),
+        Iface::Lanplus,
+    ] {
+        common::power_status_is(&bmc, iface, PORT, "on");
+    }
+    let after_logins = handled();
+    assert!(
+        flood.try_wait().unwrap().is_none(),
+        "the flood ended before the logins did"
+    );
+    let out = flood.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let sent: u64 = text
+        .trim()
+        .strip_prefix("sent ")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("flood printed {text:?}"));
+    let end = handled();
+    eprintln!(
+        "flood: {sent} Open Sessions sent; the engine handled {} datagrams before the logins, {} during, {} in all",
+        during - start,
+        after_logins - during,
+        end - start
+    );
+    assert!(during - start > 500, "the flood did not reach the agent");
+    assert!(
+        after_logins - during > 500,
+        "the flood did not run during the logins"
+    );
+    assert!(end - start >= sent / 2, "most of the flood was handled");
+    assert_unchanged(&bmc, &before);
+    assert!(bmc.alive());
 }
 
 /// `viewer` has USER privilege. With ipmitool's default (ADMINISTRATOR requested) the session

@@ -6,6 +6,12 @@
 //!
 //! `virtbmc-e2e-udp echo IP:PORT COUNT`: echoes COUNT datagrams back (fixture self-test).
 //!
+//! `virtbmc-e2e-udp open-flood IP:PORT SOURCES SECONDS`: sends RMCP+ Open Session Requests
+//! (suite 3, a console id of their own each) from SOURCES loopback addresses 127.0.0.2 on,
+//! round robin, for SECONDS (at most 20,000 per second and 1,000,000 in all), reading none
+//! of the answers: sources that never go on to RAKP1, as spoofed ones would not. Prints
+//! `sent N` at the end. Run it where the target is a local address (the agent's namespace).
+//!
 //! `virtbmc-e2e-udp dup-proxy LISTEN TARGET`: a UDP relay that forwards every datagram a
 //! client sends to TARGET and the replies back, and sends every in-session request (nonzero
 //! session id) twice, as a network that duplicates packets (or a client retransmitting
@@ -32,6 +38,11 @@ fn main() {
         ["send", target, wait] => send(target, wait.parse().unwrap_or_else(|_| usage())),
         ["echo", bind, count] => echo(bind, count.parse().unwrap_or_else(|_| usage())),
         ["dup-proxy", listen, target] => dup_proxy(listen, target),
+        ["open-flood", target, sources, secs] => open_flood(
+            target,
+            sources.parse().unwrap_or_else(|_| usage()),
+            secs.parse().unwrap_or_else(|_| usage()),
+        ),
         _ => usage(),
     }
 }
@@ -55,6 +66,30 @@ fn send(target: &str, wait_ms: u64) {
         }
         out.flush().unwrap();
     }
+}
+
+fn open_flood(target: &str, sources: u8, secs: u64) {
+    let target: SocketAddr = target.parse().expect("target IP:PORT");
+    let socks: Vec<UdpSocket> = (0..sources.clamp(1, 250))
+        .map(|i| UdpSocket::bind(("127.0.0.".to_string() + &(i + 2).to_string(), 0)).expect("bind"))
+        .collect();
+    let start = std::time::Instant::now();
+    let mut sent: u32 = 0;
+    while start.elapsed() < Duration::from_secs(secs.min(60)) && sent < 1_000_000 {
+        // RMCP, RMCP+ session-less Open Session Request (IPMI 2.0 §13.17) for suite 3.
+        let mut d = vec![
+            0x06, 0x00, 0xff, 0x07, 0x06, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 32, 0,
+        ];
+        d.extend_from_slice(&[sent as u8, 0, 0, 0]);
+        d.extend_from_slice(&(0x5000_0000 + sent).to_le_bytes());
+        for kind in 0u8..3 {
+            d.extend_from_slice(&[kind, 0, 0, 8, 1, 0, 0, 0]);
+        }
+        let _ = socks[sent as usize % socks.len()].send_to(&d, target);
+        sent += 1;
+        std::thread::sleep(Duration::from_micros(50));
+    }
+    println!("sent {sent}");
 }
 
 fn echo(bind: &str, count: usize) {
