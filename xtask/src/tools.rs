@@ -37,17 +37,24 @@ pub fn on_path(tool: &str) -> bool {
         .any(|dir| dir.join(tool).is_file())
 }
 
-/// The Debian packages the end-to-end tests and the demo need.
-pub const PACKAGES: [&str; 8] = [
+/// The Debian packages the end-to-end tests and the demo need (python3-cryptography gives
+/// python-ipmi its AES; pip installs python-ipmi itself).
+pub const PACKAGES: [&str; 10] = [
     "ipmitool",
     "freeipmi-tools",
     "iproute2",
     "curl",
     "python3",
     "python3-pyghmi",
+    "python3-pip",
+    "python3-cryptography",
     "coreutils",
     "bpftool",
 ];
+
+/// python-ipmi from PyPI (Debian has none): the version the end-to-end tests were written
+/// against, for the system interpreter.
+pub const PYTHON_IPMI: &str = "python-ipmi==0.6.1";
 
 /// Binaries the end-to-end tests and the demo run.
 pub const NEEDED: [&str; 11] = [
@@ -74,13 +81,43 @@ fn has_pyghmi() -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-/// Missing binaries by name, plus `python3-pyghmi`.
+fn has_python_ipmi() -> bool {
+    let version = PYTHON_IPMI.split("==").nth(1).unwrap_or_default();
+    let probe = format!(
+        "import importlib.metadata as m, pyipmi.interfaces.rmcpplus as r; \
+         assert m.version('python-ipmi') == '{version}' and r.aes_available()"
+    );
+    Command::new(PYGHMI_PYTHON)
+        .args(["-c", &probe])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Missing binaries by name, plus `python3-pyghmi` and `python-ipmi`.
 fn missing() -> Vec<&'static str> {
     let mut missing: Vec<&str> = NEEDED.into_iter().filter(|bin| !on_path(bin)).collect();
     if !has_pyghmi() {
         missing.push("python3-pyghmi");
     }
+    if !has_python_ipmi() {
+        missing.push("python-ipmi");
+    }
     missing
+}
+
+/// `pip install` of python-ipmi for the system interpreter; Debian 12 marks that
+/// interpreter as managed by apt, hence `--break-system-packages` (its dependency,
+/// cryptography, comes from apt).
+fn pip_install_python_ipmi() -> Result<(), String> {
+    run(Command::new(PYGHMI_PYTHON).args([
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--break-system-packages",
+        "--no-deps",
+        PYTHON_IPMI,
+    ]))
 }
 
 /// Installs the client tools with apt when any is missing (one `apt-get update`, then one
@@ -88,7 +125,10 @@ fn missing() -> Vec<&'static str> {
 pub fn ensure_installed() -> Result<(), String> {
     let missing = missing();
     if missing.is_empty() {
-        println!("==> client tools present: {} pyghmi", NEEDED.join(" "));
+        println!(
+            "==> client tools present: {} pyghmi {PYTHON_IPMI}",
+            NEEDED.join(" ")
+        );
         return Ok(());
     }
     if !virtbmc_e2e::is_root() {
@@ -98,12 +138,17 @@ pub fn ensure_installed() -> Result<(), String> {
             PACKAGES.join(" ")
         ));
     }
-    println!("==> missing {}: installing with apt", missing.join(", "));
-    run(Command::new("apt-get").arg("update"))?;
-    run(Command::new("apt-get")
-        .args(["install", "-y", "--no-install-recommends"])
-        .args(PACKAGES)
-        .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    if missing != ["python-ipmi"] {
+        println!("==> missing {}: installing with apt", missing.join(", "));
+        run(Command::new("apt-get").arg("update"))?;
+        run(Command::new("apt-get")
+            .args(["install", "-y", "--no-install-recommends"])
+            .args(PACKAGES)
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    }
+    if !has_python_ipmi() {
+        pip_install_python_ipmi()?;
+    }
     let still = self::missing();
     if still.is_empty() {
         Ok(())
