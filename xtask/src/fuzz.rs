@@ -18,6 +18,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
             "--locked",
         ]))?;
     }
+    let dict = format!("-dict={}", tools::root().join("fuzz/engine.dict").display());
     let mut cmd = std::process::Command::new("cargo");
     cmd.current_dir(tools::root().join("fuzz"))
         .args([
@@ -28,6 +29,8 @@ pub fn run(args: &[String]) -> Result<(), String> {
             "--",
             &format!("-runs={runs}"),
             "-max_len=512",
+            // Handshake tokens (see fuzz/fuzz_targets/engine.rs) and message prefixes.
+            &dict,
         ])
         // rustup must pick the nightly named on the command line, not xtask's own toolchain.
         .env_remove("RUSTUP_TOOLCHAIN")
