@@ -28,7 +28,7 @@ fuzz_target!(|data: &[u8]| {
         let _ = Request::parse(datagram);
         match bmc.handle(now, peer, datagram, &vm) {
             Output::Action(_, pending) => {
-                let _ = bmc.complete(now, pending, Ok(()));
+                let _ = bmc.complete(pending, Ok(()));
                 vm.power = if vm.power == PowerState::On { PowerState::Off } else { PowerState::On };
             }
             Output::Reply(r) => assert!(r.len() <= datagram.len().max(64) + 64),

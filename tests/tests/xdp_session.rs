@@ -1,4 +1,4 @@
-//! Stage 3: Get Chassis Status inside an IPMI 1.5 session, answered by XDP from the shared
+//! Get Chassis Status inside an IPMI 1.5 session, answered by XDP from the shared
 //! session slots. A real session is opened with the engine (Get Session Challenge, Activate
 //! Session), published into the maps exactly as the protocol in `virtbmc_common::session`
 //! says, and then the same in-session requests go through the program and through the engine:
@@ -109,7 +109,7 @@ fn slot_for(sid: u32, auth: u8, inbound: u32, outbound: u32) -> V15Session {
         password: password16(),
         window: window_pack(inbound.wrapping_sub(1), 1),
         outbound,
-        _pad1: 0,
+        idle_timeout_ms: 60_000,
         last_activity_ns: fastpath::monotonic_ns(),
         fast_answers: 0,
     }

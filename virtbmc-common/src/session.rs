@@ -1,4 +1,4 @@
-//! Stage 3: Get Chassis Status inside an IPMI 1.5 session answered by XDP. This module fixes
+//! Get Chassis Status inside an IPMI 1.5 session answered by XDP. This module fixes
 //! the shared state and the protocol the engine and the program must both follow. The program
 //! implements it (`virtbmc-ebpf/src/prog.rs`, `session_reply`), the loader implements the
 //! userspace half (`virtbmc::fastpath::SessionSlots`, and `FastPath::session_publisher`, the
@@ -25,7 +25,7 @@
 //!
 //! # Field ownership
 //! - Immutable while `state == ACTIVE`: `session_id`, `port`, `auth_type`, `peer`,
-//!   `peer_port`, `family`, `password`. Written by the engine before it publishes.
+//!   `peer_port`, `family`, `password`, `idle_timeout_ms`. Written by the engine before it publishes.
 //! - `state`, `privilege`: engine writes (atomic store, Release); program reads (Acquire).
 //! - `window`, `outbound`, `last_activity_ns`, `fast_answers`: both sides, atomics only.
 //!
@@ -45,8 +45,11 @@
 //! 3. **Outbound sequence** (both sides): `seq = outbound.fetch_add(1)` for each reply that
 //!    carries one.
 //! 4. **Activity** (both sides): the program stores `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) in
-//!    `last_activity_ns` on every answer; the engine's idle timeout uses the later of its own
-//!    `last_activity` and this one (read CLOCK_MONOTONIC with `clock_gettime` to compare).
+//!    `last_activity_ns` on every answer, the engine on every packet it handles in the
+//!    session; the engine's idle timeout uses the later of its own `last_activity` and this
+//!    one (read CLOCK_MONOTONIC with `clock_gettime` to compare). The program answers only
+//!    while `now - last_activity_ns < idle_timeout_ms`: a session past its deadline is the
+//!    engine's to expire, even if the engine's timer has not run yet.
 //! 5. **Privilege** (engine): Set Session Privilege stores the new level. The program answers
 //!    Get Chassis Status only at USER (2) or above, as the engine's privilege table requires;
 //!    below it passes (the engine answers 0xD4).
@@ -111,8 +114,11 @@ pub struct V15Session {
     pub window: u64,
     /// Next outbound session sequence number.
     pub outbound: u32,
-    pub _pad1: u32,
-    /// CLOCK_MONOTONIC nanoseconds of the program's last answer in this session.
+    /// The session's idle limit in milliseconds: past `last_activity_ns` plus this, the
+    /// program no longer answers (the engine expires the session on its own timer).
+    pub idle_timeout_ms: u32,
+    /// CLOCK_MONOTONIC nanoseconds of the last activity in this session, the program's
+    /// answers and the engine's alike.
     pub last_activity_ns: u64,
     /// Answers the program gave in this session.
     pub fast_answers: u64,

@@ -13,6 +13,7 @@ pub mod session;
 mod v15;
 pub mod vm;
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -21,7 +22,7 @@ use commands::BootParams;
 use config::{BmcConfig, Privilege};
 use entropy::{Entropy, OsEntropy};
 use limiter::SourceLimiter;
-use session::{ActiveAuth, SessionPublisher, SessionTable, State};
+use session::{ActiveAuth, Refusal, Session, SessionPublisher, SessionTable, State};
 pub use vm::{Action, ActionError, BootDevice, BootOverride, PowerState, VmView};
 
 use crate::wire::message::Request;
@@ -57,6 +58,28 @@ pub enum DropReason {
     /// A retransmission of a command whose action is still running.
     InFlight,
 }
+
+/// Something that happened to a session, for the driver to log and count: the engine reports
+/// it as a value and leaves what follows (a log line, a metric) to the driver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A new session or handshake was refused for lack of room.
+    SessionRefused { peer: SocketAddr, reason: Refusal },
+    /// An idle session was taken to make room for a new one.
+    SessionReclaimed { id: u32, peer: SocketAddr },
+    /// A session or handshake reached its idle limit.
+    SessionExpired { id: u32, peer: SocketAddr },
+    /// A session ended because its user was removed, its password changed or its privilege
+    /// was lowered.
+    SessionRevoked {
+        id: u32,
+        peer: SocketAddr,
+        user: String,
+    },
+}
+
+/// Events kept for the driver; older ones are dropped if it never collects them.
+const MAX_EVENTS: usize = 64;
 
 /// What the engine needs to finish a reply after an action ran.
 #[derive(Debug, Clone)]
@@ -112,6 +135,12 @@ pub struct Stats {
     pub replays: u64,
     pub sessions_opened: u64,
     pub sessions_refused: u64,
+    /// Idle sessions taken to make room for new ones.
+    pub sessions_reclaimed: u64,
+    /// Sessions and handshakes that reached their idle limit.
+    pub sessions_expired: u64,
+    /// Sessions ended because their user's credentials changed.
+    pub sessions_revoked: u64,
     pub rakp_rate_limited: u64,
     /// IPMI requests parsed, by [`commands::command_slot`].
     pub commands: [u64; commands::COMMAND_SLOTS],
@@ -130,6 +159,7 @@ pub struct Bmc {
     rakp_limiter: SourceLimiter,
     entropy: Box<dyn Entropy>,
     publisher: Option<Arc<dyn SessionPublisher>>,
+    events: VecDeque<Event>,
     pub stats: Stats,
 }
 
@@ -146,6 +176,7 @@ impl Bmc {
             rakp_limiter: SourceLimiter::default(),
             entropy,
             publisher: None,
+            events: VecDeque::new(),
             stats: Stats::default(),
         }
     }
@@ -154,9 +185,96 @@ impl Bmc {
         &self.config
     }
 
-    /// New users or suites apply to the next session; running sessions keep their keys.
+    /// New users or suites apply to the next session. Credentials are live: the sessions
+    /// and handshakes of a user who is gone, whose password changed or whose privilege fell
+    /// below what the session negotiated end now; other users' sessions are untouched.
     pub fn set_config(&mut self, config: Arc<BmcConfig>) {
+        let (old, new) = (&self.config, &config);
+        let revoked = self.sessions.revoke(|s| {
+            let Some(name) = s.user() else {
+                return false;
+            };
+            let (Some(was), Some(now)) = (old.user(name.as_bytes()), new.user(name.as_bytes()))
+            else {
+                return true;
+            };
+            let negotiated = match &s.state {
+                State::Active(a) => a.max_privilege,
+                _ => Privilege::Callback,
+            };
+            was.key != now.key || now.max_privilege < negotiated
+        });
+        for s in revoked {
+            self.stats.sessions_revoked += 1;
+            let user = s.user().unwrap_or_default().to_string();
+            self.event(Event::SessionRevoked {
+                id: s.id,
+                peer: s.peer,
+                user,
+            });
+        }
         self.config = config;
+    }
+
+    /// The next event for the driver, oldest first.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    fn event(&mut self, e: Event) {
+        if self.events.len() >= MAX_EVENTS {
+            self.events.pop_front();
+        }
+        self.events.push_back(e);
+    }
+
+    /// When [`Bmc::handle_timeout`] has work next: the earliest idle deadline of a session
+    /// or handshake (a session the fast path answers counts its answers as activity).
+    pub fn poll_timeout(&self, now: Instant) -> Option<Instant> {
+        self.sessions.next_deadline(
+            now,
+            self.config.session_timeout,
+            self.config.handshake_timeout,
+        )
+    }
+
+    /// Ends the sessions and handshakes past their idle limit (a published session leaves
+    /// the fast path with it).
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let gone = self.sessions.expire(
+            now,
+            self.config.session_timeout,
+            self.config.handshake_timeout,
+        );
+        for s in gone {
+            self.stats.sessions_expired += 1;
+            self.event(Event::SessionExpired {
+                id: s.id,
+                peer: s.peer,
+            });
+        }
+    }
+
+    /// Adds a session or handshake to the table, reclaiming an idle one when it is full.
+    fn admit(&mut self, session: Session, now: Instant) -> Result<(), Refusal> {
+        let peer = session.peer;
+        match self.sessions.insert(session, self.config.max_sessions, now) {
+            Ok(reclaimed) => {
+                if let Some(s) = reclaimed {
+                    self.stats.sessions_reclaimed += 1;
+                    self.event(Event::SessionReclaimed {
+                        id: s.id,
+                        peer: s.peer,
+                    });
+                }
+                Ok(())
+            }
+            Err(reason) => {
+                self.stats.sessions_refused += 1;
+                self.event(Event::SessionRefused { peer, reason });
+                Err(reason)
+            }
+        }
     }
 
     /// Publishes IPMI 1.5 sessions activated from now on to the fast path.
@@ -176,11 +294,6 @@ impl Bmc {
         vm: &VmView,
     ) -> Output {
         self.stats.requests += 1;
-        self.sessions.expire(
-            now,
-            self.config.session_timeout,
-            self.config.handshake_timeout,
-        );
         let out = self.dispatch(now, peer, datagram, vm);
         if let Output::Drop(reason) = &out {
             self.stats.dropped += 1;
@@ -215,7 +328,6 @@ impl Bmc {
     /// Finishes the reply to a command whose action ran; None when its session is gone.
     pub fn complete(
         &mut self,
-        _now: Instant,
         pending: Pending,
         result: Result<(), ActionError>,
     ) -> Option<Vec<u8>> {
@@ -245,7 +357,7 @@ impl Bmc {
         let Some(session) = self.sessions.get_mut(id) else {
             return Output::Drop(DropReason::UnknownSession);
         };
-        session.last_activity = now;
+        session.touch(now);
         let State::Active(active) = &mut session.state else {
             return Output::Drop(DropReason::UnknownSession);
         };
