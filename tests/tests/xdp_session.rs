@@ -347,7 +347,11 @@ fn xdp_published_session_ends_on_its_deadline_and_on_rotation() {
         assert_eq!(out.action, XDP_TX, "answered while active ({i})");
         std::thread::sleep(std::time::Duration::from_millis(200));
         engine.handle_timeout(Instant::now());
-        assert_eq!(engine.active_sessions(), 1, "fast answers count as activity");
+        assert_eq!(
+            engine.active_sessions(),
+            1,
+            "fast answers count as activity"
+        );
     }
     let deadline = engine.poll_timeout(Instant::now()).expect("a deadline");
     assert!(deadline > Instant::now());
