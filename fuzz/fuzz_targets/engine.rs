@@ -27,7 +27,7 @@ fuzz_target!(|data: &[u8]| {
         let _ = LanPlusPacket::parse(datagram, 12);
         let _ = Request::parse(datagram);
         match bmc.handle(now, peer, datagram, &vm) {
-            Output::Action(_, pending) => {
+            Output::Action(_, _, pending) => {
                 let _ = bmc.complete(pending, Ok(()));
                 vm.power = if vm.power == PowerState::On { PowerState::Off } else { PowerState::On };
             }

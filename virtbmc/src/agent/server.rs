@@ -1,5 +1,5 @@
 //! One BMC's socket loop: datagrams into the engine, replies out, actions to the backend
-//! with a deadline, their results back into the engine.
+//! with a deadline ([`super::action`]), their results back into the engine.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 
+use super::action;
 use super::metrics::Metrics;
 use crate::backend::Backend;
 use crate::engine::config::BmcConfig;
@@ -26,6 +27,7 @@ pub struct BmcTask {
     pub bmc: Bmc,
     pub backend: Arc<dyn Backend>,
     pub metrics: Arc<Metrics>,
+    /// How long an action may take, a wait for a power transition included.
     pub action_timeout: Duration,
     /// Credential and suite updates (a changed Secret); they apply to the next session.
     pub config: watch::Receiver<Arc<BmcConfig>>,
@@ -137,15 +139,17 @@ impl BmcTask {
                 }
                 other => log::debug!("bmc={} peer={peer} dropped: {other:?}", self.name),
             },
-            Output::Action(action, pending) => {
-                log::info!("bmc={} peer={peer} action={action}", self.name);
-                let fut = self.backend.perform(&self.name, action);
-                let deadline = self.action_timeout;
-                let done = done.clone();
+            Output::Action(action, when, pending) => {
+                log::info!(
+                    "bmc={} peer={peer} action={action} when={when:?}",
+                    self.name
+                );
+                // The one deadline of this action: waiting for a transition and the backend's
+                // answer both fit in it.
+                let deadline = tokio::time::Instant::now() + self.action_timeout;
+                let (backend, name, done) = (self.backend.clone(), self.name.clone(), done.clone());
                 tokio::spawn(async move {
-                    let result = tokio::time::timeout(deadline, fut)
-                        .await
-                        .unwrap_or(Err(ActionError::Timeout));
+                    let result = action::run(&*backend, &name, action, when, deadline).await;
                     let _ = done.send((pending, peer, result)).await;
                 });
             }

@@ -1,7 +1,7 @@
 //! Completion codes (IPMI 2.0 §5.2, table 5-2) and the command-specific ones we send.
 
 pub const OK: u8 = 0x00;
-/// Generic "node busy": the machine is in a power transition.
+/// Generic "node busy": a power transition outlasted the action's deadline.
 pub const NODE_BUSY: u8 = 0xC0;
 pub const INVALID_COMMAND: u8 = 0xC1;
 pub const TIMEOUT: u8 = 0xC3;

@@ -122,7 +122,7 @@ impl Bmc {
                 let (code, data) =
                     match commands::execute(&req, None, &self.config, vm, &mut self.boot_params) {
                         commands::Outcome::Reply(code, data) => (code, data),
-                        commands::Outcome::Action(_) => {
+                        commands::Outcome::Action(..) => {
                             return Output::Drop(DropReason::NotAllowed);
                         }
                     };

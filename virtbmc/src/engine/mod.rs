@@ -1,6 +1,7 @@
 //! The sans-IO IPMI engine: one [`Bmc`] per virtual machine takes `(now, peer, datagram,
-//! view of the VM)` and returns the reply bytes, or an [`Action`] for the backend plus what
-//! it needs to finish the reply once the action's result is known. It never awaits, never
+//! view of the VM)` and returns the reply bytes, or an [`Action`] for the backend (with
+//! [`When`] it may run) plus what it needs to finish the reply once the action's result is
+//! known. It never awaits, never
 //! logs a secret, and never touches a socket or Kubernetes.
 
 pub mod cc;
@@ -23,7 +24,7 @@ use config::{BmcConfig, Privilege};
 use entropy::{Entropy, OsEntropy};
 use limiter::SourceLimiter;
 use session::{ActiveAuth, Refusal, Session, SessionPublisher, SessionTable, State};
-pub use vm::{Action, ActionError, BootDevice, BootOverride, PowerState, VmView};
+pub use vm::{Action, ActionError, BootDevice, BootOverride, PowerState, VmView, When};
 
 use crate::wire::message::Request;
 use crate::wire::rmcp::{self, AsfMessage, RmcpHeader};
@@ -38,8 +39,9 @@ pub enum Output {
     /// Nothing to send (malformed, unauthenticated, replayed, or not ours to answer).
     Drop(DropReason),
     Reply(Vec<u8>),
-    /// Run `action` against the backend, then hand its result to [`Bmc::complete`].
-    Action(Action, Pending),
+    /// Run `action` against the backend (at once, or once the machine's power transition is
+    /// over, as [`When`] says), then hand its result to [`Bmc::complete`].
+    Action(Action, When, Pending),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -395,13 +397,14 @@ impl Bmc {
                 &mut self.boot_params,
             ) {
                 commands::Outcome::Reply(code, data) => (code, data),
-                commands::Outcome::Action(action) => {
+                commands::Outcome::Action(action, when) => {
                     if active.in_flight == Some((req.rq_seq, req.cmd)) {
                         return Output::Drop(DropReason::InFlight);
                     }
                     active.in_flight = Some((req.rq_seq, req.cmd));
                     return Output::Action(
                         action,
+                        when,
                         Pending {
                             session_id: id,
                             request: OwnedRequest::of(&req),

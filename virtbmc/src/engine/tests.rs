@@ -63,7 +63,7 @@ impl Rig {
         match self.from(peer, d) {
             Output::Reply(r) => Some(r),
             Output::Drop(_) => None,
-            Output::Action(a, p) => {
+            Output::Action(a, _, p) => {
                 self.actions.borrow_mut().push(a);
                 self.bmc.borrow_mut().complete(p, Ok(()))
             }
@@ -675,7 +675,7 @@ fn retransmission_while_an_action_runs_does_not_run_it_twice() {
         guid: [0; 16],
     };
     let first = s.request(0x00, 0x02, &[2]);
-    let Output::Action(Action::PowerCycle, pending) = rig.from(PEER, &first) else {
+    let Output::Action(Action::PowerCycle, When::Now, pending) = rig.from(PEER, &first) else {
         panic!("cycle")
     };
     s.rq_seq -= 1; // a retransmission: same rqSeq, new session sequence number
@@ -690,6 +690,74 @@ fn retransmission_while_an_action_runs_does_not_run_it_twice() {
         .complete(pending, Err(ActionError::Busy))
         .unwrap();
     assert_eq!(s.parse(&reply).unwrap().0, cc::NODE_BUSY);
+}
+
+/// Chassis Control during a transition, inside an RMCP+ session: a goal already underway is
+/// answered at once without an action; one that needs the transition to end comes out as an
+/// action for once the machine has settled, and its reply carries what the driver reports
+/// (0xC0 when the transition outlasted the deadline).
+#[test]
+fn power_commands_during_a_transition() {
+    let rig = Rig::new(config());
+    let mut ex = rig.exchange();
+    let mut s = V20Session::open("admin", "password", suite(17), 0x14, &mut ex).unwrap();
+    ex(&s.request(0x06, 0x3B, &[4])).unwrap();
+    drop(ex);
+    let set_power = |p| rig.vm.borrow_mut().power = p;
+
+    // Stopping reads "on"; off and soft are already underway.
+    set_power(PowerState::Stopping);
+    for op in [0x00, 0x05] {
+        let Output::Reply(r) = rig.from(PEER, &s.request(0x00, 0x02, &[op])) else {
+            panic!("op {op} while stopping answers at once")
+        };
+        assert_eq!(s.parse(&r).unwrap(), (cc::OK, vec![]));
+    }
+    // on while stopping: power on once off.
+    let Output::Action(Action::PowerOn, When::Settled, pending) =
+        rig.from(PEER, &s.request(0x00, 0x02, &[0x01]))
+    else {
+        panic!("on while stopping waits for off")
+    };
+    let r = rig
+        .bmc
+        .borrow_mut()
+        .complete(pending, Ok(()))
+        .unwrap();
+    assert_eq!(s.parse(&r).unwrap(), (cc::OK, vec![]));
+
+    // Starting reads "off"; on is already underway, soft waits, off acts at once.
+    set_power(PowerState::Starting);
+    let Output::Reply(r) = rig.from(PEER, &s.request(0x00, 0x02, &[0x01])) else {
+        panic!("on while starting answers at once")
+    };
+    assert_eq!(s.parse(&r).unwrap(), (cc::OK, vec![]));
+    let Output::Action(Action::PowerOff, When::Now, pending) =
+        rig.from(PEER, &s.request(0x00, 0x02, &[0x00]))
+    else {
+        panic!("off while starting acts at once")
+    };
+    rig.bmc
+        .borrow_mut()
+        .complete(pending, Ok(()))
+        .unwrap();
+    let Output::Action(Action::SoftOff, When::Settled, pending) =
+        rig.from(PEER, &s.request(0x00, 0x02, &[0x05]))
+    else {
+        panic!("soft while starting waits for on")
+    };
+    let r = rig
+        .bmc
+        .borrow_mut()
+        .complete(pending, Err(ActionError::Busy))
+        .unwrap();
+    assert_eq!(s.parse(&r).unwrap(), (cc::NODE_BUSY, vec![]));
+    // Boot devices never wait for power.
+    let Output::Action(Action::SetBoot(Some(_)), When::Now, _) =
+        rig.from(PEER, &s.request(0x00, 0x08, &[0x05, 0x80, 0x04, 0, 0, 0]))
+    else {
+        panic!("bootdev while starting acts at once")
+    };
 }
 
 #[test]

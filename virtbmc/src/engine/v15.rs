@@ -99,7 +99,7 @@ impl Bmc {
             (NETFN_APP, CMD_ACTIVATE_SESSION) => (cc::INVALID_SESSION_ID, Vec::new()),
             _ => match commands::execute(&req, None, &self.config, vm, &mut self.boot_params) {
                 commands::Outcome::Reply(code, data) => (code, data),
-                commands::Outcome::Action(_) => return Output::Drop(DropReason::NotAllowed),
+                commands::Outcome::Action(..) => return Output::Drop(DropReason::NotAllowed),
             },
         };
         Output::Reply(sessionless_reply(&req, code, &data))
