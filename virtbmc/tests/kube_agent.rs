@@ -72,7 +72,12 @@ async fn vmbmc_gets_a_port_and_service_power_on_starts_the_vm_password_change_an
         );
     }
 
-    // A changed password applies to the next session.
+    // A changed password applies to the next session, and ends the sessions opened with
+    // the old one (IPMI 1.5 and RMCP+ alike) at once.
+    let mut shells = [Shell::open("lan", port), Shell::open("lanplus", port)];
+    for sh in &mut shells {
+        tokio::task::block_in_place(|| sh.run("power status", "Chassis Power is on")).unwrap();
+    }
     let data = json!({"data": {"password": serde_json::to_value(k8s_openapi::ByteString(b"n3w-pass".to_vec())).unwrap()}});
     sim.merge_patch(Kind::Secret, NS, "vm1-auth", data).unwrap();
     let end = tokio::time::Instant::now() + T;
@@ -92,6 +97,14 @@ async fn vmbmc_gets_a_port_and_service_power_on_starts_the_vm_password_change_an
         !admin(port, &["power", "status"]).await.ok,
         "old password still accepted"
     );
+    for sh in &mut shells {
+        let after = tokio::task::block_in_place(|| sh.run("power status", "Chassis Power is on"));
+        assert!(
+            after.is_err(),
+            "a session of the old password still answers"
+        );
+    }
+    drop(shells);
 
     // A second VirtualMachineBMC for the same VM: the older keeps the VM, its Service and
     // its port; the newer says why it is not ready, and nobody fights over the Service.

@@ -719,11 +719,7 @@ fn power_commands_during_a_transition() {
     else {
         panic!("on while stopping waits for off")
     };
-    let r = rig
-        .bmc
-        .borrow_mut()
-        .complete(pending, Ok(()))
-        .unwrap();
+    let r = rig.bmc.borrow_mut().complete(pending, Ok(())).unwrap();
     assert_eq!(s.parse(&r).unwrap(), (cc::OK, vec![]));
 
     // Starting reads "off"; on is already underway, soft waits, off acts at once.
@@ -737,10 +733,7 @@ fn power_commands_during_a_transition() {
     else {
         panic!("off while starting acts at once")
     };
-    rig.bmc
-        .borrow_mut()
-        .complete(pending, Ok(()))
-        .unwrap();
+    rig.bmc.borrow_mut().complete(pending, Ok(())).unwrap();
     let Output::Action(Action::SoftOff, When::Settled, pending) =
         rig.from(PEER, &s.request(0x00, 0x02, &[0x05]))
     else {
