@@ -131,29 +131,29 @@ pub const fn window_pack(highest: u32, seen: u32) -> u64 {
     (highest as u64) | ((seen as u64) << 32)
 }
 
-/// Whether `seq` is acceptable (not a replay, within ±[`WINDOW_V15`]).
+/// Whether `seq` is acceptable: at most `ahead` past the highest number accepted, or less
+/// than `behind` (and 32) under it and not used yet. IPMI 2.0 §6.12.13: 1.5 sessions use ±8;
+/// the engine uses 16 behind and 15 ahead for RMCP+, as OpenIPMI does.
 #[inline(always)]
-pub const fn window_check(window: u64, seq: u32) -> bool {
+pub const fn window_accepts(window: u64, seq: u32, behind: u32, ahead: u32) -> bool {
     let highest = window as u32;
     let seen = (window >> 32) as u32;
     let fwd = seq.wrapping_sub(highest);
-    if fwd != 0 && fwd <= WINDOW_V15 {
+    if fwd != 0 && fwd <= ahead {
         return true;
     }
     let back = highest.wrapping_sub(seq);
-    // WINDOW_V15 <= 32 (asserted below), so the shift stays inside the bitmap.
-    back < WINDOW_V15 && seen & (1 << back) == 0
+    back < behind && back < 32 && seen & (1 << back) == 0
 }
 
-const _: () = assert!(WINDOW_V15 <= 32);
-
-/// The window after accepting `seq` (call only when [`window_check`] holds).
+/// The window after accepting `seq` (call only when [`window_accepts`] holds with the same
+/// `ahead`).
 #[inline(always)]
-pub const fn window_commit(window: u64, seq: u32) -> u64 {
+pub const fn window_advance(window: u64, seq: u32, ahead: u32) -> u64 {
     let highest = window as u32;
     let seen = (window >> 32) as u32;
     let fwd = seq.wrapping_sub(highest);
-    if fwd != 0 && fwd <= WINDOW_V15 {
+    if fwd != 0 && fwd <= ahead {
         let seen = if fwd >= 32 { 0 } else { seen << fwd };
         window_pack(seq, seen | 1)
     } else {
@@ -161,6 +161,18 @@ pub const fn window_commit(window: u64, seq: u32) -> u64 {
         let seen = if back < 32 { seen | (1 << back) } else { seen };
         window_pack(highest, seen)
     }
+}
+
+/// Whether `seq` is acceptable in an IPMI 1.5 session (not a replay, within ±[`WINDOW_V15`]).
+#[inline(always)]
+pub const fn window_check(window: u64, seq: u32) -> bool {
+    window_accepts(window, seq, WINDOW_V15, WINDOW_V15)
+}
+
+/// The IPMI 1.5 window after accepting `seq` (call only when [`window_check`] holds).
+#[inline(always)]
+pub const fn window_commit(window: u64, seq: u32) -> u64 {
+    window_advance(window, seq, WINDOW_V15)
 }
 
 #[cfg(test)]

@@ -7,15 +7,18 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use virtbmc_common::session::{window_accepts, window_advance, window_pack};
+
 use super::config::{CipherSuite, Privilege};
 
 /// Accepted sequence numbers: a window around the highest one seen, with a bitmap of the
-/// numbers already used so that a verbatim replay inside the window is refused.
+/// numbers already used so that a verbatim replay inside the window is refused. The rules
+/// are the ones the fast path applies to published sessions, written once in
+/// `virtbmc_common::session`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SeqWindow {
-    highest: u32,
-    /// Bit i set = `highest - i` was accepted.
-    seen: u32,
+    /// [`window_pack`]`(highest, seen)`: bit i of `seen` set = `highest - i` was accepted.
+    window: u64,
     behind: u32,
     ahead: u32,
 }
@@ -25,35 +28,19 @@ impl SeqWindow {
     /// may lag or jump (IPMI 2.0 §6.12.13: 1.5 uses ±8, RMCP+ -16/+15 as OpenIPMI does).
     pub fn new(next: u32, behind: u32, ahead: u32) -> SeqWindow {
         SeqWindow {
-            highest: next.wrapping_sub(1),
-            seen: 1,
+            window: window_pack(next.wrapping_sub(1), 1),
             behind,
             ahead,
         }
     }
 
     pub fn check(&self, seq: u32) -> bool {
-        let fwd = seq.wrapping_sub(self.highest);
-        if fwd != 0 && fwd <= self.ahead {
-            return true;
-        }
-        let back = self.highest.wrapping_sub(seq);
-        back < self.behind && back < 32 && self.seen & (1 << back) == 0
+        window_accepts(self.window, seq, self.behind, self.ahead)
     }
 
     /// Records `seq`; call only after `check` passed and the packet authenticated.
     pub fn commit(&mut self, seq: u32) {
-        let fwd = seq.wrapping_sub(self.highest);
-        if fwd != 0 && fwd <= self.ahead {
-            self.seen = if fwd >= 32 { 0 } else { self.seen << fwd };
-            self.seen |= 1;
-            self.highest = seq;
-        } else {
-            let back = self.highest.wrapping_sub(seq);
-            if back < 32 {
-                self.seen |= 1 << back;
-            }
-        }
+        self.window = window_advance(self.window, seq, self.ahead);
     }
 }
 
