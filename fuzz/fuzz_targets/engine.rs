@@ -80,8 +80,8 @@ fuzz_target!(|data: &[u8]| {
         let _ = ChallengeRequest::parse(&d);
         let _ = ActivateRequest::parse(&d);
         match bmc.handle(now, peer, &d, &vm) {
-            Output::Action(_, pending) => {
-                let _ = bmc.complete(now, pending, Ok(()));
+            Output::Action(_, _, pending) => {
+                let _ = bmc.complete(pending, Ok(()));
                 vm.power = if vm.power == PowerState::On { PowerState::Off } else { PowerState::On };
             }
             Output::Reply(r) => {
@@ -91,5 +91,10 @@ fuzz_target!(|data: &[u8]| {
             Output::Drop(_) => {}
         }
         now += Duration::from_millis(datagram.len() as u64 * 100);
+        // Time passes between datagrams: the timers run, and their events drain.
+        if bmc.poll_timeout(now).is_some_and(|t| t <= now) {
+            bmc.handle_timeout(now);
+        }
+        while bmc.poll_event().is_some() {}
     }
 });

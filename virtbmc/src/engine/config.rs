@@ -148,8 +148,9 @@ pub struct BmcConfig {
     pub rakp_per_second: f32,
     pub rakp_burst: f32,
     /// RAKP2 answers per second and burst per user name, over all sources together: with
-    /// the defaults a flood gets fewer than 50 hashes of one password in 5 s. Sources that
-    /// recently completed a login are not counted here (engine/limiter.rs).
+    /// the defaults a flood gets at most 46 hashes of one password in 5 s, while 16 hosts
+    /// may log in as one user at the same moment. Sources that recently completed a login
+    /// are not counted here (engine/limiter.rs).
     pub rakp_per_name_per_second: f32,
     pub rakp_per_name_burst: f32,
 }
@@ -165,8 +166,8 @@ impl BmcConfig {
             handshake_timeout: Duration::from_secs(10),
             rakp_per_second: 20.0,
             rakp_burst: 40.0,
-            rakp_per_name_per_second: 8.0,
-            rakp_per_name_burst: 8.0,
+            rakp_per_name_per_second: 6.0,
+            rakp_per_name_burst: 16.0,
         }
     }
 

@@ -149,7 +149,7 @@ impl Bmc {
                 let (code, data) =
                     match commands::execute(&req, None, &self.config, vm, &mut self.boot_params) {
                         commands::Outcome::Reply(code, data) => (code, data),
-                        commands::Outcome::Action(_) => {
+                        commands::Outcome::Action(..) => {
                             return Output::Drop(DropReason::NotAllowed);
                         }
                     };
@@ -365,12 +365,7 @@ impl Bmc {
                 state,
                 last_activity: now,
             };
-            if self
-                .sessions
-                .insert(session, self.config.max_sessions)
-                .is_err()
-            {
-                self.stats.sessions_refused += 1;
+            if self.admit(session, now).is_err() {
                 return refuse(self, status::NO_RESOURCES);
             }
             self.cookies.forget(id);

@@ -1,6 +1,7 @@
 //! The sans-IO IPMI engine: one [`Bmc`] per virtual machine takes `(now, peer, datagram,
-//! view of the VM)` and returns the reply bytes, or an [`Action`] for the backend plus what
-//! it needs to finish the reply once the action's result is known. It never awaits, never
+//! view of the VM)` and returns the reply bytes, or an [`Action`] for the backend (with
+//! [`When`] it may run) plus what it needs to finish the reply once the action's result is
+//! known. It never awaits, never
 //! logs a secret, and never touches a socket or Kubernetes.
 
 pub mod cc;
@@ -16,6 +17,7 @@ pub mod session;
 mod v15;
 pub mod vm;
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -26,8 +28,8 @@ use cookie::Cookies;
 use entropy::{Entropy, OsEntropy};
 use limiter::{NameLimiter, SourceLimiter, TrustedSources};
 use secret::Secret;
-use session::{ActiveAuth, SessionPublisher, SessionTable, State};
-pub use vm::{Action, ActionError, BootDevice, BootOverride, PowerState, VmView};
+use session::{ActiveAuth, Refusal, Session, SessionPublisher, SessionTable, State};
+pub use vm::{Action, ActionError, BootDevice, BootOverride, PowerState, VmView, When};
 
 use crate::wire::message::Request;
 use crate::wire::rmcp::{self, AsfMessage, RmcpHeader};
@@ -42,8 +44,9 @@ pub enum Output {
     /// Nothing to send (malformed, unauthenticated, replayed, or not ours to answer).
     Drop(DropReason),
     Reply(Vec<u8>),
-    /// Run `action` against the backend, then hand its result to [`Bmc::complete`].
-    Action(Action, Pending),
+    /// Run `action` against the backend (at once, or once the machine's power transition is
+    /// over, as [`When`] says), then hand its result to [`Bmc::complete`].
+    Action(Action, When, Pending),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +65,28 @@ pub enum DropReason {
     /// A retransmission of a command whose action is still running.
     InFlight,
 }
+
+/// Something that happened to a session, for the driver to log and count: the engine reports
+/// it as a value and leaves what follows (a log line, a metric) to the driver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A new session or handshake was refused for lack of room.
+    SessionRefused { peer: SocketAddr, reason: Refusal },
+    /// An idle session was taken to make room for a new one.
+    SessionReclaimed { id: u32, peer: SocketAddr },
+    /// A session or handshake reached its idle limit.
+    SessionExpired { id: u32, peer: SocketAddr },
+    /// A session ended because its user was removed, its password changed or its privilege
+    /// was lowered.
+    SessionRevoked {
+        id: u32,
+        peer: SocketAddr,
+        user: String,
+    },
+}
+
+/// Events kept for the driver; older ones are dropped if it never collects them.
+const MAX_EVENTS: usize = 64;
 
 /// What the engine needs to finish a reply after an action ran.
 #[derive(Debug, Clone)]
@@ -117,6 +142,12 @@ pub struct Stats {
     pub replays: u64,
     pub sessions_opened: u64,
     pub sessions_refused: u64,
+    /// Idle sessions taken to make room for new ones.
+    pub sessions_reclaimed: u64,
+    /// Sessions and handshakes that reached their idle limit.
+    pub sessions_expired: u64,
+    /// Sessions ended because their user's credentials changed.
+    pub sessions_revoked: u64,
     pub rakp_rate_limited: u64,
     /// RMCP+ sessions whose console derived K1 and K2 from 32-byte constants.
     pub sessions_32byte_kdf: u64,
@@ -141,6 +172,7 @@ pub struct Bmc {
     cookies: Cookies,
     entropy: Box<dyn Entropy>,
     publisher: Option<Arc<dyn SessionPublisher>>,
+    events: VecDeque<Event>,
     pub stats: Stats,
 }
 
@@ -161,6 +193,7 @@ impl Bmc {
             cookies: Cookies::default(),
             entropy,
             publisher: None,
+            events: VecDeque::new(),
             stats: Stats::default(),
         }
     }
@@ -169,9 +202,96 @@ impl Bmc {
         &self.config
     }
 
-    /// New users or suites apply to the next session; running sessions keep their keys.
+    /// New users or suites apply to the next session. Credentials are live: the sessions
+    /// and handshakes of a user who is gone, whose password changed or whose privilege fell
+    /// below what the session negotiated end now; other users' sessions are untouched.
     pub fn set_config(&mut self, config: Arc<BmcConfig>) {
+        let (old, new) = (&self.config, &config);
+        let revoked = self.sessions.revoke(|s| {
+            let Some(name) = s.user() else {
+                return false;
+            };
+            let (Some(was), Some(now)) = (old.user(name.as_bytes()), new.user(name.as_bytes()))
+            else {
+                return true;
+            };
+            let negotiated = match &s.state {
+                State::Active(a) => a.max_privilege,
+                _ => Privilege::Callback,
+            };
+            was.key != now.key || now.max_privilege < negotiated
+        });
+        for s in revoked {
+            self.stats.sessions_revoked += 1;
+            let user = s.user().unwrap_or_default().to_string();
+            self.event(Event::SessionRevoked {
+                id: s.id,
+                peer: s.peer,
+                user,
+            });
+        }
         self.config = config;
+    }
+
+    /// The next event for the driver, oldest first.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    fn event(&mut self, e: Event) {
+        if self.events.len() >= MAX_EVENTS {
+            self.events.pop_front();
+        }
+        self.events.push_back(e);
+    }
+
+    /// When [`Bmc::handle_timeout`] has work next: the earliest idle deadline of a session
+    /// or handshake (a session the fast path answers counts its answers as activity).
+    pub fn poll_timeout(&self, now: Instant) -> Option<Instant> {
+        self.sessions.next_deadline(
+            now,
+            self.config.session_timeout,
+            self.config.handshake_timeout,
+        )
+    }
+
+    /// Ends the sessions and handshakes past their idle limit (a published session leaves
+    /// the fast path with it).
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let gone = self.sessions.expire(
+            now,
+            self.config.session_timeout,
+            self.config.handshake_timeout,
+        );
+        for s in gone {
+            self.stats.sessions_expired += 1;
+            self.event(Event::SessionExpired {
+                id: s.id,
+                peer: s.peer,
+            });
+        }
+    }
+
+    /// Adds a session or handshake to the table, reclaiming an idle one when it is full.
+    fn admit(&mut self, session: Session, now: Instant) -> Result<(), Refusal> {
+        let peer = session.peer;
+        match self.sessions.insert(session, self.config.max_sessions, now) {
+            Ok(reclaimed) => {
+                if let Some(s) = reclaimed {
+                    self.stats.sessions_reclaimed += 1;
+                    self.event(Event::SessionReclaimed {
+                        id: s.id,
+                        peer: s.peer,
+                    });
+                }
+                Ok(())
+            }
+            Err(reason) => {
+                self.stats.sessions_refused += 1;
+                self.event(Event::SessionRefused { peer, reason });
+                Err(reason)
+            }
+        }
     }
 
     /// Publishes IPMI 1.5 sessions activated from now on to the fast path.
@@ -191,11 +311,6 @@ impl Bmc {
         vm: &VmView,
     ) -> Output {
         self.stats.requests += 1;
-        self.sessions.expire(
-            now,
-            self.config.session_timeout,
-            self.config.handshake_timeout,
-        );
         let out = self.dispatch(now, peer, datagram, vm);
         if let Output::Drop(reason) = &out {
             self.stats.dropped += 1;
@@ -230,7 +345,6 @@ impl Bmc {
     /// Finishes the reply to a command whose action ran; None when its session is gone.
     pub fn complete(
         &mut self,
-        _now: Instant,
         pending: Pending,
         result: Result<(), ActionError>,
     ) -> Option<Vec<u8>> {
@@ -260,7 +374,7 @@ impl Bmc {
         let Some(session) = self.sessions.get_mut(id) else {
             return Output::Drop(DropReason::UnknownSession);
         };
-        session.last_activity = now;
+        session.touch(now);
         let State::Active(active) = &mut session.state else {
             return Output::Drop(DropReason::UnknownSession);
         };
@@ -298,13 +412,14 @@ impl Bmc {
                 &mut self.boot_params,
             ) {
                 commands::Outcome::Reply(code, data) => (code, data),
-                commands::Outcome::Action(action) => {
+                commands::Outcome::Action(action, when) => {
                     if active.in_flight == Some((req.rq_seq, req.cmd)) {
                         return Output::Drop(DropReason::InFlight);
                     }
                     active.in_flight = Some((req.rq_seq, req.cmd));
                     return Output::Action(
                         action,
+                        when,
                         Pending {
                             session_id: id,
                             request: OwnedRequest::of(&req),

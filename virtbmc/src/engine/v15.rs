@@ -98,7 +98,7 @@ impl Bmc {
             (NETFN_APP, CMD_ACTIVATE_SESSION) => (cc::INVALID_SESSION_ID, Vec::new()),
             _ => match commands::execute(&req, None, &self.config, vm, &mut self.boot_params) {
                 commands::Outcome::Reply(code, data) => (code, data),
-                commands::Outcome::Action(_) => return Output::Drop(DropReason::NotAllowed),
+                commands::Outcome::Action(..) => return Output::Drop(DropReason::NotAllowed),
             },
         };
         Output::Reply(outbound::sessionless_v15(&req, code, &data))
@@ -244,12 +244,7 @@ impl Bmc {
             state: State::Active(Box::new(active)),
             last_activity: now,
         };
-        if self
-            .sessions
-            .insert(session, self.config.max_sessions)
-            .is_err()
-        {
-            self.stats.sessions_refused += 1;
+        if self.admit(session, now).is_err() {
             return reply_with(cc::OUT_OF_SPACE, &[], 0);
         }
         let shared = self.publisher.as_ref().and_then(|p| {
@@ -261,6 +256,7 @@ impl Bmc {
                 inbound_start,
                 next_outbound: outbound.wrapping_add(1),
                 privilege,
+                idle_timeout: self.config.session_timeout,
             })
         });
         if let Some(State::Active(a)) = self.sessions.get_mut(new_id).map(|s| &mut s.state) {
