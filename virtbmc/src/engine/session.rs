@@ -233,6 +233,11 @@ impl std::fmt::Display for Refusal {
 /// that open a session per call) would otherwise hold the table until the idle timeout.
 pub const RECLAIM_IDLE: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// A handshake (RAKP2 sent, RAKP3 awaited) this old may make room for a new entry before any
+/// session does: handshakes come from sources that have shown they receive our answers, but
+/// nothing else is known of them yet.
+pub const HANDSHAKE_RECLAIM_IDLE: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// A bounded table. When it is full, the least recently active session idle for at least
 /// [`RECLAIM_IDLE`] makes room; one source address holds at most half of it.
 #[derive(Debug, Default)]
@@ -319,17 +324,22 @@ impl SessionTable {
         gone
     }
 
-    /// The least recently active session among those `pick` selects, if it has been idle
-    /// for at least [`RECLAIM_IDLE`].
+    /// What makes room among the entries `pick` selects: the handshake waiting longest, if
+    /// it has waited [`HANDSHAKE_RECLAIM_IDLE`] (a console answers RAKP2 within a round
+    /// trip; a handshake left hanging, a peer's or an attacker's, costs its owner only a
+    /// retry), else the least recently active session, if it has been idle [`RECLAIM_IDLE`].
     fn reclaimable(&self, now: Instant, pick: impl Fn(&Session) -> bool) -> Option<usize> {
-        self.sessions
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| pick(s))
-            .map(|(i, s)| (i, s.last_seen(now)))
-            .min_by_key(|(_, seen)| *seen)
-            .filter(|(_, seen)| now.saturating_duration_since(*seen) >= RECLAIM_IDLE)
-            .map(|(i, _)| i)
+        let oldest = |active: bool, floor: Duration| {
+            self.sessions
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| pick(s) && s.is_active() == active)
+                .map(|(i, s)| (i, s.last_seen(now)))
+                .min_by_key(|(_, seen)| *seen)
+                .filter(|(_, seen)| now.saturating_duration_since(*seen) >= floor)
+                .map(|(i, _)| i)
+        };
+        oldest(false, HANDSHAKE_RECLAIM_IDLE).or_else(|| oldest(true, RECLAIM_IDLE))
     }
 
     /// Adds a session, reclaiming an idle one when the table (or the source's half of it) is
@@ -456,14 +466,46 @@ mod tests {
         table
             .insert(from(session(1, true, recent), "10.0.0.1:1"), 2, t)
             .unwrap();
+        let handshake = t - Duration::from_millis(100);
         table
-            .insert(from(session(2, false, recent), "10.0.0.2:1"), 2, t)
+            .insert(from(session(2, false, handshake), "10.0.0.2:1"), 2, t)
             .unwrap();
         let s = from(session(3, true, t), "10.0.0.3:1");
         assert_eq!(table.insert(s, 2, t).map(|_| ()), Err(Refusal::TableFull));
         let later = t + Duration::from_millis(200);
         let s = from(session(3, true, later), "10.0.0.3:1");
-        assert!(table.insert(s, 2, later).unwrap().is_some());
+        let taken = table.insert(s, 2, later).unwrap().unwrap();
+        assert_eq!(taken.id, 2, "the handshake left hanging goes first");
+        assert!(table.contains(1));
+    }
+
+    #[test]
+    fn a_hanging_handshake_makes_room_before_an_idle_session() {
+        let t = Instant::now();
+        let mut table = SessionTable::default();
+        let idle = t - Duration::from_secs(5);
+        table
+            .insert(from(session(1, true, idle), "10.0.0.1:1"), 2, t)
+            .unwrap();
+        let fresh = t - Duration::from_millis(100);
+        table
+            .insert(from(session(2, false, fresh), "10.0.0.2:1"), 2, t)
+            .unwrap();
+        // The handshake is too fresh to take: the idle session goes.
+        let got = table.insert(from(session(3, false, t), "10.0.0.3:1"), 2, t);
+        assert_eq!(got.map(|r| r.map(|s| s.id)), Ok(Some(1)));
+        // A handshake left hanging a quarter second goes before a session idle for longer.
+        let mut table = SessionTable::default();
+        table
+            .insert(from(session(5, true, idle), "10.0.0.5:1"), 2, t)
+            .unwrap();
+        let hanging = t - Duration::from_millis(300);
+        table
+            .insert(from(session(6, false, hanging), "10.0.0.6:1"), 2, t)
+            .unwrap();
+        let got = table.insert(from(session(7, true, t), "10.0.0.7:1"), 2, t);
+        assert_eq!(got.map(|r| r.map(|s| s.id)), Ok(Some(6)));
+        assert!(table.contains(5));
     }
 
     #[test]
