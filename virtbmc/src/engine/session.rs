@@ -219,6 +219,11 @@ impl SessionTable {
         self.sessions.iter_mut().find(|s| s.id == id)
     }
 
+    /// Every session, half-open and active, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = &Session> {
+        self.sessions.iter()
+    }
+
     pub fn contains(&self, id: u32) -> bool {
         self.sessions.iter().any(|s| s.id == id)
     }
