@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod config;
 pub mod metrics;
+mod netinfo;
 pub mod registry;
 pub mod server;
 

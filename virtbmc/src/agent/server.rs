@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use tokio::net::UdpSocket;
@@ -33,7 +34,15 @@ impl BmcTask {
         // One byte more than the engine accepts, so oversized datagrams are seen as such.
         let mut buf = vec![0u8; MAX_DATAGRAM + 1];
         loop {
+            let deadline = self.bmc.poll_timeout();
+            let timer = async move {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
+                () = timer => self.on_timer(),
                 r = self.socket.recv_from(&mut buf) => match r {
                     Ok((n, peer)) => self.on_datagram(&buf[..n], peer, &done_tx).await,
                     Err(e) => {
@@ -60,6 +69,32 @@ impl BmcTask {
                 }
             }
         }
+    }
+
+    /// The engine's timer fired (a one-shot boot override expired): its action goes to the
+    /// backend; no client waits for the result, so it is only logged and counted.
+    fn on_timer(&mut self) {
+        let view = self.backend.view(&self.name);
+        let now = tokio::time::Instant::now().into_std();
+        let Some(action) = self.bmc.handle_timeout(now, view.as_ref()) else {
+            return;
+        };
+        log::info!("bmc={} boot flags expired: action={action}", self.name);
+        let fut = self.backend.perform(&self.name, action);
+        let (deadline, name, metrics) =
+            (self.action_timeout, self.name.clone(), self.metrics.clone());
+        tokio::spawn(async move {
+            let result = tokio::time::timeout(deadline, fut)
+                .await
+                .unwrap_or(Err(ActionError::Timeout));
+            match result {
+                Ok(()) => metrics.actions_ok.fetch_add(1, Relaxed),
+                Err(e) => {
+                    log::warn!("bmc={name} action={action} failed: {e}");
+                    metrics.actions_failed.fetch_add(1, Relaxed)
+                }
+            };
+        });
     }
 
     async fn on_datagram(

@@ -71,13 +71,13 @@ impl BootParams {
 
     /// The countdown ran out: the action that clears the override, if one-shot flags are
     /// still set (another client may have cleared or replaced them meanwhile).
-    pub fn handle_timeout(&mut self, now: Instant, vm: &VmView) -> Option<Action> {
+    pub fn handle_timeout(&mut self, now: Instant, vm: Option<&VmView>) -> Option<Action> {
         let due = self.expires.is_some_and(|t| t <= now);
         if !due {
             return None;
         }
         self.expires = None;
-        vm.boot
+        vm.and_then(|v| v.boot)
             .is_some_and(|b| !b.persistent)
             .then_some(Action::SetBoot(None))
     }
@@ -218,13 +218,19 @@ mod tests {
         p.flags_set(Some(PXE_ONCE), t0);
         assert_eq!(p.poll_timeout(), Some(t0 + FLAG_VALID_TIMEOUT));
         let vm = view(Some(PXE_ONCE));
-        assert_eq!(p.handle_timeout(t0 + Duration::from_secs(59), &vm), None);
         assert_eq!(
-            p.handle_timeout(t0 + FLAG_VALID_TIMEOUT, &vm),
+            p.handle_timeout(t0 + Duration::from_secs(59), Some(&vm)),
+            None
+        );
+        assert_eq!(
+            p.handle_timeout(t0 + FLAG_VALID_TIMEOUT, Some(&vm)),
             Some(Action::SetBoot(None))
         );
         assert_eq!(p.poll_timeout(), None, "fires once");
-        assert_eq!(p.handle_timeout(t0 + FLAG_VALID_TIMEOUT * 2, &vm), None);
+        assert_eq!(
+            p.handle_timeout(t0 + FLAG_VALID_TIMEOUT * 2, Some(&vm)),
+            None
+        );
     }
 
     #[test]
@@ -284,14 +290,17 @@ mod tests {
         let mut p = BootParams::default();
         p.flags_set(Some(PXE_ONCE), t0);
         // Someone else already cleared them, or made them persistent.
-        assert_eq!(p.handle_timeout(t0 + FLAG_VALID_TIMEOUT, &view(None)), None);
+        assert_eq!(
+            p.handle_timeout(t0 + FLAG_VALID_TIMEOUT, Some(&view(None))),
+            None
+        );
         p.flags_set(Some(PXE_ONCE), t0);
         let persistent = Some(BootOverride {
             persistent: true,
             ..PXE_ONCE
         });
         assert_eq!(
-            p.handle_timeout(t0 + FLAG_VALID_TIMEOUT, &view(persistent)),
+            p.handle_timeout(t0 + FLAG_VALID_TIMEOUT, Some(&view(persistent))),
             None
         );
     }

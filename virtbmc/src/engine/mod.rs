@@ -382,8 +382,9 @@ impl Bmc {
     }
 
     /// Runs the timers due at `now`; the action to hand the backend (no client waits for
-    /// its result), if one is needed.
-    pub fn handle_timeout(&mut self, now: Instant, vm: &VmView) -> Option<Action> {
+    /// its result), if one is needed. `vm` is None when the backend has no view of the
+    /// machine: the timers end without an action.
+    pub fn handle_timeout(&mut self, now: Instant, vm: Option<&VmView>) -> Option<Action> {
         self.kept.boot.handle_timeout(now, vm)
     }
 

@@ -927,9 +927,12 @@ fn one_shot_boot_flags_expire_unless_a_restart_follows() {
     assert_eq!(deadline, Some(t0 + Duration::from_secs(60)));
     let vm = *rig.vm.borrow();
     let mut bmc = rig.bmc.borrow_mut();
-    assert_eq!(bmc.handle_timeout(t0 + Duration::from_secs(59), &vm), None);
     assert_eq!(
-        bmc.handle_timeout(t0 + Duration::from_secs(60), &vm),
+        bmc.handle_timeout(t0 + Duration::from_secs(59), Some(&vm)),
+        None
+    );
+    assert_eq!(
+        bmc.handle_timeout(t0 + Duration::from_secs(60), Some(&vm)),
         Some(Action::SetBoot(None))
     );
     assert_eq!(bmc.poll_timeout(), None);
