@@ -23,7 +23,8 @@ fn sensor(d: &[u8]) -> Result<u8, u8> {
 
 /// Get Sensor Reading (§35.14). The ACPI power state sensor asserts exactly one state, S0/G0
 /// (offset 0) or S5/G2 (offset 5); the reading byte, which the spec leaves unused for discrete
-/// sensors, repeats that offset so that a plain sensor list shows it.
+/// sensors, repeats that offset, so that readers that print it (ipmitool's `sdr -v`, which
+/// OpenStack Ironic collects) show the state too.
 pub fn reading(d: &[u8], vm: &VmView) -> Result<[u8; 4], u8> {
     sensor(d)?;
     let offset = acpi_system_state(vm);
