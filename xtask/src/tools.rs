@@ -38,9 +38,10 @@ pub fn on_path(tool: &str) -> bool {
 }
 
 /// The Debian packages the end-to-end tests and the demo need.
-pub const PACKAGES: [&str; 8] = [
+pub const PACKAGES: [&str; 9] = [
     "ipmitool",
     "freeipmi-tools",
+    "ipmiutil",
     "iproute2",
     "curl",
     "python3",
@@ -50,8 +51,9 @@ pub const PACKAGES: [&str; 8] = [
 ];
 
 /// Binaries the end-to-end tests and the demo run.
-pub const NEEDED: [&str; 11] = [
+pub const NEEDED: [&str; 12] = [
     "ipmitool",
+    "ipmiutil",
     "ipmipower",
     "ipmi-chassis",
     "bmc-info",
