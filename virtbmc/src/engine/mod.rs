@@ -182,10 +182,6 @@ impl Bmc {
         self.site = site;
     }
 
-    pub fn site(&self) -> &Site {
-        &self.site
-    }
-
     /// Publishes IPMI 1.5 sessions activated from now on to the fast path.
     pub fn set_publisher(&mut self, publisher: Option<Arc<dyn SessionPublisher>>) {
         self.publisher = publisher;
