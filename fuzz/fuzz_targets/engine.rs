@@ -1,5 +1,5 @@
 //! Feeds arbitrary datagrams to the wire parsers and to one BMC engine in sequence. The
-//! input is split on 0xFE 0xFF so the fuzzer can build multi-packet conversations (a session
+//! input is split on 0xFE so the fuzzer can build multi-packet conversations (a session
 //! opened by one datagram, attacked by the next). Any panic is a bug.
 #![no_main]
 
@@ -27,13 +27,18 @@ fuzz_target!(|data: &[u8]| {
         let _ = LanPlusPacket::parse(datagram, 12);
         let _ = Request::parse(datagram);
         match bmc.handle(now, peer, datagram, &vm) {
-            Output::Action(_, pending) => {
-                let _ = bmc.complete(now, pending, Ok(()));
+            Output::Action(_, _, pending) => {
+                let _ = bmc.complete(pending, Ok(()));
                 vm.power = if vm.power == PowerState::On { PowerState::Off } else { PowerState::On };
             }
             Output::Reply(r) => assert!(r.len() <= datagram.len().max(64) + 64),
             Output::Drop(_) => {}
         }
         now += Duration::from_millis(datagram.len() as u64 * 100);
+        // Time passes between datagrams: the timers run, and their events drain.
+        if bmc.poll_timeout(now).is_some_and(|t| t <= now) {
+            bmc.handle_timeout(now);
+        }
+        while bmc.poll_event().is_some() {}
     }
 });

@@ -16,10 +16,12 @@ mod client;
 pub mod hex;
 mod netns;
 mod precheck;
+mod shell;
 mod vms;
 
 pub use agent::{Bmc, BmcBuilder};
 pub use client::{Iface, Out};
 pub use netns::NetnsPair;
 pub use precheck::{is_root, skip_unless_ready};
+pub use shell::Shell;
 pub use vms::Vm;

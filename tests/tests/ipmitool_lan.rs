@@ -56,7 +56,7 @@ fn lan_ports_are_separate_bmcs() {
 }
 
 /// A second `power on` while the first is still in its transition, and a third once the VM
-/// is on, start it only once (IPMI 2.0 §28.3: 0xC0 while busy, no effect when already on).
+/// is on, start it only once (IPMI 2.0 §28.3: no effect when already on or coming up).
 #[test]
 fn repeated_power_on_starts_once() {
     ready_or_skip!("ipmitool");

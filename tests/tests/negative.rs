@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::Child;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
-use virtbmc_e2e::{Bmc, Iface, Out, Vm};
+use virtbmc_e2e::{Bmc, Iface, Out, Shell, Vm};
 
 const PORT: u16 = common::PORT;
 const VM: &str = common::VM;
@@ -358,94 +358,29 @@ fn garbage_datagrams_do_not_kill_the_agent() {
     assert_eq!(bmc.vm(VM), before, "garbage changed the VM");
 }
 
-/// Reads an ipmitool shell's stdout on a thread, so the test can wait with a deadline.
-struct Shell {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Shell {
-    fn open(bmc: &Bmc, iface: Iface) -> Shell {
-        let ip = bmc.ip();
-        let port = PORT.to_string();
-        let iface_name = if iface == Iface::Lan {
-            "lan"
-        } else {
-            "lanplus"
-        };
-        let mut child = bmc.spawn_client(&[
-            "ipmitool", "-I", iface_name, "-U", "admin", "-P", "password", "-H", &ip, "-p", &port,
-            "shell",
-        ]);
-        let (tx, lines) = mpsc::channel();
-        let out = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        Shell { child, lines }
-    }
-
-    /// Sends a command and waits for a line containing `want`.
-    fn run(&mut self, cmd: &str, want: &str) -> Result<(), String> {
-        let stdin = self.child.stdin.as_mut().unwrap();
-        writeln!(stdin, "{cmd}").map_err(|e| e.to_string())?;
-        stdin.flush().map_err(|e| e.to_string())?;
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let mut seen = Vec::new();
-        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-            match self.lines.recv_timeout(left) {
-                Ok(l) if l.contains(want) => return Ok(()),
-                Ok(l) => seen.push(l),
-                Err(_) => break,
-            }
-        }
-        Err(format!(
-            "no {want:?} after {cmd:?}; shell printed: {seen:?}"
-        ))
-    }
-
-    fn close(mut self) {
-        if let Some(mut stdin) = self.child.stdin.take() {
-            let _ = writeln!(stdin, "exit");
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Shell {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// `--max-sessions 2`: two ipmitool shells hold two active sessions. A third client (lan and
-/// lanplus) is refused rather than one of the active sessions being evicted; the two held
-/// sessions keep working; once they close, a new client gets in.
+/// `--max-sessions 4`: a source holds at most half the table. Two ipmitool shells from the
+/// client address hold its two sessions; while both were used within the last second, a third
+/// client from the same address (lan and lanplus) is refused rather than one of them being
+/// taken; the held sessions keep working; once they close, a new client gets in.
 #[test]
-fn full_session_table_refuses_new_clients_and_keeps_active_ones() {
+fn busy_sessions_are_never_taken_for_a_new_client() {
     ready_or_skip!("ipmitool");
-    let (bmc, before) = agent_with_vm_on(&["--max-sessions", "2"]);
-    let mut a = Shell::open(&bmc, Iface::Lanplus);
-    let mut b = Shell::open(&bmc, Iface::Lan);
-    a.run("power status", "Chassis Power is on").unwrap();
-    b.run("power status", "Chassis Power is on").unwrap();
-
+    let (bmc, before) = agent_with_vm_on(&["--max-sessions", "4"]);
+    let mut a = Shell::open(&bmc, Iface::Lanplus, PORT);
+    let mut b = Shell::open(&bmc, Iface::Lan, PORT);
     for iface in [Iface::Lanplus, Iface::Lan] {
+        a.run("power status", "Chassis Power is on").unwrap();
+        b.run("power status", "Chassis Power is on").unwrap();
         let out = bmc.admin(iface, PORT, &["power", "off"]);
         assert_refused(&out);
     }
     assert_unchanged(&bmc, &before);
+    assert!(
+        bmc.log()
+            .contains("new session refused: source holds half of the session table"),
+        "the refusal is logged:\n{}",
+        bmc.log()
+    );
 
     // The active sessions survived the attempts.
     a.run("power status", "Chassis Power is on").unwrap();
@@ -458,8 +393,8 @@ fn full_session_table_refuses_new_clients_and_keeps_active_ones() {
 }
 
 /// `--max-sessions 2 --session-timeout 3`: a burst of unauthenticated RMCP+ Open Session
-/// Requests. Checked: each is answered with status 0x00 (success) or 0x02 (insufficient
-/// resources, IPMI 2.0 §13.24), echoing the console's session id; the agent survives; and
+/// Requests. Checked: each is answered with status 0x00 (success) or 0x01 (insufficient
+/// resources to create a session, IPMI 2.0 §13.24 table 13-15), echoing the console's session id; the agent survives; and
 /// half-open sessions cannot lock real clients out for longer than the session timeout
 /// (whether the agent evicts them or lets them expire is its choice).
 #[test]
@@ -484,7 +419,7 @@ fn open_session_flood_is_bounded() {
         assert_eq!(r[16], i as u8, "message tag echoed");
         let status = r[17];
         assert!(
-            status == 0x00 || status == 0x02,
+            status == 0x00 || status == 0x01,
             "status {status:#04x} for request {i}"
         );
         if status == 0x00 {
@@ -521,7 +456,7 @@ fn open_session_flood_is_bounded() {
 fn idle_session_times_out_and_frees_its_slot() {
     ready_or_skip!("ipmitool");
     let (bmc, before) = agent_with_vm_on(&["--max-sessions", "1", "--session-timeout", "2"]);
-    let mut idle = Shell::open(&bmc, Iface::Lanplus);
+    let mut idle = Shell::open(&bmc, Iface::Lanplus, PORT);
     idle.run("power status", "Chassis Power is on").unwrap();
     assert_refused(&bmc.admin(Iface::Lanplus, PORT, &["power", "off"]));
 

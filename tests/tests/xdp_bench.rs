@@ -107,8 +107,9 @@ fn xdp_bench_ns_per_packet() {
             password,
             window,
             outbound: 1,
-            _pad1: 0,
-            last_activity_ns: 0,
+            idle_timeout_ms: 60_000,
+            // Just active: the program answers only inside the idle limit.
+            last_activity_ns: virtbmc::fastpath::monotonic_ns(),
             fast_answers: 0,
         };
         let mut slots: Array<_, Slot> = Array::try_from(ebpf.map_mut("SESSIONS").unwrap()).unwrap();

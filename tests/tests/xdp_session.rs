@@ -1,4 +1,4 @@
-//! Stage 3: Get Chassis Status inside an IPMI 1.5 session, answered by XDP from the shared
+//! Get Chassis Status inside an IPMI 1.5 session, answered by XDP from the shared
 //! session slots. A real session is opened with the engine (Get Session Challenge, Activate
 //! Session), published into the maps exactly as the protocol in `virtbmc_common::session`
 //! says, and then the same in-session requests go through the program and through the engine:
@@ -109,7 +109,7 @@ fn slot_for(sid: u32, auth: u8, inbound: u32, outbound: u32) -> V15Session {
         password: password16(),
         window: window_pack(inbound.wrapping_sub(1), 1),
         outbound,
-        _pad1: 0,
+        idle_timeout_ms: 60_000,
         last_activity_ns: fastpath::monotonic_ns(),
         fast_answers: 0,
     }
@@ -317,6 +317,74 @@ fn xdp_engine_publisher_shares_one_sequence_space() {
         XDP_PASS
     );
     assert_eq!(engine.active_sessions(), 0);
+}
+
+/// Idle expiry covers what the program answers: past the session's idle limit the program
+/// passes its packets (consuming no sequence number), the engine's timer ends the session
+/// and unpublishes it, and a password rotation ends a published session at once.
+#[test]
+fn xdp_published_session_ends_on_its_deadline_and_on_rotation() {
+    if skip("xdp_published_session_ends_on_its_deadline_and_on_rotation") {
+        return;
+    }
+    let c4 = (CLIENT_V4, CLIENT_PORT);
+    let b4 = (BMC_V4, BMC_PORT);
+    let mut config = BmcConfig::new(vec![
+        User::new("admin", "password", Privilege::Admin).unwrap(),
+    ]);
+    config.session_timeout = std::time::Duration::from_millis(400);
+    let mut engine = Bmc::with_entropy(Arc::new(config.clone()), Box::new(TestEntropy(91)));
+    let mut fp = load_detached();
+    fp.set_bmc(BMC_PORT, &fastpath::bmc_state(&config, true).unwrap())
+        .unwrap();
+    engine.set_publisher(fp.session_publisher(BMC_PORT));
+    let (sid, inbound, _) = activate(&mut engine, MD5);
+
+    // Kept alive by the program's answers alone, past the engine's own last sighting.
+    for i in 0..4u32 {
+        let req = v15_session(MD5, inbound + i, sid, &chassis_status(i as u8));
+        let out = fp.test_run(&v4(c4, b4, &req), 1).unwrap();
+        assert_eq!(out.action, XDP_TX, "answered while active ({i})");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        engine.handle_timeout(Instant::now());
+        assert_eq!(
+            engine.active_sessions(),
+            1,
+            "fast answers count as activity"
+        );
+    }
+    let deadline = engine.poll_timeout(Instant::now()).expect("a deadline");
+    assert!(deadline > Instant::now());
+
+    // Idle past the limit: the program passes, even before the engine's timer runs.
+    std::thread::sleep(std::time::Duration::from_millis(450));
+    let late = v15_session(MD5, inbound + 4, sid, &chassis_status(9));
+    assert_eq!(fp.test_run(&v4(c4, b4, &late), 1).unwrap().action, XDP_PASS);
+    engine.handle_timeout(Instant::now());
+    assert_eq!(engine.active_sessions(), 0, "expired on the timer");
+    assert!(matches!(
+        engine.poll_event(),
+        Some(virtbmc::engine::Event::SessionExpired { id, .. }) if id == sid
+    ));
+    assert_eq!(fp.test_run(&v4(c4, b4, &late), 1).unwrap().action, XDP_PASS);
+
+    // Rotation: a fresh published session ends the moment the password changes.
+    config.session_timeout = std::time::Duration::from_secs(60);
+    engine.set_config(Arc::new(config.clone()));
+    let (sid, inbound, _) = activate(&mut engine, MD5);
+    let req = v15_session(MD5, inbound, sid, &chassis_status(1));
+    assert_eq!(fp.test_run(&v4(c4, b4, &req), 1).unwrap().action, XDP_TX);
+    let rotated = BmcConfig::new(vec![
+        User::new("admin", "rotated", Privilege::Admin).unwrap(),
+    ]);
+    engine.set_config(Arc::new(rotated));
+    assert_eq!(engine.active_sessions(), 0);
+    let req = v15_session(MD5, inbound + 1, sid, &chassis_status(2));
+    assert_eq!(
+        fp.test_run(&v4(c4, b4, &req), 1).unwrap().action,
+        XDP_PASS,
+        "unpublished at once"
+    );
 }
 
 /// Every single-byte corruption of a valid MD5 in-session request is passed untouched (the

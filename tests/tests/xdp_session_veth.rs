@@ -1,4 +1,4 @@
-//! Stage 3 with real clients: an engine serving a UDP socket in the BMC namespace publishes
+//! Published IPMI 1.5 sessions with real clients: an engine serving a UDP socket in the BMC namespace publishes
 //! its IPMI 1.5 sessions through `FastPath::session_publisher`, exactly as the agent will; the
 //! program is attached to the veth. `ipmitool -I lan` and freeipmi then run whole sessions in
 //! which the program answers Get Chassis Status and the engine everything else, sharing one

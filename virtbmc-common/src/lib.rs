@@ -23,7 +23,7 @@
 //! - Session-less Get Channel Cipher Suites (IPMI payload, list by cipher suite) in the IPMI 1.5
 //!   and the RMCP+ framing; the reply uses the request's framing.
 //!
-//! - Stage 3: Get Chassis Status inside an IPMI 1.5 session (MD5 or straight password) the
+//! - Get Chassis Status inside an IPMI 1.5 session (MD5 or straight password) the
 //!   agent published in `SESSION_IDS`/`SESSIONS`: see [`session`] for the shared-state
 //!   protocol the engine must follow before the agent publishes sessions.
 //!

@@ -1,4 +1,4 @@
-//! Stage 3: Get Chassis Status inside an IPMI 1.5 session answered by XDP. This module fixes
+//! Get Chassis Status inside an IPMI 1.5 session answered by XDP. This module fixes
 //! the shared state and the protocol the engine and the program must both follow. The program
 //! implements it (`virtbmc-ebpf/src/prog.rs`, `session_reply`), the loader implements the
 //! userspace half (`virtbmc::fastpath::SessionSlots`, and `FastPath::session_publisher`, the
@@ -25,7 +25,7 @@
 //!
 //! # Field ownership
 //! - Immutable while `state == ACTIVE`: `session_id`, `port`, `auth_type`, `peer`,
-//!   `peer_port`, `family`, `password`. Written by the engine before it publishes.
+//!   `peer_port`, `family`, `password`, `idle_timeout_ms`. Written by the engine before it publishes.
 //! - `state`, `privilege`: engine writes (atomic store, Release); program reads (Acquire).
 //! - `window`, `outbound`, `last_activity_ns`, `fast_answers`: both sides, atomics only.
 //!
@@ -45,8 +45,11 @@
 //! 3. **Outbound sequence** (both sides): `seq = outbound.fetch_add(1)` for each reply that
 //!    carries one.
 //! 4. **Activity** (both sides): the program stores `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) in
-//!    `last_activity_ns` on every answer; the engine's idle timeout uses the later of its own
-//!    `last_activity` and this one (read CLOCK_MONOTONIC with `clock_gettime` to compare).
+//!    `last_activity_ns` on every answer, the engine on every packet it handles in the
+//!    session; the engine's idle timeout uses the later of its own `last_activity` and this
+//!    one (read CLOCK_MONOTONIC with `clock_gettime` to compare). The program answers only
+//!    while `now - last_activity_ns < idle_timeout_ms`: a session past its deadline is the
+//!    engine's to expire, even if the engine's timer has not run yet.
 //! 5. **Privilege** (engine): Set Session Privilege stores the new level. The program answers
 //!    Get Chassis Status only at USER (2) or above, as the engine's privilege table requires;
 //!    below it passes (the engine answers 0xD4).
@@ -111,8 +114,11 @@ pub struct V15Session {
     pub window: u64,
     /// Next outbound session sequence number.
     pub outbound: u32,
-    pub _pad1: u32,
-    /// CLOCK_MONOTONIC nanoseconds of the program's last answer in this session.
+    /// The session's idle limit in milliseconds: past `last_activity_ns` plus this, the
+    /// program no longer answers (the engine expires the session on its own timer).
+    pub idle_timeout_ms: u32,
+    /// CLOCK_MONOTONIC nanoseconds of the last activity in this session, the program's
+    /// answers and the engine's alike.
     pub last_activity_ns: u64,
     /// Answers the program gave in this session.
     pub fast_answers: u64,
@@ -125,29 +131,29 @@ pub const fn window_pack(highest: u32, seen: u32) -> u64 {
     (highest as u64) | ((seen as u64) << 32)
 }
 
-/// Whether `seq` is acceptable (not a replay, within ±[`WINDOW_V15`]).
+/// Whether `seq` is acceptable: at most `ahead` past the highest number accepted, or less
+/// than `behind` (and 32) under it and not used yet. IPMI 2.0 §6.12.13: 1.5 sessions use ±8;
+/// the engine uses 16 behind and 15 ahead for RMCP+, as OpenIPMI does.
 #[inline(always)]
-pub const fn window_check(window: u64, seq: u32) -> bool {
+pub const fn window_accepts(window: u64, seq: u32, behind: u32, ahead: u32) -> bool {
     let highest = window as u32;
     let seen = (window >> 32) as u32;
     let fwd = seq.wrapping_sub(highest);
-    if fwd != 0 && fwd <= WINDOW_V15 {
+    if fwd != 0 && fwd <= ahead {
         return true;
     }
     let back = highest.wrapping_sub(seq);
-    // WINDOW_V15 <= 32 (asserted below), so the shift stays inside the bitmap.
-    back < WINDOW_V15 && seen & (1 << back) == 0
+    back < behind && back < 32 && seen & (1 << back) == 0
 }
 
-const _: () = assert!(WINDOW_V15 <= 32);
-
-/// The window after accepting `seq` (call only when [`window_check`] holds).
+/// The window after accepting `seq` (call only when [`window_accepts`] holds with the same
+/// `ahead`).
 #[inline(always)]
-pub const fn window_commit(window: u64, seq: u32) -> u64 {
+pub const fn window_advance(window: u64, seq: u32, ahead: u32) -> u64 {
     let highest = window as u32;
     let seen = (window >> 32) as u32;
     let fwd = seq.wrapping_sub(highest);
-    if fwd != 0 && fwd <= WINDOW_V15 {
+    if fwd != 0 && fwd <= ahead {
         let seen = if fwd >= 32 { 0 } else { seen << fwd };
         window_pack(seq, seen | 1)
     } else {
@@ -155,6 +161,18 @@ pub const fn window_commit(window: u64, seq: u32) -> u64 {
         let seen = if back < 32 { seen | (1 << back) } else { seen };
         window_pack(highest, seen)
     }
+}
+
+/// Whether `seq` is acceptable in an IPMI 1.5 session (not a replay, within ±[`WINDOW_V15`]).
+#[inline(always)]
+pub const fn window_check(window: u64, seq: u32) -> bool {
+    window_accepts(window, seq, WINDOW_V15, WINDOW_V15)
+}
+
+/// The IPMI 1.5 window after accepting `seq` (call only when [`window_check`] holds).
+#[inline(always)]
+pub const fn window_commit(window: u64, seq: u32) -> u64 {
+    window_advance(window, seq, WINDOW_V15)
 }
 
 #[cfg(test)]

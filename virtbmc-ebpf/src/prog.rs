@@ -41,7 +41,7 @@ static BMCS: HashMap<u16, BmcState, { MAX_BMCS as usize }> = HashMap::new();
 #[btf_map]
 static COUNTERS: PerCpuArray<Counters, 1> = PerCpuArray::new();
 
-/// Stage 3: published IPMI 1.5 sessions (see `virtbmc_common::session` for the protocol).
+/// Published IPMI 1.5 sessions (see `virtbmc_common::session` for the protocol).
 #[btf_map]
 static SESSION_IDS: HashMap<u32, u32, { MAX_SESSIONS as usize }> = HashMap::new();
 
@@ -378,7 +378,7 @@ fn auth_code<const L: usize>(
     }
 }
 
-/// Stage 3: Get Chassis Status inside a published IPMI 1.5 session. Follows the protocol in
+/// Get Chassis Status inside a published IPMI 1.5 session. Follows the protocol in
 /// `virtbmc_common::session`: authenticate first, then commit the inbound sequence number and
 /// take an outbound one with atomics shared with the agent. Returns the answer kind or 0.
 #[inline(never)]
@@ -443,6 +443,13 @@ fn session_reply(
     if !peer_ok {
         return 0;
     }
+    // A session idle past its limit is the engine's to expire (its timer may not have run
+    // yet): pass the packet instead of keeping the session alive from here.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let last = unsafe { atomic::load_u64(&raw mut (*s).last_activity_ns) };
+    if now.saturating_sub(last) >= s_ref.idle_timeout_ms as u64 * 1_000_000 {
+        return 0;
+    }
     let password = s_ref.password;
     let mut msg = [0u8; 7];
     msg.copy_from_slice(&r[M..M + 7]);
@@ -457,7 +464,6 @@ fn session_reply(
     if diff != 0 {
         return 0;
     }
-    // Commit the sequence number (bounded compare-and-swap, as the agent does).
     // Commit the sequence number (bounded compare-and-swap, as the agent does).
     // SAFETY (all four): aligned fields inside the map value, shared only through atomics.
     let window = unsafe { &raw mut (*s).window };
@@ -479,7 +485,7 @@ fn session_reply(
     }
     let outbound = unsafe { atomic::fetch_add_u32(&raw mut (*s).outbound, 1) };
     unsafe {
-        atomic::store_u64(&raw mut (*s).last_activity_ns, bpf_ktime_get_ns());
+        atomic::store_u64(&raw mut (*s).last_activity_ns, now);
         atomic::fetch_add_u64(&raw mut (*s).fast_answers, 1);
     }
 

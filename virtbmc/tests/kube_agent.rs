@@ -72,7 +72,12 @@ async fn vmbmc_gets_a_port_and_service_power_on_starts_the_vm_password_change_an
         );
     }
 
-    // A changed password applies to the next session.
+    // A changed password applies to the next session, and ends the sessions opened with
+    // the old one (IPMI 1.5 and RMCP+ alike) at once.
+    let mut shells = [Shell::open("lan", port), Shell::open("lanplus", port)];
+    for sh in &mut shells {
+        tokio::task::block_in_place(|| sh.run("power status", "Chassis Power is on")).unwrap();
+    }
     let data = json!({"data": {"password": serde_json::to_value(k8s_openapi::ByteString(b"n3w-pass".to_vec())).unwrap()}});
     sim.merge_patch(Kind::Secret, NS, "vm1-auth", data).unwrap();
     let end = tokio::time::Instant::now() + T;
@@ -92,6 +97,14 @@ async fn vmbmc_gets_a_port_and_service_power_on_starts_the_vm_password_change_an
         !admin(port, &["power", "status"]).await.ok,
         "old password still accepted"
     );
+    for sh in &mut shells {
+        let after = tokio::task::block_in_place(|| sh.run("power status", "Chassis Power is on"));
+        assert!(
+            after.is_err(),
+            "a session of the old password still answers"
+        );
+    }
+    drop(shells);
 
     // A second VirtualMachineBMC for the same VM: the older keeps the VM, its Service and
     // its port; the newer says why it is not ready, and nobody fights over the Service.
@@ -1136,4 +1149,77 @@ async fn deleting_a_bmc_with_a_pending_one_shot_puts_the_boot_order_back() {
         agent.port_of("default/web").is_none()
     })
     .await;
+}
+
+/// Power commands during a VMI's transitions (slow phases, a slow guest shutdown): soft while
+/// starting waits for Running and then stops; off while stopping is answered at once; on while
+/// stopping waits for the VMI to end and then starts; off while starting stops at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn power_commands_during_vmi_transitions() {
+    let sim = kubesim::Server::start_with(
+        "127.0.0.1:0".parse().unwrap(),
+        kubesim::Config {
+            phase_delay: (Duration::from_millis(250), Duration::from_millis(300)),
+            stop_delay: Duration::from_millis(1200),
+            ..fast()
+        },
+    )
+    .await
+    .unwrap();
+    seed(&sim, "slow", "Halted");
+    let agent = Agent::start(&sim, "agent-a", 31180..=31189).await;
+    let name = "default/slow";
+    let port = agent.wait_served(name).await;
+    let power = || agent.backend.shared.view(name).map(|v| v.power.to_string());
+    until_login(port, "admin", "password").await;
+
+    assert!(admin(port, &["power", "on"]).await.ok);
+    agent.wait_power(name, "starting").await;
+    let out = admin(port, &["power", "soft"]).await;
+    assert!(
+        out.ok,
+        "soft while starting waits, then stops: {}",
+        out.text
+    );
+    // The stop ran once the VMI was Running: the guest is now shutting down from there.
+    assert_eq!(sim.vmi_phase(NS, "slow").as_deref(), Some("Running"));
+    until("the VMI deleting", || {
+        sim.get(Kind::VirtualMachineInstance, NS, "slow")
+            .is_some_and(|v| !v["metadata"]["deletionTimestamp"].is_null())
+    })
+    .await;
+    until("VMI gone after soft", || {
+        sim.vmi_phase(NS, "slow").is_none()
+    })
+    .await;
+    agent.wait_power(name, "off").await;
+
+    assert!(admin(port, &["power", "on"]).await.ok);
+    sim.wait_vmi_phase(NS, "slow", "Running", T).await.unwrap();
+    agent.wait_power(name, "on").await;
+    assert!(admin(port, &["power", "off"]).await.ok);
+    agent.wait_power(name, "stopping").await;
+    let out = admin(port, &["power", "off"]).await;
+    assert!(out.ok, "off while stopping: {}", out.text);
+    assert_eq!(power().as_deref(), Some("stopping"), "answered at once");
+    let old = sim.vmi_uid(NS, "slow").unwrap();
+    let out = admin(port, &["power", "on"]).await;
+    assert!(out.ok, "on while stopping waits, then starts: {}", out.text);
+    until("a new VMI Running after on-while-stopping", || {
+        sim.vmi_uid(NS, "slow").is_some_and(|u| u != old)
+            && sim.vmi_phase(NS, "slow").as_deref() == Some("Running")
+    })
+    .await;
+    agent.wait_power(name, "on").await;
+
+    assert!(admin(port, &["power", "off"]).await.ok);
+    until("VMI gone after off", || sim.vmi_phase(NS, "slow").is_none()).await;
+    agent.wait_power(name, "off").await;
+    assert!(admin(port, &["power", "on"]).await.ok);
+    agent.wait_power(name, "starting").await;
+    let out = admin(port, &["power", "off"]).await;
+    assert!(out.ok, "off while starting: {}", out.text);
+    let rs = sim.get(Kind::VirtualMachine, NS, "slow").unwrap()["spec"]["runStrategy"].clone();
+    assert_eq!(rs, "Halted", "stopped at once, not after the start");
+    agent.wait_power(name, "off").await;
 }

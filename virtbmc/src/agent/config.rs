@@ -95,7 +95,8 @@ pub struct Args {
     #[arg(long, default_value_t = 60)]
     pub session_timeout: u64,
 
-    /// How long the backend may take to accept an action before the client gets 0xC3.
+    /// An action's deadline: for a power transition to end (0xC0 after it) and for the
+    /// backend to accept the action (0xC3 after it).
     #[arg(long, default_value_t = 1500)]
     pub action_timeout_ms: u64,
 

@@ -14,6 +14,9 @@ pub struct Metrics {
     pub replays: AtomicU64,
     pub sessions_opened: AtomicU64,
     pub sessions_refused: AtomicU64,
+    pub sessions_reclaimed: AtomicU64,
+    pub sessions_expired: AtomicU64,
+    pub sessions_revoked: AtomicU64,
     pub rakp_rate_limited: AtomicU64,
     pub actions_ok: AtomicU64,
     pub actions_failed: AtomicU64,
@@ -35,30 +38,58 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// Adds what a BMC's counters moved by between two snapshots.
+    /// Adds what a BMC's counters moved by between two snapshots; a counter that did not
+    /// move is not written (most datagrams move two or three).
     pub fn add(&self, before: &Stats, after: &Stats) {
-        self.requests
-            .fetch_add(after.requests - before.requests, Relaxed);
-        self.dropped
-            .fetch_add(after.dropped - before.dropped, Relaxed);
-        self.auth_failures
-            .fetch_add(after.auth_failures - before.auth_failures, Relaxed);
-        self.replays
-            .fetch_add(after.replays - before.replays, Relaxed);
-        self.sessions_opened
-            .fetch_add(after.sessions_opened - before.sessions_opened, Relaxed);
-        self.sessions_refused
-            .fetch_add(after.sessions_refused - before.sessions_refused, Relaxed);
-        self.rakp_rate_limited
-            .fetch_add(after.rakp_rate_limited - before.rakp_rate_limited, Relaxed);
+        let bump = |m: &AtomicU64, a: u64, b: u64| {
+            if a != b {
+                m.fetch_add(a - b, Relaxed);
+            }
+        };
+        bump(&self.requests, after.requests, before.requests);
+        bump(&self.dropped, after.dropped, before.dropped);
+        bump(
+            &self.auth_failures,
+            after.auth_failures,
+            before.auth_failures,
+        );
+        bump(&self.replays, after.replays, before.replays);
+        bump(
+            &self.sessions_opened,
+            after.sessions_opened,
+            before.sessions_opened,
+        );
+        bump(
+            &self.sessions_refused,
+            after.sessions_refused,
+            before.sessions_refused,
+        );
+        bump(
+            &self.sessions_reclaimed,
+            after.sessions_reclaimed,
+            before.sessions_reclaimed,
+        );
+        bump(
+            &self.sessions_expired,
+            after.sessions_expired,
+            before.sessions_expired,
+        );
+        bump(
+            &self.sessions_revoked,
+            after.sessions_revoked,
+            before.sessions_revoked,
+        );
+        bump(
+            &self.rakp_rate_limited,
+            after.rakp_rate_limited,
+            before.rakp_rate_limited,
+        );
         for (m, (a, b)) in self
             .commands
             .iter()
             .zip(after.commands.iter().zip(&before.commands))
         {
-            if a != b {
-                m.fetch_add(a - b, Relaxed);
-            }
+            bump(m, *a, *b);
         }
     }
 
@@ -98,8 +129,23 @@ impl Metrics {
         );
         counter(
             "sessions_refused_total",
-            "Sessions refused because the table was full.",
+            "Sessions refused: the table, or the source's half of it, held only recently active sessions.",
             &self.sessions_refused,
+        );
+        counter(
+            "sessions_reclaimed_total",
+            "Idle sessions taken to make room for new ones.",
+            &self.sessions_reclaimed,
+        );
+        counter(
+            "sessions_expired_total",
+            "Sessions and handshakes that reached their idle limit.",
+            &self.sessions_expired,
+        );
+        counter(
+            "sessions_revoked_total",
+            "Sessions ended because their user was removed, its password changed or its privilege lowered.",
+            &self.sessions_revoked,
         );
         counter(
             "rakp_rate_limited_total",

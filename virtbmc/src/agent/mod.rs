@@ -1,6 +1,7 @@
 //! The tokio agent: binds one UDP socket per BMC, runs each BMC's loop, serves the admin
 //! endpoint, and stops cleanly on SIGINT/SIGTERM.
 
+pub mod action;
 pub mod admin;
 pub mod config;
 pub mod metrics;
@@ -145,7 +146,6 @@ async fn run_kube(args: Args) -> Result<(), AgentError> {
     opts.agent_namespace = args.agent_namespace(&lease_namespace);
     opts.agent_selector = args.agent_selector.clone();
     opts.labels = args.label_mode().map_err(AgentError::Config)?;
-    opts.call_timeout = Duration::from_millis(args.action_timeout_ms * 4 / 5);
     raise_fd_limit(opts.port_range.len() as u64 + 256);
     let metrics = Arc::new(Metrics::default());
     let (backend, writers) = KubeBackend::new(client, opts, metrics.clone());

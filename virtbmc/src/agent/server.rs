@@ -1,5 +1,5 @@
 //! One BMC's socket loop: datagrams into the engine, replies out, actions to the backend
-//! with a deadline, their results back into the engine.
+//! with a deadline ([`super::action`]), their results back into the engine.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -9,10 +9,20 @@ use std::time::Duration;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 
+use super::action;
 use super::metrics::Metrics;
 use crate::backend::Backend;
 use crate::engine::config::BmcConfig;
-use crate::engine::{ActionError, Bmc, DropReason, MAX_DATAGRAM, Output, Pending};
+use crate::engine::{
+    Action, ActionError, Bmc, BootOverride, DropReason, Event, MAX_DATAGRAM, Output, Pending, When,
+};
+
+/// At most one warning about refused sessions per BMC in this interval; the ones in between
+/// are counted into the next.
+const REFUSAL_WARN_INTERVAL: Duration = Duration::from_secs(10);
+
+/// How long the loop sleeps when no session has a deadline.
+const IDLE_WAKE: Duration = Duration::from_secs(3600);
 
 pub struct BmcTask {
     pub name: Arc<str>,
@@ -20,6 +30,7 @@ pub struct BmcTask {
     pub bmc: Bmc,
     pub backend: Arc<dyn Backend>,
     pub metrics: Arc<Metrics>,
+    /// How long an action may take, a wait for a power transition included.
     pub action_timeout: Duration,
     /// Credential and suite updates (a changed Secret); they apply to the next session.
     pub config: watch::Receiver<Arc<BmcConfig>>,
@@ -33,16 +44,24 @@ impl BmcTask {
         let (done_tx, mut done_rx) = mpsc::channel::<Completion>(16);
         // One byte more than the engine accepts, so oversized datagrams are seen as such.
         let mut buf = vec![0u8; MAX_DATAGRAM + 1];
+        let mut refusals = RefusalLog::default();
+        let mut counted = self.bmc.stats;
+        // Idle sessions end on their deadline, not on the next datagram.
+        let timer = tokio::time::sleep(IDLE_WAKE);
+        tokio::pin!(timer);
         loop {
-            let deadline = self.bmc.poll_timeout();
-            let timer = async move {
-                match deadline {
-                    Some(at) => tokio::time::sleep_until(at.into()).await,
-                    None => std::future::pending().await,
-                }
-            };
+            let now = tokio::time::Instant::now();
+            let deadline = self
+                .bmc
+                .poll_timeout(now.into_std())
+                .map_or(now + IDLE_WAKE, tokio::time::Instant::from_std);
+            if timer.deadline() != deadline {
+                timer.as_mut().reset(deadline);
+            }
             tokio::select! {
-                () = timer => self.on_timer(),
+                () = &mut timer => {
+                    self.bmc.handle_timeout(tokio::time::Instant::now().into_std());
+                }
                 r = self.socket.recv_from(&mut buf) => match r {
                     Ok((n, peer)) => self.on_datagram(&buf[..n], peer, &done_tx).await,
                     Err(e) => {
@@ -63,31 +82,60 @@ impl BmcTask {
                             self.metrics.actions_failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
                         }
                     };
-                    if let Some(reply) = self.bmc.complete(tokio::time::Instant::now().into_std(), pending, result) {
+                    if let Some(reply) = self.bmc.complete(pending, result) {
                         self.send(&reply, peer).await;
                     }
                 }
             }
+            self.drain_events(&mut refusals);
+            // One place moves the agent's counters, whatever changed the engine's.
+            self.metrics.add(&counted, &self.bmc.stats);
+            counted = self.bmc.stats;
         }
     }
 
-    /// The engine's timer fired (a one-shot boot override expired): its action goes to the
-    /// backend; no client waits for the result, so it is only logged and counted.
-    fn on_timer(&mut self) {
-        let view = self.backend.view(&self.name);
-        let now = tokio::time::Instant::now().into_std();
-        let Some(action) = self.bmc.handle_timeout(now, view.as_ref()) else {
+    /// Logs and counts what the engine reported.
+    fn drain_events(&mut self, refusals: &mut RefusalLog) {
+        while let Some(event) = self.bmc.poll_event() {
+            match event {
+                Event::SessionRefused { peer, reason } => {
+                    refusals.refused(&self.name, peer, &reason.to_string());
+                }
+                Event::SessionReclaimed { id, peer } => {
+                    log::debug!(
+                        "bmc={} peer={peer} idle session {id:#010x} reclaimed",
+                        self.name
+                    )
+                }
+                Event::SessionExpired { id, peer } => {
+                    log::debug!("bmc={} peer={peer} session {id:#010x} expired", self.name)
+                }
+                Event::SessionRevoked { id, peer, user } => log::info!(
+                    "bmc={} peer={peer} session {id:#010x} of user {user:?} ended: credentials changed",
+                    self.name
+                ),
+                Event::BootFlagsExpired(flags) => self.boot_flags_expired(flags),
+            }
+        }
+    }
+
+    /// One-shot boot flags expired (the engine's timer): the action that clears them goes to
+    /// the backend if the machine still has them. No client waits for its result, so it is
+    /// only logged and counted.
+    fn boot_flags_expired(&self, flags: BootOverride) {
+        if self.backend.view(&self.name).and_then(|v| v.boot) != Some(flags) {
             return;
-        };
+        }
+        let action = Action::SetBoot(None);
         log::info!("bmc={} boot flags expired: action={action}", self.name);
-        let fut = self.backend.perform(&self.name, action);
-        let (deadline, name, metrics) =
-            (self.action_timeout, self.name.clone(), self.metrics.clone());
+        let deadline = tokio::time::Instant::now() + self.action_timeout;
+        let (backend, name, metrics) = (
+            self.backend.clone(),
+            self.name.clone(),
+            self.metrics.clone(),
+        );
         tokio::spawn(async move {
-            let result = tokio::time::timeout(deadline, fut)
-                .await
-                .unwrap_or(Err(ActionError::Timeout));
-            match result {
+            match action::run(&*backend, &name, action, When::Now, deadline).await {
                 Ok(()) => metrics.actions_ok.fetch_add(1, Relaxed),
                 Err(e) => {
                     log::warn!("bmc={name} action={action} failed: {e}");
@@ -107,14 +155,12 @@ impl BmcTask {
             log::debug!("bmc={} no view of the machine; dropping", self.name);
             return;
         };
-        let before = self.bmc.stats;
         let out = self.bmc.handle(
             tokio::time::Instant::now().into_std(),
             peer,
             datagram,
             &view,
         );
-        self.metrics.add(&before, &self.bmc.stats);
         match out {
             Output::Reply(reply) => self.send(&reply, peer).await,
             Output::Drop(reason) => match reason {
@@ -123,15 +169,17 @@ impl BmcTask {
                 }
                 other => log::debug!("bmc={} peer={peer} dropped: {other:?}", self.name),
             },
-            Output::Action(action, pending) => {
-                log::info!("bmc={} peer={peer} action={action}", self.name);
-                let fut = self.backend.perform(&self.name, action);
-                let deadline = self.action_timeout;
-                let done = done.clone();
+            Output::Action(action, when, pending) => {
+                log::info!(
+                    "bmc={} peer={peer} action={action} when={when:?}",
+                    self.name
+                );
+                // The one deadline of this action: waiting for a transition and the backend's
+                // answer both fit in it.
+                let deadline = tokio::time::Instant::now() + self.action_timeout;
+                let (backend, name, done) = (self.backend.clone(), self.name.clone(), done.clone());
                 tokio::spawn(async move {
-                    let result = tokio::time::timeout(deadline, fut)
-                        .await
-                        .unwrap_or(Err(ActionError::Timeout));
+                    let result = action::run(&*backend, &name, action, when, deadline).await;
                     let _ = done.send((pending, peer, result)).await;
                 });
             }
@@ -142,5 +190,32 @@ impl BmcTask {
         if let Err(e) = self.socket.send_to(reply, peer).await {
             log::debug!("bmc={} send to {peer} failed: {e}", self.name);
         }
+    }
+}
+
+/// Rate-limited warnings about refused sessions: a full table is worth an operator's
+/// attention, a flood of them is not worth a flood of log lines.
+#[derive(Default)]
+struct RefusalLog {
+    last: Option<tokio::time::Instant>,
+    suppressed: u64,
+}
+
+impl RefusalLog {
+    fn refused(&mut self, bmc: &str, peer: SocketAddr, reason: &str) {
+        let now = tokio::time::Instant::now();
+        if self
+            .last
+            .is_some_and(|t| now.duration_since(t) < REFUSAL_WARN_INTERVAL)
+        {
+            self.suppressed += 1;
+            return;
+        }
+        let also = match std::mem::take(&mut self.suppressed) {
+            0 => String::new(),
+            n => format!(" ({n} more refused since the last warning)"),
+        };
+        log::warn!("bmc={bmc} peer={peer} new session refused: {reason}{also}");
+        self.last = Some(now);
     }
 }

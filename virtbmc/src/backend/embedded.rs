@@ -18,6 +18,9 @@ pub struct EmbeddedVm {
     pub starts: u64,
     pub stops: u64,
     pub resets: u64,
+    /// Bumped by every new transition: the stages of one cut short find it moved on and
+    /// do nothing.
+    transition: u64,
 }
 
 #[derive(Debug)]
@@ -45,6 +48,7 @@ impl Embedded {
             starts: 0,
             stops: 0,
             resets: 0,
+            transition: 0,
         };
         self.lock().insert(name.to_string(), vm);
         self.changed(name);
@@ -57,13 +61,6 @@ impl Embedded {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, EmbeddedVm>> {
         // A panic while holding this lock would be a bug in this file; the data stays usable.
         self.vms.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn update(&self, name: &str, f: impl FnOnce(&mut EmbeddedVm)) {
-        if let Some(vm) = self.lock().get_mut(name) {
-            f(vm);
-        }
-        self.changed(name);
     }
 
     fn changed(&self, name: &str) {
@@ -80,14 +77,30 @@ impl Embedded {
         }
     }
 
-    /// Schedules the end of a transition. Runs on the tokio runtime of the caller.
-    fn finish_later(self: &Arc<Self>, name: String, stages: Vec<fn(&mut EmbeddedVm)>) {
+    /// Schedules the end of transition number `transition`, unless a newer one replaces it
+    /// first. Runs on the tokio runtime of the caller.
+    fn finish_later(
+        self: &Arc<Self>,
+        name: String,
+        transition: u64,
+        stages: Vec<fn(&mut EmbeddedVm)>,
+    ) {
         let me = Arc::clone(self);
         let delay = self.transition;
         tokio::spawn(async move {
             for stage in stages {
                 tokio::time::sleep(delay).await;
-                me.update(&name, stage);
+                let ran = match me.lock().get_mut(&name) {
+                    Some(vm) if vm.transition == transition => {
+                        stage(vm);
+                        true
+                    }
+                    _ => false,
+                };
+                if !ran {
+                    return;
+                }
+                me.changed(&name);
             }
         });
     }
@@ -106,7 +119,8 @@ impl Backend for EmbeddedBackend {
         })
     }
 
-    fn perform(&self, vm: &str, action: Action) -> ActionFuture {
+    /// Answers at once, well before any deadline.
+    fn perform(&self, vm: &str, action: Action, _deadline: tokio::time::Instant) -> ActionFuture {
         let result = self.apply(vm, action);
         if result.is_ok() {
             self.0.changed(vm);
@@ -120,45 +134,48 @@ impl Backend for EmbeddedBackend {
 }
 
 impl EmbeddedBackend {
+    /// Acts as a chassis does: power off cuts a power-on short; any other power action during
+    /// a transition is refused as busy (the driver waits for the transition and tries again).
     fn apply(&self, name: &str, action: Action) -> Result<(), ActionError> {
+        use PowerState::{Off, On, Starting, Stopping};
         let e = &self.0;
         let mut vms = e.lock();
         let vm = vms
             .get_mut(name)
             .ok_or_else(|| ActionError::Failed(format!("no machine named {name}")))?;
-        if vm.power.in_transition() && !matches!(action, Action::SetBoot(_)) {
-            return Err(ActionError::Busy);
-        }
-        let on = vm.power == PowerState::On;
-        let stages: Vec<fn(&mut EmbeddedVm)> = match action {
-            Action::SetBoot(b) => {
+        let stages: Vec<fn(&mut EmbeddedVm)> = match (action, vm.power) {
+            (Action::SetBoot(b), _) => {
                 vm.boot = b;
                 return Ok(());
             }
-            Action::PowerOn if on => return Ok(()),
-            Action::PowerOff | Action::SoftOff if !on => return Ok(()),
-            Action::PowerCycle | Action::HardReset if !on => {
-                return Err(ActionError::NotInState("machine is off".into()));
-            }
-            Action::PowerOn => {
-                vm.power = PowerState::Starting;
-                vec![Embedded::booted]
-            }
-            Action::PowerOff | Action::SoftOff => {
-                vm.power = PowerState::Stopping;
+            (Action::PowerOff, Starting) => {
+                vm.power = Stopping;
                 vec![stopped]
             }
-            Action::PowerCycle => {
-                vm.power = PowerState::Stopping;
+            (_, Starting | Stopping) => return Err(ActionError::Busy),
+            (Action::PowerOn, On) | (Action::PowerOff | Action::SoftOff, Off) => return Ok(()),
+            (Action::PowerCycle | Action::HardReset, Off) => {
+                return Err(ActionError::NotInState("machine is off".into()));
+            }
+            (Action::PowerOn, _) => {
+                vm.power = Starting;
+                vec![Embedded::booted]
+            }
+            (Action::PowerOff | Action::SoftOff, _) => {
+                vm.power = Stopping;
+                vec![stopped]
+            }
+            (Action::PowerCycle, _) => {
+                vm.power = Stopping;
                 vec![
                     |vm| {
                         stopped(vm);
-                        vm.power = PowerState::Starting;
+                        vm.power = Starting;
                     },
                     Embedded::booted,
                 ]
             }
-            Action::HardReset => {
+            (Action::HardReset, _) => {
                 // A reset keeps power on: the machine reboots in place.
                 vm.resets += 1;
                 if vm.boot.is_some_and(|b| !b.persistent) {
@@ -167,9 +184,11 @@ impl EmbeddedBackend {
                 return Ok(());
             }
         };
+        vm.transition += 1;
+        let transition = vm.transition;
         drop(vms);
         log::info!("vm={name} action={action} accepted");
-        e.finish_later(name.to_string(), stages);
+        e.finish_later(name.to_string(), transition, stages);
         Ok(())
     }
 }
@@ -184,6 +203,10 @@ mod tests {
     use super::*;
     use crate::engine::BootDevice;
 
+    fn soon() -> tokio::time::Instant {
+        tokio::time::Instant::now() + Duration::from_secs(1)
+    }
+
     #[tokio::test(start_paused = true)]
     async fn power_transitions_take_time_and_consume_one_shot_boot() {
         let e = Embedded::new(Duration::from_millis(100));
@@ -195,11 +218,14 @@ mod tests {
             persistent: false,
             efi: true,
         };
-        b.perform("a", Action::SetBoot(Some(pxe))).await.unwrap();
-        b.perform("a", Action::PowerOn).await.unwrap();
+        b.perform("a", Action::SetBoot(Some(pxe)), soon())
+            .await
+            .unwrap();
+        b.perform("a", Action::PowerOn, soon()).await.unwrap();
         assert_eq!(b.view("a").unwrap().power, PowerState::Starting);
+        // Only a hard power off may cut a power-on short (see the next test).
         assert_eq!(
-            b.perform("a", Action::PowerOff).await,
+            b.perform("a", Action::SoftOff, soon()).await,
             Err(ActionError::Busy)
         );
         tokio::time::sleep(Duration::from_millis(150)).await;
@@ -211,13 +237,39 @@ mod tests {
             seen += 1;
         }
         assert_eq!(seen, 3, "boot set, power-on accepted, booted");
-        b.perform("a", Action::PowerCycle).await.unwrap();
+        b.perform("a", Action::PowerCycle, soon()).await.unwrap();
         tokio::time::sleep(Duration::from_millis(250)).await;
         let v = e.get("a").unwrap();
         assert_eq!((v.power, v.starts, v.stops), (PowerState::On, 2, 1));
         assert!(matches!(
-            b.perform("missing", Action::PowerOn).await,
+            b.perform("missing", Action::PowerOn, soon()).await,
             Err(ActionError::Failed(_))
         ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn power_off_cuts_a_power_on_short_and_its_boot_never_lands() {
+        let e = Embedded::new(Duration::from_millis(100));
+        e.add("a", false, [1; 16]);
+        let b = EmbeddedBackend(e.clone());
+        b.perform("a", Action::PowerOn, soon()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        b.perform("a", Action::PowerOff, soon()).await.unwrap();
+        assert_eq!(b.view("a").unwrap().power, PowerState::Stopping);
+        for action in [Action::PowerOn, Action::PowerOff, Action::HardReset] {
+            assert_eq!(
+                b.perform("a", action, soon()).await,
+                Err(ActionError::Busy),
+                "{action} while stopping"
+            );
+        }
+        // The power-on would have landed at 100 ms: it must not.
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        assert_eq!(b.view("a").unwrap().power, PowerState::Stopping);
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        let v = e.get("a").unwrap();
+        assert_eq!((v.power, v.starts, v.stops), (PowerState::Off, 0, 1));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(e.get("a").unwrap().power, PowerState::Off, "stays off");
     }
 }

@@ -16,10 +16,16 @@ pub trait Backend: Send + Sync + 'static {
     fn view(&self, vm: &str) -> Option<VmView>;
 
     /// Starts `action` on `vm`. The future resolves when the backend accepted or refused it
-    /// (not when the machine finished its transition), as a physical BMC answers at once.
-    fn perform(&self, vm: &str, action: Action) -> ActionFuture;
+    /// (not when the machine finished its transition), as a physical BMC answers at once, and
+    /// by `deadline` at the latest ([`ActionError::Timeout`]): the action's one deadline,
+    /// which the driver may already have spent part of waiting for a transition to end.
+    ///
+    /// [`ActionError::Busy`] means the machine is in a transition this backend cannot act
+    /// during; the driver tries again once the view has settled, within the same deadline.
+    fn perform(&self, vm: &str, action: Action, deadline: tokio::time::Instant) -> ActionFuture;
 
     /// Names of machines whose view changed, as they change: what keeps the fast path's
-    /// power map in step with the backend (a lagging receiver re-reads every view).
+    /// power map in step with the backend (a lagging receiver re-reads every view), and what
+    /// an action waiting for a transition to end wakes on.
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<std::sync::Arc<str>>;
 }

@@ -12,13 +12,20 @@ use super::crd::BootOverrideStatus;
 use super::events;
 use super::serve::object_json;
 use super::{Shared, VirtualMachineBMC, labeled, vm_resource};
-use crate::engine::vm::{BootDevice, BootOverride};
+use crate::engine::vm::{BootDevice, BootOverride, PowerState};
 use crate::engine::{Action, ActionError};
 
 /// A 422 on the boot-order patch means someone else changed the devices: re-read, retry.
 const BOOT_ATTEMPTS: usize = 4;
 
-pub async fn perform(sh: &Shared, ns: &str, vm: &str, action: Action) -> Result<(), ActionError> {
+/// Runs `action`, answering by `deadline` (the action's one deadline, set by the driver).
+pub async fn perform(
+    sh: &Shared,
+    ns: &str,
+    vm: &str,
+    action: Action,
+    deadline: tokio::time::Instant,
+) -> Result<(), ActionError> {
     let work = async {
         match action {
             Action::SetBoot(b) => {
@@ -39,13 +46,10 @@ pub async fn perform(sh: &Shared, ns: &str, vm: &str, action: Action) -> Result<
     };
     // A hung API server must not leave the client without an answer or the VM without a
     // trace: 0xC3 and an Event (the request itself may still land).
-    let result = match tokio::time::timeout(sh.opts.call_timeout, work).await {
+    let result = match tokio::time::timeout_at(deadline, work).await {
         Ok(r) => r,
         Err(_) => {
-            let msg = format!(
-                "IPMI {action}: no answer from the API server within {:?}",
-                sh.opts.call_timeout
-            );
+            let msg = format!("IPMI {action}: no answer from the API server before the deadline");
             events::record(sh, ns, vm, "IPMIActionTimeout", &msg);
             Err(ActionError::Timeout)
         }
@@ -88,11 +92,12 @@ pub fn classify(sub: &str, status: &Status) -> Result<(), ActionError> {
     }
 }
 
+/// Refuses as busy what KubeVirt would act on badly during a transition (the driver tries
+/// again once it ends); a stop may cut a start short, as a chassis cuts power during power-on.
 async fn power_action(sh: &Shared, ns: &str, vm: &str, action: Action) -> Result<(), ActionError> {
-    if sh
-        .view(&format!("{ns}/{vm}"))
-        .is_some_and(|v| v.power.in_transition())
-    {
+    let power = sh.view(&format!("{ns}/{vm}")).map(|v| v.power);
+    let cuts_start = action == Action::PowerOff && power == Some(PowerState::Starting);
+    if power.is_some_and(PowerState::in_transition) && !cuts_start {
         return Err(ActionError::Busy);
     }
     let (sub, body) = subresource(action);

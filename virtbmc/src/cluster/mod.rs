@@ -67,9 +67,6 @@ pub struct ClusterOptions {
     pub agent_selector: String,
     /// A holder that has not renewed for this long has lost the Lease.
     pub lease_duration: Duration,
-    /// How long an action's API calls may take before the client is answered 0xC3 and an
-    /// Event says so: below the agent's action timeout, so the Event is written by us.
-    pub call_timeout: Duration,
     /// Without the CRD: the VMs this selects get a BMC, all with one Secret's user.
     pub labels: Option<labeled::LabelMode>,
     /// Cipher suites, session limits...: every BMC's configuration, users aside.
@@ -86,7 +83,6 @@ impl ClusterOptions {
             agent_namespace: lease_namespace.to_string(),
             agent_selector: DEFAULT_AGENT_SELECTOR.into(),
             lease_duration: Duration::from_secs(15),
-            call_timeout: Duration::from_millis(1200),
             labels: None,
             base_config,
         }
@@ -451,13 +447,13 @@ impl Backend for KubeBackend {
         self.shared.view(vm)
     }
 
-    fn perform(&self, vm: &str, action: Action) -> ActionFuture {
+    fn perform(&self, vm: &str, action: Action, deadline: tokio::time::Instant) -> ActionFuture {
         let shared = self.shared.clone();
         let name = vm.to_string();
         Box::pin(async move {
             let (ns, vm) = split_name(&name)
                 .ok_or_else(|| ActionError::Failed(format!("{name} is not namespace/name")))?;
-            actions::perform(&shared, ns, vm, action).await
+            actions::perform(&shared, ns, vm, action, deadline).await
         })
     }
 

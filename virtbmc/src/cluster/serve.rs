@@ -140,7 +140,7 @@ pub fn spawn(
 }
 
 /// How long a change waits for the next ones before the views are recomputed: small
-/// against a client's retry time and the 100 ms the issue allows for a power change to show.
+/// against a client's retry time and the 100 ms within which a power change should show.
 pub const DEBOUNCE: Duration = Duration::from_millis(10);
 
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";

@@ -57,7 +57,7 @@ impl Object for Value {
 /// | VMI `Running`, not paused | On | |
 /// | VMI `Running` and paused (condition `Paused=True`) | On | the guest holds its memory and devices, as a suspended machine keeps power; "power off" must still stop it, and "power on" must not answer as if it were off (KubeVirt refuses a start of a paused VM) |
 /// | VMI `Unknown` | On | virt-handler lost track (node unreachable): the guest may well still run, and KubeVirt does not delete it; On lets "power off"/"reset" reach KubeVirt instead of being refused as busy forever |
-/// | any other phase | Starting | a phase this agent does not know is treated as a transition: mutating commands answer 0xC0 rather than act on a guess |
+/// | any other phase | Starting | a phase this agent does not know is treated as a transition: power commands other than off wait for it to end (0xC0 when it outlasts the deadline) rather than act on a guess |
 pub fn power_state<O: Object>(vm: Option<&O>, vmi: Option<&O>) -> PowerState {
     let printable = vm
         .and_then(|v| v.top("status")["printableStatus"].as_str())

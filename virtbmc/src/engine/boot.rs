@@ -5,14 +5,14 @@
 //! The boot flags valid bit expires (§28.12): a one-shot override that no restart follows
 //! within 60 seconds is cleared, unless parameter 3 bit 3 turned the countdown off (as
 //! OpenStack Ironic does before every boot device change). The countdown is a timer of the
-//! engine ([`BootParams::poll_timeout`]); when it fires the engine asks the backend to clear
-//! the override, the same action `chassis bootdev none` asks for.
+//! engine ([`BootParams::poll_timeout`]); when it runs out the engine tells its driver, which
+//! clears the override with the action `chassis bootdev none` asks for.
 
 use std::time::{Duration, Instant};
 
 use super::cc;
 use super::commands::Outcome;
-use super::vm::{Action, BootDevice, BootOverride, VmView};
+use super::vm::{Action, BootDevice, BootOverride, VmView, When};
 
 const PARAM_SET_IN_PROGRESS: u8 = 0;
 const PARAM_VALID_BIT_CLEARING: u8 = 3;
@@ -31,8 +31,8 @@ pub struct BootParams {
     set_in_progress: u8,
     valid_bit_clearing: u8,
     boot_info_ack: u8,
-    /// When a one-shot override set through this BMC stops being valid.
-    expires: Option<Instant>,
+    /// When a one-shot override set through this BMC stops being valid, and the override.
+    expires: Option<(Instant, BootOverride)>,
 }
 
 impl BootParams {
@@ -42,7 +42,7 @@ impl BootParams {
     pub fn flags_set(&mut self, flags: Option<BootOverride>, now: Instant) {
         self.expires = match flags {
             Some(o) if !o.persistent && self.valid_bit_clearing & KEEP_PAST_TIMEOUT == 0 => {
-                Some(now + FLAG_VALID_TIMEOUT)
+                Some((now + FLAG_VALID_TIMEOUT, o))
             }
             _ => None,
         };
@@ -57,8 +57,8 @@ impl BootParams {
         match action {
             Some(Action::PowerOn | Action::PowerCycle | Action::HardReset) => self.expires = None,
             _ => {
-                if self.expires.is_some() {
-                    self.expires = Some(now + FLAG_VALID_TIMEOUT);
+                if let Some((_, flags)) = self.expires {
+                    self.expires = Some((now + FLAG_VALID_TIMEOUT, flags));
                 }
             }
         }
@@ -66,20 +66,18 @@ impl BootParams {
 
     /// When [`BootParams::handle_timeout`] must next run.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.expires
+        self.expires.map(|(at, _)| at)
     }
 
-    /// The countdown ran out: the action that clears the override, if one-shot flags are
-    /// still set (another client may have cleared or replaced them meanwhile).
-    pub fn handle_timeout(&mut self, now: Instant, vm: Option<&VmView>) -> Option<Action> {
-        let due = self.expires.is_some_and(|t| t <= now);
-        if !due {
-            return None;
+    /// The one-shot flags whose countdown ran out by `now`, once.
+    pub fn handle_timeout(&mut self, now: Instant) -> Option<BootOverride> {
+        match self.expires {
+            Some((at, flags)) if at <= now => {
+                self.expires = None;
+                Some(flags)
+            }
+            _ => None,
         }
-        self.expires = None;
-        vm.and_then(|v| v.boot)
-            .is_some_and(|b| !b.persistent)
-            .then_some(Action::SetBoot(None))
     }
 }
 
@@ -110,7 +108,7 @@ pub fn set_boot_option(d: &[u8], params: &mut BootParams) -> Outcome {
             reply(cc::OK)
         }
         (PARAM_BOOT_FLAGS, 5) => match boot_flags(value) {
-            Ok(o) => Outcome::Action(Action::SetBoot(o)),
+            Ok(o) => Outcome::Action(Action::SetBoot(o), When::Now),
             Err(code) => reply(code),
         },
         (
@@ -171,7 +169,6 @@ pub fn get_boot_option(d: &[u8], vm: &VmView, params: &BootParams) -> Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::vm::PowerState;
 
     #[test]
     fn boot_flags_round_trip_what_ipmitool_sends() {
@@ -203,34 +200,16 @@ mod tests {
         efi: false,
     };
 
-    fn view(boot: Option<BootOverride>) -> VmView {
-        VmView {
-            power: PowerState::Off,
-            boot,
-            guid: [0; 16],
-        }
-    }
-
     #[test]
     fn one_shot_flags_expire_after_sixty_seconds() {
         let t0 = Instant::now();
         let mut p = BootParams::default();
         p.flags_set(Some(PXE_ONCE), t0);
         assert_eq!(p.poll_timeout(), Some(t0 + FLAG_VALID_TIMEOUT));
-        let vm = view(Some(PXE_ONCE));
-        assert_eq!(
-            p.handle_timeout(t0 + Duration::from_secs(59), Some(&vm)),
-            None
-        );
-        assert_eq!(
-            p.handle_timeout(t0 + FLAG_VALID_TIMEOUT, Some(&vm)),
-            Some(Action::SetBoot(None))
-        );
+        assert_eq!(p.handle_timeout(t0 + Duration::from_secs(59)), None);
+        assert_eq!(p.handle_timeout(t0 + FLAG_VALID_TIMEOUT), Some(PXE_ONCE));
         assert_eq!(p.poll_timeout(), None, "fires once");
-        assert_eq!(
-            p.handle_timeout(t0 + FLAG_VALID_TIMEOUT * 2, Some(&vm)),
-            None
-        );
+        assert_eq!(p.handle_timeout(t0 + FLAG_VALID_TIMEOUT * 2), None);
     }
 
     #[test]
@@ -282,26 +261,5 @@ mod tests {
         // Without a countdown, a chassis control starts none.
         p.chassis_control(Some(Action::PowerOff), later);
         assert_eq!(p.poll_timeout(), None);
-    }
-
-    #[test]
-    fn expiry_leaves_other_flags_alone() {
-        let t0 = Instant::now();
-        let mut p = BootParams::default();
-        p.flags_set(Some(PXE_ONCE), t0);
-        // Someone else already cleared them, or made them persistent.
-        assert_eq!(
-            p.handle_timeout(t0 + FLAG_VALID_TIMEOUT, Some(&view(None))),
-            None
-        );
-        p.flags_set(Some(PXE_ONCE), t0);
-        let persistent = Some(BootOverride {
-            persistent: true,
-            ..PXE_ONCE
-        });
-        assert_eq!(
-            p.handle_timeout(t0 + FLAG_VALID_TIMEOUT, Some(&view(persistent))),
-            None
-        );
     }
 }

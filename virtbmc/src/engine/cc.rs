@@ -1,7 +1,7 @@
 //! Completion codes (IPMI 2.0 §5.2, table 5-2) and the command-specific ones we send.
 
 pub const OK: u8 = 0x00;
-/// Generic "node busy": the machine is in a power transition.
+/// Generic "node busy": a power transition outlasted the action's deadline.
 pub const NODE_BUSY: u8 = 0xC0;
 pub const INVALID_COMMAND: u8 = 0xC1;
 pub const TIMEOUT: u8 = 0xC3;
@@ -26,8 +26,7 @@ pub const UNSPECIFIED: u8 = 0xFF;
 /// Get Session Challenge (IPMI 2.0 §22.16): invalid user name / null user name not enabled.
 pub const INVALID_USER: u8 = 0x81;
 pub const NULL_USER_DISABLED: u8 = 0x82;
-/// Activate Session (§22.17): no session slot available; privilege exceeds the user's limit.
-pub const NO_SESSION_SLOT: u8 = 0x81;
+/// Activate Session (§22.17): privilege exceeds the user's limit.
 pub const PRIVILEGE_EXCEEDS_LIMIT: u8 = 0x86;
 /// Set Session Privilege Level (§22.18): requested level exceeds the user's or channel's limit.
 pub const SET_PRIV_EXCEEDS_LIMIT: u8 = 0x81;

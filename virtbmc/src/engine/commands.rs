@@ -8,7 +8,7 @@ use super::boot::{self, BootParams};
 use super::config::{BmcConfig, Privilege};
 use super::reservation::Reservation;
 use super::site::Site;
-use super::vm::{Action, VmView};
+use super::vm::{Action, PowerState, VmView, When};
 use super::{cc, channel, device, fru, lan_config, sdr, sel, sensor, users};
 use crate::wire::message::Request;
 
@@ -156,7 +156,9 @@ pub const LAN_CHANNEL: u8 = 0x01;
 
 pub enum Outcome {
     Reply(u8, Vec<u8>),
-    Action(Action),
+    /// The reply waits for the action's result; `When` says whether the action may run at
+    /// once or only after the machine's power transition.
+    Action(Action, When),
 }
 
 fn reply(cc: u8) -> Outcome {
@@ -438,29 +440,46 @@ pub fn chassis_status(vm: &VmView) -> [u8; 3] {
     [u8::from(vm.power.is_on()), 0x00, 0x00]
 }
 
-/// Chassis Control (IPMI 2.0 §28.3), answered as a physical BMC would: asking for the state
-/// the machine is already in succeeds without touching it; a machine in transition is busy.
+/// Chassis Control (IPMI 2.0 §28.3), answered as a physical BMC would. A client reads power
+/// through [`chassis_status`]: Starting reads "off" and Stopping reads "on". A command whose
+/// goal the machine is already heading to succeeds without touching it; one that needs the
+/// transition to end is done once it has ([`When::Settled`]: the driver waits, within the
+/// action deadline, and answers 0xC0 "node busy" only when the transition outlasts it).
+///
+/// | command | Off | On | Starting (reads off) | Stopping (reads on) |
+/// |---|---|---|---|---|
+/// | off (0) | OK, nothing done | power off | power off now: a chassis cuts power during power-on at once, and a start stuck before the guest runs must stay stoppable | OK, nothing done: already going off |
+/// | on (1) | power on | OK, nothing done | OK, nothing done: already coming up | power on once off |
+/// | cycle (2) | 0xD5 | power cycle | power cycle once on: the boot starts over | power on once off: the off half is underway |
+/// | reset (3) | 0xD5 | hard reset | hard reset once on: the boot starts over | power on once off: a reset of a machine going down brings it back up |
+/// | NMI (4) | 0xD6 | 0xD6 | 0xD6 | 0xD6 |
+/// | soft (5) | OK, nothing done | soft off | soft off once on: no guest runs yet to hear the ACPI request | OK, nothing done: already going off |
+///
+/// A cycle or reset of a machine that is off is not possible in that state (0xD5); a virtual
+/// machine has no NMI line to pulse through KubeVirt (0xD6).
 fn chassis_control(op: u8, vm: &VmView) -> Outcome {
-    let action = match op & 0x0F {
-        0 => Action::PowerOff,
-        1 => Action::PowerOn,
-        2 => Action::PowerCycle,
-        3 => Action::HardReset,
-        // A virtual machine has no NMI line to pulse through KubeVirt.
-        4 => return reply(cc::UNAVAILABLE),
-        5 => Action::SoftOff,
-        _ => return reply(cc::INVALID_DATA_FIELD),
-    };
-    if vm.power.in_transition() {
-        return reply(cc::NODE_BUSY);
-    }
-    let on = vm.power.is_on();
-    match action {
-        Action::PowerOn if on => reply(cc::OK),
-        Action::PowerOff | Action::SoftOff if !on => reply(cc::OK),
-        // Cycling or resetting a machine that is off is not possible in that state.
-        Action::PowerCycle | Action::HardReset if !on => reply(cc::NOT_IN_STATE),
-        a => Outcome::Action(a),
+    use Action::{HardReset, PowerCycle, PowerOff, PowerOn, SoftOff};
+    use PowerState::{Off, On, Starting, Stopping};
+    let now = |a| Outcome::Action(a, When::Now);
+    let settled = |a| Outcome::Action(a, When::Settled);
+    match (op & 0x0F, vm.power) {
+        (0, Off) => reply(cc::OK),
+        (0, On | Starting) => now(PowerOff),
+        (0, Stopping) => reply(cc::OK),
+        (1, Off) => now(PowerOn),
+        (1, On | Starting) => reply(cc::OK),
+        (1, Stopping) => settled(PowerOn),
+        (2 | 3, Off) => reply(cc::NOT_IN_STATE),
+        (2, On) => now(PowerCycle),
+        (2, Starting) => settled(PowerCycle),
+        (3, On) => now(HardReset),
+        (3, Starting) => settled(HardReset),
+        (2 | 3, Stopping) => settled(PowerOn),
+        (4, _) => reply(cc::UNAVAILABLE),
+        (5, Off | Stopping) => reply(cc::OK),
+        (5, On) => now(SoftOff),
+        (5, Starting) => settled(SoftOff),
+        _ => reply(cc::INVALID_DATA_FIELD),
     }
 }
 
@@ -503,7 +522,7 @@ mod tests {
         }
     }
 
-    fn run(r: &Request, p: Privilege, power: PowerState) -> (u8, Vec<u8>, Option<Action>) {
+    fn run(r: &Request, p: Privilege, power: PowerState) -> (u8, Vec<u8>, Option<(Action, When)>) {
         run_kept(r, p, power, &mut Kept::default())
     }
 
@@ -512,7 +531,7 @@ mod tests {
         p: Privilege,
         power: PowerState,
         kept: &mut Kept,
-    ) -> (u8, Vec<u8>, Option<Action>) {
+    ) -> (u8, Vec<u8>, Option<(Action, When)>) {
         let cfg = BmcConfig::new(vec![
             User::new("admin", "password", Privilege::Admin).unwrap(),
         ]);
@@ -529,7 +548,7 @@ mod tests {
         };
         match execute(r, Some(p), &ctx, kept) {
             Outcome::Reply(c, d) => (c, d, None),
-            Outcome::Action(a) => (0, Vec::new(), Some(a)),
+            Outcome::Action(a, w) => (0, Vec::new(), Some((a, w))),
         }
     }
 
@@ -574,15 +593,16 @@ mod tests {
         );
         assert_eq!(
             run(&off, Privilege::Operator, PowerState::On).2,
-            Some(Action::PowerOff)
+            Some((Action::PowerOff, When::Now))
         );
         assert_eq!(
             run(&off, Privilege::Operator, PowerState::Off),
             (0, vec![], None)
         );
+        // Already coming up: a physical BMC says yes at once, it does not answer busy.
         assert_eq!(
-            run(&on, Privilege::Admin, PowerState::Starting).0,
-            cc::NODE_BUSY
+            run(&on, Privilege::Admin, PowerState::Starting),
+            (cc::OK, vec![], None)
         );
         assert_eq!(
             run(&req(0, 2, &[2]), Privilege::Admin, PowerState::Off).0,
@@ -596,6 +616,54 @@ mod tests {
             run(&req(0, 2, &[]), Privilege::Admin, PowerState::On).0,
             cc::REQUEST_LENGTH_INVALID
         );
+    }
+
+    /// Every cell of the table on [`chassis_control`], as Chassis Control request bytes
+    /// (netfn 00h, cmd 02h, one data byte) from an operator.
+    #[test]
+    fn chassis_control_table_every_command_in_every_state() {
+        use Action::{HardReset, PowerCycle, PowerOff, PowerOn, SoftOff};
+        use PowerState::{Off, On, Starting, Stopping};
+        let ok = (cc::OK, None);
+        let now = |a| (cc::OK, Some((a, When::Now)));
+        let settled = |a| (cc::OK, Some((a, When::Settled)));
+        let code = |c| (c, None);
+        #[rustfmt::skip]
+        let table = [
+            // op   Off                          On                Starting              Stopping
+            (0x00, [ok,                          now(PowerOff),    now(PowerOff),        ok]),
+            (0x01, [now(PowerOn),                ok,               ok,                   settled(PowerOn)]),
+            (0x02, [code(cc::NOT_IN_STATE),      now(PowerCycle),  settled(PowerCycle),  settled(PowerOn)]),
+            (0x03, [code(cc::NOT_IN_STATE),      now(HardReset),   settled(HardReset),   settled(PowerOn)]),
+            (0x04, [code(cc::UNAVAILABLE),       code(cc::UNAVAILABLE), code(cc::UNAVAILABLE), code(cc::UNAVAILABLE)]),
+            (0x05, [ok,                          now(SoftOff),     settled(SoftOff),     ok]),
+        ];
+        for (op, row) in table {
+            for (power, want) in [Off, On, Starting, Stopping].into_iter().zip(row) {
+                let data = [op];
+                let (c, d, action) = run(
+                    &req(NETFN_CHASSIS, CMD_CHASSIS_CONTROL, &data),
+                    Privilege::Operator,
+                    power,
+                );
+                assert!(d.is_empty(), "chassis control answers no data");
+                assert_eq!((c, action), want, "op {op:#04x} while {power}");
+            }
+        }
+        // Reserved operations, in every state; the reserved high nibble is ignored.
+        for power in [Off, On, Starting, Stopping] {
+            for op in 0x06..=0x0F {
+                assert_eq!(
+                    run(&req(0, 2, &[op]), Privilege::Operator, power).0,
+                    cc::INVALID_DATA_FIELD,
+                    "op {op:#04x} while {power}"
+                );
+            }
+            assert_eq!(
+                run(&req(0, 2, &[0x31]), Privilege::Operator, power),
+                run(&req(0, 2, &[0x01]), Privilege::Operator, power),
+            );
+        }
     }
 
     #[test]

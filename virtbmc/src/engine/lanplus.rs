@@ -121,7 +121,7 @@ impl Bmc {
                 }
                 let (code, data) = match self.sessionless(now, &req, vm) {
                     commands::Outcome::Reply(code, data) => (code, data),
-                    commands::Outcome::Action(_) => {
+                    commands::Outcome::Action(..) => {
                         return Output::Drop(DropReason::NotAllowed);
                     }
                 };
@@ -169,12 +169,7 @@ impl Bmc {
             state: State::Opened(Opened { console_id, suite }),
             last_activity: now,
         };
-        if self
-            .sessions
-            .insert(session, self.config.max_sessions)
-            .is_err()
-        {
-            self.stats.sessions_refused += 1;
+        if self.admit(session, now).is_err() {
             return refuse(status::NO_RESOURCES);
         }
         let mut body = vec![tag, status::OK, max_priv.wire(), 0];

@@ -1,6 +1,7 @@
 //! The sans-IO IPMI engine: one [`Bmc`] per virtual machine takes `(now, peer, datagram,
-//! view of the VM)` and returns the reply bytes, or an [`Action`] for the backend plus what
-//! it needs to finish the reply once the action's result is known. It never awaits, never
+//! view of the VM)` and returns the reply bytes, or an [`Action`] for the backend (with
+//! [`When`] it may run) plus what it needs to finish the reply once the action's result is
+//! known. It never awaits, never
 //! logs a secret, and never touches a socket or Kubernetes.
 
 mod boot;
@@ -25,6 +26,7 @@ mod users;
 mod v15;
 pub mod vm;
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -33,9 +35,9 @@ use commands::{Context, Kept, Outcome};
 use config::{BmcConfig, Privilege};
 use entropy::{Entropy, OsEntropy};
 use limiter::SourceLimiter;
-use session::{ActiveAuth, SessionPublisher, SessionTable, State};
+use session::{ActiveAuth, Refusal, Session, SessionPublisher, SessionTable, State};
 use site::Site;
-pub use vm::{Action, ActionError, BootDevice, BootOverride, PowerState, VmView};
+pub use vm::{Action, ActionError, BootDevice, BootOverride, PowerState, VmView, When};
 
 use crate::wire::message::Request;
 use crate::wire::rmcp::{self, AsfMessage, RmcpHeader};
@@ -50,8 +52,9 @@ pub enum Output {
     /// Nothing to send (malformed, unauthenticated, replayed, or not ours to answer).
     Drop(DropReason),
     Reply(Vec<u8>),
-    /// Run `action` against the backend, then hand its result to [`Bmc::complete`].
-    Action(Action, Pending),
+    /// Run `action` against the backend (at once, or once the machine's power transition is
+    /// over, as [`When`] says), then hand its result to [`Bmc::complete`].
+    Action(Action, When, Pending),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,12 +74,41 @@ pub enum DropReason {
     InFlight,
 }
 
+/// Something that happened to a session or to boot flags, for the driver to act on, log and
+/// count: the engine reports it as a value and leaves what follows (an action for the
+/// backend, a log line, a metric) to the driver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A new session or handshake was refused for lack of room.
+    SessionRefused { peer: SocketAddr, reason: Refusal },
+    /// An idle session was taken to make room for a new one.
+    SessionReclaimed { id: u32, peer: SocketAddr },
+    /// A session or handshake reached its idle limit.
+    SessionExpired { id: u32, peer: SocketAddr },
+    /// A session ended because its user was removed, its password changed or its privilege
+    /// was lowered.
+    SessionRevoked {
+        id: u32,
+        peer: SocketAddr,
+        user: String,
+    },
+    /// One-shot boot flags set through this BMC were followed by no restart within 60 s
+    /// (IPMI 2.0 §28.12): the driver clears them ([`Action::SetBoot`] with None) if the
+    /// machine still has them (another client may have replaced them since).
+    BootFlagsExpired(BootOverride),
+}
+
+/// Events kept for the driver; older ones are dropped if it never collects them.
+const MAX_EVENTS: usize = 64;
+
 /// What the engine needs to finish a reply after an action ran.
 #[derive(Debug, Clone)]
 pub struct Pending {
     session_id: u32,
     request: OwnedRequest,
     action: Action,
+    /// When the request came in: boot option timers count from it.
+    at: Instant,
 }
 
 #[derive(Debug, Clone)]
@@ -126,6 +158,12 @@ pub struct Stats {
     pub replays: u64,
     pub sessions_opened: u64,
     pub sessions_refused: u64,
+    /// Idle sessions taken to make room for new ones.
+    pub sessions_reclaimed: u64,
+    /// Sessions and handshakes that reached their idle limit.
+    pub sessions_expired: u64,
+    /// Sessions ended because their user's credentials changed.
+    pub sessions_revoked: u64,
     pub rakp_rate_limited: u64,
     /// IPMI requests parsed, by [`commands::command_slot`].
     pub commands: [u64; commands::COMMAND_SLOTS],
@@ -146,6 +184,7 @@ pub struct Bmc {
     rakp_limiter: SourceLimiter,
     entropy: Box<dyn Entropy>,
     publisher: Option<Arc<dyn SessionPublisher>>,
+    events: VecDeque<Event>,
     pub stats: Stats,
 }
 
@@ -164,6 +203,7 @@ impl Bmc {
             rakp_limiter: SourceLimiter::default(),
             entropy,
             publisher: None,
+            events: VecDeque::new(),
             stats: Stats::default(),
         }
     }
@@ -172,14 +212,109 @@ impl Bmc {
         &self.config
     }
 
-    /// New users or suites apply to the next session; running sessions keep their keys.
+    /// New users or suites apply to the next session. Credentials are live: the sessions
+    /// and handshakes of a user who is gone, whose password changed or whose privilege fell
+    /// below what the session negotiated end now; other users' sessions are untouched.
     pub fn set_config(&mut self, config: Arc<BmcConfig>) {
+        let (old, new) = (&self.config, &config);
+        let revoked = self.sessions.revoke(|s| {
+            let Some(name) = s.user() else {
+                return false;
+            };
+            let (Some(was), Some(now)) = (old.user(name.as_bytes()), new.user(name.as_bytes()))
+            else {
+                return true;
+            };
+            let negotiated = match &s.state {
+                State::Active(a) => a.max_privilege,
+                _ => Privilege::Callback,
+            };
+            was.key != now.key || now.max_privilege < negotiated
+        });
+        for s in revoked {
+            self.stats.sessions_revoked += 1;
+            let user = s.user().unwrap_or_default().to_string();
+            self.event(Event::SessionRevoked {
+                id: s.id,
+                peer: s.peer,
+                user,
+            });
+        }
         self.config = config;
     }
 
     /// Where this BMC runs and which machine it stands for.
     pub fn set_site(&mut self, site: Site) {
         self.site = site;
+    }
+
+    /// The next event for the driver, oldest first.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    fn event(&mut self, e: Event) {
+        if self.events.len() >= MAX_EVENTS {
+            self.events.pop_front();
+        }
+        self.events.push_back(e);
+    }
+
+    /// When [`Bmc::handle_timeout`] has work next: the earliest idle deadline of a session
+    /// or handshake (a session the fast path answers counts its answers as activity), or the
+    /// expiry of one-shot boot flags.
+    pub fn poll_timeout(&self, now: Instant) -> Option<Instant> {
+        let idle = self.sessions.next_deadline(
+            now,
+            self.config.session_timeout,
+            self.config.handshake_timeout,
+        );
+        match (idle, self.kept.boot.poll_timeout()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Ends the sessions and handshakes past their idle limit (a published session leaves
+    /// the fast path with it), and reports boot flags that expired.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if let Some(flags) = self.kept.boot.handle_timeout(now) {
+            self.event(Event::BootFlagsExpired(flags));
+        }
+        let gone = self.sessions.expire(
+            now,
+            self.config.session_timeout,
+            self.config.handshake_timeout,
+        );
+        for s in gone {
+            self.stats.sessions_expired += 1;
+            self.event(Event::SessionExpired {
+                id: s.id,
+                peer: s.peer,
+            });
+        }
+    }
+
+    /// Adds a session or handshake to the table, reclaiming an idle one when it is full.
+    fn admit(&mut self, session: Session, now: Instant) -> Result<(), Refusal> {
+        let peer = session.peer;
+        match self.sessions.insert(session, self.config.max_sessions, now) {
+            Ok(reclaimed) => {
+                if let Some(s) = reclaimed {
+                    self.stats.sessions_reclaimed += 1;
+                    self.event(Event::SessionReclaimed {
+                        id: s.id,
+                        peer: s.peer,
+                    });
+                }
+                Ok(())
+            }
+            Err(reason) => {
+                self.stats.sessions_refused += 1;
+                self.event(Event::SessionRefused { peer, reason });
+                Err(reason)
+            }
+        }
     }
 
     /// Publishes IPMI 1.5 sessions activated from now on to the fast path.
@@ -199,11 +334,6 @@ impl Bmc {
         vm: &VmView,
     ) -> Output {
         self.stats.requests += 1;
-        self.sessions.expire(
-            now,
-            self.config.session_timeout,
-            self.config.handshake_timeout,
-        );
         let out = self.dispatch(now, peer, datagram, vm);
         if let Output::Drop(reason) = &out {
             self.stats.dropped += 1;
@@ -238,14 +368,13 @@ impl Bmc {
     /// Finishes the reply to a command whose action ran; None when its session is gone.
     pub fn complete(
         &mut self,
-        now: Instant,
         pending: Pending,
         result: Result<(), ActionError>,
     ) -> Option<Vec<u8>> {
         if result.is_ok() {
             match pending.action {
-                Action::SetBoot(flags) => self.kept.boot.flags_set(flags, now),
-                power => self.kept.boot.chassis_control(Some(power), now),
+                Action::SetBoot(flags) => self.kept.boot.flags_set(flags, pending.at),
+                power => self.kept.boot.chassis_control(Some(power), pending.at),
             }
         }
         let session = self.sessions.get_mut(pending.session_id)?;
@@ -278,7 +407,7 @@ impl Bmc {
         self.stats.count(&req);
         let privilege = match self.sessions.get_mut(id) {
             Some(session) => {
-                session.last_activity = now;
+                session.touch(now);
                 match &session.state {
                     State::Active(active) => active.privilege,
                     _ => return Output::Drop(DropReason::UnknownSession),
@@ -337,17 +466,19 @@ impl Bmc {
                             }
                             (code, data)
                         }
-                        Outcome::Action(action) => {
+                        Outcome::Action(action, when) => {
                             if active.in_flight == Some((req.rq_seq, req.cmd)) {
                                 return Output::Drop(DropReason::InFlight);
                             }
                             active.in_flight = Some((req.rq_seq, req.cmd));
                             return Output::Action(
                                 action,
+                                when,
                                 Pending {
                                     session_id: id,
                                     request: OwnedRequest::of(&req),
                                     action,
+                                    at: now,
                                 },
                             );
                         }
@@ -370,18 +501,6 @@ impl Bmc {
             now,
         };
         commands::execute(req, None, &ctx, &mut self.kept)
-    }
-
-    /// When [`Bmc::handle_timeout`] must next run: a one-shot boot override's expiry.
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        self.kept.boot.poll_timeout()
-    }
-
-    /// Runs the timers due at `now`; the action to hand the backend (no client waits for
-    /// its result), if one is needed. `vm` is None when the backend has no view of the
-    /// machine: the timers end without an action.
-    pub fn handle_timeout(&mut self, now: Instant, vm: Option<&VmView>) -> Option<Action> {
-        self.kept.boot.handle_timeout(now, vm)
     }
 
     /// Wraps a reply message for an active session: next outbound sequence number, auth code

@@ -5,17 +5,20 @@
 //! half-open one). Sessions are keyed by the id this BMC assigned, drawn from a CSPRNG.
 
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use virtbmc_common::session::{window_accepts, window_advance, window_pack};
 
 use super::config::{CipherSuite, Privilege};
 
 /// Accepted sequence numbers: a window around the highest one seen, with a bitmap of the
-/// numbers already used so that a verbatim replay inside the window is refused.
+/// numbers already used so that a verbatim replay inside the window is refused. The rules
+/// are the ones the fast path applies to published sessions, written once in
+/// `virtbmc_common::session`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SeqWindow {
-    highest: u32,
-    /// Bit i set = `highest - i` was accepted.
-    seen: u32,
+    /// [`window_pack`]`(highest, seen)`: bit i of `seen` set = `highest - i` was accepted.
+    window: u64,
     behind: u32,
     ahead: u32,
 }
@@ -25,35 +28,19 @@ impl SeqWindow {
     /// may lag or jump (IPMI 2.0 §6.12.13: 1.5 uses ±8, RMCP+ -16/+15 as OpenIPMI does).
     pub fn new(next: u32, behind: u32, ahead: u32) -> SeqWindow {
         SeqWindow {
-            highest: next.wrapping_sub(1),
-            seen: 1,
+            window: window_pack(next.wrapping_sub(1), 1),
             behind,
             ahead,
         }
     }
 
     pub fn check(&self, seq: u32) -> bool {
-        let fwd = seq.wrapping_sub(self.highest);
-        if fwd != 0 && fwd <= self.ahead {
-            return true;
-        }
-        let back = self.highest.wrapping_sub(seq);
-        back < self.behind && back < 32 && self.seen & (1 << back) == 0
+        window_accepts(self.window, seq, self.behind, self.ahead)
     }
 
     /// Records `seq`; call only after `check` passed and the packet authenticated.
     pub fn commit(&mut self, seq: u32) {
-        let fwd = seq.wrapping_sub(self.highest);
-        if fwd != 0 && fwd <= self.ahead {
-            self.seen = if fwd >= 32 { 0 } else { self.seen << fwd };
-            self.seen |= 1;
-            self.highest = seq;
-        } else {
-            let back = self.highest.wrapping_sub(seq);
-            if back < 32 {
-                self.seen |= 1 << back;
-            }
-        }
+        self.window = window_advance(self.window, seq, self.ahead);
     }
 }
 
@@ -109,6 +96,8 @@ pub trait SharedSession: Send + Sync + std::fmt::Debug {
     fn set_privilege(&self, privilege: Privilege);
     /// When the fast path last answered in this session, if it did.
     fn last_fast_answer(&self, now: Instant) -> Option<Instant>;
+    /// Records activity the engine handled, so the fast path's idle deadline moves too.
+    fn touch(&self, now: Instant);
 }
 
 /// What the fast path needs to answer inside an IPMI 1.5 session.
@@ -122,6 +111,8 @@ pub struct PublishV15 {
     pub inbound_start: u32,
     pub next_outbound: u32,
     pub privilege: Privilege,
+    /// The fast path stops answering once the session has been idle this long.
+    pub idle_timeout: Duration,
 }
 
 /// Where an engine publishes its IPMI 1.5 sessions (the agent's fast path); None when the
@@ -191,8 +182,28 @@ impl Session {
         matches!(self.state, State::Active(_))
     }
 
+    /// The user the session is (or is being) authenticated as, once the handshake named one.
+    pub fn user(&self) -> Option<&str> {
+        match &self.state {
+            State::ChallengeSent(c) => Some(&c.user),
+            State::Opened(_) => None,
+            State::Rakp2Sent(r) => Some(&r.user),
+            State::Active(a) => Some(&a.user),
+        }
+    }
+
+    /// Records activity: here, and in the fast path's slot when the session is published.
+    pub fn touch(&mut self, now: Instant) {
+        self.last_activity = now;
+        if let State::Active(a) = &self.state
+            && let Some(shared) = &a.shared
+        {
+            shared.touch(now);
+        }
+    }
+
     /// The later of the engine's and the fast path's last activity.
-    fn last_seen(&self, now: Instant) -> Instant {
+    pub fn last_seen(&self, now: Instant) -> Instant {
         match &self.state {
             State::Active(a) => match a.shared.as_ref().and_then(|s| s.last_fast_answer(now)) {
                 Some(fast) => fast.max(self.last_activity),
@@ -205,10 +216,29 @@ impl Session {
 
 /// Why a new session could not be created.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TableFull;
+pub enum Refusal {
+    /// Every session in the table was used within [`RECLAIM_IDLE`].
+    TableFull,
+    /// The source address already holds its share of the table, all of it recently used.
+    SourceShare,
+}
 
-/// A bounded table. A full table recycles its oldest half-open session (a handshake is cheap
-/// to restart) and otherwise refuses: an active session is never evicted.
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Refusal::TableFull => "session table full of recently active sessions",
+            Refusal::SourceShare => "source holds half of the session table",
+        })
+    }
+}
+
+/// A session idle at least this long may be reclaimed for a new one; one used more recently
+/// is never taken. Clients that vanish without Close Session (a killed ipmitool, libraries
+/// that open a session per call) would otherwise hold the table until the idle timeout.
+pub const RECLAIM_IDLE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A bounded table. When it is full, the least recently active session idle for at least
+/// [`RECLAIM_IDLE`] makes room; one source address holds at most half of it.
 #[derive(Debug, Default)]
 pub struct SessionTable {
     sessions: Vec<Session>,
@@ -217,11 +247,6 @@ pub struct SessionTable {
 impl SessionTable {
     pub fn get_mut(&mut self, id: u32) -> Option<&mut Session> {
         self.sessions.iter_mut().find(|s| s.id == id)
-    }
-
-    /// Every session, half-open and active, in no particular order.
-    pub fn iter(&self) -> impl Iterator<Item = &Session> {
-        self.sessions.iter()
     }
 
     pub fn contains(&self, id: u32) -> bool {
@@ -245,35 +270,96 @@ impl SessionTable {
         self.sessions.iter().filter(|s| s.is_active()).count()
     }
 
-    /// Forgets idle active sessions and stale handshakes; returns how many went.
-    pub fn expire(
-        &mut self,
-        now: Instant,
-        idle: std::time::Duration,
-        handshake: std::time::Duration,
-    ) -> usize {
-        let before = self.sessions.len();
-        self.sessions.retain(|s| {
-            let limit = if s.is_active() { idle } else { handshake };
-            now.saturating_duration_since(s.last_seen(now)) < limit
-        });
-        before - self.sessions.len()
+    pub fn iter(&self) -> impl Iterator<Item = &Session> {
+        self.sessions.iter()
     }
 
-    pub fn insert(&mut self, session: Session, capacity: usize) -> Result<(), TableFull> {
-        if self.sessions.len() >= capacity {
-            let oldest_half_open = self
-                .sessions
-                .iter()
-                .enumerate()
-                .filter(|(_, s)| !s.is_active())
-                .min_by_key(|(_, s)| s.last_activity)
-                .map(|(i, _)| i)
-                .ok_or(TableFull)?;
-            self.sessions.swap_remove(oldest_half_open);
+    /// The idle limit of a session: the session timeout once active, the handshake timeout
+    /// before.
+    fn limit(s: &Session, idle: Duration, handshake: Duration) -> Duration {
+        if s.is_active() { idle } else { handshake }
+    }
+
+    /// Removes the idle active sessions and stale handshakes and returns them.
+    pub fn expire(&mut self, now: Instant, idle: Duration, handshake: Duration) -> Vec<Session> {
+        let mut gone = Vec::new();
+        let mut i = 0;
+        while i < self.sessions.len() {
+            let s = &self.sessions[i];
+            let limit = Self::limit(s, idle, handshake);
+            if now.saturating_duration_since(s.last_seen(now)) >= limit {
+                gone.push(self.sessions.swap_remove(i));
+            } else {
+                i += 1;
+            }
         }
+        gone
+    }
+
+    /// When the next session reaches its idle limit, if any session is open.
+    pub fn next_deadline(
+        &self,
+        now: Instant,
+        idle: Duration,
+        handshake: Duration,
+    ) -> Option<Instant> {
+        self.sessions
+            .iter()
+            .map(|s| s.last_seen(now) + Self::limit(s, idle, handshake))
+            .min()
+    }
+
+    /// Removes and returns the sessions `revoke` picks (their credentials changed).
+    pub fn revoke(&mut self, mut revoke: impl FnMut(&Session) -> bool) -> Vec<Session> {
+        let mut gone = Vec::new();
+        let mut i = 0;
+        while i < self.sessions.len() {
+            if revoke(&self.sessions[i]) {
+                gone.push(self.sessions.swap_remove(i));
+            } else {
+                i += 1;
+            }
+        }
+        gone
+    }
+
+    /// The least recently active session among those `pick` selects, if it has been idle
+    /// for at least [`RECLAIM_IDLE`].
+    fn reclaimable(&self, now: Instant, pick: impl Fn(&Session) -> bool) -> Option<usize> {
+        self.sessions
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| pick(s))
+            .map(|(i, s)| (i, s.last_seen(now)))
+            .min_by_key(|(_, seen)| *seen)
+            .filter(|(_, seen)| now.saturating_duration_since(*seen) >= RECLAIM_IDLE)
+            .map(|(i, _)| i)
+    }
+
+    /// Adds a session, reclaiming an idle one when the table (or the source's half of it) is
+    /// full; returns the session that made room, if one did.
+    pub fn insert(
+        &mut self,
+        session: Session,
+        capacity: usize,
+        now: Instant,
+    ) -> Result<Option<Session>, Refusal> {
+        let ip = session.peer.ip();
+        let share = (capacity / 2).max(1);
+        let from_source = self.sessions.iter().filter(|s| s.peer.ip() == ip).count();
+        let victim = if from_source >= share {
+            Some(
+                self.reclaimable(now, |s| s.peer.ip() == ip)
+                    .ok_or(Refusal::SourceShare)?,
+            )
+        } else if self.sessions.len() >= capacity {
+            Some(self.reclaimable(now, |_| true).ok_or(Refusal::TableFull)?)
+        } else {
+            None
+        };
+        let reclaimed = victim.map(|i| self.sessions.swap_remove(i));
         self.sessions.push(session);
-        Ok(())
+        Ok(reclaimed)
     }
 }
 
@@ -337,16 +423,94 @@ mod tests {
         }
     }
 
+    fn from(mut s: Session, peer: &str) -> Session {
+        s.peer = peer.parse().unwrap();
+        s
+    }
+
     #[test]
-    fn full_table_recycles_half_open_never_active() {
+    fn full_table_reclaims_the_least_recently_active_idle_session() {
+        let t = Instant::now();
+        let cap = 4;
+        let mut table = SessionTable::default();
+        for (id, age) in [(1, 5), (2, 9), (3, 3), (4, 2)] {
+            let s = from(
+                session(id, true, t - Duration::from_secs(age)),
+                &format!("10.0.0.{id}:1"),
+            );
+            assert_eq!(table.insert(s, cap, t).map(|r| r.map(|s| s.id)), Ok(None));
+        }
+        let got = table.insert(from(session(5, true, t), "10.0.0.5:1"), cap, t);
+        assert_eq!(got.map(|r| r.map(|s| s.id)), Ok(Some(2)), "the idlest goes");
+        assert!(table.contains(5) && !table.contains(2));
+    }
+
+    #[test]
+    fn a_session_used_within_a_second_is_never_taken() {
         let t = Instant::now();
         let mut table = SessionTable::default();
-        table.insert(session(1, true, t), 2).unwrap();
-        table.insert(session(2, false, t), 2).unwrap();
-        table.insert(session(3, false, t), 2).unwrap();
-        assert!(table.contains(1) && table.contains(3) && !table.contains(2));
-        table.insert(session(4, true, t), 2).unwrap();
-        assert_eq!(table.insert(session(5, true, t), 2), Err(TableFull));
-        assert!(table.contains(1) && table.contains(4));
+        let recent = t - Duration::from_millis(900);
+        table
+            .insert(from(session(1, true, recent), "10.0.0.1:1"), 2, t)
+            .unwrap();
+        table
+            .insert(from(session(2, false, recent), "10.0.0.2:1"), 2, t)
+            .unwrap();
+        let s = from(session(3, true, t), "10.0.0.3:1");
+        assert_eq!(table.insert(s, 2, t).map(|_| ()), Err(Refusal::TableFull));
+        let later = t + Duration::from_millis(200);
+        let s = from(session(3, true, later), "10.0.0.3:1");
+        assert!(table.insert(s, 2, later).unwrap().is_some());
+    }
+
+    #[test]
+    fn one_source_holds_at_most_half_the_table() {
+        let t = Instant::now();
+        let mut table = SessionTable::default();
+        for id in 1..=4 {
+            let s = from(session(id, true, t), &format!("10.0.0.9:{id}"));
+            table.insert(s, 8, t).unwrap();
+        }
+        let fifth = from(session(5, true, t), "10.0.0.9:5");
+        assert_eq!(
+            table.insert(fifth, 8, t).map(|_| ()),
+            Err(Refusal::SourceShare)
+        );
+        // Another source still gets in, and the busy source reclaims only its own sessions.
+        table
+            .insert(from(session(6, true, t), "10.0.0.8:1"), 8, t)
+            .unwrap();
+        let later = t + Duration::from_secs(2);
+        let fifth = from(session(5, true, later), "10.0.0.9:5");
+        let taken = table.insert(fifth, 8, later).unwrap().unwrap();
+        assert_eq!(
+            taken.peer.ip(),
+            "10.0.0.9".parse::<std::net::IpAddr>().unwrap()
+        );
+        assert!(table.contains(6));
+    }
+
+    #[test]
+    fn expiry_returns_what_went_and_the_next_deadline() {
+        let t = Instant::now();
+        let (idle, hs) = (Duration::from_secs(60), Duration::from_secs(10));
+        let mut table = SessionTable::default();
+        table
+            .insert(from(session(1, true, t), "10.0.0.1:1"), 8, t)
+            .unwrap();
+        table
+            .insert(from(session(2, false, t), "10.0.0.2:1"), 8, t)
+            .unwrap();
+        assert_eq!(table.next_deadline(t, idle, hs), Some(t + hs));
+        let gone = table.expire(t + hs, idle, hs);
+        assert_eq!(gone.iter().map(|s| s.id).collect::<Vec<_>>(), [2]);
+        assert_eq!(table.next_deadline(t, idle, hs), Some(t + idle));
+        assert!(
+            table
+                .expire(t + idle - Duration::from_millis(1), idle, hs)
+                .is_empty()
+        );
+        assert_eq!(table.expire(t + idle, idle, hs).len(), 1);
+        assert_eq!(table.next_deadline(t, idle, hs), None);
     }
 }

@@ -99,7 +99,7 @@ impl Bmc {
             (NETFN_APP, CMD_ACTIVATE_SESSION) => (cc::INVALID_SESSION_ID, Vec::new()),
             _ => match self.sessionless(now, &req, vm) {
                 commands::Outcome::Reply(code, data) => (code, data),
-                commands::Outcome::Action(_) => return Output::Drop(DropReason::NotAllowed),
+                commands::Outcome::Action(..) => return Output::Drop(DropReason::NotAllowed),
             },
         };
         Output::Reply(sessionless_reply(&req, code, &data))
@@ -137,12 +137,7 @@ impl Bmc {
             }),
             last_activity: now,
         };
-        if self
-            .sessions
-            .insert(session, self.config.max_sessions)
-            .is_err()
-        {
-            self.stats.sessions_refused += 1;
+        if self.admit(session, now).is_err() {
             return (cc::OUT_OF_SPACE, Vec::new());
         }
         let mut out = id.to_le_bytes().to_vec();
@@ -235,6 +230,7 @@ impl Bmc {
                 inbound_start,
                 next_outbound,
                 privilege,
+                idle_timeout: self.config.session_timeout,
             })
         });
         let active = Active {
@@ -251,11 +247,10 @@ impl Bmc {
             shared,
         };
         // The half-open entry becomes the session under its new, unguessable id.
-        if let Some(mut s) = self.sessions.remove(temp_id) {
+        if let Some(s) = self.sessions.get_mut(temp_id) {
             s.id = new_id;
             s.state = State::Active(Box::new(active));
             s.last_activity = now;
-            self.sessions.insert(s, usize::MAX).ok();
         }
         self.stats.sessions_opened += 1;
         reply

@@ -6,9 +6,10 @@ use std::fmt;
 pub enum PowerState {
     Off,
     On,
-    /// Powering on: not yet "on" to a client, and busy for mutating commands.
+    /// Powering on: not yet "on" to a client. What a power command does meanwhile is
+    /// in the table of `commands::chassis_control`.
     Starting,
-    /// Powering off: still "on" to a client until it is down, and busy.
+    /// Powering off: still "on" to a client until it is down.
     Stopping,
 }
 
@@ -137,10 +138,25 @@ impl fmt::Display for Action {
     }
 }
 
+/// When the driver may run an action. The engine never waits: a command that needs the
+/// machine's power transition to end first says so here, and the driver waits for the
+/// backend's view to settle before it acts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum When {
+    /// At once.
+    Now,
+    /// Once the machine is out of its transition (neither Starting nor Stopping). The wait and
+    /// the action share one deadline; a transition that outlasts it answers
+    /// [`ActionError::Busy`] (0xC0, "node busy").
+    Settled,
+}
+
 /// How an action failed, as the backend saw it; each maps to the completion code a physical
 /// BMC would send.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ActionError {
+    /// The machine is in a power transition: refused by a backend that cannot act before it
+    /// ends (the driver then waits for it), or a transition that outlasted the deadline.
     #[error("machine is in a power transition")]
     Busy,
     #[error("not possible in the machine's present state: {0}")]

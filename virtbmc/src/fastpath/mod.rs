@@ -403,13 +403,13 @@ impl FastPath {
         }
     }
 
-    /// The shared IPMI 1.5 session slots (stage 3), when the fast path is on.
+    /// The shared IPMI 1.5 session slots, when the fast path is on.
     pub fn sessions(&self) -> Option<&SessionSlots> {
         self.inner.as_ref().map(|l| &*l.slots)
     }
 
     /// The engine's session publisher for the BMC on `port` (`Bmc::set_publisher`): IPMI
-    /// 1.5 sessions it activates are then answered by the program as well (stage 3). None
+    /// 1.5 sessions it activates are then answered by the program as well. None
     /// when the fast path is off.
     pub fn session_publisher(
         &self,

@@ -1,4 +1,4 @@
-//! Stage 3 shared state, userspace side: the mmapped `SESSIONS` slots with the atomics the
+//! The shared session state, userspace side: the mmapped `SESSIONS` slots with the atomics the
 //! protocol in `virtbmc_common::session` prescribes. The engine (through the agent) uses this
 //! for every packet of a published IPMI 1.5 session instead of a private sequence window.
 
@@ -118,10 +118,18 @@ impl SessionSlots {
             .fetch_add(1, Ordering::AcqRel)
     }
 
-    /// Step 4: CLOCK_MONOTONIC ns of the program's last answer in this session.
-    pub fn last_activity_ns(&self, slot: u32) -> u64 {
+    fn activity(&self, slot: u32) -> &AtomicU64 {
         unsafe { AtomicU64::from_ptr(&raw mut (*self.slot(slot)).last_activity_ns) }
-            .load(Ordering::Acquire)
+    }
+
+    /// Step 4: CLOCK_MONOTONIC ns of the last activity in this session.
+    pub fn last_activity_ns(&self, slot: u32) -> u64 {
+        self.activity(slot).load(Ordering::Acquire)
+    }
+
+    /// Step 4, the engine's half: activity at `ns`; never moves the time back.
+    pub fn touch(&self, slot: u32, ns: u64) {
+        self.activity(slot).fetch_max(ns, Ordering::AcqRel);
     }
 
     /// Answers the program gave in this session.
@@ -272,8 +280,8 @@ impl crate::engine::session::SessionPublisher for Publisher {
             password: s.password,
             window: virtbmc_common::session::window_pack(s.inbound_start.wrapping_sub(1), 1),
             outbound: s.next_outbound,
-            _pad1: 0,
-            last_activity_ns: 0,
+            idle_timeout_ms: u32::try_from(s.idle_timeout.as_millis()).unwrap_or(u32::MAX),
+            last_activity_ns: monotonic_ns(),
             fast_answers: 0,
         };
         let give_back = |alloc: &std::sync::Mutex<SlotAlloc>| {
@@ -337,6 +345,13 @@ impl crate::engine::session::SharedSession for Shared {
 
     fn set_privilege(&self, privilege: crate::engine::config::Privilege) {
         self.slots.set_privilege(self.slot, privilege.wire());
+    }
+
+    fn touch(&self, now: std::time::Instant) {
+        // `now` is when the driver received the packet: a moment ago in CLOCK_MONOTONIC.
+        let ago = std::time::Instant::now().saturating_duration_since(now);
+        let ns = monotonic_ns().saturating_sub(ago.as_nanos() as u64);
+        self.slots.touch(self.slot, ns);
     }
 
     fn last_fast_answer(&self, now: std::time::Instant) -> Option<std::time::Instant> {

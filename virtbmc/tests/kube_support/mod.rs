@@ -271,3 +271,68 @@ pub async fn until(what: &str, mut cond: impl FnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// `ipmitool ... shell` as admin/password on 127.0.0.1: one session held across commands.
+pub struct Shell {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Shell {
+    pub fn open(interface: &str, port: u16) -> Shell {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new("ipmitool")
+            .args(["-I", interface, "-H", "127.0.0.1", "-p", &port.to_string()])
+            .args([
+                "-U", "admin", "-P", "password", "-N", "1", "-R", "2", "shell",
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("ipmitool is installed");
+        let (tx, lines) = std::sync::mpsc::channel();
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for l in std::io::BufReader::new(stream)
+                    .lines()
+                    .map_while(Result::ok)
+                {
+                    let _ = tx.send(l);
+                }
+            });
+        }
+        Shell { child, lines }
+    }
+
+    /// Sends `cmd` and returns every line printed until one contains `want` (Ok) or until
+    /// ten seconds pass with none (Err with what was printed).
+    pub fn run(&mut self, cmd: &str, want: &str) -> Result<(), Vec<String>> {
+        use std::io::Write;
+        let stdin = self.child.stdin.as_mut().unwrap();
+        writeln!(stdin, "{cmd}")
+            .and_then(|()| stdin.flush())
+            .unwrap();
+        let end = std::time::Instant::now() + Duration::from_secs(10);
+        let mut seen = Vec::new();
+        while let Some(left) = end.checked_duration_since(std::time::Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(l) if l.contains(want) => return Ok(()),
+                Ok(l) => seen.push(l),
+                Err(_) => break,
+            }
+        }
+        Err(seen)
+    }
+}
+
+impl Drop for Shell {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
