@@ -1,6 +1,6 @@
-//! freeipmi 1.6: ipmipower, ipmi-chassis, bmc-info (LAN = IPMI 1.5 by default, `-D LAN_2_0`
-//! for RMCP+), rmcpping and ipmiping (port 623 only). Default options; the port goes in the
-//! host (`-h IP:PORT`).
+//! freeipmi 1.6: ipmipower, ipmi-chassis, bmc-info, ipmi-sensors, ipmi-fru, ipmi-sel (LAN =
+//! IPMI 1.5 by default, `-D LAN_2_0` for RMCP+), rmcpping and ipmiping (port 623 only).
+//! Default options; the port goes in the host (`-h IP:PORT`).
 
 mod common;
 
@@ -268,4 +268,71 @@ fn ipmi_chassis_config_boot_flags() {
             assert!(found, "{key} {value} not read back:\n{out}");
         }
     }
+}
+
+fn joined<'a>(a: &[&'a str], b: &[&'a str]) -> Vec<&'a str> {
+    [a, b].concat()
+}
+
+/// ipmi-sensors, ipmi-fru and ipmi-sel read the SDR repository, FRU and SEL: the ACPI power
+/// state sensor follows the VM, the FRU names it with the GUID bmc-info reads as its serial.
+/// The SDR cache goes to a directory of this test's own, so that no earlier run answers.
+#[test]
+fn ipmi_sensors_fru_and_sel() {
+    ready_or_skip!("ipmi-sensors", "ipmi-fru", "ipmi-sel", "ipmipower");
+    let bmc = Bmc::builder().vm("vm-0=6230").start();
+    let cache = std::env::temp_dir().join(format!("{}-sdr-cache", bmc.net.bmc));
+    std::fs::create_dir_all(&cache).unwrap();
+    let cache_arg = format!("--sdr-cache-directory={}", cache.display());
+    for driver in [&[][..], &["-D", "LAN_2_0"][..]] {
+        let sensor_event = |bmc: &Bmc| {
+            let out = bmc.freeipmi(
+                "ipmi-sensors",
+                PORT,
+                &joined(
+                    driver,
+                    &[&cache_arg, "--comma-separated-output", "--no-header-output"],
+                ),
+            );
+            out.assert_ok();
+            out.stdout
+                .lines()
+                .find(|l| l.contains("ACPI Power State"))
+                .and_then(|l| l.rsplit(',').next())
+                .unwrap_or_else(|| panic!("no power sensor:\n{out}"))
+                .to_string()
+        };
+        ipmipower_says(
+            &bmc.freeipmi("ipmipower", PORT, &joined(driver, &["--off"])),
+            &bmc,
+            "ok",
+        );
+        bmc.wait_power(VM, "off");
+        assert_eq!(sensor_event(&bmc), "'S5/G2'");
+        ipmipower_says(
+            &bmc.freeipmi("ipmipower", PORT, &joined(driver, &["--on"])),
+            &bmc,
+            "ok",
+        );
+        bmc.wait_power(VM, "on");
+        assert_eq!(sensor_event(&bmc), "'S0/G0'");
+
+        let fru = bmc.freeipmi("ipmi-fru", PORT, &joined(driver, &[&cache_arg]));
+        fru.assert_ok()
+            .assert_stdout_has("FRU Product Manufacturer Name: KubeVirt")
+            .assert_stdout_has("FRU Product Name: vm-0")
+            .assert_stdout_has(&format!(
+                "FRU Product Serial Number: {}",
+                system_guid(&bmc, driver).to_lowercase()
+            ));
+
+        let sel = bmc.freeipmi("ipmi-sel", PORT, &joined(driver, &["--info"]));
+        sel.assert_ok();
+        let entries = sel
+            .stdout
+            .lines()
+            .find(|l| l.starts_with("Number of log entries"));
+        assert!(entries.is_some_and(|l| l.ends_with(": 0")), "{sel}");
+    }
+    let _ = std::fs::remove_dir_all(&cache);
 }

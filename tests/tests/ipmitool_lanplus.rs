@@ -114,3 +114,48 @@ fn concurrent_clients_all_succeed() {
         out.assert_ok().assert_stdout_has("Chassis Power is on");
     }
 }
+
+/// IPMI 2.0 §28.12: one-shot boot flags that no restart follows are cleared after 60 s, unless
+/// boot parameter 3 bit 3 keeps them (what Ironic and pyghmi send first); persistent flags are
+/// the machine's boot order and stay.
+#[test]
+fn lanplus_one_shot_bootdev_expires_without_a_restart() {
+    ready_or_skip!("ipmitool");
+    let bmc = virtbmc_e2e::Bmc::builder()
+        .vm("vm-0=6230")
+        .vm("vm-1=6231")
+        .vm("vm-2=6232")
+        .start();
+    let set = std::time::Instant::now();
+    let admin =
+        |port: u16, args: &[&str]| bmc.admin(Iface::Lanplus, port, args).assert_ok().clone();
+    admin(6230, &["chassis", "bootdev", "pxe"]);
+    admin(6231, &["raw", "0x00", "0x08", "0x03", "0x08"]);
+    admin(6231, &["chassis", "bootdev", "pxe"]);
+    admin(6232, &["chassis", "bootdev", "pxe", "options=persistent"]);
+    for vm in ["vm-0", "vm-1", "vm-2"] {
+        assert_eq!(bmc.vm(vm).boot, "pxe", "{vm} right after bootdev");
+    }
+    bmc.wait_vm(
+        "vm-0",
+        "the one-shot override to expire",
+        std::time::Duration::from_secs(75),
+        |v| v.boot == "none",
+    );
+    let after = set.elapsed();
+    assert!(after.as_secs() >= 59, "expired after only {after:?}");
+    admin(6230, &["chassis", "bootparam", "get", "5"]).assert_stdout_has("- Boot Flag Invalid");
+    let kept = bmc.vm("vm-1");
+    assert_eq!(
+        (kept.boot.as_str(), kept.persistent),
+        ("pxe", false),
+        "{kept:?}"
+    );
+    admin(6231, &["chassis", "bootparam", "get", "5"]).assert_stdout_has("- Boot Flag Valid");
+    let persistent = bmc.vm("vm-2");
+    assert_eq!(
+        (persistent.boot.as_str(), persistent.persistent),
+        ("pxe", true),
+        "{persistent:?}"
+    );
+}

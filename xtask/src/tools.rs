@@ -39,9 +39,10 @@ pub fn on_path(tool: &str) -> bool {
 
 /// The Debian packages the end-to-end tests and the demo need (python3-cryptography gives
 /// python-ipmi its AES; pip installs python-ipmi itself).
-pub const PACKAGES: [&str; 10] = [
+pub const PACKAGES: [&str; 11] = [
     "ipmitool",
     "freeipmi-tools",
+    "ipmiutil",
     "iproute2",
     "curl",
     "python3",
@@ -57,8 +58,9 @@ pub const PACKAGES: [&str; 10] = [
 pub const PYTHON_IPMI: &str = "python-ipmi==0.6.1";
 
 /// Binaries the end-to-end tests and the demo run.
-pub const NEEDED: [&str; 11] = [
+pub const NEEDED: [&str; 12] = [
     "ipmitool",
+    "ipmiutil",
     "ipmipower",
     "ipmi-chassis",
     "bmc-info",

@@ -5,6 +5,7 @@ pub mod action;
 pub mod admin;
 pub mod config;
 pub mod metrics;
+mod netinfo;
 pub mod registry;
 pub mod server;
 

@@ -15,6 +15,7 @@ use super::server::BmcTask;
 use crate::backend::Backend;
 use crate::engine::Bmc;
 use crate::engine::config::BmcConfig;
+use crate::engine::site::{LanInterface, Site, WallClock};
 use crate::fastpath::{self, FastPath};
 
 /// The fast path, shared by the registry (map writes) and the admin endpoint (counters).
@@ -28,6 +29,8 @@ struct Entry {
 
 pub struct Registry {
     listen: IpAddr,
+    /// The interface behind `listen`, looked up once: every BMC reports it.
+    lan: Option<LanInterface>,
     backend: Arc<dyn Backend>,
     metrics: Arc<Metrics>,
     action_timeout: Duration,
@@ -43,8 +46,20 @@ impl Registry {
         action_timeout: Duration,
         fastpath: SharedFastPath,
     ) -> Registry {
+        let lan = super::netinfo::lan_interface(listen);
+        match &lan {
+            Some(l) => log::info!(
+                "listen address {listen}: netmask {} gateway {}",
+                l.netmask,
+                l.gateway.map_or("none".to_string(), |g| g.to_string())
+            ),
+            None => log::info!(
+                "listen address {listen} is on no single interface: BMCs report no IP address"
+            ),
+        }
         Registry {
             listen,
+            lan,
             backend,
             metrics,
             action_timeout,
@@ -109,6 +124,12 @@ impl Registry {
         let (tx, rx) = watch::channel(config.clone());
         let name: Arc<str> = Arc::from(name);
         let mut bmc = Bmc::new(config.clone());
+        bmc.set_site(Site {
+            vm_name: name.to_string(),
+            local: SocketAddr::new(self.listen, port),
+            lan: self.lan,
+            clock: wall_clock(),
+        });
         {
             // The socket is bound first, so a packet the program passes always has a receiver.
             let mut fp = self.fast();
@@ -177,6 +198,17 @@ impl Registry {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// The wall-clock time now, for a BMC's SEL clock (None if the clock is before 1970).
+fn wall_clock() -> Option<WallClock> {
+    let unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?;
+    Some(WallClock {
+        at: std::time::Instant::now(),
+        unix,
+    })
 }
 
 impl Drop for Registry {

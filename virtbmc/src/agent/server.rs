@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use tokio::net::UdpSocket;
@@ -12,7 +13,9 @@ use super::action;
 use super::metrics::Metrics;
 use crate::backend::Backend;
 use crate::engine::config::BmcConfig;
-use crate::engine::{ActionError, Bmc, DropReason, Event, MAX_DATAGRAM, Output, Pending};
+use crate::engine::{
+    Action, ActionError, Bmc, BootOverride, DropReason, Event, MAX_DATAGRAM, Output, Pending, When,
+};
 
 /// At most one warning about refused sessions per BMC in this interval; the ones in between
 /// are counted into the next.
@@ -111,8 +114,35 @@ impl BmcTask {
                     "bmc={} peer={peer} session {id:#010x} of user {user:?} ended: credentials changed",
                     self.name
                 ),
+                Event::BootFlagsExpired(flags) => self.boot_flags_expired(flags),
             }
         }
+    }
+
+    /// One-shot boot flags expired (the engine's timer): the action that clears them goes to
+    /// the backend if the machine still has them. No client waits for its result, so it is
+    /// only logged and counted.
+    fn boot_flags_expired(&self, flags: BootOverride) {
+        if self.backend.view(&self.name).and_then(|v| v.boot) != Some(flags) {
+            return;
+        }
+        let action = Action::SetBoot(None);
+        log::info!("bmc={} boot flags expired: action={action}", self.name);
+        let deadline = tokio::time::Instant::now() + self.action_timeout;
+        let (backend, name, metrics) = (
+            self.backend.clone(),
+            self.name.clone(),
+            self.metrics.clone(),
+        );
+        tokio::spawn(async move {
+            match action::run(&*backend, &name, action, When::Now, deadline).await {
+                Ok(()) => metrics.actions_ok.fetch_add(1, Relaxed),
+                Err(e) => {
+                    log::warn!("bmc={name} action={action} failed: {e}");
+                    metrics.actions_failed.fetch_add(1, Relaxed)
+                }
+            };
+        });
     }
 
     async fn on_datagram(

@@ -1,32 +1,72 @@
-//! IPMI commands that do not manage sessions: who may run them, and what they answer.
+//! Commands that do not manage sessions: who may run them ([`required_privilege`], the one
+//! privilege table), and what they answer. Each family lives in its own module; this one
+//! dispatches and holds the App and Chassis basics.
 
-use super::cc;
+use std::time::Instant;
+
+use super::boot::{self, BootParams};
 use super::config::{BmcConfig, Privilege};
-use super::vm::{Action, BootDevice, BootOverride, PowerState, VmView, When};
+use super::reservation::Reservation;
+use super::site::Site;
+use super::vm::{Action, PowerState, VmView, When};
+use super::{cc, channel, device, fru, lan_config, sdr, sel, sensor, users};
 use crate::wire::message::Request;
 
 pub const NETFN_CHASSIS: u8 = 0x00;
+pub const NETFN_SENSOR: u8 = 0x04;
 pub const NETFN_APP: u8 = 0x06;
+pub const NETFN_STORAGE: u8 = 0x0A;
+pub const NETFN_TRANSPORT: u8 = 0x0C;
 
 pub const CMD_GET_DEVICE_ID: u8 = 0x01;
+pub const CMD_GET_SELF_TEST: u8 = 0x04;
+pub const CMD_GET_ACPI_POWER_STATE: u8 = 0x07;
 pub const CMD_GET_SYSTEM_GUID: u8 = 0x37;
 pub const CMD_GET_AUTH_CAPS: u8 = 0x38;
 pub const CMD_GET_SESSION_CHALLENGE: u8 = 0x39;
 pub const CMD_ACTIVATE_SESSION: u8 = 0x3A;
 pub const CMD_SET_SESSION_PRIVILEGE: u8 = 0x3B;
 pub const CMD_CLOSE_SESSION: u8 = 0x3C;
+pub const CMD_GET_SESSION_INFO: u8 = 0x3D;
+pub const CMD_GET_CHANNEL_ACCESS: u8 = 0x41;
 pub const CMD_GET_CHANNEL_INFO: u8 = 0x42;
+pub const CMD_GET_USER_ACCESS: u8 = 0x44;
+pub const CMD_GET_USER_NAME: u8 = 0x46;
 pub const CMD_GET_CIPHER_SUITES: u8 = 0x54;
 
 pub const CMD_GET_CHASSIS_STATUS: u8 = 0x01;
 pub const CMD_CHASSIS_CONTROL: u8 = 0x02;
+pub const CMD_CHASSIS_IDENTIFY: u8 = 0x04;
 pub const CMD_SET_BOOT_OPTIONS: u8 = 0x08;
 pub const CMD_GET_BOOT_OPTIONS: u8 = 0x09;
 
+pub const CMD_GET_SENSOR_READING_FACTORS: u8 = 0x23;
+pub const CMD_GET_SENSOR_HYSTERESIS: u8 = 0x25;
+pub const CMD_GET_SENSOR_THRESHOLDS: u8 = 0x27;
+pub const CMD_GET_SENSOR_EVENT_ENABLE: u8 = 0x29;
+pub const CMD_GET_SENSOR_EVENT_STATUS: u8 = 0x2B;
+pub const CMD_GET_SENSOR_READING: u8 = 0x2D;
+pub const CMD_GET_SENSOR_TYPE: u8 = 0x2F;
+
+pub const CMD_GET_FRU_AREA_INFO: u8 = 0x10;
+pub const CMD_READ_FRU_DATA: u8 = 0x11;
+pub const CMD_GET_SDR_REPOSITORY_INFO: u8 = 0x20;
+pub const CMD_RESERVE_SDR_REPOSITORY: u8 = 0x22;
+pub const CMD_GET_SDR: u8 = 0x23;
+pub const CMD_GET_SEL_INFO: u8 = 0x40;
+pub const CMD_RESERVE_SEL: u8 = 0x42;
+pub const CMD_GET_SEL_ENTRY: u8 = 0x43;
+pub const CMD_GET_SEL_TIME: u8 = 0x48;
+
+pub const CMD_SET_LAN_CONFIG: u8 = 0x01;
+pub const CMD_GET_LAN_CONFIG: u8 = 0x02;
+
 /// The commands the metrics count by name (`virtbmc_requests_by_command_total`); any other
 /// request counts as "other", the last slot.
-pub const COUNTED: [(u8, u8, &str); 13] = [
+pub const COUNTED: [(u8, u8, &str); 29] = [
     (NETFN_APP, CMD_GET_DEVICE_ID, "get_device_id"),
+    (NETFN_APP, CMD_GET_SELF_TEST, "get_self_test_results"),
+    (NETFN_APP, CMD_GET_ACPI_POWER_STATE, "get_acpi_power_state"),
     (NETFN_APP, CMD_GET_SYSTEM_GUID, "get_system_guid"),
     (
         NETFN_APP,
@@ -45,7 +85,11 @@ pub const COUNTED: [(u8, u8, &str); 13] = [
         "set_session_privilege",
     ),
     (NETFN_APP, CMD_CLOSE_SESSION, "close_session"),
+    (NETFN_APP, CMD_GET_SESSION_INFO, "get_session_info"),
+    (NETFN_APP, CMD_GET_CHANNEL_ACCESS, "get_channel_access"),
     (NETFN_APP, CMD_GET_CHANNEL_INFO, "get_channel_info"),
+    (NETFN_APP, CMD_GET_USER_ACCESS, "get_user_access"),
+    (NETFN_APP, CMD_GET_USER_NAME, "get_user_name"),
     (
         NETFN_APP,
         CMD_GET_CIPHER_SUITES,
@@ -53,6 +97,7 @@ pub const COUNTED: [(u8, u8, &str); 13] = [
     ),
     (NETFN_CHASSIS, CMD_GET_CHASSIS_STATUS, "get_chassis_status"),
     (NETFN_CHASSIS, CMD_CHASSIS_CONTROL, "chassis_control"),
+    (NETFN_CHASSIS, CMD_CHASSIS_IDENTIFY, "chassis_identify"),
     (
         NETFN_CHASSIS,
         CMD_SET_BOOT_OPTIONS,
@@ -62,6 +107,31 @@ pub const COUNTED: [(u8, u8, &str); 13] = [
         NETFN_CHASSIS,
         CMD_GET_BOOT_OPTIONS,
         "get_system_boot_options",
+    ),
+    (NETFN_SENSOR, CMD_GET_SENSOR_READING, "get_sensor_reading"),
+    (
+        NETFN_STORAGE,
+        CMD_GET_FRU_AREA_INFO,
+        "get_fru_inventory_area_info",
+    ),
+    (NETFN_STORAGE, CMD_READ_FRU_DATA, "read_fru_data"),
+    (
+        NETFN_STORAGE,
+        CMD_GET_SDR_REPOSITORY_INFO,
+        "get_sdr_repository_info",
+    ),
+    (
+        NETFN_STORAGE,
+        CMD_RESERVE_SDR_REPOSITORY,
+        "reserve_sdr_repository",
+    ),
+    (NETFN_STORAGE, CMD_GET_SDR, "get_sdr"),
+    (NETFN_STORAGE, CMD_GET_SEL_INFO, "get_sel_info"),
+    (NETFN_STORAGE, CMD_GET_SEL_ENTRY, "get_sel_entry"),
+    (
+        NETFN_TRANSPORT,
+        CMD_GET_LAN_CONFIG,
+        "get_lan_configuration_parameters",
     ),
 ];
 
@@ -83,7 +153,6 @@ pub fn command_name(slot: usize) -> &'static str {
 
 /// Our LAN channel number, answered for "this channel" (0x0E).
 pub const LAN_CHANNEL: u8 = 0x01;
-const THIS_CHANNEL: u8 = 0x0E;
 
 pub enum Outcome {
     Reply(u8, Vec<u8>),
@@ -96,13 +165,29 @@ fn reply(cc: u8) -> Outcome {
     Outcome::Reply(cc, Vec::new())
 }
 
-/// Boot option parameters the BMC itself keeps (IPMI 2.0 §28.13): 0, 3 and 4. Parameter 5
-/// (the boot device) lives in the backend, where it takes effect.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct BootParams {
-    set_in_progress: u8,
-    valid_bit_clearing: u8,
-    boot_info_ack: u8,
+/// A command's answer from a module's `Result`: the data, or a completion code alone.
+fn answer<T: AsRef<[u8]>>(r: Result<T, u8>) -> Outcome {
+    match r {
+        Ok(data) => Outcome::Reply(cc::OK, data.as_ref().to_vec()),
+        Err(code) => reply(code),
+    }
+}
+
+/// What a command may read: the BMC's configuration and site, the machine, the time.
+#[derive(Debug, Clone, Copy)]
+pub struct Context<'a> {
+    pub config: &'a BmcConfig,
+    pub site: &'a Site,
+    pub vm: &'a VmView,
+    pub now: Instant,
+}
+
+/// What a BMC keeps between commands, besides its sessions.
+#[derive(Debug, Default)]
+pub struct Kept {
+    pub boot: BootParams,
+    pub sdr: Reservation,
+    pub sel: Reservation,
 }
 
 /// The commands allowed outside a session (IPMI 2.0 §13.7): the ones that set one up.
@@ -117,15 +202,63 @@ pub fn is_sessionless(net_fn: u8, cmd: u8) -> bool {
         )
 }
 
-/// Minimum privilege of each command we implement; None for commands we do not know.
-fn required_privilege(net_fn: u8, cmd: u8) -> Option<Privilege> {
-    match (net_fn, cmd) {
-        (NETFN_APP, CMD_GET_AUTH_CAPS | CMD_GET_CIPHER_SUITES) => Some(Privilege::Callback),
-        (NETFN_APP, CMD_GET_DEVICE_ID | CMD_GET_SYSTEM_GUID) => Some(Privilege::User),
-        (NETFN_CHASSIS, CMD_GET_CHASSIS_STATUS | CMD_GET_BOOT_OPTIONS) => Some(Privilege::User),
-        (NETFN_CHASSIS, CMD_CHASSIS_CONTROL | CMD_SET_BOOT_OPTIONS) => Some(Privilege::Operator),
-        _ => None,
-    }
+/// Minimum privilege of each command we implement (IPMI 2.0 Appendix G); None for commands
+/// we do not know. The session commands the engine runs itself are listed too.
+pub fn required_privilege(net_fn: u8, cmd: u8) -> Option<Privilege> {
+    use Privilege::{Admin, Callback, Operator, User};
+    let p = match (net_fn, cmd) {
+        (
+            NETFN_APP,
+            CMD_GET_AUTH_CAPS
+            | CMD_GET_CIPHER_SUITES
+            | CMD_GET_SESSION_CHALLENGE
+            | CMD_ACTIVATE_SESSION
+            | CMD_SET_SESSION_PRIVILEGE
+            | CMD_CLOSE_SESSION,
+        ) => Callback,
+        (
+            NETFN_APP,
+            CMD_GET_DEVICE_ID
+            | CMD_GET_SELF_TEST
+            | CMD_GET_ACPI_POWER_STATE
+            | CMD_GET_SYSTEM_GUID
+            | CMD_GET_SESSION_INFO
+            | CMD_GET_CHANNEL_ACCESS
+            | CMD_GET_CHANNEL_INFO,
+        ) => User,
+        // User names and access are Operator reads: a User may not list the accounts.
+        (NETFN_APP, CMD_GET_USER_ACCESS | CMD_GET_USER_NAME) => Operator,
+        (NETFN_CHASSIS, CMD_GET_CHASSIS_STATUS | CMD_GET_BOOT_OPTIONS) => User,
+        (NETFN_CHASSIS, CMD_CHASSIS_CONTROL | CMD_CHASSIS_IDENTIFY | CMD_SET_BOOT_OPTIONS) => {
+            Operator
+        }
+        (
+            NETFN_SENSOR,
+            CMD_GET_SENSOR_READING_FACTORS
+            | CMD_GET_SENSOR_HYSTERESIS
+            | CMD_GET_SENSOR_THRESHOLDS
+            | CMD_GET_SENSOR_EVENT_ENABLE
+            | CMD_GET_SENSOR_EVENT_STATUS
+            | CMD_GET_SENSOR_READING
+            | CMD_GET_SENSOR_TYPE,
+        ) => User,
+        (
+            NETFN_STORAGE,
+            CMD_GET_FRU_AREA_INFO
+            | CMD_READ_FRU_DATA
+            | CMD_GET_SDR_REPOSITORY_INFO
+            | CMD_RESERVE_SDR_REPOSITORY
+            | CMD_GET_SDR
+            | CMD_GET_SEL_INFO
+            | CMD_RESERVE_SEL
+            | CMD_GET_SEL_ENTRY
+            | CMD_GET_SEL_TIME,
+        ) => User,
+        (NETFN_TRANSPORT, CMD_GET_LAN_CONFIG) => Operator,
+        (NETFN_TRANSPORT, CMD_SET_LAN_CONFIG) => Admin,
+        _ => return None,
+    };
+    Some(p)
 }
 
 /// Runs a command for a caller at `privilege` (None: outside a session, where only the
@@ -133,9 +266,8 @@ fn required_privilege(net_fn: u8, cmd: u8) -> Option<Privilege> {
 pub fn execute(
     req: &Request,
     privilege: Option<Privilege>,
-    config: &BmcConfig,
-    vm: &VmView,
-    params: &mut BootParams,
+    ctx: &Context,
+    kept: &mut Kept,
 ) -> Outcome {
     let Some(needed) = required_privilege(req.net_fn, req.cmd) else {
         return reply(cc::INVALID_COMMAND);
@@ -143,44 +275,85 @@ pub fn execute(
     if privilege.is_some_and(|p| p < needed) {
         return reply(cc::INSUFFICIENT_PRIVILEGE);
     }
-    let d = req.data;
+    let (config, vm, d) = (ctx.config, ctx.vm, req.data);
     match (req.net_fn, req.cmd) {
-        (NETFN_APP, CMD_GET_AUTH_CAPS) => match auth_caps(d, config.allow_auth_none) {
-            Ok(data) => Outcome::Reply(cc::OK, data.to_vec()),
-            Err(code) => reply(code),
-        },
-        (NETFN_APP, CMD_GET_CIPHER_SUITES) => match cipher_suites(d, &suite_records(config)) {
-            Ok(data) => Outcome::Reply(cc::OK, data),
-            Err(code) => reply(code),
-        },
-        (NETFN_APP, CMD_GET_DEVICE_ID) if d.is_empty() => {
-            Outcome::Reply(cc::OK, DEVICE_ID.to_vec())
+        (NETFN_APP, CMD_GET_AUTH_CAPS) => answer(auth_caps(d, config.allow_auth_none)),
+        (NETFN_APP, CMD_GET_CIPHER_SUITES) => answer(cipher_suites(d, &suite_records(config))),
+        (NETFN_APP, CMD_GET_DEVICE_ID) if d.is_empty() => answer(Ok(DEVICE_ID)),
+        (NETFN_APP, CMD_GET_SELF_TEST) if d.is_empty() => answer(Ok(device::SELF_TEST_PASSED)),
+        (NETFN_APP, CMD_GET_ACPI_POWER_STATE) if d.is_empty() => {
+            answer(Ok(device::acpi_power_state(vm)))
         }
-        (NETFN_APP, CMD_GET_SYSTEM_GUID) if d.is_empty() => {
-            Outcome::Reply(cc::OK, vm.guid.to_vec())
-        }
-        (NETFN_CHASSIS, CMD_GET_CHASSIS_STATUS) if d.is_empty() => {
-            Outcome::Reply(cc::OK, chassis_status(vm).to_vec())
-        }
+        (NETFN_APP, CMD_GET_SYSTEM_GUID) if d.is_empty() => answer(Ok(vm.guid)),
+        (NETFN_APP, CMD_GET_CHANNEL_ACCESS) => answer(channel::channel_access(d)),
+        (NETFN_APP, CMD_GET_USER_ACCESS) => answer(users::get_user_access(d, config)),
+        (NETFN_APP, CMD_GET_USER_NAME) => answer(users::get_user_name(d, config)),
+        (NETFN_CHASSIS, CMD_GET_CHASSIS_STATUS) if d.is_empty() => answer(Ok(chassis_status(vm))),
         (NETFN_CHASSIS, CMD_CHASSIS_CONTROL) if d.len() == 1 => chassis_control(d[0], vm),
-        (NETFN_CHASSIS, CMD_SET_BOOT_OPTIONS) if !d.is_empty() => set_boot_option(d, params),
-        (NETFN_CHASSIS, CMD_GET_BOOT_OPTIONS) if d.len() == 3 => get_boot_option(d, vm, params),
+        (NETFN_CHASSIS, CMD_CHASSIS_IDENTIFY) => reply(chassis_identify(d)),
+        (NETFN_CHASSIS, CMD_SET_BOOT_OPTIONS) => boot::set_boot_option(d, &mut kept.boot),
+        (NETFN_CHASSIS, CMD_GET_BOOT_OPTIONS) if d.len() == 3 => {
+            boot::get_boot_option(d, vm, &kept.boot)
+        }
+        (NETFN_SENSOR, CMD_GET_SENSOR_READING) => answer(sensor::reading(d, vm)),
+        (NETFN_SENSOR, CMD_GET_SENSOR_EVENT_STATUS) => answer(sensor::event_status(d)),
+        (NETFN_SENSOR, CMD_GET_SENSOR_EVENT_ENABLE) => answer(sensor::event_enable(d)),
+        (NETFN_SENSOR, CMD_GET_SENSOR_TYPE) => answer(sensor::sensor_type(d)),
+        (
+            NETFN_SENSOR,
+            CMD_GET_SENSOR_THRESHOLDS | CMD_GET_SENSOR_HYSTERESIS | CMD_GET_SENSOR_READING_FACTORS,
+        ) => answer(sensor::threshold_only(d)),
+        (NETFN_STORAGE, CMD_GET_FRU_AREA_INFO) => answer(fru::area_info(d, fru_image(ctx).len())),
+        (NETFN_STORAGE, CMD_READ_FRU_DATA) => answer(fru::read(d, &fru_image(ctx))),
+        (NETFN_STORAGE, CMD_GET_SDR_REPOSITORY_INFO) if d.is_empty() => {
+            answer(Ok(sdr::repository_info()))
+        }
+        (NETFN_STORAGE, CMD_RESERVE_SDR_REPOSITORY) if d.is_empty() => {
+            answer(Ok(kept.sdr.reserve().to_le_bytes()))
+        }
+        (NETFN_STORAGE, CMD_GET_SDR) => answer(sdr::get_sdr(d, &kept.sdr)),
+        (NETFN_STORAGE, CMD_GET_SEL_INFO) if d.is_empty() => answer(Ok(sel::info())),
+        (NETFN_STORAGE, CMD_RESERVE_SEL) if d.is_empty() => {
+            answer(Ok(kept.sel.reserve().to_le_bytes()))
+        }
+        (NETFN_STORAGE, CMD_GET_SEL_ENTRY) => answer(sel::entry(d, &kept.sel)),
+        (NETFN_STORAGE, CMD_GET_SEL_TIME) if d.is_empty() => {
+            answer(Ok(sel::time(ctx.site, ctx.now)))
+        }
+        (NETFN_TRANSPORT, CMD_GET_LAN_CONFIG) => answer(lan_config::get(d, config, ctx.site)),
+        (NETFN_TRANSPORT, CMD_SET_LAN_CONFIG) => reply(lan_config::set(d, config, ctx.site)),
         _ => reply(cc::REQUEST_LENGTH_INVALID),
     }
 }
 
+/// The FRU image of this BMC's machine.
+fn fru_image(ctx: &Context) -> Vec<u8> {
+    fru::image(&ctx.site.vm_name, &ctx.vm.guid)
+}
+
+/// What this BMC is (Get Device ID byte 6, §20.1): a chassis device with an SDR repository,
+/// a SEL, FRU inventory and sensors. The SDR repository's own locator record says the same.
+pub const DEVICE_SUPPORT: u8 = 0x8F;
+
 /// Get Device ID (IPMI 2.0 §20.1): 15 bytes, IPMI version 0x02 (BCD "2.0": low nibble is the
-/// major version), chassis device support. freeipmi rejects any other length.
+/// major version), then what the device supports. freeipmi rejects any other length. Device
+/// revision bit 7 is clear: no device SDRs, so clients read the SDR repository instead.
 pub const DEVICE_ID: [u8; 15] = [
     0x20, // device id
     0x01, // device revision
     0x00, // firmware major (bit 7 clear: normal operation)
     0x01, // firmware minor, BCD
     0x02, // IPMI version 2.0
-    0x80, // additional device support: chassis device
-    0x00, 0x00, 0x00, // manufacturer id: unspecified
-    0x00, 0x00, // product id
-    0x00, 0x00, 0x00, 0x00, // auxiliary firmware revision
+    DEVICE_SUPPORT,
+    0x00,
+    0x00,
+    0x00, // manufacturer id: unspecified
+    0x00,
+    0x00, // product id
+    0x00,
+    0x00,
+    0x00,
+    0x00, // auxiliary firmware revision
 ];
 
 /// Get Channel Authentication Capabilities (IPMI 2.0 §22.13). Offers only what is enforced:
@@ -189,12 +362,8 @@ pub fn auth_caps(d: &[u8], allow_none: bool) -> Result<[u8; 8], u8> {
     if d.len() != 2 {
         return Err(cc::REQUEST_LENGTH_INVALID);
     }
-    let channel = d[0] & 0x0F;
     let extended = d[0] & 0x80 != 0;
-    if (channel != THIS_CHANNEL && channel != LAN_CHANNEL)
-        || d[0] & 0x70 != 0
-        || Privilege::from_wire(d[1]).is_none()
-    {
+    if !channel::is_ours(d[0]) || d[0] & 0x70 != 0 || Privilege::from_wire(d[1]).is_none() {
         return Err(cc::INVALID_DATA_FIELD);
     }
     let mut types = 0x04 | 0x10; // MD5, straight password
@@ -239,8 +408,7 @@ pub fn cipher_suites(d: &[u8], records: &[u8]) -> Result<Vec<u8>, u8> {
     if d.len() != 3 {
         return Err(cc::REQUEST_LENGTH_INVALID);
     }
-    let channel = d[0] & 0x0F;
-    if (channel != THIS_CHANNEL && channel != LAN_CHANNEL) || d[1] != 0x00 {
+    if !channel::is_ours(d[0]) || d[1] != 0x00 {
         return Err(cc::INVALID_DATA_FIELD);
     }
     let start = (d[2] & 0x3F) as usize * 16;
@@ -315,88 +483,16 @@ fn chassis_control(op: u8, vm: &VmView) -> Outcome {
     }
 }
 
-const PARAM_SET_IN_PROGRESS: u8 = 0;
-const PARAM_VALID_BIT_CLEARING: u8 = 3;
-const PARAM_BOOT_INFO_ACK: u8 = 4;
-const PARAM_BOOT_FLAGS: u8 = 5;
-
-/// Set System Boot Options (IPMI 2.0 §28.12).
-fn set_boot_option(d: &[u8], params: &mut BootParams) -> Outcome {
-    let value = &d[1..];
-    match (d[0] & 0x7F, value.len()) {
-        (PARAM_SET_IN_PROGRESS, 1) => {
-            if value[0] & 0x03 == 0x03 {
-                return reply(cc::INVALID_DATA_FIELD);
-            }
-            params.set_in_progress = value[0] & 0x03;
-            reply(cc::OK)
-        }
-        (PARAM_VALID_BIT_CLEARING, 1) => {
-            params.valid_bit_clearing = value[0] & 0x1F;
-            reply(cc::OK)
-        }
-        (PARAM_BOOT_INFO_ACK, 2) => {
-            let (mask, data) = (value[0], value[1]);
-            params.boot_info_ack = (params.boot_info_ack & !mask) | (data & mask);
-            reply(cc::OK)
-        }
-        (PARAM_BOOT_FLAGS, 5) => match boot_flags(value) {
-            Ok(o) => Outcome::Action(Action::SetBoot(o), When::Now),
-            Err(code) => reply(code),
-        },
-        (
-            PARAM_SET_IN_PROGRESS
-            | PARAM_VALID_BIT_CLEARING
-            | PARAM_BOOT_INFO_ACK
-            | PARAM_BOOT_FLAGS,
-            _,
-        ) => reply(cc::REQUEST_LENGTH_INVALID),
-        _ => reply(cc::PARAMETER_NOT_SUPPORTED),
+/// Chassis Identify (IPMI 2.0 §28.5): an interval (0 turns it off) and optionally "force
+/// on". A virtual machine has no light to blink; the command is accepted as on a chassis
+/// whose identify indicator nobody can see.
+fn chassis_identify(d: &[u8]) -> u8 {
+    match d {
+        [] | [_] => cc::OK,
+        [_, force] if force & 0xFE == 0 => cc::OK,
+        [_, _] => cc::INVALID_DATA_FIELD,
+        _ => cc::REQUEST_LENGTH_INVALID,
     }
-}
-
-/// Decodes boot flags (parameter 5): None clears the override.
-pub fn boot_flags(v: &[u8]) -> Result<Option<BootOverride>, u8> {
-    if v[0] & 0x80 == 0 {
-        return Ok(None);
-    }
-    let selector = (v[1] >> 2) & 0x0F;
-    if selector == 0 {
-        return Ok(None);
-    }
-    let device = BootDevice::from_selector(selector).ok_or(cc::INVALID_DATA_FIELD)?;
-    Ok(Some(BootOverride {
-        device,
-        persistent: v[0] & 0x40 != 0,
-        efi: v[0] & 0x20 != 0,
-    }))
-}
-
-pub fn encode_boot_flags(o: Option<BootOverride>) -> [u8; 5] {
-    match o {
-        None => [0; 5],
-        Some(o) => [
-            0x80 | u8::from(o.persistent) << 6 | u8::from(o.efi) << 5,
-            o.device.selector() << 2,
-            0,
-            0,
-            0,
-        ],
-    }
-}
-
-/// Get System Boot Options (IPMI 2.0 §28.13): parameter version 1, then the parameter.
-fn get_boot_option(d: &[u8], vm: &VmView, params: &BootParams) -> Outcome {
-    let param = d[0] & 0x7F;
-    let mut out = vec![0x01, param];
-    match param {
-        PARAM_SET_IN_PROGRESS => out.push(params.set_in_progress),
-        PARAM_VALID_BIT_CLEARING => out.push(params.valid_bit_clearing),
-        PARAM_BOOT_INFO_ACK => out.extend_from_slice(&[0x00, params.boot_info_ack]),
-        PARAM_BOOT_FLAGS => out.extend_from_slice(&encode_boot_flags(vm.boot)),
-        _ => return reply(cc::PARAMETER_NOT_SUPPORTED),
-    }
-    Outcome::Reply(cc::OK, out)
 }
 
 #[cfg(test)]
@@ -427,10 +523,30 @@ mod tests {
     }
 
     fn run(r: &Request, p: Privilege, power: PowerState) -> (u8, Vec<u8>, Option<(Action, When)>) {
+        run_kept(r, p, power, &mut Kept::default())
+    }
+
+    fn run_kept(
+        r: &Request,
+        p: Privilege,
+        power: PowerState,
+        kept: &mut Kept,
+    ) -> (u8, Vec<u8>, Option<(Action, When)>) {
         let cfg = BmcConfig::new(vec![
             User::new("admin", "password", Privilege::Admin).unwrap(),
         ]);
-        match execute(r, Some(p), &cfg, &vm(power), &mut BootParams::default()) {
+        let site = Site {
+            vm_name: "vm-0".into(),
+            ..Site::default()
+        };
+        let vm = vm(power);
+        let ctx = Context {
+            config: &cfg,
+            site: &site,
+            vm: &vm,
+            now: Instant::now(),
+        };
+        match execute(r, Some(p), &ctx, kept) {
             Outcome::Reply(c, d) => (c, d, None),
             Outcome::Action(a, w) => (0, Vec::new(), Some((a, w))),
         }
@@ -558,27 +674,139 @@ mod tests {
     }
 
     #[test]
-    fn boot_flags_round_trip_what_ipmitool_sends() {
-        // `chassis bootdev pxe options=persistent,efiboot`
-        let o = boot_flags(&[0xE0, 0x04, 0, 0, 0]).unwrap().unwrap();
-        assert_eq!(
-            o,
-            BootOverride {
-                device: BootDevice::Pxe,
-                persistent: true,
-                efi: true
-            }
+    fn device_id_announces_sdr_sel_fru_and_sensors() {
+        let (code, id, _) = run(
+            &req(NETFN_APP, CMD_GET_DEVICE_ID, &[]),
+            Privilege::User,
+            PowerState::Off,
         );
-        assert_eq!(encode_boot_flags(Some(o)), [0xE0, 0x04, 0, 0, 0]);
+        assert_eq!((code, id.len(), id[1] & 0x80, id[5]), (0, 15, 0, 0x8F));
+    }
+
+    #[test]
+    fn new_reads_answer_at_user_privilege() {
+        let user =
+            |net_fn, cmd, d: &[u8]| run(&req(net_fn, cmd, d), Privilege::User, PowerState::On);
         assert_eq!(
-            boot_flags(&[0x80, 0x14, 0, 0, 0]).unwrap().unwrap().device,
-            BootDevice::Cdrom
+            user(NETFN_APP, CMD_GET_SELF_TEST, &[]),
+            (0, vec![0x55, 0], None)
         );
         assert_eq!(
-            boot_flags(&[0x80, 0x3C, 0, 0, 0]),
-            Err(cc::INVALID_DATA_FIELD)
+            user(NETFN_APP, CMD_GET_ACPI_POWER_STATE, &[]),
+            (0, vec![0, 0], None)
         );
-        assert_eq!(boot_flags(&[0x00, 0x04, 0, 0, 0]), Ok(None));
+        assert_eq!(
+            user(NETFN_APP, CMD_GET_CHANNEL_ACCESS, &[1, 0x80]),
+            (0, vec![0x22, 4], None)
+        );
+        assert_eq!(
+            user(NETFN_SENSOR, CMD_GET_SENSOR_READING, &[1]),
+            (0, vec![0, 0x40, 1, 0x80], None)
+        );
+        assert_eq!(
+            user(NETFN_SENSOR, CMD_GET_SENSOR_THRESHOLDS, &[1]).0,
+            cc::ILLEGAL_FOR_SENSOR
+        );
+        assert_eq!(user(NETFN_STORAGE, CMD_GET_SEL_INFO, &[]).1.len(), 14);
+        assert_eq!(
+            user(NETFN_STORAGE, CMD_GET_SEL_ENTRY, &[0, 0, 0, 0, 0, 0xFF]).0,
+            cc::NOT_PRESENT
+        );
+        assert_eq!(
+            user(NETFN_STORAGE, CMD_GET_SEL_TIME, &[]),
+            (0, vec![0xFF; 4], None)
+        );
+        assert_eq!(
+            user(NETFN_STORAGE, CMD_GET_SDR_REPOSITORY_INFO, &[]).1[..3],
+            [0x51, 2, 0]
+        );
+        assert_eq!(
+            user(NETFN_APP, CMD_GET_SELF_TEST, &[1]).0,
+            cc::REQUEST_LENGTH_INVALID
+        );
+    }
+
+    #[test]
+    fn accounts_lan_and_identify_need_operator_or_more() {
+        let at = |p, net_fn, cmd, d: &[u8]| run(&req(net_fn, cmd, d), p, PowerState::On).0;
+        for (net_fn, cmd, d) in [
+            (NETFN_APP, CMD_GET_USER_ACCESS, &[1u8, 1][..]),
+            (NETFN_APP, CMD_GET_USER_NAME, &[1]),
+            (NETFN_TRANSPORT, CMD_GET_LAN_CONFIG, &[1, 3, 0, 0]),
+            (NETFN_CHASSIS, CMD_CHASSIS_IDENTIFY, &[]),
+        ] {
+            assert_eq!(
+                at(Privilege::User, net_fn, cmd, d),
+                cc::INSUFFICIENT_PRIVILEGE
+            );
+            assert_eq!(at(Privilege::Operator, net_fn, cmd, d), cc::OK);
+        }
+        let set_ip = &[1, 3, 10, 0, 0, 1][..];
+        assert_eq!(
+            at(
+                Privilege::Operator,
+                NETFN_TRANSPORT,
+                CMD_SET_LAN_CONFIG,
+                set_ip
+            ),
+            cc::INSUFFICIENT_PRIVILEGE
+        );
+        assert_eq!(
+            at(
+                Privilege::Admin,
+                NETFN_TRANSPORT,
+                CMD_SET_LAN_CONFIG,
+                set_ip
+            ),
+            cc::PARAMETER_READ_ONLY
+        );
+    }
+
+    #[test]
+    fn identify_takes_an_interval_and_force() {
+        let id = |d: &[u8]| {
+            run(
+                &req(NETFN_CHASSIS, CMD_CHASSIS_IDENTIFY, d),
+                Privilege::Operator,
+                PowerState::Off,
+            )
+        };
+        assert_eq!(id(&[]), (0, vec![], None));
+        assert_eq!(id(&[15]), (0, vec![], None));
+        assert_eq!(id(&[0, 1]), (0, vec![], None));
+        assert_eq!(id(&[0, 2]).0, cc::INVALID_DATA_FIELD);
+        assert_eq!(id(&[0, 1, 0]).0, cc::REQUEST_LENGTH_INVALID);
+    }
+
+    #[test]
+    fn sdr_and_fru_read_through_the_dispatch() {
+        let mut kept = Kept::default();
+        let mut call = |net_fn, cmd, d: &[u8]| {
+            run_kept(
+                &req(net_fn, cmd, d),
+                Privilege::User,
+                PowerState::Off,
+                &mut kept,
+            )
+        };
+        let (code, res, _) = call(NETFN_STORAGE, CMD_RESERVE_SDR_REPOSITORY, &[]);
+        assert_eq!((code, res.clone()), (0, vec![1, 0]));
+        let (code, body, _) = call(NETFN_STORAGE, CMD_GET_SDR, &[res[0], res[1], 1, 0, 5, 0xFF]);
+        assert_eq!((code, body.len()), (0, 2 + 43));
+        assert_eq!(
+            call(NETFN_STORAGE, CMD_RESERVE_SEL, &[]).1,
+            [1, 0],
+            "a counter of its own"
+        );
+        let (_, info, _) = call(NETFN_STORAGE, CMD_GET_FRU_AREA_INFO, &[0]);
+        let size = info[0] as usize;
+        let (code, data, _) = call(NETFN_STORAGE, CMD_READ_FRU_DATA, &[0, 0, 0, size as u8]);
+        assert_eq!((code, data[0] as usize), (0, size));
+        let name = b"vm-0";
+        assert!(
+            data.windows(5).any(|w| w[0] == 0xC4 && &w[1..] == name),
+            "product name"
+        );
     }
 
     #[test]

@@ -146,13 +146,12 @@ impl Bmc {
                 if !discovery {
                     return Output::Drop(DropReason::NotAllowed);
                 }
-                let (code, data) =
-                    match commands::execute(&req, None, &self.config, vm, &mut self.boot_params) {
-                        commands::Outcome::Reply(code, data) => (code, data),
-                        commands::Outcome::Action(..) => {
-                            return Output::Drop(DropReason::NotAllowed);
-                        }
-                    };
+                let (code, data) = match self.sessionless(now, &req, vm) {
+                    commands::Outcome::Reply(code, data) => (code, data),
+                    commands::Outcome::Action(..) => {
+                        return Output::Drop(DropReason::NotAllowed);
+                    }
+                };
                 let mut msg = Vec::with_capacity(8 + data.len());
                 req.emit_response(code, &data, &mut msg);
                 Output::Reply(outbound::sessionless_v20(PAYLOAD_IPMI, &msg))

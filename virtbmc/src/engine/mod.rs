@@ -4,16 +4,28 @@
 //! known. It never awaits, never
 //! logs a secret, and never touches a socket or Kubernetes.
 
+mod boot;
 pub mod cc;
+mod channel;
 pub mod commands;
 pub mod config;
 mod cookie;
+mod device;
 pub mod entropy;
+mod fru;
+mod lan_config;
 mod lanplus;
 mod limiter;
 mod outbound;
+mod reservation;
+mod sdr;
 mod secret;
+mod sel;
+mod sensor;
 pub mod session;
+mod session_info;
+pub mod site;
+mod users;
 mod v15;
 pub mod vm;
 
@@ -22,13 +34,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use commands::BootParams;
+use commands::{Context, Kept, Outcome};
 use config::{BmcConfig, Privilege};
 use cookie::Cookies;
 use entropy::{Entropy, OsEntropy};
 use limiter::{NameLimiter, SourceLimiter, TrustedSources};
 use secret::Secret;
 use session::{ActiveAuth, Refusal, Session, SessionPublisher, SessionTable, State};
+use site::Site;
 pub use vm::{Action, ActionError, BootDevice, BootOverride, PowerState, VmView, When};
 
 use crate::wire::message::Request;
@@ -66,8 +79,9 @@ pub enum DropReason {
     InFlight,
 }
 
-/// Something that happened to a session, for the driver to log and count: the engine reports
-/// it as a value and leaves what follows (a log line, a metric) to the driver.
+/// Something that happened to a session or to boot flags, for the driver to act on, log and
+/// count: the engine reports it as a value and leaves what follows (an action for the
+/// backend, a log line, a metric) to the driver.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     /// A new session or handshake was refused for lack of room.
@@ -83,6 +97,10 @@ pub enum Event {
         peer: SocketAddr,
         user: String,
     },
+    /// One-shot boot flags set through this BMC were followed by no restart within 60 s
+    /// (IPMI 2.0 §28.12): the driver clears them ([`Action::SetBoot`] with None) if the
+    /// machine still has them (another client may have replaced them since).
+    BootFlagsExpired(BootOverride),
 }
 
 /// Events kept for the driver; older ones are dropped if it never collects them.
@@ -93,6 +111,9 @@ const MAX_EVENTS: usize = 64;
 pub struct Pending {
     session_id: u32,
     request: OwnedRequest,
+    action: Action,
+    /// When the request came in: boot option timers count from it.
+    at: Instant,
 }
 
 #[derive(Debug, Clone)]
@@ -163,8 +184,10 @@ impl Stats {
 
 pub struct Bmc {
     config: Arc<BmcConfig>,
+    site: Site,
     sessions: SessionTable,
-    boot_params: BootParams,
+    session_handles: session_info::Handles,
+    kept: Kept,
     rakp_limiter: SourceLimiter,
     name_limiter: NameLimiter,
     trusted: TrustedSources,
@@ -184,8 +207,10 @@ impl Bmc {
     pub fn with_entropy(config: Arc<BmcConfig>, mut entropy: Box<dyn Entropy>) -> Bmc {
         Bmc {
             config,
+            site: Site::default(),
             sessions: SessionTable::default(),
-            boot_params: BootParams::default(),
+            session_handles: session_info::Handles::default(),
+            kept: Kept::default(),
             rakp_limiter: SourceLimiter::default(),
             name_limiter: NameLimiter::default(),
             trusted: TrustedSources::default(),
@@ -233,6 +258,11 @@ impl Bmc {
         self.config = config;
     }
 
+    /// Where this BMC runs and which machine it stands for.
+    pub fn set_site(&mut self, site: Site) {
+        self.site = site;
+    }
+
     /// The next event for the driver, oldest first.
     pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()
@@ -246,18 +276,26 @@ impl Bmc {
     }
 
     /// When [`Bmc::handle_timeout`] has work next: the earliest idle deadline of a session
-    /// or handshake (a session the fast path answers counts its answers as activity).
+    /// or handshake (a session the fast path answers counts its answers as activity), or the
+    /// expiry of one-shot boot flags.
     pub fn poll_timeout(&self, now: Instant) -> Option<Instant> {
-        self.sessions.next_deadline(
+        let idle = self.sessions.next_deadline(
             now,
             self.config.session_timeout,
             self.config.handshake_timeout,
-        )
+        );
+        match (idle, self.kept.boot.poll_timeout()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Ends the sessions and handshakes past their idle limit (a published session leaves
-    /// the fast path with it).
+    /// the fast path with it), and reports boot flags that expired.
     pub fn handle_timeout(&mut self, now: Instant) {
+        if let Some(flags) = self.kept.boot.handle_timeout(now) {
+            self.event(Event::BootFlagsExpired(flags));
+        }
         let gone = self.sessions.expire(
             now,
             self.config.session_timeout,
@@ -348,6 +386,12 @@ impl Bmc {
         pending: Pending,
         result: Result<(), ActionError>,
     ) -> Option<Vec<u8>> {
+        if result.is_ok() {
+            match pending.action {
+                Action::SetBoot(flags) => self.kept.boot.flags_set(flags, pending.at),
+                power => self.kept.boot.chassis_control(Some(power), pending.at),
+            }
+        }
         let session = self.sessions.get_mut(pending.session_id)?;
         if let State::Active(a) = &mut session.state {
             a.in_flight = None;
@@ -366,23 +410,36 @@ impl Bmc {
 
     /// Runs one authenticated in-session message at the session's privilege.
     fn in_session(&mut self, now: Instant, id: u32, message: &[u8], vm: &VmView) -> Output {
+        use commands::{
+            CMD_ACTIVATE_SESSION, CMD_CHASSIS_CONTROL, CMD_CLOSE_SESSION, CMD_GET_CHANNEL_INFO,
+            CMD_GET_SESSION_CHALLENGE, CMD_GET_SESSION_INFO, CMD_SET_SESSION_PRIVILEGE, NETFN_APP,
+            NETFN_CHASSIS,
+        };
         let req = match Request::parse(message) {
             Ok(r) => r,
             Err(e) => return Output::Drop(DropReason::Malformed(e)),
         };
         self.stats.count(&req);
-        let Some(session) = self.sessions.get_mut(id) else {
-            return Output::Drop(DropReason::UnknownSession);
-        };
-        session.touch(now);
-        let State::Active(active) = &mut session.state else {
-            return Output::Drop(DropReason::UnknownSession);
-        };
-        let (code, data) = match (req.net_fn, req.cmd) {
-            (commands::NETFN_APP, commands::CMD_SET_SESSION_PRIVILEGE) => {
-                set_privilege(active, req.data)
+        let privilege = match self.sessions.get_mut(id) {
+            Some(session) => {
+                session.touch(now);
+                match &session.state {
+                    State::Active(active) => active.privilege,
+                    _ => return Output::Drop(DropReason::UnknownSession),
+                }
             }
-            (commands::NETFN_APP, commands::CMD_CLOSE_SESSION) => {
+            None => return Output::Drop(DropReason::UnknownSession),
+        };
+        // The one privilege table covers the commands the engine runs itself, too.
+        let allowed = commands::required_privilege(req.net_fn, req.cmd)
+            .is_none_or(|needed| privilege >= needed);
+        let (code, data) = match (req.net_fn, req.cmd) {
+            _ if !allowed => (cc::INSUFFICIENT_PRIVILEGE, Vec::new()),
+            (NETFN_APP, CMD_GET_SESSION_INFO) => self.session_info(id, req.data),
+            (NETFN_APP, CMD_GET_CHANNEL_INFO) => {
+                channel::channel_info(req.data, self.sessions.active_count())
+            }
+            (NETFN_APP, CMD_CLOSE_SESSION) => {
                 // Closing a session needs its id (or handle); a session may close only itself.
                 let target = (req.data.len() >= 4).then(|| crate::wire::le_u32(req.data));
                 if req.data.len() != 4 && req.data.len() != 5 {
@@ -397,41 +454,68 @@ impl Bmc {
                     return reply.map_or(Output::Drop(DropReason::UnknownSession), Output::Reply);
                 }
             }
-            (
-                commands::NETFN_APP,
-                commands::CMD_GET_SESSION_CHALLENGE | commands::CMD_ACTIVATE_SESSION,
-            ) => (cc::NOT_IN_STATE, Vec::new()),
-            (commands::NETFN_APP, commands::CMD_GET_CHANNEL_INFO) => {
-                channel_info(req.data, self.sessions.active_count())
+            (NETFN_APP, CMD_GET_SESSION_CHALLENGE | CMD_ACTIVATE_SESSION) => {
+                (cc::NOT_IN_STATE, Vec::new())
             }
-            _ => match commands::execute(
-                &req,
-                Some(active.privilege),
-                &self.config,
-                vm,
-                &mut self.boot_params,
-            ) {
-                commands::Outcome::Reply(code, data) => (code, data),
-                commands::Outcome::Action(action, when) => {
-                    if active.in_flight == Some((req.rq_seq, req.cmd)) {
-                        return Output::Drop(DropReason::InFlight);
+            _ => {
+                let Some(State::Active(active)) = self.sessions.get_mut(id).map(|s| &mut s.state)
+                else {
+                    return Output::Drop(DropReason::UnknownSession);
+                };
+                if (req.net_fn, req.cmd) == (NETFN_APP, CMD_SET_SESSION_PRIVILEGE) {
+                    set_privilege(active, req.data)
+                } else {
+                    let ctx = Context {
+                        config: &self.config,
+                        site: &self.site,
+                        vm,
+                        now,
+                    };
+                    match commands::execute(&req, Some(privilege), &ctx, &mut self.kept) {
+                        Outcome::Reply(code, data) => {
+                            if (req.net_fn, req.cmd) == (NETFN_CHASSIS, CMD_CHASSIS_CONTROL)
+                                && code == cc::OK
+                            {
+                                // Done without an action: the machine was already there.
+                                self.kept.boot.chassis_control(None, now);
+                            }
+                            (code, data)
+                        }
+                        Outcome::Action(action, when) => {
+                            if active.in_flight == Some((req.rq_seq, req.cmd)) {
+                                return Output::Drop(DropReason::InFlight);
+                            }
+                            active.in_flight = Some((req.rq_seq, req.cmd));
+                            return Output::Action(
+                                action,
+                                when,
+                                Pending {
+                                    session_id: id,
+                                    request: OwnedRequest::of(&req),
+                                    action,
+                                    at: now,
+                                },
+                            );
+                        }
                     }
-                    active.in_flight = Some((req.rq_seq, req.cmd));
-                    return Output::Action(
-                        action,
-                        when,
-                        Pending {
-                            session_id: id,
-                            request: OwnedRequest::of(&req),
-                        },
-                    );
                 }
-            },
+            }
         };
         let mut msg = Vec::with_capacity(8 + data.len());
         req.emit_response(code, &data, &mut msg);
         self.seal(id, &msg)
             .map_or(Output::Drop(DropReason::UnknownSession), Output::Reply)
+    }
+
+    /// Runs a command outside any session (only the discovery commands get here).
+    fn sessionless(&mut self, now: Instant, req: &Request, vm: &VmView) -> Outcome {
+        let ctx = Context {
+            config: &self.config,
+            site: &self.site,
+            vm,
+            now,
+        };
+        commands::execute(req, None, &ctx, &mut self.kept)
     }
 
     /// Wraps a reply message for an active session: next outbound sequence number, auth code
@@ -482,32 +566,6 @@ fn set_privilege(active: &mut session::Active, d: &[u8]) -> (u8, Vec<u8>) {
         Some(_) => (cc::SET_PRIV_EXCEEDS_LIMIT, Vec::new()),
         None => (cc::INVALID_DATA_FIELD, Vec::new()),
     }
-}
-
-/// Get Channel Info (IPMI 2.0 §22.24), mandatory in IPMI 2.0: our one channel is an 802.3
-/// LAN channel speaking IPMB-1.0 framing, multi-session, with the IPMI IANA as vendor.
-fn channel_info(d: &[u8], active: usize) -> (u8, Vec<u8>) {
-    if d.len() != 1 {
-        return (cc::REQUEST_LENGTH_INVALID, Vec::new());
-    }
-    if !matches!(d[0] & 0x0F, 0x0E | commands::LAN_CHANNEL) {
-        return (cc::INVALID_DATA_FIELD, Vec::new());
-    }
-    let sessions = 0x80 | (active.min(0x3F) as u8);
-    (
-        cc::OK,
-        vec![
-            commands::LAN_CHANNEL,
-            0x04,
-            0x01,
-            sessions,
-            0xF2,
-            0x1B,
-            0x00,
-            0x00,
-            0x00,
-        ],
-    )
 }
 
 fn presence_pong(header: RmcpHeader, rest: &[u8]) -> Output {

@@ -1382,3 +1382,229 @@ fn a_duplicated_activate_session_opens_one_session() {
     assert_eq!(rig.bmc.borrow().sessions.len(), 1);
     assert_eq!(rig.bmc.borrow().stats.replays, 1);
 }
+
+#[test]
+fn session_info_describes_sessions_by_index_handle_and_id() {
+    let rig = Rig::new(config());
+    let mut ex = rig.exchange();
+    let mut admin = V20Session::open("admin", "password", suite(17), 0x14, &mut ex).unwrap();
+    assert_eq!(admin.call(0x06, 0x3B, &[4], &mut ex).unwrap(), (0, vec![4]));
+    let mut viewer = V15Session::open("viewer", "viewer", AUTH_MD5, 2, &mut ex).unwrap();
+
+    // This session: RMCP+ (1h) on channel 1, admin is user 1, from 10.0.0.2:40000.
+    let (code, me) = admin.call(0x06, 0x3D, &[0x00], &mut ex).unwrap();
+    assert_eq!(code, 0);
+    assert_eq!(
+        me[1..],
+        [16, 2, 1, 4, 0x11, 10, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0x40, 0x9C]
+    );
+    let admin_handle = me[0];
+    assert_ne!(admin_handle, 0);
+
+    // The other one by its id: IPMI 1.5 (0h), viewer is user 3 of the configuration.
+    let mut by_id = vec![0xFF];
+    by_id.extend_from_slice(&viewer.id.to_le_bytes());
+    let (code, other) = admin.call(0x06, 0x3D, &by_id, &mut ex).unwrap();
+    assert_eq!((code, other.len()), (0, 18));
+    assert_eq!(other[3..6], [3, 2, 0x01]);
+    let viewer_handle = other[0];
+    assert_ne!(viewer_handle, admin_handle);
+
+    // By handle, and by index in handle order: the same answers; past the end, counts only.
+    assert_eq!(
+        viewer
+            .call(0x06, 0x3D, &[0xFE, admin_handle], &mut ex)
+            .unwrap(),
+        (0, me.clone())
+    );
+    let listed: Vec<u8> = (1..=2)
+        .map(|i| admin.call(0x06, 0x3D, &[i], &mut ex).unwrap().1[0])
+        .collect();
+    let mut handles = vec![admin_handle, viewer_handle];
+    handles.sort();
+    assert_eq!(listed, handles);
+    assert_eq!(
+        admin.call(0x06, 0x3D, &[3], &mut ex).unwrap(),
+        (0, vec![0, 16, 2])
+    );
+    assert_eq!(
+        admin
+            .call(0x06, 0x3D, &[0xFF, 1, 2, 3, 4], &mut ex)
+            .unwrap(),
+        (0, vec![0, 16, 2])
+    );
+    assert_eq!(
+        admin.call(0x06, 0x3D, &[0xFF, 1], &mut ex).unwrap().0,
+        cc::REQUEST_LENGTH_INVALID
+    );
+
+    // Handles outlive other sessions: close the viewer, the admin keeps its handle.
+    let sid = viewer.id.to_le_bytes();
+    assert_eq!(viewer.call(0x06, 0x3C, &sid, &mut ex).unwrap().0, 0);
+    let (_, again) = admin.call(0x06, 0x3D, &[0x00], &mut ex).unwrap();
+    assert_eq!((again[0], again[2]), (admin_handle, 1));
+}
+
+#[test]
+fn accounts_and_lan_parameters_through_a_session() {
+    let rig = Rig::new(config());
+    rig.bmc.borrow_mut().set_site(super::site::Site {
+        vm_name: "vm-0".into(),
+        local: "10.254.23.1:6230".parse().unwrap(),
+        ..Default::default()
+    });
+    let mut ex = rig.exchange();
+    let mut s = V20Session::open("op", "oppass", suite(3), 0x13, &mut ex).unwrap();
+    // Sessions start at User: accounts are an Operator read.
+    assert_eq!(
+        s.call(0x06, 0x46, &[1], &mut ex).unwrap().0,
+        cc::INSUFFICIENT_PRIVILEGE
+    );
+    assert_eq!(s.call(0x06, 0x3B, &[3], &mut ex).unwrap(), (0, vec![3]));
+    let (code, name) = s.call(0x06, 0x46, &[2], &mut ex).unwrap();
+    assert_eq!((code, &name[..2], name.len()), (0, &b"op"[..], 16));
+    assert_eq!(
+        s.call(0x06, 0x44, &[0x01, 3], &mut ex).unwrap(),
+        (0, vec![16, 0x43, 3, 0x12])
+    );
+    assert_eq!(
+        s.call(0x0C, 0x02, &[0x01, 3, 0, 0], &mut ex).unwrap(),
+        (0, vec![0x11, 10, 254, 23, 1])
+    );
+    assert_eq!(
+        s.call(0x0C, 0x02, &[0x01, 8, 0, 0], &mut ex).unwrap(),
+        (0, vec![0x11, 0x56, 0x18])
+    );
+    assert_eq!(
+        s.call(0x0C, 0x01, &[0x01, 3, 1, 2, 3, 4], &mut ex)
+            .unwrap()
+            .0,
+        cc::INSUFFICIENT_PRIVILEGE
+    );
+}
+
+#[test]
+fn sdr_walk_and_power_sensor_follow_the_view() {
+    let rig = Rig::new(config());
+    let mut ex = rig.exchange();
+    let mut s = V15Session::open("viewer", "viewer", AUTH_MD5, 2, &mut ex).unwrap();
+    let (_, res) = s.call(0x0A, 0x22, &[], &mut ex).unwrap();
+    // Walk the repository as ipmitool does: header, then body, until FFFFh.
+    let mut next = [0u8, 0];
+    let mut types = Vec::new();
+    while next != [0xFF, 0xFF] {
+        let (code, h) = s
+            .call(
+                0x0A,
+                0x23,
+                &[res[0], res[1], next[0], next[1], 0, 5],
+                &mut ex,
+            )
+            .unwrap();
+        assert_eq!(code, 0);
+        let (code, body) = s
+            .call(0x0A, 0x23, &[res[0], res[1], h[2], h[3], 5, h[6]], &mut ex)
+            .unwrap();
+        assert_eq!((code, body.len()), (0, 2 + h[6] as usize));
+        types.push(h[5]);
+        next = [h[0], h[1]];
+    }
+    assert_eq!(types, [0x02, 0x12], "compact sensor, then the MC locator");
+    assert_eq!(
+        s.call(0x04, 0x2D, &[1], &mut ex).unwrap(),
+        (0, vec![0x05, 0x40, 0x20, 0x80]),
+        "off: S5/G2"
+    );
+    rig.vm.borrow_mut().power = PowerState::On;
+    assert_eq!(
+        s.call(0x04, 0x2D, &[1], &mut ex).unwrap(),
+        (0, vec![0x00, 0x40, 0x01, 0x80]),
+        "on: S0/G0"
+    );
+    assert_eq!(s.call(0x06, 0x07, &[], &mut ex).unwrap(), (0, vec![0, 0]));
+}
+
+/// `chassis bootdev pxe` in a session that `rig` completes at once.
+fn set_pxe_once(s: &mut V20Session, ex: &mut impl FnMut(&[u8]) -> Option<Vec<u8>>) {
+    assert_eq!(
+        s.call(0x00, 0x08, &[0x05, 0x80, 0x04, 0, 0, 0], ex)
+            .unwrap(),
+        (0, vec![])
+    );
+}
+
+/// Whether the timers due `after` the rig's present time report expired boot flags.
+fn boot_flags_expire_after(rig: &Rig, after: Duration) -> Vec<BootOverride> {
+    let at = *rig.now.borrow() + after;
+    rig.bmc.borrow_mut().handle_timeout(at);
+    rig.events()
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::BootFlagsExpired(flags) => Some(flags),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn one_shot_boot_flags_expire_unless_a_restart_follows() {
+    let pxe = BootOverride {
+        device: BootDevice::Pxe,
+        persistent: false,
+        efi: false,
+    };
+    let rig = Rig::new(config());
+    {
+        let mut ex = rig.exchange();
+        let mut s = V20Session::open("admin", "password", suite(17), 0x14, &mut ex).unwrap();
+        s.call(0x06, 0x3B, &[4], &mut ex).unwrap();
+        set_pxe_once(&mut s, &mut ex);
+    }
+    let now = *rig.now.borrow();
+    assert_eq!(
+        rig.bmc.borrow().poll_timeout(now),
+        Some(now + Duration::from_secs(60)),
+        "the session's idle limit and the flags' expiry"
+    );
+    assert_eq!(boot_flags_expire_after(&rig, Duration::from_secs(59)), []);
+    assert_eq!(
+        boot_flags_expire_after(&rig, Duration::from_secs(60)),
+        [pxe]
+    );
+    assert_eq!(
+        boot_flags_expire_after(&rig, Duration::from_secs(120)),
+        [],
+        "once"
+    );
+
+    // Parameter 3 = 08h first (as Ironic sends it): no countdown.
+    let rig = Rig::new(config());
+    let mut ex = rig.exchange();
+    let mut s = V20Session::open("admin", "password", suite(17), 0x14, &mut ex).unwrap();
+    s.call(0x06, 0x3B, &[4], &mut ex).unwrap();
+    assert_eq!(
+        s.call(0x00, 0x08, &[0x03, 0x08], &mut ex).unwrap(),
+        (0, vec![])
+    );
+    assert_eq!(
+        s.call(0x00, 0x09, &[0x03, 0, 0], &mut ex).unwrap(),
+        (0, vec![1, 3, 0x08])
+    );
+    set_pxe_once(&mut s, &mut ex);
+    drop(ex);
+    assert_eq!(boot_flags_expire_after(&rig, Duration::from_secs(61)), []);
+
+    // A power on right after: the restart consumes the override, no countdown left.
+    let rig = Rig::new(config());
+    let mut ex = rig.exchange();
+    let mut s = V20Session::open("admin", "password", suite(17), 0x14, &mut ex).unwrap();
+    s.call(0x06, 0x3B, &[4], &mut ex).unwrap();
+    set_pxe_once(&mut s, &mut ex);
+    assert_eq!(s.call(0x00, 0x02, &[0x01], &mut ex).unwrap(), (0, vec![]));
+    drop(ex);
+    assert_eq!(boot_flags_expire_after(&rig, Duration::from_secs(61)), []);
+    assert_eq!(
+        *rig.actions.borrow(),
+        [Action::SetBoot(Some(pxe)), Action::PowerOn]
+    );
+}

@@ -96,7 +96,7 @@ impl Bmc {
             (NETFN_APP, CMD_GET_SESSION_CHALLENGE) => self.challenge(now, peer, req.data),
             // Activate Session needs the temporary session id; outside one it is an error.
             (NETFN_APP, CMD_ACTIVATE_SESSION) => (cc::INVALID_SESSION_ID, Vec::new()),
-            _ => match commands::execute(&req, None, &self.config, vm, &mut self.boot_params) {
+            _ => match self.sessionless(now, &req, vm) {
                 commands::Outcome::Reply(code, data) => (code, data),
                 commands::Outcome::Action(..) => return Output::Drop(DropReason::NotAllowed),
             },
