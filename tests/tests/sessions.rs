@@ -142,3 +142,45 @@ fn one_source_holds_half_the_table_and_refusals_are_logged_once() {
     );
     assert_eq!(metric(&bmc, "virtbmc_sessions_refused_total"), 12);
 }
+
+/// `virtbmc_sessions_active` is the sessions open on every BMC together: an ipmitool shell
+/// over IPMI 1.5 on one BMC and one over RMCP+ on another count two; each one's exit (a
+/// Close Session) takes one off.
+#[test]
+fn active_sessions_gauge_follows_open_and_closed_sessions() {
+    ready_or_skip!("ipmitool");
+    let bmc = Bmc::builder().vm("vm-0=6230,on").vm("vm-1=6231,on").start();
+    bmc.wait_power("vm-0", "on");
+    bmc.wait_power("vm-1", "on");
+    let gauge = "virtbmc_sessions_active";
+    assert_eq!(metric(&bmc, gauge), 0);
+
+    let mut lan = Shell::open(&bmc, Iface::Lan, 6230);
+    lan.run("power status", "Chassis Power is on").unwrap();
+    let mut lanplus = Shell::open(&bmc, Iface::Lanplus, 6231);
+    lanplus.run("power status", "Chassis Power is on").unwrap();
+    wait_metric(&bmc, gauge, 2);
+
+    lan.close();
+    wait_metric(&bmc, gauge, 1);
+    lanplus.close();
+    wait_metric(&bmc, gauge, 0);
+}
+
+/// The agent moves its gauges right after it answers, so a client that has its answer may
+/// read the previous value for a moment.
+#[track_caller]
+fn wait_metric(bmc: &Bmc, name: &str, want: u64) {
+    let start = Instant::now();
+    loop {
+        let got = metric(bmc, name);
+        if got == want {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "{name} is {got}, not {want}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -70,22 +70,26 @@ pub fn prepare() -> Result<(PathBuf, PathBuf), String> {
 
 /// A demo killed with SIGKILL cannot clean up: the processes and namespaces it left go now.
 fn delete_leftovers() {
-    use std::process::Command;
     for ns in [BMC_NS, CLIENT_NS] {
-        if !NetnsPair::exists(ns) {
-            continue;
+        if NetnsPair::exists(ns) {
+            println!("==> deleting namespace {ns} left by an earlier demo, and its processes");
+            kill_namespace(ns);
         }
-        println!("==> deleting namespace {ns} left by an earlier demo, and its processes");
-        let pids = Command::new("ip")
-            .args(["netns", "pids", ns])
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default();
-        for pid in pids.split_whitespace() {
-            let _ = Command::new("kill").args(["-KILL", pid]).status();
-        }
-        let _ = Command::new("ip").args(["netns", "del", ns]).status();
     }
+}
+
+/// Kills every process in namespace `ns` and deletes it.
+pub fn kill_namespace(ns: &str) {
+    use std::process::Command;
+    let pids = Command::new("ip")
+        .args(["netns", "pids", ns])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    for pid in pids.split_whitespace() {
+        let _ = Command::new("kill").args(["-KILL", pid]).status();
+    }
+    let _ = Command::new("ip").args(["netns", "del", ns]).status();
 }
 
 /// The demo's narration: prints each step and keeps what did not behave as expected.

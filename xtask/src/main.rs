@@ -5,7 +5,10 @@
 //!   real ipmitool commands, printing everything; cleans up on exit, failure or Ctrl-C.
 //!   `demo cluster`: the same against the simulated KubeVirt cluster (kubesim).
 //! - `test`: install missing client tools (apt), build, run the unit tests and the end-to-end
-//!   tests (as root, with `VIRTBMC_E2E_REQUIRED=1`).
+//!   tests (as root, with `VIRTBMC_E2E_REQUIRED=1`), then a one-minute soak.
+//! - `soak [MINUTES]`: the agent under mixed real clients, killed clients and garbage for a
+//!   while, every answer checked and its memory, descriptors and sessions sampled
+//!   (`soak-garbage` is its garbage sender, run inside the client namespace).
 
 mod demo;
 mod demo_cluster;
@@ -13,6 +16,7 @@ mod ebpf;
 mod fuzz;
 mod interrupt;
 mod json;
+mod soak;
 mod test;
 mod tools;
 
@@ -24,6 +28,8 @@ commands:
   demo            build the agent, run it with 3 VMs in a network namespace, drive it with ipmitool
   demo cluster    the same in cluster mode, against a simulated KubeVirt cluster (kubesim)
   test [FILTER]   install missing client tools, build, run unit and end-to-end tests (needs root)
+  soak [MINUTES]  the agent under mixed real clients, killed clients and garbage for MINUTES
+                  (default 1): every answer checked, no growth of memory, fds or sessions
   fuzz [RUNS]     run the engine fuzz target for RUNS inputs (default 300000; nightly)
   bench [SECS]    benchmark the userspace path, memory per BMC, XDP off vs on over a veth
   bench cluster [N...]  cluster mode against kubesim: memory, CPU, phase-change latency
@@ -38,6 +44,8 @@ fn main() -> ExitCode {
             Some(other) => Err(format!("unknown demo `{other}`\n\n{USAGE}")),
         },
         Some("test") => test::run(&args[1..]),
+        Some("soak") => soak::run(&args[1..]),
+        Some("soak-garbage") => soak::garbage::helper(&args[1..]),
         Some("fuzz") => fuzz::run(&args[1..]),
         Some("bench") => bench(&args[1..]),
         Some("build-ebpf") => ebpf::build_ebpf().map(drop),

@@ -1,4 +1,5 @@
-//! `cargo xtask test [FILTER]`: tools, release build, unit tests, end-to-end tests.
+//! `cargo xtask test [FILTER]`: tools, release build, unit tests, end-to-end tests, a
+//! one-minute soak, a bounded fuzz run.
 
 use crate::tools;
 
@@ -35,20 +36,24 @@ pub fn run(args: &[String]) -> Result<(), String> {
         .env("VIRTBMC_BIN", &agent);
     let e2e = tools::run(&mut e2e_cmd);
 
+    // One minute of mixed clients, killed clients and garbage, with the fast path on.
+    let soak = crate::soak::soak(&agent, Some(&object), std::time::Duration::from_secs(60));
+
     // The engine under libFuzzer, bounded in runs (about a minute once built).
     let fuzz = crate::fuzz::run(&[]);
 
-    match (unit, e2e, fuzz) {
-        (Ok(()), Ok(()), Ok(())) => {
+    match (unit, e2e, soak, fuzz) {
+        (Ok(()), Ok(()), Ok(()), Ok(())) => {
             println!(
-                "==> xtask test: unit tests passed, end-to-end tests passed, fuzzing found nothing"
+                "==> xtask test: unit tests passed, end-to-end tests passed, soak passed, fuzzing found nothing"
             );
             Ok(())
         }
-        (u, e, f) => Err(format!(
-            "unit tests {}, end-to-end tests {}, fuzzing {}",
+        (u, e, s, f) => Err(format!(
+            "unit tests {}, end-to-end tests {}, soak {}, fuzzing {}",
             u.map_or_else(|e| format!("FAILED ({e})"), |()| "passed".into()),
             e.map_or_else(|e| format!("FAILED ({e})"), |()| "passed".into()),
+            s.map_or_else(|e| format!("FAILED ({e})"), |()| "passed".into()),
             f.map_or_else(|e| format!("FAILED ({e})"), |()| "passed".into()),
         )),
     }

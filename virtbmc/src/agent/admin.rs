@@ -57,7 +57,9 @@ impl Admin {
     }
 
     fn metrics_text(&self) -> String {
-        let mut out = self.metrics.render(self.registry.len());
+        let mut out = self
+            .metrics
+            .render(self.registry.len(), self.registry.active_sessions());
         let fp = self.fastpath.lock().unwrap_or_else(|e| e.into_inner());
         if fp.is_on() {
             match fp.counters() {

@@ -100,7 +100,9 @@ impl Metrics {
         }
     }
 
-    pub fn render(&self, bmcs: usize) -> String {
+    /// `bmcs` and `sessions` are gauges the registry holds: BMCs served, and their active
+    /// sessions summed.
+    pub fn render(&self, bmcs: usize, sessions: usize) -> String {
         let mut out = String::new();
         let mut counter = |name: &str, help: &str, v: &AtomicU64| {
             let _ = writeln!(
@@ -226,6 +228,10 @@ impl Metrics {
         let _ = writeln!(
             out,
             "# HELP virtbmc_bmcs BMCs served.\n# TYPE virtbmc_bmcs gauge\nvirtbmc_bmcs {bmcs}"
+        );
+        let _ = writeln!(
+            out,
+            "# HELP virtbmc_sessions_active Active sessions, summed over every BMC.\n# TYPE virtbmc_sessions_active gauge\nvirtbmc_sessions_active {sessions}"
         );
         out
     }

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,6 +25,9 @@ pub type SharedFastPath = Arc<Mutex<FastPath>>;
 struct Entry {
     name: Arc<str>,
     config: watch::Sender<Arc<BmcConfig>>,
+    /// Active sessions of this BMC, written by its task: a removed BMC leaves the sum with
+    /// its entry.
+    sessions: Arc<AtomicUsize>,
     task: JoinHandle<()>,
 }
 
@@ -136,6 +140,7 @@ impl Registry {
             bmc.set_publisher(fp.session_publisher(port));
             self.publish(&mut fp, &name, port, &config);
         }
+        let sessions = Arc::new(AtomicUsize::new(0));
         let task = BmcTask {
             name: name.clone(),
             socket,
@@ -144,6 +149,7 @@ impl Registry {
             metrics: self.metrics.clone(),
             action_timeout: self.action_timeout,
             config: rx,
+            active_sessions: sessions.clone(),
         };
         let handle = tokio::spawn(task.run());
         self.lock().insert(
@@ -151,6 +157,7 @@ impl Registry {
             Entry {
                 name,
                 config: tx,
+                sessions,
                 task: handle,
             },
         );
@@ -189,6 +196,11 @@ impl Registry {
             .collect();
         v.sort_by_key(|(_, p)| *p);
         v
+    }
+
+    /// Active sessions summed over every BMC (the `virtbmc_sessions_active` gauge).
+    pub fn active_sessions(&self) -> usize {
+        self.lock().values().map(|e| e.sessions.load(Relaxed)).sum()
     }
 
     pub fn len(&self) -> usize {

@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
 
 use tokio::net::UdpSocket;
@@ -34,6 +34,8 @@ pub struct BmcTask {
     pub action_timeout: Duration,
     /// Credential and suite updates (a changed Secret); they apply to the next session.
     pub config: watch::Receiver<Arc<BmcConfig>>,
+    /// Where the task publishes its engine's count of active sessions, for `/metrics`.
+    pub active_sessions: Arc<AtomicUsize>,
 }
 
 type Completion = (Pending, SocketAddr, Result<(), ActionError>);
@@ -91,6 +93,8 @@ impl BmcTask {
             // One place moves the agent's counters, whatever changed the engine's.
             self.metrics.add(&counted, &self.bmc.stats);
             counted = self.bmc.stats;
+            self.active_sessions
+                .store(self.bmc.active_sessions(), Relaxed);
         }
     }
 
