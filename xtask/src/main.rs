@@ -31,7 +31,8 @@ commands:
   soak [MINUTES]  the agent under mixed real clients, killed clients and garbage for MINUTES
                   (default 1): every answer checked, no growth of memory, fds or sessions
   fuzz [RUNS]     run the engine fuzz target for RUNS inputs (default 300000; nightly)
-  bench [SECS]    benchmark the userspace path, memory per BMC, XDP off vs on over a veth
+  bench [SECS]    benchmark the userspace path, memory per BMC, XDP off vs on over a veth,
+                  and whole sessions and session-less answers beside ipmi_sim (openipmi)
   bench cluster [N...]  cluster mode against kubesim: memory, CPU, phase-change latency
   build-ebpf      install rust-src/bpf-linker if missing, build the XDP object (nightly)";
 
@@ -65,7 +66,7 @@ fn main() -> ExitCode {
     }
 }
 
-/// The userspace and veth benchmark (`bench [SECS]`), or the cluster-mode one
+/// The userspace, veth and ipmi_sim benchmark (`bench [SECS]`), or the cluster-mode one
 /// (`bench cluster [N...]`: kubesim with N VMs, default 1,000 and 10,000).
 fn bench(args: &[String]) -> Result<(), String> {
     let agent = tools::build_agent()?;
@@ -74,6 +75,11 @@ fn bench(args: &[String]) -> Result<(), String> {
         Some("cluster") => ("cluster_bench", &args[1..]),
         _ => ("bench", args),
     };
+    if example == "bench"
+        && let Err(why) = tools::ensure_ipmi_sim()
+    {
+        println!("==> {why}: the comparison with ipmi_sim will be skipped");
+    }
     tools::run(tools::cargo().args(["build", "--release", "-p", "virtbmc", "--example", example]))?;
     let bin = tools::target_dir().join("release/examples").join(example);
     let mut cmd = std::process::Command::new(bin);

@@ -159,6 +159,31 @@ pub fn ensure_installed() -> Result<(), String> {
     }
 }
 
+/// ipmi_sim (Debian package `openipmi`), the reference BMC `bench` compares the agent with;
+/// installed with apt when missing. It is not among [`PACKAGES`]: the tests do not use it.
+/// The error says why it is absent, and the bench then skips that comparison.
+pub fn ensure_ipmi_sim() -> Result<(), String> {
+    if on_path("ipmi_sim") {
+        return Ok(());
+    }
+    if !virtbmc_e2e::is_root() {
+        return Err("ipmi_sim is missing and we are not root to `apt-get install openipmi`".into());
+    }
+    if !on_path("apt-get") {
+        return Err("ipmi_sim is missing and there is no apt-get to install openipmi".into());
+    }
+    println!("==> ipmi_sim missing: installing openipmi with apt");
+    run(Command::new("apt-get").arg("update"))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "--no-install-recommends", "openipmi"])
+        .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    if on_path("ipmi_sim") {
+        Ok(())
+    } else {
+        Err("openipmi is installed but ipmi_sim is not on PATH".into())
+    }
+}
+
 /// Where cargo puts what it builds: `$CARGO_TARGET_DIR`, else the workspace's `target/`.
 pub fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")

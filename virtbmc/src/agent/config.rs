@@ -91,6 +91,11 @@ pub struct Args {
     #[arg(long, default_value_t = 16)]
     pub max_sessions: usize,
 
+    /// RAKP2 answers per second per source address, per BMC (burst: twice as many). RAKP2
+    /// carries an HMAC keyed by the password, an offline-guessing oracle (CVE-2013-4786).
+    #[arg(long, default_value_t = 20.0)]
+    pub rakp_per_second: f32,
+
     /// Idle seconds before an active session is closed.
     #[arg(long, default_value_t = 60)]
     pub session_timeout: u64,
@@ -232,6 +237,14 @@ impl Args {
         c.cipher_suites = self.cipher_suites.clone();
         c.allow_auth_none = self.allow_auth_none;
         c.max_sessions = self.max_sessions.max(1);
+        if !(self.rakp_per_second.is_finite() && self.rakp_per_second > 0.0) {
+            return Err(format!(
+                "--rakp-per-second {} must be a positive number",
+                self.rakp_per_second
+            ));
+        }
+        c.rakp_per_second = self.rakp_per_second;
+        c.rakp_burst = 2.0 * self.rakp_per_second;
         c.session_timeout = Duration::from_secs(self.session_timeout.max(1));
         Ok(c)
     }
@@ -272,6 +285,21 @@ mod tests {
         assert_eq!(u.0.max_privilege, Privilege::Admin);
         assert!("x:".parse::<UserSpec>().is_ok(), "empty password");
         assert!(":pw".parse::<UserSpec>().is_err());
+    }
+
+    #[test]
+    fn rakp_rate_reaches_the_engine_config() {
+        let args = |extra: &[&str]| {
+            let mut v = vec!["virtbmc", "--user", "admin:password"];
+            v.extend_from_slice(extra);
+            Args::try_parse_from(v).unwrap()
+        };
+        let c = args(&[]).bmc_config().unwrap();
+        assert_eq!((c.rakp_per_second, c.rakp_burst), (20.0, 40.0));
+        let c = args(&["--rakp-per-second", "500"]).bmc_config().unwrap();
+        assert_eq!((c.rakp_per_second, c.rakp_burst), (500.0, 1000.0));
+        assert!(args(&["--rakp-per-second", "0"]).bmc_config().is_err());
+        assert!(args(&["--rakp-per-second", "NaN"]).bmc_config().is_err());
     }
 
     #[test]

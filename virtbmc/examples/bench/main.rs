@@ -10,10 +10,21 @@
 //! agent in a network namespace behind a veth, with the fast path off and on, and prints the
 //! same figures side by side with their ratio.
 //!
+//! Last, beside ipmi_sim (OpenIPMI's LAN BMC simulator; `$IPMI_SIM` or PATH), both on
+//! loopback and driven by the same console code: whole RMCP+ sessions per second from 1, 4
+//! and 16 parallel consoles and the server's CPU per session, then session-less answers from
+//! 2 consoles. Skipped, saying why, when ipmi_sim is absent.
+//!
 //! Usage: cargo run --release -p virtbmc --example bench [-- AGENT_BIN [SECONDS [OBJECT]]]
-//! Ports: BMCs on 127.0.0.1:19623 and 20000-29999 (below the ephemeral range), admin 10623+.
+//! Ports: BMCs on 127.0.0.1:19623-19626 and 20000-29999 (below the ephemeral range), admin
+//! 10623+.
+
+mod comparison;
+mod ipmi_sim;
+mod sessions;
 
 use std::net::{SocketAddr, UdpSocket};
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -29,25 +40,52 @@ impl Drop for Agent {
     }
 }
 
+/// The child gets SIGKILL when this process dies, even by a signal no `Drop` sees.
+fn die_with_parent(cmd: &mut Command) {
+    // SAFETY: prctl is async-signal-safe and touches only the child being set up.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+}
+
 fn start_agent(bin: &str, bmcs: u32, base_port: u16, admin_port: u16) -> Agent {
-    let child = Command::new(bin)
-        .args([
-            "--listen",
-            "127.0.0.1",
-            "--generate",
-            &bmcs.to_string(),
-            "--base-port",
-            &base_port.to_string(),
-        ])
-        .args([
-            "--user",
-            "admin:password:admin",
-            "--admin",
-            &format!("127.0.0.1:{admin_port}"),
-        ])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
+    start_agent_with(bin, bmcs, base_port, admin_port, &[])
+}
+
+fn start_agent_with(
+    bin: &str,
+    bmcs: u32,
+    base_port: u16,
+    admin_port: u16,
+    extra: &[&str],
+) -> Agent {
+    let mut cmd = Command::new(bin);
+    cmd.args([
+        "--listen",
+        "127.0.0.1",
+        "--generate",
+        &bmcs.to_string(),
+        "--base-port",
+        &base_port.to_string(),
+    ])
+    .args([
+        "--user",
+        "admin:password:admin",
+        "--admin",
+        &format!("127.0.0.1:{admin_port}"),
+    ])
+    .args(extra)
+    .env("RUST_LOG", "warn")
+    .stdout(Stdio::null())
+    .stderr(Stdio::inherit());
+    die_with_parent(&mut cmd);
+    let child = cmd
         .spawn()
         .expect("start the agent (build it with cargo build --release -p virtbmc)");
     let agent = Agent(child);
@@ -324,7 +362,8 @@ fn main() {
         .unwrap_or_else(|| "target/release/virtbmc".into());
     let secs: f64 = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(2.0);
 
-    println!("== userspace path, loopback, 1 BMC ({secs} s per figure)");
+    comparison::print_machine();
+    println!("\n== userspace path, loopback, 1 BMC ({secs} s per figure)");
     let agent = start_agent(&bin, 1, 19623, 10623);
     let target: SocketAddr = "127.0.0.1:19623".parse().unwrap();
     println!(
@@ -375,4 +414,6 @@ fn main() {
             "\n(no XDP object: build it with `cargo xtask build-ebpf` for the veth comparison)"
         ),
     }
+
+    comparison::run(&bin, secs);
 }
