@@ -10,7 +10,7 @@ use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
-use virtbmc::console::{V20Session, suite};
+use virtbmc::console::{ConsoleError, V20Session, suite};
 use virtbmc_e2e::{Bmc, Iface, Shell};
 
 const PORT: u16 = common::PORT;
@@ -49,18 +49,31 @@ fn add_sources(bmc: &Bmc, n: u8) -> Vec<Ipv4Addr> {
         .collect()
 }
 
-/// Opens an RMCP+ session from `source` and walks away from it (no Close Session).
-fn abandon_one(source: Ipv4Addr, bmc: SocketAddr) -> bool {
+/// Opens an RMCP+ session as `user` from `source`, waiting `wait` for each answer.
+fn login(
+    source: Ipv4Addr,
+    bmc: SocketAddr,
+    user: &str,
+    password: &str,
+    wait: Duration,
+) -> (Result<V20Session, ConsoleError>, UdpSocket) {
     let sock = UdpSocket::bind((source, 0)).expect("bind source");
-    sock.set_read_timeout(Some(Duration::from_millis(500)))
-        .unwrap();
+    sock.set_read_timeout(Some(wait)).unwrap();
     let mut buf = [0u8; 1024];
     let mut exchange = |d: &[u8]| -> Option<Vec<u8>> {
         sock.send_to(d, bmc).ok()?;
         let (n, _) = sock.recv_from(&mut buf).ok()?;
         Some(buf[..n].to_vec())
     };
-    V20Session::open("admin", "password", suite(17), 0x14, &mut exchange).is_ok()
+    let s = V20Session::open(user, password, suite(17), 0x14, &mut exchange);
+    (s, sock)
+}
+
+/// Opens an RMCP+ session from `source` and walks away from it (no Close Session).
+fn abandon_one(source: Ipv4Addr, bmc: SocketAddr) -> bool {
+    login(source, bmc, "admin", "password", Duration::from_millis(500))
+        .0
+        .is_ok()
 }
 
 fn metric(bmc: &Bmc, name: &str) -> u64 {
@@ -183,4 +196,81 @@ fn wait_metric(bmc: &Bmc, name: &str, want: u64) {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Every RAKP2 for a real user is an offline-crackable hash of the password
+/// (CVE-2013-4786). A flood from twenty sources asking for admin's RAKP2 gets fewer than 50
+/// of them in 5 s, while the real admin (who logged in before the flood) keeps logging in
+/// with ipmitool, and a script opening and closing sessions back to back from the same
+/// address is never refused.
+#[test]
+fn a_rakp2_flood_yields_few_hashes_and_locks_nobody_out() {
+    ready_or_skip!("ipmitool");
+    let bmc = Bmc::builder().vm("vm-0=6230").start();
+    let sources = add_sources(&bmc, 20);
+    let target = SocketAddr::new(bmc.ip().parse().unwrap(), PORT);
+    let client = bmc.net.client_ip;
+    common::power_status_is(&bmc, Iface::Lanplus, PORT, "off");
+
+    let flooding = std::sync::atomic::AtomicBool::new(true);
+    let (hashes, attempts, script) = std::thread::scope(|scope| {
+        let flood = scope.spawn(|| {
+            in_netns(&bmc.net.client, || {
+                let (mut hashes, mut attempts) = (0, 0);
+                let end = Instant::now() + Duration::from_secs(5);
+                while Instant::now() < end {
+                    let source = sources[attempts % sources.len()];
+                    let wait = Duration::from_millis(20);
+                    // A wrong password: the RAKP2 arrives and fails the console's check,
+                    // which is all an offline guesser needs.
+                    if let Err(ConsoleError::BadProof) =
+                        login(source, target, "admin", "guess", wait).0
+                    {
+                        hashes += 1;
+                    }
+                    attempts += 1;
+                }
+                flooding.store(false, std::sync::atomic::Ordering::SeqCst);
+                (hashes, attempts)
+            })
+        });
+        let script = scope.spawn(|| {
+            in_netns(&bmc.net.client, || {
+                let mut refused = Vec::new();
+                let mut done = 0;
+                while flooding.load(std::sync::atomic::Ordering::SeqCst) {
+                    let (s, sock) =
+                        login(client, target, "admin", "password", Duration::from_secs(2));
+                    match s {
+                        Ok(mut s) => {
+                            let id = s.bmc_id.to_le_bytes();
+                            let mut buf = [0u8; 1024];
+                            sock.send_to(&s.request(0x06, 0x3C, &id), target).unwrap();
+                            let _ = sock.recv_from(&mut buf);
+                            done += 1;
+                        }
+                        Err(e) => refused.push(e),
+                    }
+                }
+                (done, refused)
+            })
+        });
+        for _ in 0..3 {
+            common::power_status_is(&bmc, Iface::Lanplus, PORT, "off");
+        }
+        let (hashes, attempts) = flood.join().unwrap();
+        (hashes, attempts, script.join().unwrap())
+    });
+    eprintln!(
+        "flood: {attempts} attempts, {hashes} RAKP2; script: {} logins",
+        script.0
+    );
+    assert!(attempts > 200, "the flood ran: {attempts} attempts");
+    assert!(hashes < 50, "{hashes} RAKP2 for admin in 5 s");
+    assert!(script.0 > 20, "the script kept logging in: {}", script.0);
+    assert!(
+        script.1.is_empty(),
+        "the script was refused: {:?}",
+        script.1
+    );
 }

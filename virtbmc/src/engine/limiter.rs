@@ -121,6 +121,13 @@ impl TrustedSources {
         }
     }
 
+    /// Whether a console at `ip` proved a password within [`TRUST_FOR`].
+    pub fn is_trusted(&self, ip: IpAddr, now: Instant) -> bool {
+        self.sources
+            .iter()
+            .any(|s| s.0 == ip && now.saturating_duration_since(s.3) < TRUST_FOR)
+    }
+
     /// A console at `ip` proved a password: trust it (again) and refund the RAKP2 it used.
     pub fn proved(&mut self, ip: IpAddr, now: Instant) {
         if let Some(s) = self.sources.iter_mut().find(|s| s.0 == ip) {

@@ -313,7 +313,15 @@ impl Bmc {
     /// Adds a session or handshake to the table, reclaiming an idle one when it is full.
     fn admit(&mut self, session: Session, now: Instant) -> Result<(), Refusal> {
         let peer = session.peer;
-        match self.sessions.insert(session, self.config.max_sessions, now) {
+        // A console that proved a password lately may take the place of a fresh handshake
+        // from a source that has not: a flood of handshakes then delays nobody who logs in.
+        let trusted = &self.trusted;
+        let newcomer_trusted = trusted.is_trusted(peer.ip(), now);
+        let preempt = |s: &Session| newcomer_trusted && !trusted.is_trusted(s.peer.ip(), now);
+        match self
+            .sessions
+            .insert(session, self.config.max_sessions, now, preempt)
+        {
             Ok(reclaimed) => {
                 if let Some(s) = reclaimed {
                     self.stats.sessions_reclaimed += 1;

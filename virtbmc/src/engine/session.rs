@@ -343,23 +343,40 @@ impl SessionTable {
     }
 
     /// Adds a session, reclaiming an idle one when the table (or the source's half of it) is
-    /// full; returns the session that made room, if one did.
+    /// full; returns the session that made room, if one did. When nothing is idle enough,
+    /// the oldest handshake that `preempt` allows is taken whatever its age (a console that
+    /// recently proved a password goes before handshakes of consoles that have not).
     pub fn insert(
         &mut self,
         session: Session,
         capacity: usize,
         now: Instant,
+        preempt: impl Fn(&Session) -> bool,
     ) -> Result<Option<Session>, Refusal> {
         let ip = session.peer.ip();
         let share = (capacity / 2).max(1);
         let from_source = self.sessions.iter().filter(|s| s.peer.ip() == ip).count();
+        let preemptable = |pick: &dyn Fn(&Session) -> bool| {
+            self.sessions
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| pick(s) && !s.is_active() && preempt(s))
+                .min_by_key(|(_, s)| s.last_seen(now))
+                .map(|(i, _)| i)
+        };
         let victim = if from_source >= share {
+            let own = |s: &Session| s.peer.ip() == ip;
             Some(
-                self.reclaimable(now, |s| s.peer.ip() == ip)
+                self.reclaimable(now, own)
+                    .or_else(|| preemptable(&own))
                     .ok_or(Refusal::SourceShare)?,
             )
         } else if self.sessions.len() >= capacity {
-            Some(self.reclaimable(now, |_| true).ok_or(Refusal::TableFull)?)
+            Some(
+                self.reclaimable(now, |_| true)
+                    .or_else(|| preemptable(&|_| true))
+                    .ok_or(Refusal::TableFull)?,
+            )
         } else {
             None
         };
@@ -451,9 +468,12 @@ mod tests {
                 session(id, true, t - Duration::from_secs(age)),
                 &format!("10.0.0.{id}:1"),
             );
-            assert_eq!(table.insert(s, cap, t).map(|r| r.map(|s| s.id)), Ok(None));
+            assert_eq!(
+                table.insert(s, cap, t, |_| false).map(|r| r.map(|s| s.id)),
+                Ok(None)
+            );
         }
-        let got = table.insert(from(session(5, true, t), "10.0.0.5:1"), cap, t);
+        let got = table.insert(from(session(5, true, t), "10.0.0.5:1"), cap, t, |_| false);
         assert_eq!(got.map(|r| r.map(|s| s.id)), Ok(Some(2)), "the idlest goes");
         assert!(table.contains(5) && !table.contains(2));
     }
@@ -464,17 +484,27 @@ mod tests {
         let mut table = SessionTable::default();
         let recent = t - Duration::from_millis(900);
         table
-            .insert(from(session(1, true, recent), "10.0.0.1:1"), 2, t)
+            .insert(from(session(1, true, recent), "10.0.0.1:1"), 2, t, |_| {
+                false
+            })
             .unwrap();
         let handshake = t - Duration::from_millis(100);
         table
-            .insert(from(session(2, false, handshake), "10.0.0.2:1"), 2, t)
+            .insert(
+                from(session(2, false, handshake), "10.0.0.2:1"),
+                2,
+                t,
+                |_| false,
+            )
             .unwrap();
         let s = from(session(3, true, t), "10.0.0.3:1");
-        assert_eq!(table.insert(s, 2, t).map(|_| ()), Err(Refusal::TableFull));
+        assert_eq!(
+            table.insert(s, 2, t, |_| false).map(|_| ()),
+            Err(Refusal::TableFull)
+        );
         let later = t + Duration::from_millis(200);
         let s = from(session(3, true, later), "10.0.0.3:1");
-        let taken = table.insert(s, 2, later).unwrap().unwrap();
+        let taken = table.insert(s, 2, later, |_| false).unwrap().unwrap();
         assert_eq!(taken.id, 2, "the handshake left hanging goes first");
         assert!(table.contains(1));
     }
@@ -485,27 +515,65 @@ mod tests {
         let mut table = SessionTable::default();
         let idle = t - Duration::from_secs(5);
         table
-            .insert(from(session(1, true, idle), "10.0.0.1:1"), 2, t)
+            .insert(from(session(1, true, idle), "10.0.0.1:1"), 2, t, |_| false)
             .unwrap();
         let fresh = t - Duration::from_millis(100);
         table
-            .insert(from(session(2, false, fresh), "10.0.0.2:1"), 2, t)
+            .insert(from(session(2, false, fresh), "10.0.0.2:1"), 2, t, |_| {
+                false
+            })
             .unwrap();
         // The handshake is too fresh to take: the idle session goes.
-        let got = table.insert(from(session(3, false, t), "10.0.0.3:1"), 2, t);
+        let got = table.insert(from(session(3, false, t), "10.0.0.3:1"), 2, t, |_| false);
         assert_eq!(got.map(|r| r.map(|s| s.id)), Ok(Some(1)));
         // A handshake left hanging a quarter second goes before a session idle for longer.
         let mut table = SessionTable::default();
         table
-            .insert(from(session(5, true, idle), "10.0.0.5:1"), 2, t)
+            .insert(from(session(5, true, idle), "10.0.0.5:1"), 2, t, |_| false)
             .unwrap();
         let hanging = t - Duration::from_millis(300);
         table
-            .insert(from(session(6, false, hanging), "10.0.0.6:1"), 2, t)
+            .insert(from(session(6, false, hanging), "10.0.0.6:1"), 2, t, |_| {
+                false
+            })
             .unwrap();
-        let got = table.insert(from(session(7, true, t), "10.0.0.7:1"), 2, t);
+        let got = table.insert(from(session(7, true, t), "10.0.0.7:1"), 2, t, |_| false);
         assert_eq!(got.map(|r| r.map(|s| s.id)), Ok(Some(6)));
         assert!(table.contains(5));
+    }
+
+    #[test]
+    fn a_trusted_console_takes_the_place_of_a_fresh_untrusted_handshake() {
+        let t = Instant::now();
+        let mut table = SessionTable::default();
+        let live = t - Duration::from_millis(10);
+        table
+            .insert(from(session(1, true, live), "10.0.0.1:1"), 2, t, |_| false)
+            .unwrap();
+        table
+            .insert(from(session(2, false, live), "10.0.0.2:1"), 2, t, |_| false)
+            .unwrap();
+        let untrusted =
+            |s: &Session| s.peer.ip() != "10.0.0.9".parse::<std::net::IpAddr>().unwrap();
+        let newcomer = || from(session(3, false, t), "10.0.0.3:1");
+        assert_eq!(
+            table.insert(newcomer(), 2, t, |_| false).map(|_| ()),
+            Err(Refusal::TableFull),
+            "nothing idle, nothing preemptable"
+        );
+        let got = table.insert(newcomer(), 2, t, untrusted);
+        assert_eq!(
+            got.map(|r| r.map(|s| s.id)),
+            Ok(Some(2)),
+            "the fresh handshake goes"
+        );
+        assert!(table.contains(1), "an active session is never preempted");
+        let got = table.insert(from(session(4, false, t), "10.0.0.4:1"), 2, t, |_| true);
+        assert_eq!(got.map(|r| r.map(|s| s.id)), Ok(Some(3)));
+        let last = table.insert(from(session(5, false, t), "10.0.0.5:1"), 2, t, |s| {
+            s.id != 4
+        });
+        assert_eq!(last.map(|_| ()), Err(Refusal::TableFull));
     }
 
     #[test]
@@ -514,20 +582,20 @@ mod tests {
         let mut table = SessionTable::default();
         for id in 1..=4 {
             let s = from(session(id, true, t), &format!("10.0.0.9:{id}"));
-            table.insert(s, 8, t).unwrap();
+            table.insert(s, 8, t, |_| false).unwrap();
         }
         let fifth = from(session(5, true, t), "10.0.0.9:5");
         assert_eq!(
-            table.insert(fifth, 8, t).map(|_| ()),
+            table.insert(fifth, 8, t, |_| false).map(|_| ()),
             Err(Refusal::SourceShare)
         );
         // Another source still gets in, and the busy source reclaims only its own sessions.
         table
-            .insert(from(session(6, true, t), "10.0.0.8:1"), 8, t)
+            .insert(from(session(6, true, t), "10.0.0.8:1"), 8, t, |_| false)
             .unwrap();
         let later = t + Duration::from_secs(2);
         let fifth = from(session(5, true, later), "10.0.0.9:5");
-        let taken = table.insert(fifth, 8, later).unwrap().unwrap();
+        let taken = table.insert(fifth, 8, later, |_| false).unwrap().unwrap();
         assert_eq!(
             taken.peer.ip(),
             "10.0.0.9".parse::<std::net::IpAddr>().unwrap()
@@ -541,10 +609,10 @@ mod tests {
         let (idle, hs) = (Duration::from_secs(60), Duration::from_secs(10));
         let mut table = SessionTable::default();
         table
-            .insert(from(session(1, true, t), "10.0.0.1:1"), 8, t)
+            .insert(from(session(1, true, t), "10.0.0.1:1"), 8, t, |_| false)
             .unwrap();
         table
-            .insert(from(session(2, false, t), "10.0.0.2:1"), 8, t)
+            .insert(from(session(2, false, t), "10.0.0.2:1"), 8, t, |_| false)
             .unwrap();
         assert_eq!(table.next_deadline(t, idle, hs), Some(t + hs));
         let gone = table.expire(t + hs, idle, hs);
