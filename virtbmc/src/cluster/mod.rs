@@ -14,6 +14,7 @@
 //! - [`lease`] and [`leader`]: one elected agent allocates ports, owns the Services, writes
 //!   status conditions and restores one-shot boot overrides.
 //! - [`endpoints`]: the leader's EndpointSlices, which route each Service to the agent pods.
+//! - [`names`]: the names a spec refers to, checked before any of them reaches an API path.
 
 pub mod actions;
 pub mod boot;
@@ -23,6 +24,7 @@ pub mod events;
 pub mod labeled;
 pub mod leader;
 pub mod lease;
+pub mod names;
 pub mod serve;
 pub mod view;
 
@@ -452,6 +454,7 @@ impl Backend for KubeBackend {
         let name = vm.to_string();
         Box::pin(async move {
             let (ns, vm) = split_name(&name)
+                .filter(|(ns, vm)| names::is_label(ns) && names::is_subdomain(vm))
                 .ok_or_else(|| ActionError::Failed(format!("{name} is not namespace/name")))?;
             actions::perform(&shared, ns, vm, action, deadline).await
         })

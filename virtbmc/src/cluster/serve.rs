@@ -22,8 +22,8 @@ use super::view::{
     VM_FIELDS, VMI_FIELDS, boot_override, guid, power_state, prune, users_from_secret,
 };
 use super::{
-    KubeBackend, MANAGED_BY, Shared, Stores, VirtualMachineBMC, Writers, labeled, vm_resource,
-    vmi_resource,
+    KubeBackend, MANAGED_BY, Shared, Stores, VirtualMachineBMC, Writers, labeled, names,
+    vm_resource, vmi_resource,
 };
 use crate::agent::name_guid;
 use crate::agent::registry::Registry;
@@ -320,7 +320,9 @@ pub fn desired(
     let all = stores.vmbmcs();
     let owners = Stores::owners(&all);
     for b in all.iter() {
-        if Stores::duplicate_of(&owners, b).is_some() {
+        // A name that cannot be an object's is never served, so no BMC task, power action or
+        // boot override ever puts it into an API path; the leader's conditions say why.
+        if Stores::duplicate_of(&owners, b).is_some() || names::check_refs(b).is_err() {
             continue;
         }
         let ns = b.namespace().unwrap_or_default();
