@@ -1428,3 +1428,83 @@ async fn secret_conditions_never_quote_the_credentials() {
         }
     }
 }
+
+/// Secrets are watched cluster-wide, but only those a VirtualMachineBMC names keep
+/// `username` and `password` in the agent's memory: a Secret that becomes named is read
+/// once, and one no longer named loses them at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_named_secrets_keep_credentials_in_memory() {
+    use k8s_openapi::api::core::v1::Secret;
+    use kube::runtime::reflector::ObjectRef;
+    let sim = sim().await;
+    seed(&sim, "vm1", "Halted");
+    sim.seed_vm(NS, "vm2", "Halted");
+    sim.seed_secret(
+        NS,
+        "unrelated",
+        &[
+            ("username", "root"),
+            ("password", "hunter2"),
+            ("tls.key", "KEY"),
+        ],
+    );
+    sim.seed_secret(
+        NS,
+        "later",
+        &[("username", "later"), ("password", "laterpass")],
+    );
+    let agent = Agent::start(&sim, "agent-a", 31210..=31219).await;
+    let port1 = agent.wait_served("default/vm1").await;
+    until_login(port1, "admin", "password").await;
+    let cached = |name: &str| -> Option<Secret> {
+        agent
+            .backend
+            .shared
+            .stores
+            .secret
+            .get(&ObjectRef::new(name).within(NS))
+            .map(|s| (*s).clone())
+    };
+    let keys = |s: &Secret| -> Vec<String> {
+        let mut k: Vec<String> = s.data.iter().flat_map(|d| d.keys().cloned()).collect();
+        k.extend(s.string_data.iter().flat_map(|d| d.keys().cloned()));
+        k.sort();
+        k
+    };
+    assert_eq!(keys(&cached("vm1-auth").unwrap()), ["password", "username"]);
+    until("every Secret cached", || {
+        cached("unrelated").is_some() && cached("later").is_some()
+    })
+    .await;
+    assert!(keys(&cached("unrelated").unwrap()).is_empty());
+    assert!(keys(&cached("later").unwrap()).is_empty());
+
+    // A VirtualMachineBMC names `later`: it is read once, and its user logs in.
+    sim.clear_requests();
+    sim.seed_vmbmc(NS, "vm2-bmc", "vm2", "later");
+    let port2 = agent.wait_served("default/vm2").await;
+    until_login(port2, "later", "laterpass").await;
+    assert_eq!(keys(&cached("later").unwrap()), ["password", "username"]);
+    let reads: Vec<_> = sim
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "GET" && r.uri.contains("/secrets/"))
+        .collect();
+    assert!(
+        reads
+            .iter()
+            .all(|r| r.uri.ends_with("/namespaces/default/secrets/later")),
+        "{reads:?}"
+    );
+    assert!(!reads.is_empty(), "the newly named Secret was not read");
+    assert!(keys(&cached("unrelated").unwrap()).is_empty());
+
+    // No longer named: its credentials go at once, and the BMC with them.
+    sim.delete(Kind::VirtualMachineBmc, NS, "vm2-bmc").unwrap();
+    until("credentials dropped", || {
+        cached("later").is_some_and(|s| keys(&s).is_empty())
+    })
+    .await;
+    assert_eq!(keys(&cached("vm1-auth").unwrap()), ["password", "username"]);
+    until_login(port1, "admin", "password").await;
+}
