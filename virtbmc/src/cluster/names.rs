@@ -124,6 +124,21 @@ mod tests {
         }
     }
 
+    /// The Rust type's schema carries the manifest's pattern, and the check agrees with it.
+    #[test]
+    fn schema_pattern_matches_the_manifest() {
+        let schema = schemars::schema_for!(crate::cluster::crd::LocalObjectReference);
+        let v = serde_json::to_value(&schema).unwrap();
+        let pattern = v["properties"]["name"]["pattern"].as_str().unwrap();
+        let manifest = include_str!("../../../manifests/crd-virtualmachinebmc.yaml");
+        assert_eq!(
+            manifest.matches(&format!("pattern: '{pattern}'")).count(),
+            2,
+            "{pattern}"
+        );
+        assert_eq!(v["properties"]["name"]["maxLength"], 253);
+    }
+
     #[test]
     fn labels() {
         assert!(is_label("default"));
