@@ -30,6 +30,9 @@ pub type Refeed = (Secret, Option<String>);
 pub struct Named {
     by_bmc: HashMap<Key, Key>,
     count: HashMap<Key, usize>,
+    /// Secrets that became named (true) or stopped being named (false) since last drained:
+    /// a VirtualMachineBMC event costs what it changes, not a pass over every name.
+    changes: Vec<(Key, bool)>,
     /// Set once the VirtualMachineBMC cache is loaded: the Secret watch starts after, so its
     /// first list is trimmed by the full set.
     pub ready: bool,
@@ -45,9 +48,17 @@ impl Named {
     }
 
     fn add(&mut self, bmc: Key, secret: Option<Key>) {
+        // Most events (status writes) leave the reference as it was.
+        if self.by_bmc.get(&bmc) == secret.as_ref() {
+            return;
+        }
         self.remove(&bmc);
         if let Some(s) = secret {
-            *self.count.entry(s.clone()).or_default() += 1;
+            let n = self.count.entry(s.clone()).or_default();
+            *n += 1;
+            if *n == 1 {
+                self.changes.push((s.clone(), true));
+            }
             self.by_bmc.insert(bmc, s);
         }
     }
@@ -59,6 +70,7 @@ impl Named {
             *n -= 1;
             if *n == 0 {
                 self.count.remove(&s);
+                self.changes.push((s, false));
             }
         }
     }
@@ -100,40 +112,43 @@ pub fn trim(sh: &Shared, s: &mut Secret) {
 /// A VirtualMachineBMC event (CRD mode): the named set follows, and Secrets that became
 /// named or stopped being named are re-read or trimmed.
 pub fn vmbmc_event(sh: &Shared, ev: &watcher::Event<VirtualMachineBMC>) {
-    let (before, after) = {
+    let changes = {
         let mut n = sh.named();
-        let before = n.names();
         match ev {
             watcher::Event::Apply(b) => n.add(bmc_key(b), secret_of(b)),
             watcher::Event::Delete(b) => n.remove(&bmc_key(b)),
             watcher::Event::InitDone => {
-                let ready = n.ready;
+                // A re-list may have dropped VirtualMachineBMCs without a Delete: rebuilt.
+                let (ready, before) = (n.ready, n.names());
                 *n = Named::default();
                 for b in sh.stores.vmbmc.state() {
                     n.add(bmc_key(&b), secret_of(&b));
                 }
                 n.ready = true;
+                let after = n.names();
+                n.changes = after
+                    .difference(&before)
+                    .map(|k| (k.clone(), true))
+                    .chain(before.difference(&after).map(|k| (k.clone(), false)))
+                    .collect();
                 if !ready {
                     // Not `send`: it drops the value when nobody listens yet.
                     sh.named_ready.send_replace(true);
-                    return;
                 }
             }
-            watcher::Event::Init | watcher::Event::InitApply(_) => return,
+            watcher::Event::Init | watcher::Event::InitApply(_) => {}
         }
-        (before, n.names())
+        std::mem::take(&mut n.changes)
     };
-    for (ns, name) in after.difference(&before) {
-        let cached = sh.stores.secret.get(&ObjectRef::new(name).within(ns));
-        if let Some(c) = cached.filter(|c| !has_keys(c)) {
-            refetch(sh, ns, name, c.meta().resource_version.clone());
-        }
-    }
-    for (ns, name) in before.difference(&after) {
-        let cached = sh.stores.secret.get(&ObjectRef::new(name).within(ns));
-        if let Some(c) = cached.filter(|c| has_keys(c)) {
-            let rv = c.meta().resource_version.clone();
-            let _ = sh.secret_refeed.unbounded_send(((*c).clone(), rv));
+    for ((ns, name), named) in changes {
+        let Some(c) = sh.stores.secret.get(&ObjectRef::new(&name).within(&ns)) else {
+            continue;
+        };
+        let seen = c.meta().resource_version.clone();
+        if named && !has_keys(&c) {
+            refetch(sh, &ns, &name, seen);
+        } else if !named && has_keys(&c) {
+            let _ = sh.secret_refeed.unbounded_send(((*c).clone(), seen));
         }
     }
 }
@@ -165,4 +180,39 @@ pub fn still_current(sh: &Shared, (s, seen): &Refeed) -> bool {
         .secret
         .get(&ObjectRef::new(&s.name_any()).within(&s.namespace().unwrap_or_default()));
     cached.is_some_and(|c| c.meta().resource_version == *seen)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn k(a: &str, b: &str) -> Key {
+        (a.to_string(), b.to_string())
+    }
+
+    #[test]
+    fn named_counts_references_and_reports_only_transitions() {
+        let mut n = Named::default();
+        n.add(k("ns", "b1"), Some(k("ns", "s")));
+        n.add(k("ns", "b2"), Some(k("ns", "s")));
+        // A status write: same reference, nothing to report.
+        n.add(k("ns", "b1"), Some(k("ns", "s")));
+        assert_eq!(std::mem::take(&mut n.changes), [(k("ns", "s"), true)]);
+        assert!(n.contains("ns", "s"));
+        n.remove(&k("ns", "b1"));
+        assert!(n.contains("ns", "s") && n.changes.is_empty());
+        // b2 now names another Secret: s is no longer named, t is.
+        n.add(k("ns", "b2"), Some(k("ns", "t")));
+        assert_eq!(
+            std::mem::take(&mut n.changes),
+            [(k("ns", "s"), false), (k("ns", "t"), true)]
+        );
+        assert!(!n.contains("ns", "s") && n.contains("ns", "t"));
+        // An invalid Secret name names nothing.
+        n.add(k("ns", "b2"), None);
+        assert_eq!(std::mem::take(&mut n.changes), [(k("ns", "t"), false)]);
+        assert!(n.names().is_empty());
+        n.remove(&k("ns", "gone"));
+        assert!(n.changes.is_empty());
+    }
 }
