@@ -1223,3 +1223,288 @@ async fn power_commands_during_vmi_transitions() {
     assert_eq!(rs, "Halted", "stopped at once, not after the start");
     agent.wait_power(name, "off").await;
 }
+
+fn condition_of(bmc: &serde_json::Value, type_: &str) -> serde_json::Value {
+    bmc["status"]["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == type_).cloned())
+        .unwrap_or_default()
+}
+
+/// kube-rs puts names into paths unescaped: `spec.virtualMachineRef.name: a/stop?` would
+/// make a VM read a `stop` call. Such names get a condition naming the field, and the agent
+/// sends nothing with them: no port, no Service, no VM request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_that_cannot_be_objects_get_a_condition_and_no_request() {
+    use virtbmc::backend::Backend;
+    use virtbmc::engine::Action;
+    let sim = sim().await;
+    seed(&sim, "good", "Halted");
+    // The VM `a` exists: `a/stop?` in a path would reach its stop subresource.
+    sim.seed_vm(NS, "a", "Always");
+    sim.seed_vm(NS, "other", "Halted");
+    sim.seed_vmbmc(NS, "bad-vm-bmc", "a/stop?", "good-auth");
+    sim.seed_vmbmc(NS, "bad-secret-bmc", "other", "good-auth/../x");
+    let agent = Agent::start(&sim, "agent-a", 31190..=31199).await;
+    agent.wait_served("default/good").await;
+    let cond = |bmc: &str, type_: &str| {
+        sim.get(Kind::VirtualMachineBmc, NS, bmc)
+            .map(|b| condition_of(&b, type_))
+            .unwrap_or_default()
+    };
+    until("both conditions written", || {
+        cond("bad-vm-bmc", "Ready")["reason"] == "InvalidVirtualMachineRef"
+            && cond("bad-secret-bmc", "Ready")["reason"] == "InvalidAuthSecretRef"
+    })
+    .await;
+    for (bmc, type_, reason, field) in [
+        (
+            "bad-vm-bmc",
+            "Ready",
+            "InvalidVirtualMachineRef",
+            "spec.virtualMachineRef.name",
+        ),
+        (
+            "bad-vm-bmc",
+            "VirtualMachineAvailable",
+            "InvalidVirtualMachineRef",
+            "spec.virtualMachineRef.name",
+        ),
+        (
+            "bad-secret-bmc",
+            "Ready",
+            "InvalidAuthSecretRef",
+            "spec.authSecretRef.name",
+        ),
+        (
+            "bad-secret-bmc",
+            "SecretAvailable",
+            "InvalidAuthSecretRef",
+            "spec.authSecretRef.name",
+        ),
+    ] {
+        let c = cond(bmc, type_);
+        assert_eq!(c["status"], "False", "{bmc} {type_}: {c}");
+        assert_eq!(c["reason"], reason, "{bmc} {type_}: {c}");
+        let msg = c["message"].as_str().unwrap();
+        assert!(msg.starts_with(field), "{bmc} {type_}: {msg}");
+    }
+    assert_eq!(
+        cond("bad-secret-bmc", "VirtualMachineAvailable")["status"],
+        "True"
+    );
+    assert_eq!(cond("bad-vm-bmc", "SecretAvailable")["status"], "True");
+
+    // Let the leader run a few more rounds, then look at everything sent meanwhile and
+    // since the start, including a power action asked of the backend directly.
+    sim.merge_patch(
+        Kind::VirtualMachine,
+        NS,
+        "other",
+        json!({"metadata": {"labels": {"x": "y"}}}),
+    )
+    .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    for name in [
+        "default/a/stop?",
+        "default/a/stop",
+        "Default/good",
+        "default/a?x",
+    ] {
+        let r = agent
+            .backend
+            .perform(name, Action::PowerOff, deadline)
+            .await;
+        assert!(r.is_err(), "{name}: {r:?}");
+    }
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let requests = sim.requests();
+    assert!(requests.len() > 10, "the agent made requests: {requests:?}");
+    for r in &requests {
+        let uri = r.uri.to_ascii_lowercase();
+        for bad in [
+            "/a/",
+            "/a?",
+            "stop?",
+            "stop%3f",
+            "a%2f",
+            "/..",
+            "%2e%2e",
+            "/x",
+            "/virtualmachines/a/",
+        ] {
+            assert!(
+                !uri.contains(bad),
+                "{} {} contains {bad:?}",
+                r.method,
+                r.uri
+            );
+        }
+    }
+    assert!(
+        !requests
+            .iter()
+            .any(|r| r.uri.contains("/virtualmachines/other") || r.uri.contains("other-virtbmc")),
+        "a VirtualMachineBMC with an invalid Secret name is not served"
+    );
+    assert_eq!(
+        sim.get(Kind::VirtualMachine, NS, "a").unwrap()["spec"]["runStrategy"],
+        "Always"
+    );
+    for bmc in ["bad-vm-bmc", "bad-secret-bmc"] {
+        let b = sim.get(Kind::VirtualMachineBmc, NS, bmc).unwrap();
+        assert!(b["status"]["port"].is_null(), "{bmc} got a port: {b}");
+    }
+    assert_eq!(agent.registry.len(), 1);
+    assert!(sim.get(Kind::Service, NS, "other-virtbmc").is_none());
+
+    // Corrected, it is served like any other.
+    sim.merge_patch(
+        Kind::VirtualMachineBmc,
+        NS,
+        "bad-vm-bmc",
+        json!({"spec": {"virtualMachineRef": {"name": "a"}}}),
+    )
+    .unwrap();
+    agent.wait_served("default/a").await;
+    until("Ready once corrected", || {
+        cond("bad-vm-bmc", "Ready")["status"] == "True"
+    })
+    .await;
+}
+
+/// Whoever may create a VirtualMachineBMC must not read a Secret back through its status:
+/// an unusable username or password is named by key and rule, never quoted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secret_conditions_never_quote_the_credentials() {
+    let sim = sim().await;
+    let long_user = "the-admins-secret-login-name";
+    let long_pass = "a-password-over-twenty-bytes";
+    for (vm, user, pass) in [("u", long_user, "password"), ("p", "probe-user", long_pass)] {
+        sim.seed_vm(NS, vm, "Halted");
+        sim.seed_secret(
+            NS,
+            &format!("{vm}-auth"),
+            &[("username", user), ("password", pass)],
+        );
+        sim.seed_vmbmc(NS, &format!("{vm}-bmc"), vm, &format!("{vm}-auth"));
+    }
+    let agent = Agent::start(&sim, "agent-a", 31200..=31209).await;
+    agent.wait_served("default/u").await;
+    let cond = |vm: &str| {
+        vmbmc(&sim, vm)
+            .map(|b| condition_of(&b, "SecretAvailable"))
+            .unwrap_or_default()
+    };
+    until("SecretInvalid on both", || {
+        cond("u")["reason"] == "SecretInvalid" && cond("p")["reason"] == "SecretInvalid"
+    })
+    .await;
+    for (vm, rule, secrets) in [
+        (
+            "u",
+            "the Secret's username must be 1 to 16 bytes",
+            [long_user, "password"],
+        ),
+        (
+            "p",
+            "the Secret's password must be at most 20 bytes",
+            ["probe-user", long_pass],
+        ),
+    ] {
+        let c = cond(vm);
+        assert_eq!(c["status"], "False");
+        let msg = c["message"].as_str().unwrap();
+        assert!(msg.contains(rule), "{msg}");
+        for s in secrets {
+            assert!(!msg.contains(s), "{msg:?} quotes {s:?}");
+        }
+        let all = vmbmc(&sim, vm).unwrap().to_string();
+        for s in secrets {
+            assert!(
+                !all.contains(s),
+                "the VirtualMachineBMC quotes {s:?}: {all}"
+            );
+        }
+    }
+}
+
+/// Secrets are watched cluster-wide, but only those a VirtualMachineBMC names keep
+/// `username` and `password` in the agent's memory: a Secret that becomes named is read
+/// once, and one no longer named loses them at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_named_secrets_keep_credentials_in_memory() {
+    use k8s_openapi::api::core::v1::Secret;
+    use kube::runtime::reflector::ObjectRef;
+    let sim = sim().await;
+    seed(&sim, "vm1", "Halted");
+    sim.seed_vm(NS, "vm2", "Halted");
+    sim.seed_secret(
+        NS,
+        "unrelated",
+        &[
+            ("username", "root"),
+            ("password", "hunter2"),
+            ("tls.key", "KEY"),
+        ],
+    );
+    sim.seed_secret(
+        NS,
+        "later",
+        &[("username", "later"), ("password", "laterpass")],
+    );
+    let agent = Agent::start(&sim, "agent-a", 31210..=31219).await;
+    let port1 = agent.wait_served("default/vm1").await;
+    until_login(port1, "admin", "password").await;
+    let cached = |name: &str| -> Option<Secret> {
+        agent
+            .backend
+            .shared
+            .stores
+            .secret
+            .get(&ObjectRef::new(name).within(NS))
+            .map(|s| (*s).clone())
+    };
+    let keys = |s: &Secret| -> Vec<String> {
+        let mut k: Vec<String> = s.data.iter().flat_map(|d| d.keys().cloned()).collect();
+        k.extend(s.string_data.iter().flat_map(|d| d.keys().cloned()));
+        k.sort();
+        k
+    };
+    assert_eq!(keys(&cached("vm1-auth").unwrap()), ["password", "username"]);
+    until("every Secret cached", || {
+        cached("unrelated").is_some() && cached("later").is_some()
+    })
+    .await;
+    assert!(keys(&cached("unrelated").unwrap()).is_empty());
+    assert!(keys(&cached("later").unwrap()).is_empty());
+
+    // A VirtualMachineBMC names `later`: it is read once, and its user logs in.
+    sim.clear_requests();
+    sim.seed_vmbmc(NS, "vm2-bmc", "vm2", "later");
+    let port2 = agent.wait_served("default/vm2").await;
+    until_login(port2, "later", "laterpass").await;
+    assert_eq!(keys(&cached("later").unwrap()), ["password", "username"]);
+    let reads: Vec<_> = sim
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "GET" && r.uri.contains("/secrets/"))
+        .collect();
+    assert!(
+        reads
+            .iter()
+            .all(|r| r.uri.ends_with("/namespaces/default/secrets/later")),
+        "{reads:?}"
+    );
+    assert!(!reads.is_empty(), "the newly named Secret was not read");
+    assert!(keys(&cached("unrelated").unwrap()).is_empty());
+
+    // No longer named: its credentials go at once, and the BMC with them.
+    sim.delete(Kind::VirtualMachineBmc, NS, "vm2-bmc").unwrap();
+    until("credentials dropped", || {
+        cached("later").is_some_and(|s| keys(&s).is_empty())
+    })
+    .await;
+    assert_eq!(keys(&cached("vm1-auth").unwrap()), ["password", "username"]);
+    until_login(port1, "admin", "password").await;
+}

@@ -11,7 +11,7 @@ use super::boot::{self, PlanError};
 use super::crd::BootOverrideStatus;
 use super::events;
 use super::serve::object_json;
-use super::{Shared, VirtualMachineBMC, labeled, vm_resource};
+use super::{Shared, VirtualMachineBMC, labeled, names, vm_resource};
 use crate::engine::vm::{BootDevice, BootOverride, PowerState};
 use crate::engine::{Action, ActionError};
 
@@ -26,6 +26,7 @@ pub async fn perform(
     action: Action,
     deadline: tokio::time::Instant,
 ) -> Result<(), ActionError> {
+    check_names(ns, vm)?;
     let work = async {
         match action {
             Action::SetBoot(b) => {
@@ -120,6 +121,17 @@ async fn power_action(sh: &Shared, ns: &str, vm: &str, action: Action) -> Result
         events::record(sh, ns, vm, reason, &format!("IPMI {action} ({sub}): {e}"));
     }
     err
+}
+
+/// kube-rs puts names into request paths unescaped: only names an object can have go there.
+fn check_names(ns: &str, vm: &str) -> Result<(), ActionError> {
+    if names::is_label(ns) && names::is_subdomain(vm) {
+        Ok(())
+    } else {
+        Err(ActionError::Failed(
+            "not a namespace and VirtualMachine name".into(),
+        ))
+    }
 }
 
 fn api_failed(what: &str, e: kube::Error) -> ActionError {
@@ -233,6 +245,7 @@ pub async fn restore_orders(
     vm: &str,
     o: &BootOverrideStatus,
 ) -> Result<(), ActionError> {
+    check_names(ns, vm)?;
     let vms: Api<DynamicObject> = Api::namespaced_with(sh.client.clone(), ns, &vm_resource());
     for _ in 0..BOOT_ATTEMPTS {
         let obj = match vms.get(vm).await {

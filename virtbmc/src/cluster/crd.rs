@@ -52,9 +52,15 @@ impl VirtualMachineBMC {
     }
 }
 
+/// A VirtualMachine or Secret in the VirtualMachineBMC's namespace. The name is a DNS-1123
+/// subdomain, as in the CRD manifest's schema; the agent checks it again ([`super::names`]).
 #[derive(Deserialize, Serialize, Clone, Debug, Default, JsonSchema, PartialEq, Eq)]
 pub struct LocalObjectReference {
     #[serde(default)]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
     pub name: String,
 }
 

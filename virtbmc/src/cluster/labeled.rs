@@ -47,6 +47,7 @@ impl LabelMode {
         let (ns, name) = secret
             .split_once('/')
             .filter(|(ns, name)| !ns.is_empty() && !name.is_empty() && !name.contains('/'))
+            .filter(|(ns, name)| super::names::is_label(ns) && super::names::is_subdomain(name))
             .ok_or_else(|| format!("--auth-secret {secret:?}: expected NAMESPACE/NAME"))?;
         if selector.trim().is_empty() {
             return Err("--vm-selector is empty: it would give every VM a BMC".into());
@@ -347,7 +348,15 @@ mod tests {
             (m.secret_namespace.as_str(), m.secret_name.as_str()),
             ("virtbmc-system", "creds")
         );
-        for bad in ["creds", "/creds", "ns/", "a/b/c"] {
+        for bad in [
+            "creds",
+            "/creds",
+            "ns/",
+            "a/b/c",
+            "ns/a?b",
+            "ns/Creds",
+            "n.s/creds",
+        ] {
             assert!(LabelMode::new("bmc=on", bad).is_err(), "{bad}");
         }
         assert!(LabelMode::new(" ", "a/b").is_err());

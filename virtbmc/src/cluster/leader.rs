@@ -31,7 +31,7 @@ use super::crd::Condition;
 use super::serve::{RESYNC, RETRY, wait_ready};
 use super::view::{SecretProblem, users_from_secret};
 use super::{
-    MANAGED_BY, Shared, Stores, VMBMC_LABEL, VirtualMachineBMC, actions, endpoints, labeled,
+    MANAGED_BY, Shared, Stores, VMBMC_LABEL, VirtualMachineBMC, actions, endpoints, labeled, names,
 };
 
 /// The IPMI port every Service exposes.
@@ -107,7 +107,8 @@ pub fn allocate(
         }
         match b.status.as_ref().and_then(|s| s.port) {
             Some(p) if used.insert(p) => {}
-            _ if b.active() => need.push(b.clone()),
+            // Never served: no port either, until the spec is corrected.
+            _ if b.active() && names::check_refs(b).is_ok() => need.push(b.clone()),
             _ => {}
         }
     }
@@ -152,6 +153,7 @@ async fn reconcile(sh: &Shared, pending: &mut BTreeMap<String, u16>, round: &Rou
     for b in &bmcs {
         if b.status.as_ref().and_then(|s| s.port).is_some()
             && b.active()
+            && names::check_refs(b).is_ok()
             && Stores::duplicate_of(&owners, b).is_none()
         {
             wanted.insert((
@@ -222,7 +224,10 @@ async fn reconcile_one(
     if b.metadata.deletion_timestamp.is_some() {
         return;
     }
-    let svc = match port.filter(|_| b.active() && duplicate.is_none()) {
+    // A name that cannot be an object's gets its conditions and nothing else: it never
+    // reaches a Service, an EndpointSlice or a VM patch.
+    let valid = names::check_refs(b).is_ok();
+    let svc = match port.filter(|_| valid && b.active() && duplicate.is_none()) {
         Some(port) => {
             let svc = ensure_service(sh, b, port, round).await;
             if let (Some(_), Some(agents)) = (&svc, agents) {
@@ -233,7 +238,9 @@ async fn reconcile_one(
         None => None,
     };
     write_conditions(sh, b, svc.as_ref(), duplicate.as_deref(), round).await;
-    restore_one_shot(sh, b, round).await;
+    if valid {
+        restore_one_shot(sh, b, round).await;
+    }
 }
 
 /// Writes a VirtualMachineBMC's port; Some((uid, port)) if it was written.
@@ -392,30 +399,50 @@ pub fn conditions(
     let ns = b.namespace().unwrap_or_default();
     let vm = &b.spec.virtual_machine_ref.name;
     let secret_name = &b.spec.auth_secret_ref.name;
-    let vm_found = sh.stores.vm(&ns, vm).is_some();
-    let secret = sh.stores.auth_secret(b);
-    let secret_cond = match users_from_secret(secret.as_deref()) {
-        Ok(_) => condition(
-            "SecretAvailable",
+    let invalid =
+        |bad: names::InvalidRef, type_: &str| condition(type_, false, bad.reason, bad.message());
+    let vm_cond = match names::vm_ref(b) {
+        Err(bad) => invalid(bad, "VirtualMachineAvailable"),
+        Ok(vm) if sh.stores.vm(&ns, vm).is_some() => condition(
+            "VirtualMachineAvailable",
             true,
-            "SecretFound",
-            format!("Secret {secret_name} provides the BMC user"),
+            "VirtualMachineFound",
+            format!("VirtualMachine {vm} found"),
         ),
-        Err(SecretProblem::NotFound) => condition(
-            "SecretAvailable",
+        Ok(vm) => condition(
+            "VirtualMachineAvailable",
             false,
-            "SecretNotFound",
-            format!("Secret {secret_name} not found: every login is refused"),
+            "VirtualMachineNotFound",
+            format!("VirtualMachine {vm} not found"),
         ),
-        Err(SecretProblem::Invalid(why)) => condition(
-            "SecretAvailable",
-            false,
-            "SecretInvalid",
-            format!("Secret {secret_name}: {why}: every login is refused"),
-        ),
+    };
+    let secret = names::secret_ref(b).map(|_| sh.stores.auth_secret(b));
+    let secret_cond = match secret.map(|s| users_from_secret(s.as_deref())) {
+        Err(bad) => invalid(bad, "SecretAvailable"),
+        Ok(found) => match found {
+            Ok(_) => condition(
+                "SecretAvailable",
+                true,
+                "SecretFound",
+                format!("Secret {secret_name} provides the BMC user"),
+            ),
+            Err(SecretProblem::NotFound) => condition(
+                "SecretAvailable",
+                false,
+                "SecretNotFound",
+                format!("Secret {secret_name} not found: every login is refused"),
+            ),
+            Err(SecretProblem::Invalid(why)) => condition(
+                "SecretAvailable",
+                false,
+                "SecretInvalid",
+                format!("Secret {secret_name}: {why}: every login is refused"),
+            ),
+        },
     };
     let port = b.status.as_ref().and_then(|s| s.port);
     let ready = match (b.spec.ipmi_enabled(), port, svc) {
+        _ if let Err(bad) = names::check_refs(b) => invalid(bad, "Ready"),
         _ if let Some(first) = duplicate_of => condition(
             "Ready",
             false,
@@ -447,25 +474,7 @@ pub fn conditions(
             format!("Service {} not created yet", service_name(vm)),
         ),
     };
-    vec![
-        ready,
-        if vm_found {
-            condition(
-                "VirtualMachineAvailable",
-                true,
-                "VirtualMachineFound",
-                format!("VirtualMachine {vm} found"),
-            )
-        } else {
-            condition(
-                "VirtualMachineAvailable",
-                false,
-                "VirtualMachineNotFound",
-                format!("VirtualMachine {vm} not found"),
-            )
-        },
-        secret_cond,
-    ]
+    vec![ready, vm_cond, secret_cond]
 }
 
 async fn write_conditions(
@@ -531,6 +540,16 @@ async fn finalizer(sh: &Shared, b: &VirtualMachineBMC, round: &Round) {
             return;
         }
         if let Some(o) = b.pending_one_shot() {
+            if names::vm_ref(b).is_err() {
+                // The spec was changed to a name that cannot be a VM's after the override
+                // was set: the VM it was set on is no longer known, and holding the
+                // deletion would not bring it back.
+                log::warn!(
+                    "vmbmc={ns}/{} deleted with a pending one-shot override, but its spec.virtualMachineRef.name is invalid: boot order not restored",
+                    b.name_any()
+                );
+                return finalizer_write(sh, b, has, false, round).await;
+            }
             log::info!(
                 "vmbmc={ns}/{} deleted with a pending one-shot {} override; restoring the boot order of vm={vm}",
                 b.name_any(),
@@ -546,9 +565,15 @@ async fn finalizer(sh: &Shared, b: &VirtualMachineBMC, round: &Round) {
     } else {
         b.pending_one_shot().is_some()
     };
+    finalizer_write(sh, b, has, want, round).await
+}
+
+/// Adds or removes [`FINALIZER`] if `want` differs from `has`.
+async fn finalizer_write(sh: &Shared, b: &VirtualMachineBMC, has: bool, want: bool, round: &Round) {
     if want == has {
         return;
     }
+    let ns = b.namespace().unwrap_or_default();
     let mut list: Vec<String> = b
         .finalizers()
         .iter()

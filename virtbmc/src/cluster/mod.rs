@@ -14,6 +14,8 @@
 //! - [`lease`] and [`leader`]: one elected agent allocates ports, owns the Services, writes
 //!   status conditions and restores one-shot boot overrides.
 //! - [`endpoints`]: the leader's EndpointSlices, which route each Service to the agent pods.
+//! - [`names`]: the names a spec refers to, checked before any of them reaches an API path.
+//! - [`secrets`]: only the Secrets a VirtualMachineBMC names keep their credentials in memory.
 
 pub mod actions;
 pub mod boot;
@@ -23,6 +25,8 @@ pub mod events;
 pub mod labeled;
 pub mod leader;
 pub mod lease;
+pub mod names;
+pub mod secrets;
 pub mod serve;
 pub mod view;
 
@@ -130,10 +134,15 @@ pub struct Writers {
     pub service: reflector::store::Writer<Service>,
     pub pod: reflector::store::Writer<Pod>,
     pub endpoint_slice: reflector::store::Writer<EndpointSlice>,
+    /// Secret copies for the Secret reflector (see [`secrets`]).
+    pub secret_refeed: futures::channel::mpsc::UnboundedReceiver<secrets::Refeed>,
 }
 
 impl Stores {
-    fn new(secret_namespace: Option<String>) -> (Stores, Writers) {
+    fn new(
+        secret_namespace: Option<String>,
+        secret_refeed: futures::channel::mpsc::UnboundedReceiver<secrets::Refeed>,
+    ) -> (Stores, Writers) {
         let vmbmc = reflector::store::Writer::default();
         let vm = reflector::store::Writer::new(vm_resource());
         let vmi = reflector::store::Writer::new(vmi_resource());
@@ -161,6 +170,7 @@ impl Stores {
                 service,
                 pod,
                 endpoint_slice,
+                secret_refeed,
             },
         )
     }
@@ -269,6 +279,11 @@ pub struct Shared {
     /// Wakes the serving loop (full rebuild) and the leader loop.
     pub(crate) serve_wake: Notify,
     pub(crate) leader_wake: Notify,
+    /// The Secrets VirtualMachineBMCs name: the only ones whose credentials are cached.
+    named_secrets: Mutex<secrets::Named>,
+    /// True once `named_secrets` reflects the loaded VirtualMachineBMC cache.
+    pub(crate) named_ready: tokio::sync::watch::Sender<bool>,
+    pub(crate) secret_refeed: futures::channel::mpsc::UnboundedSender<secrets::Refeed>,
 }
 
 impl Shared {
@@ -310,6 +325,10 @@ impl Shared {
     pub(crate) fn wake_leader_all(&self) {
         self.dirty().all = true;
         self.leader_wake.notify_one();
+    }
+
+    pub(crate) fn named(&self) -> std::sync::MutexGuard<'_, secrets::Named> {
+        self.named_secrets.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn dirty(&self) -> std::sync::MutexGuard<'_, Dirty> {
@@ -418,8 +437,11 @@ impl KubeBackend {
         opts: ClusterOptions,
         metrics: Arc<Metrics>,
     ) -> (KubeBackend, Writers) {
-        let (stores, writers) =
-            Stores::new(opts.labels.as_ref().map(|m| m.secret_namespace.clone()));
+        let (refeed_tx, refeed_rx) = futures::channel::mpsc::unbounded();
+        let (stores, writers) = Stores::new(
+            opts.labels.as_ref().map(|m| m.secret_namespace.clone()),
+            refeed_rx,
+        );
         let shared = Arc::new(Shared {
             client,
             metrics,
@@ -432,6 +454,9 @@ impl KubeBackend {
             leader: AtomicBool::new(false),
             serve_wake: Notify::new(),
             leader_wake: Notify::new(),
+            named_secrets: Mutex::default(),
+            named_ready: tokio::sync::watch::channel(false).0,
+            secret_refeed: refeed_tx,
         });
         (KubeBackend { shared }, writers)
     }
@@ -452,6 +477,7 @@ impl Backend for KubeBackend {
         let name = vm.to_string();
         Box::pin(async move {
             let (ns, vm) = split_name(&name)
+                .filter(|(ns, vm)| names::is_label(ns) && names::is_subdomain(vm))
                 .ok_or_else(|| ActionError::Failed(format!("{name} is not namespace/name")))?;
             actions::perform(&shared, ns, vm, action, deadline).await
         })

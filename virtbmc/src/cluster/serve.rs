@@ -22,8 +22,8 @@ use super::view::{
     VM_FIELDS, VMI_FIELDS, boot_override, guid, power_state, prune, users_from_secret,
 };
 use super::{
-    KubeBackend, MANAGED_BY, Shared, Stores, VirtualMachineBMC, Writers, labeled, vm_resource,
-    vmi_resource,
+    KubeBackend, MANAGED_BY, Shared, Stores, VirtualMachineBMC, Writers, labeled, names, secrets,
+    vm_resource, vmi_resource,
 };
 use crate::agent::name_guid;
 use crate::agent::registry::Registry;
@@ -60,7 +60,7 @@ pub fn spawn(
             writers.vmbmc,
             Api::<VirtualMachineBMC>::all(client.clone()),
             watcher::Config::default(),
-            wake_all,
+            vmbmc_event,
             |_| {},
         ),
     };
@@ -96,14 +96,12 @@ pub fn spawn(
             vm_event,
             |o| prune(&mut o.data, VMI_FIELDS),
         ),
-        reflect(
+        reflect_secrets(
             &sh,
-            "secrets",
             writers.secret,
+            writers.secret_refeed,
             secrets,
             secret_watch,
-            secret_event,
-            keep_credentials,
         ),
         reflect(
             &sh,
@@ -145,22 +143,43 @@ pub const DEBOUNCE: Duration = Duration::from_millis(10);
 
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
-/// Of a Secret only the keys a BMC reads are kept: the other Secrets of the cluster (TLS
-/// keys, tokens) are watched only because RBAC cannot narrow the watch, and their contents
-/// have no business in this process.
-fn keep_credentials(s: &mut Secret) {
-    let read = |k: &String| k == "username" || k == "password";
-    if let Some(data) = s.data.as_mut() {
-        data.retain(|k, _| read(k));
-    }
-    if let Some(data) = s.string_data.as_mut() {
-        data.retain(|k, _| read(k));
-    }
+/// A VirtualMachineBMC may change any BMC: a full pass; and the Secrets it names keep
+/// their credentials in the cache ([`secrets`]).
+fn vmbmc_event(sh: &Shared, ev: &watcher::Event<VirtualMachineBMC>) {
+    secrets::vmbmc_event(sh, ev);
+    sh.wake();
 }
 
-/// Any event of a kind that may change any BMC: a full pass.
-fn wake_all<K>(sh: &Shared, _: &watcher::Event<K>) {
-    sh.wake();
+/// The Secret reflector: of a Secret only the keys a BMC reads are kept, and only if a
+/// VirtualMachineBMC names it ([`secrets::trim`]); the other Secrets of the cluster (TLS
+/// keys, tokens) are watched only because RBAC cannot narrow the watch, and their contents
+/// have no business in this process. In CRD mode the watch starts once the named set is
+/// known, and copies of Secrets that become named (or stop being named) are merged in.
+fn reflect_secrets(
+    sh: &Arc<Shared>,
+    writer: reflector::store::Writer<Secret>,
+    refeed: futures::channel::mpsc::UnboundedReceiver<secrets::Refeed>,
+    api: Api<Secret>,
+    wc: watcher::Config,
+) -> JoinHandle<()> {
+    let crd_mode = sh.opts.labels.is_none();
+    let mut ready = sh.named_ready.subscribe();
+    let watch = futures::stream::once(async move {
+        if crd_mode {
+            let _ = ready.wait_for(|r| *r).await;
+        }
+    })
+    .flat_map(move |()| watcher(api.clone(), wc.clone()).default_backoff());
+    let (for_filter, for_trim) = (sh.clone(), sh.clone());
+    let refed = refeed
+        .filter(move |r| std::future::ready(secrets::still_current(&for_filter, r)))
+        .map(|(s, _)| Ok(watcher::Event::Apply(s)));
+    let events = futures::stream::select(watch, refed).modify(move |o| {
+        o.managed_fields_mut().clear();
+        o.annotations_mut().remove(LAST_APPLIED);
+        secrets::trim(&for_trim, o);
+    });
+    reflect_stream(sh, "secrets", writer, events, secret_event)
 }
 
 /// Secrets are watched cluster-wide (a VirtualMachineBMC may name any Secret of its
@@ -320,7 +339,9 @@ pub fn desired(
     let all = stores.vmbmcs();
     let owners = Stores::owners(&all);
     for b in all.iter() {
-        if Stores::duplicate_of(&owners, b).is_some() {
+        // A name that cannot be an object's is never served, so no BMC task, power action or
+        // boot override ever puts it into an API path; the leader's conditions say why.
+        if Stores::duplicate_of(&owners, b).is_some() || names::check_refs(b).is_err() {
             continue;
         }
         let ns = b.namespace().unwrap_or_default();

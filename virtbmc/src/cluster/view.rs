@@ -209,14 +209,30 @@ pub fn users_from_secret(
         }
     };
     let (name, password) = (key("username")?, key("password")?);
-    let user = User::new(
-        name.trim_end_matches('\n'),
-        password.trim_end_matches('\n'),
-        Privilege::Admin,
-    )
-    .map_err(SecretProblem::Invalid)?;
+    let (name, password) = (name.trim_end_matches('\n'), password.trim_end_matches('\n'));
+    // The rules are checked here so that the condition names the key and the rule only:
+    // `User::new`'s errors quote the user name, and whoever may create a VirtualMachineBMC
+    // must not read the Secrets of its namespace back through its status.
+    if name.is_empty() || name.len() > MAX_NAME {
+        return Err(SecretProblem::Invalid(format!(
+            "the Secret's username must be 1 to {MAX_NAME} bytes"
+        )));
+    }
+    if password.len() > MAX_PASSWORD {
+        return Err(SecretProblem::Invalid(format!(
+            "the Secret's password must be at most {MAX_PASSWORD} bytes"
+        )));
+    }
+    let user = User::new(name, password, Privilege::Admin).map_err(|_| {
+        SecretProblem::Invalid("the Secret's username or password is not usable".into())
+    })?;
     Ok(vec![user])
 }
+
+/// A user name is at most 16 bytes (IPMI 2.0 §13.20, §22.16).
+const MAX_NAME: usize = 16;
+/// A password is at most 20 bytes: the key K_UID it pads to (IPMI 2.0 §13.31).
+const MAX_PASSWORD: usize = 20;
 
 #[cfg(test)]
 mod tests {
@@ -402,5 +418,49 @@ mod tests {
             (u[0].name.as_str(), u[0].max_privilege),
             ("admin", Privilege::Admin)
         );
+    }
+
+    #[test]
+    fn secret_problems_never_quote_the_values() {
+        use k8s_openapi::ByteString;
+        let secret = |user: &str, pass: &str| k8s_openapi::api::core::v1::Secret {
+            data: Some(
+                [
+                    ("username".to_string(), ByteString(user.as_bytes().to_vec())),
+                    ("password".to_string(), ByteString(pass.as_bytes().to_vec())),
+                ]
+                .into(),
+            ),
+            ..Default::default()
+        };
+        let long_user = "probe-of-a-secret-username";
+        let long_pass = "probe-of-a-secret-password";
+        for (s, want, values) in [
+            (
+                secret(long_user, "pw"),
+                "the Secret's username must be 1 to 16 bytes",
+                [long_user, "pw"],
+            ),
+            (
+                secret("", "pw"),
+                "the Secret's username must be 1 to 16 bytes",
+                ["", "pw"],
+            ),
+            (
+                secret("admin", long_pass),
+                "the Secret's password must be at most 20 bytes",
+                ["admin", long_pass],
+            ),
+        ] {
+            let Err(SecretProblem::Invalid(why)) = users_from_secret(Some(&s)) else {
+                panic!("{want}: accepted");
+            };
+            assert_eq!(why, want);
+            for v in values.iter().filter(|v| !v.is_empty()) {
+                assert!(!why.contains(v), "{why:?} quotes {v:?}");
+            }
+        }
+        // The limits themselves are accepted.
+        assert!(users_from_secret(Some(&secret(&"u".repeat(16), &"p".repeat(20)))).is_ok());
     }
 }
