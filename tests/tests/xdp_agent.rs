@@ -175,6 +175,8 @@ fn agent_loads_its_fast_path_with_the_pods_capabilities() {
         "the program is attached:\n{}",
         bmc.log()
     );
+    // Embedded mode: ready as soon as it answers, its socket being bound by then.
+    assert_eq!(bmc.http_get("/readyz").as_deref().map(str::trim), Ok("ok"));
 
     let out = bmc.ipmitool(Iface::Lan, "admin", "password", PORT, &["power", "status"]);
     out.assert_ok().assert_stdout_has("Chassis Power is off");
