@@ -245,3 +245,33 @@ fn manifests_pass_checkov_with_every_accepted_finding_explained() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The NetworkPolicy opens what the DaemonSet serves: the agent's default BMC port range and
+/// the admin port the agent listens on (on the pod IP) and the probes use.
+#[test]
+fn network_policy_matches_the_daemonset() {
+    let read = |f: &str| std::fs::read_to_string(manifests().join(f)).unwrap();
+    let (ds, np) = (read("daemonset.yaml"), read("networkpolicy.yaml"));
+    let range = virtbmc::cluster::ClusterOptions::new(
+        "x",
+        "y",
+        virtbmc::engine::config::BmcConfig::new(vec![]),
+    )
+    .port_range;
+    let udp = format!(
+        "{{protocol: UDP, port: {}, endPort: {}}}",
+        range.start(),
+        range.end()
+    );
+    assert!(np.contains(&udp), "{udp} not in the NetworkPolicy:\n{np}");
+    assert!(ds.contains("- --admin=$(POD_IP):9623\n"), "{ds}");
+    assert!(
+        ds.contains("{name: admin, containerPort: 9623, protocol: TCP}"),
+        "{ds}"
+    );
+    assert!(np.contains("{protocol: TCP, port: 9623}"), "{np}");
+    assert!(
+        !ds.contains("--port-range"),
+        "a non-default range needs the policy changed too"
+    );
+}
