@@ -19,7 +19,7 @@ mod precheck;
 mod shell;
 mod vms;
 
-pub use agent::{Bmc, BmcBuilder};
+pub use agent::{Bmc, BmcBuilder, agent_binary};
 pub use client::{Iface, Out};
 pub use netns::NetnsPair;
 pub use precheck::{is_root, skip_unless_ready};

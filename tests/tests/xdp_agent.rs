@@ -109,3 +109,94 @@ fn agent_attaches_its_fast_path_and_keeps_it_in_step() {
     drop(bmc);
     let _ = std::fs::remove_dir_all(&pins);
 }
+
+/// The DaemonSet's pod, as far as one process can be: root whose bounding set holds only
+/// CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON (`drop: [ALL]`, `add: [BPF, NET_ADMIN, PERFMON]`),
+/// no_new_privs (`allowPrivilegeEscalation: false`), and a pin folder that is a folder of a
+/// bpffs mounted outside /sys (the node's /sys/fs/bpf/virtbmc as a hostPath), so nothing
+/// needs CAP_SYS_ADMIN. The program loads, pins, attaches and answers.
+#[test]
+fn agent_loads_its_fast_path_with_the_pods_capabilities() {
+    const TEST: &str = "agent_loads_its_fast_path_with_the_pods_capabilities";
+    if skip(TEST) || virtbmc_e2e::skip_unless_ready(TEST, &["ipmitool", "setpriv"]) {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("virtbmc-e2e-caps-{}", std::process::id()));
+    let pins = dir.join("bpf");
+    let node_fs = dir.join("node-bpffs");
+    std::fs::create_dir_all(&pins).unwrap();
+    std::fs::create_dir_all(&node_fs).unwrap();
+    // `ip netns exec` runs this in a mount namespace of its own, where a bpffs stands for the
+    // node's and a folder of it is bind-mounted on the pin folder (the kubelet's hostPath);
+    // both go with the namespace. Then every capability but the pod's is dropped for good
+    // before the agent starts.
+    let wrapper = dir.join("agent-with-pod-caps");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nset -e\nmount -t bpf bpf {fs}\nmkdir -p {fs}/virtbmc\nmount --bind {fs}/virtbmc {pins}\nexec setpriv --no-new-privs --inh-caps=-all --bounding-set=-all,+bpf,+net_admin,+perfmon {agent} \"$@\"\n",
+            fs = node_fs.display(),
+            pins = pins.display(),
+            agent = virtbmc_e2e::agent_binary().display(),
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let bmc = Bmc::builder()
+        .binary(&wrapper)
+        .vm(&format!("vm-0={PORT}"))
+        .arg("--xdp-iface")
+        .arg("vbmc0")
+        .arg("--ebpf-object")
+        .arg(object().to_str().unwrap())
+        .arg("--bpf-pin-dir")
+        .arg(pins.to_str().unwrap())
+        .log_level("info,virtbmc::fastpath=debug")
+        .start();
+    // The agent itself holds exactly CAP_BPF (39), CAP_PERFMON (38) and CAP_NET_ADMIN (12).
+    let status = std::fs::read_to_string(format!("/proc/{}/status", bmc.pid())).unwrap();
+    let caps = |key: &str| {
+        let hex = status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .unwrap_or_else(|| panic!("{key} in {status}"));
+        u64::from_str_radix(hex.trim(), 16).unwrap()
+    };
+    let want = (1u64 << 39) | (1 << 38) | (1 << 12);
+    assert_eq!(caps("CapEff:"), want, "{status}");
+    assert_eq!(caps("CapBnd:"), want, "{status}");
+    assert_eq!(caps("NoNewPrivs:"), 1, "{status}");
+    assert!(
+        bmc.log().contains("generic"),
+        "the program is attached:\n{}",
+        bmc.log()
+    );
+    // Embedded mode: ready as soon as it answers, its socket being bound by then.
+    assert_eq!(bmc.http_get("/readyz").as_deref().map(str::trim), Ok("ok"));
+
+    let out = bmc.ipmitool(Iface::Lan, "admin", "password", PORT, &["power", "status"]);
+    out.assert_ok().assert_stdout_has("Chassis Power is off");
+    let c = fast_counters(&bmc);
+    assert!(
+        c["answered_ping"] >= 1 && c["answered_chassis_status"] >= 1,
+        "the XDP program answered: {c:?}"
+    );
+    // Its maps are pinned where the pod mounts the node's folder (seen through the agent's
+    // own mount namespace).
+    let seen = std::path::PathBuf::from(format!("/proc/{}/root", bmc.pid()))
+        .join(pins.strip_prefix("/").unwrap());
+    let names: Vec<String> = std::fs::read_dir(&seen)
+        .unwrap_or_else(|e| panic!("{}: {e}", seen.display()))
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    for pin in [virtbmc_common::BMCS_PIN, virtbmc_common::COUNTERS_PIN] {
+        assert!(names.iter().any(|n| n == pin), "{pin} pinned: {names:?}");
+    }
+    drop(bmc);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -469,6 +469,51 @@ fn xdp_missing_capabilities_is_a_clear_error() {
     assert!(text.contains("1 passed"), "{text}");
 }
 
+/// With CAP_BPF and CAP_NET_ADMIN but not CAP_PERFMON the verifier would refuse the program
+/// (its Spectre v1 rules): the loader names the one missing capability before trying.
+#[test]
+fn xdp_without_cap_perfmon_is_a_clear_error() {
+    use virtbmc::fastpath::{FastPathConfig, FastPathError, XdpMode};
+    const TEST: &str = "xdp_without_cap_perfmon_is_a_clear_error";
+    if std::env::var_os("XDP_NOPERFMON_CHILD").is_some() {
+        let cfg = FastPathConfig::new(object(), None, XdpMode::Auto);
+        match FastPath::start(&cfg) {
+            Err(e @ FastPathError::MissingCapabilities { .. }) => {
+                let msg = e.to_string();
+                assert!(
+                    msg.starts_with("the XDP fast path needs CAP_PERFMON "),
+                    "{msg}"
+                );
+            }
+            Err(e) => panic!("wrong error: {e}"),
+            Ok(_) => panic!("loaded without CAP_PERFMON"),
+        }
+        return;
+    }
+    if skip(TEST) {
+        return;
+    }
+    let exe = std::env::current_exe().unwrap();
+    let out = std::process::Command::new("setpriv")
+        .args([
+            "--bounding-set=-all,+bpf,+net_admin",
+            "--inh-caps=-all",
+            "--",
+        ])
+        .arg(exe)
+        .args(["--exact", TEST, "--nocapture"])
+        .env("XDP_NOPERFMON_CHILD", "1")
+        .output()
+        .expect("setpriv (util-linux) runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("1 passed"), "{text}");
+}
+
 #[test]
 fn xdp_group_addressed_and_bad_ip_checksum_pass() {
     if skip("xdp_group_addressed_and_bad_ip_checksum_pass") {

@@ -11,6 +11,97 @@ use kubesim::{Fault, Kind};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_waits_for_every_cache_and_the_bmc_sockets() {
+    let sim = sim().await;
+    seed(&sim, "vm1", "Halted");
+    // A first agent gives the BMC its port; the one under test starts as after a restart,
+    // with a BMC to bind as soon as its caches know it.
+    let first = Agent::start(&sim, "agent-q", 31300..=31309).await;
+    let port = first.wait_served("default/vm1").await;
+    drop(first);
+    // Someone else holds the BMC's port for a while: the caches sync, the bind fails.
+    let until_free = tokio::time::Instant::now() + T;
+    let squatter = loop {
+        match std::net::UdpSocket::bind(("127.0.0.1", port)) {
+            Ok(s) => break s,
+            Err(e) => assert!(tokio::time::Instant::now() < until_free, "{port}: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    // The Secrets' first list answers late, the VMIs' first fails: until both caches hold a
+    // full list the agent must not take traffic.
+    sim.inject(
+        Fault::on("GET", "/api/v1/secrets?")
+            .delay(Duration::from_secs(2))
+            .times(1),
+    );
+    sim.inject(
+        Fault::on("GET", "/virtualmachineinstances?")
+            .status(500)
+            .times(1),
+    );
+    let mut agent = Agent::start(&sim, "agent-r", 31300..=31309).await;
+    let addr = agent.serve_admin().await;
+    let (code, body) = http_get(addr, "/readyz").await;
+    assert_eq!(code, 503, "ready before any cache synced: {body}");
+    assert!(
+        body.starts_with("caches not synced:") && body.contains("secrets"),
+        "{body}"
+    );
+    assert!(agent.registry.is_empty(), "a BMC bound before its caches");
+    let (code, body) = http_get(addr, "/healthz").await;
+    assert_eq!(
+        (code, body.as_str()),
+        (200, "ok\n"),
+        "alive while not ready"
+    );
+
+    // Every cache synced, the BMC known but its socket not bound: still not ready.
+    let mut reasons = std::collections::BTreeSet::new();
+    let end = tokio::time::Instant::now() + T;
+    loop {
+        let (code, body) = http_get(addr, "/readyz").await;
+        assert_eq!(code, 503, "ready without the BMC's socket: {body}");
+        if body == "BMC sockets not bound yet\n" {
+            break;
+        }
+        reasons.insert(body);
+        assert!(
+            tokio::time::Instant::now() < end,
+            "caches never synced: {reasons:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        reasons.iter().any(|r| r.contains("secrets")),
+        "the slow cache was never named: {reasons:?}"
+    );
+    assert!(agent.port_of("default/vm1").is_none());
+
+    // The port comes free; the next bind attempt makes the agent ready.
+    drop(squatter);
+    let end = tokio::time::Instant::now() + T;
+    loop {
+        let (code, body) = http_get(addr, "/readyz").await;
+        if code == 200 {
+            assert_eq!(body, "ok\n");
+            assert_eq!(
+                agent.port_of("default/vm1"),
+                Some(port),
+                "ready without the BMC's socket"
+            );
+            break;
+        }
+        assert_eq!((code, body.as_str()), (503, "BMC sockets not bound yet\n"));
+        assert!(tokio::time::Instant::now() < end, "never ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    until_login(port, "admin", "password").await;
+    let (code, _) = http_get(addr, "/readyz").await;
+    assert_eq!(code, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vmbmc_gets_a_port_and_service_power_on_starts_the_vm_password_change_and_delete() {
     let sim = sim().await;
     seed(&sim, "vm1", "Halted");

@@ -39,7 +39,7 @@ pub fn on_path(tool: &str) -> bool {
 
 /// The Debian packages the end-to-end tests and the demo need (python3-cryptography gives
 /// python-ipmi its AES; pip installs python-ipmi itself).
-pub const PACKAGES: [&str; 11] = [
+pub const PACKAGES: [&str; 12] = [
     "ipmitool",
     "freeipmi-tools",
     "ipmiutil",
@@ -48,6 +48,7 @@ pub const PACKAGES: [&str; 11] = [
     "python3",
     "python3-pyghmi",
     "python3-pip",
+    "python3-venv",
     "python3-cryptography",
     "coreutils",
     "bpftool",
@@ -122,8 +123,49 @@ fn pip_install_python_ipmi() -> Result<(), String> {
     ]))
 }
 
+/// The manifest linters the tests run: kubernetes-validate for the system interpreter, and
+/// checkov in a venv of its own (its many dependencies must not replace apt's packages).
+const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
+const CHECKOV: &str = "checkov==3.3.30";
+const CHECKOV_VENV: &str = "/opt/virtbmc-checkov";
+
+/// Installs the manifest linters with pip when missing.
+fn ensure_linters() -> Result<(), String> {
+    if !on_path("kubernetes-validate") {
+        println!("==> installing {KUBERNETES_VALIDATE} with pip");
+        run(Command::new(PYGHMI_PYTHON).args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--break-system-packages",
+            KUBERNETES_VALIDATE,
+        ]))?;
+    }
+    let checkov = std::path::Path::new(CHECKOV_VENV).join("bin/checkov");
+    if !checkov.is_file() {
+        let has_venv = Command::new(PYGHMI_PYTHON)
+            .args(["-c", "import venv, ensurepip"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !has_venv {
+            run(Command::new("apt-get")
+                .args(["install", "-y", "--no-install-recommends", "python3-venv"])
+                .env("DEBIAN_FRONTEND", "noninteractive"))?;
+        }
+        println!("==> installing {CHECKOV} with pip in {CHECKOV_VENV}");
+        run(Command::new(PYGHMI_PYTHON).args(["-m", "venv", CHECKOV_VENV]))?;
+        run(
+            Command::new(std::path::Path::new(CHECKOV_VENV).join("bin/pip"))
+                .args(["install", "--quiet", CHECKOV]),
+        )?;
+    }
+    Ok(())
+}
+
 /// Installs the client tools with apt when any is missing (one `apt-get update`, then one
-/// install of the whole package set); does nothing when all are present.
+/// install of the whole package set), then the manifest linters with pip; does nothing when
+/// all are present.
 pub fn ensure_installed() -> Result<(), String> {
     let missing = missing();
     if missing.is_empty() {
@@ -131,7 +173,11 @@ pub fn ensure_installed() -> Result<(), String> {
             "==> client tools present: {} pyghmi {PYTHON_IPMI}",
             NEEDED.join(" ")
         );
-        return Ok(());
+        return if virtbmc_e2e::is_root() {
+            ensure_linters()
+        } else {
+            Ok(())
+        };
     }
     if !virtbmc_e2e::is_root() {
         return Err(format!(
@@ -151,6 +197,7 @@ pub fn ensure_installed() -> Result<(), String> {
     if !has_python_ipmi() {
         pip_install_python_ipmi()?;
     }
+    ensure_linters()?;
     let still = self::missing();
     if still.is_empty() {
         Ok(())

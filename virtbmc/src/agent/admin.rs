@@ -6,6 +6,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use super::metrics::Metrics;
+use super::ready::Readiness;
 use super::registry::{Registry, SharedFastPath};
 use crate::backend::embedded::Embedded;
 
@@ -15,6 +16,8 @@ pub struct Admin {
     pub embedded: Arc<Embedded>,
     pub registry: Arc<Registry>,
     pub fastpath: SharedFastPath,
+    /// What `/readyz` answers: caches synced and sockets bound, or why not.
+    pub ready: Arc<Readiness>,
 }
 
 impl Admin {
@@ -49,7 +52,11 @@ impl Admin {
 
     fn route(&self, path: &str) -> (&'static str, String) {
         match path {
-            "/healthz" | "/readyz" => ("200 OK", "ok\n".into()),
+            "/healthz" => ("200 OK", "ok\n".into()),
+            "/readyz" => match self.ready.check() {
+                Ok(()) => ("200 OK", "ok\n".into()),
+                Err(why) => ("503 Service Unavailable", format!("{why}\n")),
+            },
             "/metrics" => ("200 OK", self.metrics_text()),
             "/vms" => ("200 OK", self.vm_lines()),
             _ => ("404 Not Found", "not found\n".into()),

@@ -6,6 +6,7 @@ pub mod admin;
 pub mod config;
 pub mod metrics;
 mod netinfo;
+pub mod ready;
 pub mod registry;
 pub mod server;
 
@@ -21,6 +22,7 @@ use crate::backend::embedded::{Embedded, EmbeddedBackend};
 use crate::fastpath::{FastPath, FastPathConfig};
 use config::Args;
 use metrics::Metrics;
+use ready::Readiness;
 use registry::Registry;
 
 #[derive(Debug, Error)]
@@ -82,6 +84,7 @@ pub async fn run(args: Args) -> Result<(), AgentError> {
     let backend: Arc<dyn Backend> = Arc::new(EmbeddedBackend(embedded.clone()));
     let metrics = Arc::new(Metrics::default());
     let (registry, fastpath) = start_registry(&args, backend.clone(), &metrics)?;
+    let ready = Arc::new(Readiness::default());
     for vm in &vms {
         embedded.add(&vm.name, vm.on, name_guid(&vm.name));
         let addr = SocketAddr::new(args.listen, vm.port);
@@ -94,8 +97,10 @@ pub async fn run(args: Args) -> Result<(), AgentError> {
                 source,
             })?;
     }
+    // Embedded machines need no cache: ready once every socket is bound.
+    ready.bmcs_bound();
     tokio::spawn(follow_backend(backend.subscribe(), registry.clone()));
-    serve_admin(&args, metrics, embedded, &registry, &fastpath).await?;
+    serve_admin(&args, metrics, embedded, &registry, &fastpath, ready).await?;
     log::info!(
         "serving {} BMC(s) on {} (suites {:?}, auth none {}), admin on http://{}",
         vms.len(),
@@ -154,7 +159,8 @@ async fn run_kube(args: Args) -> Result<(), AgentError> {
     let tasks = serve::spawn(&backend, writers, registry.clone());
     // /vms lists embedded machines only; in this mode it is empty.
     let embedded = Embedded::new(Duration::ZERO);
-    serve_admin(&args, metrics, embedded, &registry, &fastpath).await?;
+    let ready = backend.shared.ready.clone();
+    serve_admin(&args, metrics, embedded, &registry, &fastpath, ready).await?;
     match &backend.shared.opts.labels {
         Some(m) => log::info!(
             "label mode (no CRD): VMs matching {:?} get a BMC, user from Secret {}/{}",
@@ -215,6 +221,7 @@ async fn serve_admin(
     embedded: Arc<Embedded>,
     registry: &Arc<Registry>,
     fastpath: &SharedFastPath,
+    ready: Arc<Readiness>,
 ) -> Result<(), AgentError> {
     let listener = TcpListener::bind(args.admin)
         .await
@@ -227,6 +234,7 @@ async fn serve_admin(
         embedded,
         registry: registry.clone(),
         fastpath: fastpath.clone(),
+        ready,
     });
     tokio::spawn(admin.serve(listener));
     Ok(())

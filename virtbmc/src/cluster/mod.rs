@@ -44,6 +44,7 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use tokio::sync::{Notify, broadcast};
 
 use crate::agent::metrics::Metrics;
+use crate::agent::ready::Readiness;
 use crate::backend::{ActionFuture, Backend};
 use crate::engine::config::BmcConfig;
 use crate::engine::{Action, ActionError, VmView};
@@ -268,6 +269,8 @@ pub(crate) struct Dirty {
 pub struct Shared {
     pub client: Client,
     pub metrics: Arc<Metrics>,
+    /// Which caches have synced and whether the BMCs they name are bound (`/readyz`).
+    pub ready: Arc<Readiness>,
     pub opts: ClusterOptions,
     pub stores: Stores,
     table: RwLock<Table>,
@@ -445,6 +448,7 @@ impl KubeBackend {
         let shared = Arc::new(Shared {
             client,
             metrics,
+            ready: Arc::new(Readiness::default()),
             opts,
             stores,
             table: RwLock::new(Table::default()),

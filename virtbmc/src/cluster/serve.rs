@@ -1,7 +1,8 @@
 //! Every agent: reflectors keep the caches current. A VM or VMI event updates that VM's
 //! view on the spot (`Shared::vm_changed`); any other change that matters wakes the serving
 //! loop, which recomputes every view and the set of BMCs (port, name, users) the registry
-//! serves.
+//! serves. Each cache's first full list, then the first pass that binds every BMC, make the
+//! agent ready (`/readyz`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Debug;
@@ -253,11 +254,17 @@ where
     K::DynamicType: Eq + std::hash::Hash + Clone,
 {
     let sh = sh.clone();
+    sh.ready.expect_cache(what);
     tokio::spawn(async move {
         let mut events = std::pin::pin!(reflector::reflector(writer, events));
         while let Some(ev) = events.next().await {
             match ev {
-                Ok(ev) => on_event(&sh, &ev),
+                Ok(ev) => {
+                    if matches!(ev, watcher::Event::InitDone) {
+                        sh.ready.cache_synced(what);
+                    }
+                    on_event(&sh, &ev)
+                }
                 Err(e) => {
                     sh.metrics
                         .watch_errors
@@ -387,6 +394,9 @@ async fn serve_loop(sh: Arc<Shared>, registry: Arc<Registry>) {
         let start = std::time::Instant::now();
         let want = sh.rebuild();
         let settled = sync_registry(&sh.opts.base_config, &registry, &mut served, want).await;
+        if settled {
+            sh.ready.bmcs_bound();
+        }
         let cost = start.elapsed();
         log::debug!(
             "serve: {} BMC(s) with a port, rebuilt in {cost:?}",

@@ -101,7 +101,8 @@ pub enum Attached {
 pub enum FastPathError {
     #[error(
         "the XDP fast path needs {missing} (effective capabilities lack them); run the agent \
-         with CAP_BPF and CAP_NET_ADMIN (or CAP_SYS_ADMIN), or pass --xdp-mode off"
+         with CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON (or CAP_SYS_ADMIN and CAP_NET_ADMIN), or \
+         pass --xdp-mode off"
     )]
     MissingCapabilities { missing: String },
     #[error(

@@ -122,7 +122,41 @@ impl Agent {
         }
     }
 
+    /// Serves this agent's admin endpoint (`/readyz`, `/metrics`...) on 127.0.0.1; its address.
+    pub async fn serve_admin(&mut self) -> std::net::SocketAddr {
+        use virtbmc::agent::admin::Admin;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let admin = Arc::new(Admin {
+            metrics: Arc::new(Metrics::default()),
+            embedded: virtbmc::backend::embedded::Embedded::new(Duration::ZERO),
+            registry: self.registry.clone(),
+            fastpath: Arc::new(std::sync::Mutex::new(virtbmc::fastpath::FastPath::off())),
+            ready: self.backend.shared.ready.clone(),
+        });
+        self.tasks.push(tokio::spawn(admin.serve(listener)));
+        addr
+    }
+
     pub fn stop(self) {}
+}
+
+/// `GET path` over HTTP/1.0: the status line's code and the body.
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    conn.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut resp = String::new();
+    conn.read_to_string(&mut resp).await.unwrap();
+    let code = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    (code, body.to_string())
 }
 
 impl Drop for Agent {
