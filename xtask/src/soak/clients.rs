@@ -27,15 +27,14 @@ c.ipmi_session.logout()
 "#;
 
 /// python-ipmi (PyPI `python-ipmi`): its native `rmcp` (IPMI 1.5) or `rmcpplus` interface,
-/// no keep-alive thread, the session closed at the end. RMCP+ with cipher suite 3: 0.6.1
-/// derives K1 and K2 from constants as long as the digest (32 bytes for SHA-256) where IPMI
-/// 2.0 §13.32 has 20 bytes for every algorithm (as ipmitool, freeipmi and pyghmi do), so its
-/// own choice, suite 17, fails its first integrity check against a BMC that follows the spec.
+/// no keep-alive thread, the session closed at the end. RMCP+ with its own choice, suite 17:
+/// 0.6.1 derives K1 and K2 from constants as long as the digest (32 bytes for SHA-256) where
+/// IPMI 2.0 §13.32 has 20 bytes, and the agent recognises that per session.
 const PYTHON_IPMI: &str = r#"
 import sys
 import pyipmi, pyipmi.interfaces
 ip, port, kind = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-options = {'cipher_suite': 3} if kind == 'rmcpplus' else {}
+options = {'cipher_suite': 17} if kind == 'rmcpplus' else {}
 interface = pyipmi.interfaces.create_interface(kind, keep_alive_interval=0, **options)
 ipmi = pyipmi.create_connection(interface)
 ipmi.session.set_session_type_rmcp(ip, port=port)
