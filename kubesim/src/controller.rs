@@ -1,5 +1,5 @@
 //! A simulated virt-controller and virt-handler (kv:pkg/virt-controller/watch/vm/vm.go,
-//! vmi/lifecycle.go; KUBE-API.md §C.3): reacts to runStrategy and stateChangeRequests,
+//! vmi/lifecycle.go): reacts to runStrategy and stateChangeRequests,
 //! creates and deletes VMIs, moves them through their phases with delays, and writes the VM
 //! status. It writes through the store like any in-cluster client, so every step is a watch
 //! event with its own resourceVersion.

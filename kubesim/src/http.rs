@@ -1,4 +1,4 @@
-//! HTTP/1.1 front end: routing, JSON answers, and chunked watch streams (KUBE-API.md §0, §A.2).
+//! HTTP/1.1 front end: routing, JSON answers, and chunked watch streams.
 
 use std::convert::Infallible;
 use std::pin::Pin;

@@ -1,5 +1,5 @@
-//! The resources this server knows, with the per-kind rules the real apiserver applies
-//! (KUBE-API.md §B): which have a status subresource, which allow PUT without a
+//! The resources this server knows, with the per-kind rules the real apiserver applies:
+//! which have a status subresource, which allow PUT without a
 //! resourceVersion or PUT-to-create, and how DELETE answers.
 
 /// A resource served by kubesim.

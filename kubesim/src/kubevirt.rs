@@ -1,5 +1,5 @@
 //! virt-api's part: the VM mutating webhook and the start/stop/restart subresources with
-//! KubeVirt's answers per runStrategy (kv:pkg/virt-api/rest/lifecycle.go; KUBE-API.md §C.1-C.2).
+//! KubeVirt's answers per runStrategy (kv:pkg/virt-api/rest/lifecycle.go).
 
 use serde_json::{Value, json};
 
@@ -324,7 +324,7 @@ pub fn handle(
     });
     if raced {
         return Err(ApiError::internal(
-            // virt-api wraps the apiserver's generic 422 text (KUBE-API.md §C.2, inferred).
+            // virt-api wraps the apiserver's generic 422 text (inferred).
             "the server rejected our request due to an error in our request",
         ));
     }

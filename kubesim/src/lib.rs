@@ -3,8 +3,8 @@
 //! KubeVirt: the VM mutating webhook, virt-api's start/stop/restart subresources and a
 //! virt-controller/virt-handler that moves VMIs through their phases.
 //!
-//! It is a fixture: never linked into the agent. The facts it implements are in
-//! KUBE-API.md (§0, §B for the apiserver, §C for KubeVirt, §D for VirtualMachineBMC).
+//! It is a fixture: never linked into the agent. It implements what the apiserver, KubeVirt's
+//! subresources and the VirtualMachineBMC resource answer, as their sources define it.
 //!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {

@@ -1,5 +1,5 @@
 //! `Status` error bodies exactly as the apiserver writes them
-//! (k8s.io/apimachinery/pkg/api/errors/errors.go; KUBE-API.md §B).
+//! (k8s.io/apimachinery/pkg/api/errors/errors.go).
 
 use serde_json::{Value, json};
 

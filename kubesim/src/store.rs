@@ -1,5 +1,5 @@
 //! The object store: one global resourceVersion (the etcd revision), the event history that
-//! watches replay, and the write rules of the generic registry (KUBE-API.md §0, §B).
+//! watches replay, and the write rules of the generic registry.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};

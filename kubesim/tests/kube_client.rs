@@ -1,5 +1,5 @@
 //! kubesim against the real kube 5 client: the wire protocol is proven by the client that the
-//! agent uses (KUBE-API.md §A).
+//! agent uses.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -115,7 +115,7 @@ async fn sim_with(cfg: Config) -> (Handle, Client) {
         .await
         .unwrap();
     let mut kc = kube::Config::new(h.url().parse().unwrap());
-    // Faults with 429/503/504 must reach the test, not be retried (KUBE-API.md §0.11).
+    // Faults with 429/503/504 must reach the test, not be retried.
     kc.default_retry = false;
     let client = Client::try_from(kc).unwrap();
     (h, client)
@@ -1193,7 +1193,7 @@ async fn start_stop_restart_drive_the_vmi() {
     sim.stop().await;
 }
 
-/// Every answer of KUBE-API.md §C.2, on VMs and VMIs put in exact states by hand (no
+/// Every answer of KubeVirt's start/stop/restart subresources, on VMs and VMIs put in exact states by hand (no
 /// controller, so nothing moves under the test).
 #[tokio::test]
 async fn subresource_answers_per_run_strategy() {

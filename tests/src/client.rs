@@ -4,7 +4,7 @@ use std::fmt;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-/// What a client printed and how it exited. A client's exit code says little (PROTOCOL.md):
+/// What a client printed and how it exited. A client's exit code says little:
 /// tests read the state back through `/vms` or another client as well.
 #[derive(Debug, Clone)]
 pub struct Out {

@@ -132,7 +132,7 @@ fn bmc_info_lan_and_lan_2_0() {
         );
         let g = common::field(&out, "System GUID").unwrap_or_default();
         assert!(common::is_guid(&g), "no System GUID:\n{out}");
-        // bmc-info exits 0 printing nothing on 0xC1 (PROTOCOL.md): look at the text.
+        // bmc-info exits 0 printing nothing on 0xC1: look at the text.
         assert_eq!(system_guid(&bmc, driver), g);
     }
 }

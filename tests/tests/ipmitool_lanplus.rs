@@ -56,7 +56,7 @@ fn lanplus_c3_and_c17_mc_info_and_guid() {
     common::mc_sequence(Iface::LanplusC(17));
 }
 
-/// Without `-C`, ipmitool must not wait for a cipher-suite answer (PROTOCOL.md: a BMC that
+/// Without `-C`, ipmitool must not wait for a cipher-suite answer (a BMC that
 /// ignores the session-less RMCP+ Get Channel Cipher Suites costs every call 10 s).
 #[test]
 fn lanplus_without_c_is_fast() {

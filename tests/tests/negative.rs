@@ -571,7 +571,7 @@ fn open_session_flood_is_bounded() {
 
 /// `--max-sessions 1 --session-timeout 2`: a shell that opens a session and then sits idle
 /// holds the only slot, so a new client is refused; once the idle session times out, a new
-/// client gets in (PROTOCOL.md: idle sessions time out; the table is bounded).
+/// client gets in (idle sessions time out; the table is bounded).
 #[test]
 fn idle_session_times_out_and_frees_its_slot() {
     ready_or_skip!("ipmitool");
@@ -588,8 +588,8 @@ fn idle_session_times_out_and_frees_its_slot() {
 }
 
 /// The agent logs at `trace` here while real sessions (1.5 and 2.0, good and bad passwords)
-/// run: its log must never contain the password, as text, hex or a byte list (STYLE.md:
-/// never log a password or key).
+/// run: its log must never contain the password, as text, hex or a byte list: a
+/// password or key is never logged.
 #[test]
 fn passwords_never_reach_the_log() {
     ready_or_skip!("ipmitool", "ipmipower");
@@ -684,7 +684,7 @@ impl Drop for DupProxy {
 /// Every in-session request reaches the agent twice (a duplicating network, or a client
 /// retransmitting while the action runs). A hard reset or power cycle is not idempotent:
 /// the duplicate must be dropped as a replay or answered without acting again (IPMI 2.0
-/// §6.12.13 sequence numbers; DESIGN.md: an action must not run twice). Checked through
+/// §6.12.13 sequence numbers: an action must not run twice). Checked through
 /// `/vms`: each client run moves the counters exactly once.
 #[test]
 fn duplicated_requests_act_once() {

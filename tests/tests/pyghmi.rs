@@ -1,7 +1,7 @@
 //! pyghmi, the IPMI client of OpenStack Ironic (Debian's python3-pyghmi): power, boot device
 //! and read-back through its `Command` API, which asks for cipher suite 17, reads the boot
 //! device as "default" when the valid bit is clear, and sends nothing from `set_power` when
-//! the state already matches (PROTOCOL.md).
+//! the state already matches.
 
 mod common;
 

@@ -1,7 +1,7 @@
 //! The virtbmc XDP program: answers the stateless pre-session traffic of every BMC the agent
 //! serves straight from the `BMCS` map, and passes everything else to the agent's sockets.
 //!
-//! Answered (see `virtbmc-common` for the maps and PROTOCOL.md for the messages):
+//! Answered (see `virtbmc-common` for the maps):
 //! - ASF Presence Ping (DMTF ASF 2.0 §3.2.4.3) -> Presence Pong.
 //! - Session-less Get Channel Authentication Capabilities (IPMI 2.0 §22.13), IPMI 1.5 framing.
 //! - Session-less Get Channel Cipher Suites (IPMI 2.0 §22.15), IPMI 1.5 or RMCP+ framing.

@@ -1,6 +1,6 @@
 //! `cargo xtask build-ebpf`: builds the XDP object with nightly, installing what is missing.
 //!
-//! Steps (see shared TOOLCHAIN.md): `rust-src` for the nightly toolchain (for
+//! Steps: `rust-src` for the nightly toolchain (for
 //! `-Z build-std=core`), `bpf-linker` linked against the libLLVM that the nightly itself ships
 //! (its major version is read from the library's file name, the matching `llvm-NN` feature is
 //! selected), then `cargo +nightly build --release` in `virtbmc-ebpf/`, whose
@@ -83,7 +83,7 @@ fn output(cmd: &mut Command) -> Result<String> {
 }
 
 fn ensure_rust_src() -> Result<()> {
-    // The machines come with a nightly (TOOLCHAIN.md); install one only where it is missing.
+    // The machines come with a nightly; install one only where it is missing.
     let has_nightly = nightly(Command::new("rustc"))
         .args(["+nightly", "-V"])
         .output()

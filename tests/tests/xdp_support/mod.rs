@@ -1,5 +1,5 @@
 //! Shared by the `xdp_*` tests: loading the real XDP object, crafting frames, and the expected
-//! reply bytes written down independently of the program (from PROTOCOL.md and the brief).
+//! reply bytes written down independently of the program (from the spec and the captured clients).
 #![allow(dead_code)]
 
 use std::net::{Ipv4Addr, Ipv6Addr};

@@ -1,5 +1,5 @@
 //! What a BMC asks of the cluster: power through KubeVirt's `start`/`stop`/`restart`
-//! subresources (KUBE-API.md §A.3, §C.2), boot devices through guarded JSON Patches, and a
+//! subresources, boot devices through guarded JSON Patches, and a
 //! Kubernetes Event on the VM for every refusal or failure so `kubectl describe vm` says why
 //! (repeats aggregated into one Event, see [`events`]).
 
@@ -62,7 +62,7 @@ pub async fn perform(
     result
 }
 
-/// The subresource and body for each power action (KUBEVIRT.md's mapping): on = start;
+/// The subresource and body for each power action: on = start;
 /// off and soft = stop with the VM's own grace period; hard reset = restart with grace 0;
 /// cycle = restart (graceful).
 fn subresource(action: Action) -> (&'static str, Value) {

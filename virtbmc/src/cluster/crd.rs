@@ -1,5 +1,5 @@
 //! `VirtualMachineBMC` (`bmc.kubevirt.io/v1beta1`), with the fields KubeVirtBMC uses so that its
-//! manifests and Secrets keep working (KUBE-API.md §D), plus `status.port`: the agent port this
+//! manifests and Secrets keep working, plus `status.port`: the agent port this
 //! VM's BMC is served on, allocated by the elected agent and stored here so it survives restarts.
 
 use std::collections::BTreeMap;

@@ -1,4 +1,4 @@
-//! Leader election over a `coordination.k8s.io/v1` Lease, client-go style (KUBE-API.md §A.6):
+//! Leader election over a `coordination.k8s.io/v1` Lease, client-go style:
 //! GET it, PUT it back with its resourceVersion (409 = someone else won the race), POST to
 //! create it (409 AlreadyExists = likewise). A holder is presumed gone when the Lease's
 //! resourceVersion has not moved for a whole lease duration *as this agent observed it*, so

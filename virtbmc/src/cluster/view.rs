@@ -43,8 +43,8 @@ impl Object for Value {
     }
 }
 
-/// Power as a physical BMC would report it, from the VM and its VMI (KUBEVIRT.md, KUBE-API.md
-/// §C.3). The first rule that matches wins:
+/// Power as a physical BMC would report it, from the VM and its VMI, following KubeVirt's
+/// VMI lifecycle. The first rule that matches wins:
 ///
 /// | cluster state | power | why |
 /// |---|---|---|

@@ -1,5 +1,5 @@
 //! Engine tests: byte vectors, and a spec-written console (crate::console) driving whole
-//! sessions, including the hostile inputs listed in shared/PEERS.md.
+//! sessions, including the hostile inputs other virtual BMCs fall to.
 
 use std::cell::RefCell;
 use std::sync::Arc;

@@ -36,7 +36,7 @@ pub async fn sim() -> Handle {
 
 pub fn client(sim: &Handle) -> kube::Client {
     let mut kc = kube::Config::new(sim.url().parse().unwrap());
-    // Injected 5xx must reach the agent, not be retried by the client (KUBE-API.md §0.11).
+    // Injected 5xx must reach the agent, not be retried by the client.
     kc.default_retry = false;
     kube::Client::try_from(kc).unwrap()
 }
