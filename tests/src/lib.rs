@@ -16,6 +16,7 @@ mod client;
 pub mod hex;
 mod netns;
 mod precheck;
+mod pyghmi;
 mod shell;
 mod vms;
 
@@ -23,5 +24,6 @@ pub use agent::{Bmc, BmcBuilder, agent_binary};
 pub use client::{Iface, Out};
 pub use netns::NetnsPair;
 pub use precheck::{is_root, skip_unless_ready};
+pub use pyghmi::PYGHMI_SCRIPT;
 pub use shell::Shell;
 pub use vms::Vm;

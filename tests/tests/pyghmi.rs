@@ -10,31 +10,10 @@ use virtbmc_e2e::{Bmc, Out};
 /// Debian's package installs for the system interpreter (not a pyenv or venv one).
 const PYTHON: &str = "/usr/bin/python3";
 
-const SCRIPT: &str = r#"
-import sys
-from pyghmi.ipmi import command
-ip, port = sys.argv[1], int(sys.argv[2])
-c = command.Command(bmc=ip, userid='admin', password='password', port=port, keepalive=False)
-for a in sys.argv[3:]:
-    if a == 'get_power':
-        print('power', c.get_power()['powerstate'])
-    elif a.startswith('set_power='):
-        print('set_power', c.set_power(a.split('=', 1)[1], wait=True)['powerstate'])
-    elif a.startswith('set_bootdev='):
-        dev, persist, uefi = a.split('=', 1)[1].split(',')
-        c.set_bootdev(dev, persist=persist == '1', uefiboot=uefi == '1')
-        print('set_bootdev', dev)
-    elif a == 'get_bootdev':
-        r = c.get_bootdev()
-        print('bootdev', r['bootdev'], int(bool(r.get('persistent'))), int(bool(r.get('uefimode'))))
-    sys.stdout.flush()
-c.ipmi_session.logout()
-"#;
-
 fn pyghmi(bmc: &Bmc, actions: &[&str]) -> Out {
     let ip = bmc.ip();
     let port = common::PORT.to_string();
-    let mut argv = vec![PYTHON, "-c", SCRIPT, &ip, &port];
+    let mut argv = vec![PYTHON, "-c", virtbmc_e2e::PYGHMI_SCRIPT, &ip, &port];
     argv.extend_from_slice(actions);
     let out = bmc.client(&argv);
     out.assert_ok();

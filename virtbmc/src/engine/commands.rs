@@ -502,11 +502,7 @@ mod tests {
     use crate::engine::vm::PowerState;
 
     fn vm(power: PowerState) -> VmView {
-        VmView {
-            power,
-            boot: None,
-            guid: [0; 16],
-        }
+        VmView::with_power(power)
     }
 
     fn req(net_fn: u8, cmd: u8, data: &[u8]) -> Request<'_> {

@@ -66,11 +66,7 @@ mod tests {
     use crate::engine::vm::PowerState;
 
     fn vm(power: PowerState) -> VmView {
-        VmView {
-            power,
-            boot: None,
-            guid: [0; 16],
-        }
+        VmView::with_power(power)
     }
 
     #[test]

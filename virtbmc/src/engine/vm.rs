@@ -95,6 +95,18 @@ pub struct VmView {
     pub guid: [u8; 16],
 }
 
+#[cfg(test)]
+impl VmView {
+    /// A machine in `power` with no boot override and a zero GUID, for tests.
+    pub fn with_power(power: PowerState) -> VmView {
+        VmView {
+            power,
+            boot: None,
+            guid: [0; 16],
+        }
+    }
+}
+
 /// Converts an RFC 4122 UUID (as Kubernetes prints it) to the byte order IPMI sends a GUID in:
 /// the whole 16 bytes reversed (IPMI 2.0 §20.8: node first, time-low last). ipmitool then
 /// reports "IPMI" encoding and freeipmi prints the same UUID string as Kubernetes.

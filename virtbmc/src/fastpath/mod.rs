@@ -445,7 +445,8 @@ impl FastPath {
         Ok(true)
     }
 
-    /// Step 6a for a session published with [`FastPath::publish_v15_session`].
+    /// Stops the program answering for a session published with
+    /// [`FastPath::publish_v15_session`] (the first half of closing it).
     pub fn close_v15_session(&mut self, session_id: u32, slot: u32) -> Result<()> {
         let Some(l) = &mut self.inner else {
             return Ok(());

@@ -144,12 +144,13 @@ impl SessionSlots {
             .store(privilege, Ordering::Release);
     }
 
-    /// Step 6a: stop the program from answering for this slot.
+    /// Closing, first half: the program stops answering for this slot.
     pub fn close(&self, slot: u32) {
         self.state(slot).store(SESSION_CLOSING, Ordering::Release);
     }
 
-    /// Step 6b (a sweep at least a second after `close` and the id's removal).
+    /// Closing, second half: the slot becomes reusable (a sweep at least a second after
+    /// `close` and the id's removal, when no program run can still hold the old index).
     pub fn free(&self, slot: u32) {
         self.state(slot).store(SESSION_FREE, Ordering::Release);
     }

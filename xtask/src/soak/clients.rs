@@ -7,25 +7,6 @@ use virtbmc_e2e::{Bmc, Iface, Out};
 
 use super::rng::Rng;
 
-/// pyghmi (OpenStack Ironic's client), as the e2e tests drive it: one `Command` per run,
-/// cipher suite 17, `set_power` waiting for the new state, an explicit logout.
-const PYGHMI: &str = r#"
-import sys
-from pyghmi.ipmi import command
-ip, port = sys.argv[1], int(sys.argv[2])
-c = command.Command(bmc=ip, userid='admin', password='password', port=port, keepalive=False)
-for a in sys.argv[3:]:
-    if a == 'get_power':
-        print('power', c.get_power()['powerstate'])
-    elif a.startswith('set_power='):
-        print('set_power', c.set_power(a.split('=', 1)[1], wait=True)['powerstate'])
-    elif a == 'set_bootdev=network':
-        c.set_bootdev('network')
-        print('set_bootdev network')
-    sys.stdout.flush()
-c.ipmi_session.logout()
-"#;
-
 /// python-ipmi (PyPI `python-ipmi`): its native `rmcp` (IPMI 1.5) or `rmcpplus` interface,
 /// no keep-alive thread, the session closed at the end. RMCP+ with its own choice, suite 17:
 /// 0.6.1 derives K1 and K2 from constants as long as the digest (32 bytes for SHA-256) where
@@ -136,7 +117,13 @@ impl Clients<'_> {
 
     fn pyghmi(&self, port: u16, actions: &[&str]) -> Out {
         let (ip, port) = (self.bmc.ip(), port.to_string());
-        let mut argv = vec![crate::tools::PYGHMI_PYTHON, "-c", PYGHMI, &ip, &port];
+        let mut argv = vec![
+            crate::tools::PYGHMI_PYTHON,
+            "-c",
+            virtbmc_e2e::PYGHMI_SCRIPT,
+            &ip,
+            &port,
+        ];
         argv.extend_from_slice(actions);
         self.bmc.client(&argv)
     }
@@ -384,7 +371,7 @@ impl Clients<'_> {
             let want = "set_bootdev network";
             (
                 "pyghmi",
-                expect(self.pyghmi(port, &["set_bootdev=network"]), want, |o| {
+                expect(self.pyghmi(port, &["set_bootdev=network,0,0"]), want, |o| {
                     o.stdout.lines().any(|l| l.trim() == want)
                 }),
             )
