@@ -2,6 +2,7 @@
 //! ([`Backend::view`], never a network call) and asks for side effects ([`Backend::perform`]).
 //! The embedded backend lives here; the Kubernetes backend implements the same trait.
 
+pub mod console;
 pub mod embedded;
 
 use std::future::Future;
@@ -28,4 +29,11 @@ pub trait Backend: Send + Sync + 'static {
     /// power map in step with the backend (a lagging receiver re-reads every view), and what
     /// an action waiting for a transition to end wakes on.
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<std::sync::Arc<str>>;
+
+    /// Opens `vm`'s serial console for a Serial-over-LAN session; it stays open (following
+    /// the VM through restarts) until the returned [`console::Console`] is dropped.
+    fn open_console(&self, vm: &str) -> console::Console {
+        let _ = vm;
+        console::Console::unavailable()
+    }
 }
