@@ -164,6 +164,7 @@ impl Drop for Agent {
         for t in &self.tasks {
             t.abort();
         }
+        self.backend.shared.abort_work();
         for (_, p) in self.registry.list() {
             self.registry.remove(p);
         }
