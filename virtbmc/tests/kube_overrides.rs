@@ -133,6 +133,14 @@ async fn until_pxe_applied(sim: &kubesim::Handle, what: &str) {
 
 /// The VM running, with its Secret and VirtualMachineBMC; `port` written as a leader
 /// would (for agents that never lead).
+/// The agent's start-up pass is over: from now on only its requests (and a leader) write.
+async fn until_swept(agent: &Agent) {
+    until("start-up pass over overrides", || {
+        agent.backend.shared.overrides_swept()
+    })
+    .await;
+}
+
 async fn running_vm(sim: &kubesim::Handle, port: Option<u16>) {
     seed(sim, VM, "Always");
     if let Some(port) = port {
@@ -155,6 +163,7 @@ async fn the_deadline_bounds_the_answer_never_the_work() {
     let holder = hold_lease(&sim).await;
     let agent = Agent::start(&sim, "agent-a", 31200..=31209).await;
     agent.wait_served(BMC).await;
+    until_swept(&agent).await;
     let late = Duration::from_millis(1500);
     let deadline = Duration::from_millis(300);
 
@@ -300,6 +309,7 @@ async fn an_agent_killed_mid_change_is_finished_by_the_next_start() {
     // Killed after the record, before the VM patch (which never lands).
     let a = Agent::start(&sim, "agent-a", ports.clone()).await;
     a.wait_served(BMC).await;
+    until_swept(&a).await;
     sim.inject(Fault::on("PATCH", "/virtualmachines/web?").hang());
     let r = perform(&a, one_shot(BootDevice::Pxe), deadline).await;
     assert_eq!(r, Err(ActionError::Timeout));
@@ -325,6 +335,7 @@ async fn an_agent_killed_mid_change_is_finished_by_the_next_start() {
     sim.inject(Fault::on("GET", "/virtualmachines/web").after(2).hang());
     let c = Agent::start(&sim, "agent-c", ports.clone()).await;
     c.wait_served(BMC).await;
+    until_swept(&c).await;
     let r = perform(&c, one_shot(BootDevice::Pxe), deadline).await;
     assert_eq!(r, Err(ActionError::Timeout));
     drop(c);
@@ -339,6 +350,7 @@ async fn an_agent_killed_mid_change_is_finished_by_the_next_start() {
     );
     let d = Agent::start(&sim, "agent-d", ports.clone()).await;
     until_original(&sim, "restored by the next start").await;
+    until_swept(&d).await;
 
     // Killed during the clear: the record is gone, the marker says how to undo it.
     let r = perform(&d, one_shot(BootDevice::Pxe), T).await;
@@ -450,4 +462,86 @@ async fn a_fault_injection_run_loses_no_boot_order() {
         reboot(&sim).await;
     }
     until_original(&sim, "the original order after the last boot").await;
+}
+
+/// Without the CRD the record is an annotation of the VM itself: the same protocol, the same
+/// recovery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn label_mode_a_killed_agent_is_finished_by_the_next_start() {
+    use virtbmc::cluster::labeled::{BOOT_ANNOTATION, LabelMode, PORT_ANNOTATION};
+    let sim = sim().await;
+    sim.inject(
+        Fault::on("*", "virtualmachinebmcs")
+            .status(404)
+            .times(usize::MAX),
+    );
+    sim.seed_vm(NS, VM, "Always");
+    sim.merge_patch(
+        Kind::VirtualMachine,
+        NS,
+        VM,
+        json!({"metadata": {"labels": {"bmc.kubevirt.io/enabled": "true"},
+            "annotations": {PORT_ANNOTATION: "31240"}}}),
+    )
+    .unwrap();
+    sim.seed_secret(
+        "virtbmc-system",
+        "creds",
+        &[("username", "admin"), ("password", "password")],
+    );
+    sim.wait_vmi_phase(NS, VM, "Running", T).await.unwrap();
+    let holder = hold_lease(&sim).await;
+    let start = |identity: &'static str| {
+        let mut opts = virtbmc::cluster::ClusterOptions::new(
+            identity,
+            "virtbmc-system",
+            virtbmc::engine::config::BmcConfig::new(vec![]),
+        );
+        opts.port_range = 31240..=31249;
+        opts.labels =
+            Some(LabelMode::new("bmc.kubevirt.io/enabled=true", "virtbmc-system/creds").unwrap());
+        Agent::start_with(&sim, opts, Ipv4Addr::LOCALHOST)
+    };
+    let label_record = || {
+        sim.get(Kind::VirtualMachine, NS, VM).unwrap()["metadata"]["annotations"][BOOT_ANNOTATION]
+            .as_str()
+            .map(|s| serde_json::from_str::<Value>(s).unwrap())
+    };
+
+    let a = start("agent-a").await;
+    assert_eq!(a.wait_served(BMC).await, 31240);
+    until_swept(&a).await;
+    // The record (a merge patch of the VM) lands; the boot order patch after it hangs.
+    sim.inject(Fault::on("PATCH", "/virtualmachines/web?").after(1).hang());
+    let r = perform(&a, one_shot(BootDevice::Pxe), Duration::from_millis(300)).await;
+    assert_eq!(r, Err(ActionError::Timeout));
+    until("recorded in the VM", || {
+        label_record().is_some_and(|r| r["device"] == "pxe" && r["bootOrders"] == baseline())
+    })
+    .await;
+    drop(a);
+    sim.clear_faults();
+    sim.inject(
+        Fault::on("*", "virtualmachinebmcs")
+            .status(404)
+            .times(usize::MAX),
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(boot_orders(&sim, VM), original());
+    assert!(marker(&sim).is_none());
+
+    let b = start("agent-b").await;
+    until("finished by the next start", || {
+        boot_orders(&sim, VM) == pxe_first()
+            && marker(&sim).is_some_and(|m| m["bootOrders"] == baseline())
+            && label_record().is_some()
+    })
+    .await;
+    holder.abort();
+    until("agent-b leads", || b.backend.shared.is_leader()).await;
+    reboot(&sim).await;
+    until("restored after the boot", || {
+        boot_orders(&sim, VM) == original() && label_record().is_none() && marker(&sim).is_none()
+    })
+    .await;
 }

@@ -55,7 +55,12 @@ pub async fn perform(
     let result = match tokio::time::timeout_at(deadline, work).await {
         Ok(r) => r,
         Err(_) => {
-            let msg = format!("IPMI {action}: no answer from the API server before the deadline");
+            let msg = match action {
+                Action::SetBoot(_) => format!(
+                    "IPMI {action}: not done before the deadline; the change carries on to its end"
+                ),
+                _ => format!("IPMI {action}: no answer from the API server before the deadline"),
+            };
             events::record(sh, ns, vm, "IPMIActionTimeout", &msg);
             Err(ActionError::Timeout)
         }

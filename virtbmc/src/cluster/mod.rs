@@ -292,6 +292,8 @@ pub struct Shared {
     pub(crate) secret_refeed: futures::channel::mpsc::UnboundedSender<secrets::Refeed>,
     /// Boot override changes running past their requests' deadlines.
     work: Mutex<tokio::task::JoinSet<()>>,
+    /// Set once the start-up pass over every recorded boot override is done.
+    pub(crate) overrides_swept: AtomicBool,
 }
 
 impl Shared {
@@ -320,6 +322,11 @@ impl Shared {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .abort_all();
+    }
+
+    /// Whether the start-up pass has finished or undone every override left half done.
+    pub fn overrides_swept(&self) -> bool {
+        self.overrides_swept.load(Ordering::Relaxed)
     }
 
     /// Times a KubeVirt call into the metrics.
@@ -483,6 +490,7 @@ impl KubeBackend {
             named_ready: tokio::sync::watch::channel(false).0,
             secret_refeed: refeed_tx,
             work: Mutex::default(),
+            overrides_swept: AtomicBool::new(false),
         });
         (KubeBackend { shared }, writers)
     }

@@ -755,6 +755,8 @@ pub async fn sweep_on_start(sh: std::sync::Arc<Shared>) {
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(BACKOFF_MAX);
     }
+    sh.overrides_swept
+        .store(true, std::sync::atomic::Ordering::Relaxed);
     log::debug!("boot overrides: start-up pass done");
 }
 
