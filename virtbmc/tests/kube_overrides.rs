@@ -279,18 +279,34 @@ async fn two_agents_racing_overrides_keep_the_original_order() {
         .await;
     }
     sim.clear_faults();
+    reboot(&sim).await;
+    until_original(&sim, "restored after the boot").await;
+    let cached = |agent: &Agent| {
+        agent
+            .backend
+            .shared
+            .owner(BMC)
+            .and_then(|o| o.status.clone())
+            .and_then(|s| s.boot_override)
+    };
+    until("caches show no record", || {
+        cached(&a).is_none() && cached(&b).is_none()
+    })
+    .await;
 
     // Stale caches: both agents' VirtualMachineBMC watches stall. A second override that
     // reaches the other agent before its cache shows the first still takes the baseline
     // from the record, not from the already changed VM.
     sim.inject(
         Fault::on("GET", "virtualmachinebmcs?")
-            .delay(Duration::from_secs(2))
+            .delay(Duration::from_secs(3))
             .times(4),
     );
     sim.drop_watches();
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(perform(&a, one_shot(BootDevice::Pxe), T).await, Ok(()));
+    assert_eq!(boot_orders(&sim, VM), pxe_first());
+    assert!(cached(&b).is_none(), "node-b's cache is behind");
     assert_eq!(perform(&b, one_shot(BootDevice::Pxe), T).await, Ok(()));
     until_pxe_applied(&sim, "both recorded over the original").await;
 
