@@ -392,6 +392,51 @@ async fn an_agent_killed_mid_change_is_finished_by_the_next_start() {
     until_original(&sim, "restored by the leader after the boot").await;
 }
 
+/// ipmitool sees the deadline as a failed Set Boot Options (completion code 0xC3, which it
+/// prints as "Timeout"); the override lands all the same, and IPMI reads it back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipmitool_gets_an_answer_by_the_deadline_and_the_override_lands() {
+    let sim = sim().await;
+    running_vm(&sim, None).await;
+    let mut opts = virtbmc::cluster::ClusterOptions::new(
+        "agent-a",
+        "virtbmc-system",
+        virtbmc::engine::config::BmcConfig::new(vec![]),
+    );
+    opts.port_range = 31250..=31259;
+    let agent =
+        Agent::start_with_deadline(&sim, opts, Ipv4Addr::LOCALHOST, Duration::from_millis(500))
+            .await;
+    let port = agent.wait_served(BMC).await;
+    until_login(port, "admin", "password").await;
+    until_swept(&agent).await;
+    sim.inject(
+        Fault::on("PATCH", "/virtualmachines/web?")
+            .delay(Duration::from_millis(1500))
+            .times(2),
+    );
+    let out = admin(port, &["chassis", "bootdev", "pxe"]).await;
+    assert!(
+        out.text
+            .contains("Set Chassis Boot Parameter 5 failed: Timeout"),
+        "0xC3 expected while the VM patch is slow: {}",
+        out.text
+    );
+    until_pxe_applied(&sim, "applied after the answer").await;
+    until("the engine sees it", || {
+        agent
+            .backend
+            .shared
+            .view(BMC)
+            .is_some_and(|v| v.boot.is_some())
+    })
+    .await;
+    let out = admin(port, &["chassis", "bootparam", "get", "5"]).await;
+    assert!(out.text.contains("PXE"), "{}", out.text);
+    reboot(&sim).await;
+    until_original(&sim, "restored after the boot").await;
+}
+
 /// A small deterministic generator: the run is the same every time.
 struct Lcg(u64);
 
