@@ -324,6 +324,13 @@ impl Shared {
             .abort_all();
     }
 
+    /// Gives the changes under way up to `d` to end (at shutdown); what is left then is
+    /// dropped, for the next agent to finish.
+    pub async fn finish_work(&self, d: Duration) {
+        let mut work = std::mem::take(&mut *self.work.lock().unwrap_or_else(|e| e.into_inner()));
+        let _ = tokio::time::timeout(d, async { while work.join_next().await.is_some() {} }).await;
+    }
+
     /// Whether the start-up pass has finished or undone every override left half done.
     pub fn overrides_swept(&self) -> bool {
         self.overrides_swept.load(Ordering::Relaxed)
