@@ -1,5 +1,5 @@
-//! Fault injection: the next N requests matching a method and a path pattern get a chosen
-//! error, a hang, or a delay.
+//! Fault injection: the next N requests matching a method and a path pattern (optionally
+//! after letting the first few through) get a chosen error, a hang, or a delay.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -30,6 +30,8 @@ pub struct Fault {
     pub action: FaultAction,
     /// How many requests it still applies to.
     pub remaining: usize,
+    /// How many matching requests still pass untouched before it applies.
+    pub skip: usize,
 }
 
 impl Fault {
@@ -41,7 +43,15 @@ impl Fault {
             contains: contains.to_string(),
             action: FaultAction::Status(500),
             remaining: 1,
+            skip: 0,
         }
+    }
+
+    /// Let the first `n` matching requests through untouched (each rule counts every request
+    /// it matches, whichever rule acts on it): "the third GET of this VM hangs".
+    pub fn after(mut self, n: usize) -> Self {
+        self.skip = n;
+        self
     }
 
     pub fn status(mut self, code: u16) -> Self {
@@ -86,11 +96,21 @@ impl Faults {
     /// The first rule matching this request, consuming one use of it.
     pub fn take(&self, method: &str, path_and_query: &str) -> Option<FaultAction> {
         let mut g = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let i = g.iter().position(|f| {
-            f.remaining > 0
-                && (f.method == "*" || f.method == method)
-                && path_and_query.contains(&f.contains)
-        })?;
+        let mut chosen = None;
+        for (i, f) in g.iter_mut().enumerate() {
+            if f.remaining == 0
+                || !(f.method == "*" || f.method == method)
+                || !path_and_query.contains(&f.contains)
+            {
+                continue;
+            }
+            if f.skip > 0 {
+                f.skip -= 1;
+            } else if chosen.is_none() {
+                chosen = Some(i);
+            }
+        }
+        let i = chosen?;
         g[i].remaining -= 1;
         let a = g[i].action.clone();
         if g[i].remaining == 0 {
@@ -112,5 +132,18 @@ mod tests {
         assert_eq!(f.take("PUT", "/x/start"), Some(FaultAction::Status(409)));
         assert_eq!(f.take("PUT", "/y/start?"), Some(FaultAction::Status(409)));
         assert_eq!(f.take("PUT", "/x/start"), None);
+    }
+
+    #[test]
+    fn after_lets_the_first_ones_through() {
+        let f = Faults::default();
+        f.add(Fault::on("GET", "/vm").after(2).status(500));
+        f.add(Fault::on("*", "/vm").status(409).times(3));
+        // Both rules count; the second acts while the first still lets requests through.
+        assert_eq!(f.take("GET", "/vm"), Some(FaultAction::Status(409)));
+        assert_eq!(f.take("GET", "/vm"), Some(FaultAction::Status(409)));
+        assert_eq!(f.take("GET", "/vm"), Some(FaultAction::Status(500)));
+        assert_eq!(f.take("GET", "/vm"), Some(FaultAction::Status(409)));
+        assert_eq!(f.take("GET", "/vm"), None);
     }
 }

@@ -667,7 +667,7 @@ impl Demo {
         ));
         self.ipmitool("lanplus", "vm-2", &["power", "status"], true)?;
 
-        self.say("boot device: PXE for vm-1's next boot, a guarded JSON Patch of its boot orders; the one-shot override is recorded in the BMC's status");
+        self.say("boot device: PXE for vm-1's next boot: the one-shot override is recorded in the BMC's status, then its boot orders change by a guarded JSON Patch");
         self.ipmitool("lanplus", "vm-1", &["chassis", "bootdev", "pxe"], true)?;
         self.ipmitool(
             "lanplus",

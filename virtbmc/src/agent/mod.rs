@@ -183,6 +183,8 @@ async fn run_kube(args: Args) -> Result<(), AgentError> {
     for t in tasks {
         t.abort();
     }
+    // A boot override half applied would be finished by the next agent; better done now.
+    backend.shared.finish_work(Duration::from_secs(2)).await;
     // A successor need not wait for the Lease to run out (bounded: shutdown must not hang
     // on an unreachable API server).
     let _ = tokio::time::timeout(

@@ -24,7 +24,6 @@ use super::crd::{
 };
 use super::leader::Round;
 use super::{Shared, VirtualMachineBMC, vm_resource};
-use crate::engine::ActionError;
 
 /// The agent port of the VM's BMC.
 pub const PORT_ANNOTATION: &str = "bmc.kubevirt.io/port";
@@ -172,57 +171,6 @@ pub async fn write_port(sh: &Shared, b: &VirtualMachineBMC, port: u16) -> Result
     merge_vm(sh, b, patch).await
 }
 
-/// Records (or removes) the boot override in the VM.
-pub async fn write_override(
-    sh: &Shared,
-    b: &VirtualMachineBMC,
-    o: Option<&BootOverrideStatus>,
-) -> Result<(), ActionError> {
-    let value = match o {
-        Some(o) => json!(serde_json::to_string(o).expect("serialisable")),
-        None => serde_json::Value::Null,
-    };
-    let patch = json!({"metadata": {"annotations": {BOOT_ANNOTATION: value}}});
-    merge_vm(sh, b, patch)
-        .await
-        .map_err(|e| ActionError::Failed(format!("record boot override: {e}")))
-}
-
-/// Removes the record of a one-shot override once it is undone, unless a new one replaced
-/// it meanwhile: a JSON Patch `test` of the annotation as the cache has it (not the VM's
-/// resourceVersion, which restoring the boot orders has just changed).
-pub async fn clear_override(sh: &Shared, b: &VirtualMachineBMC) -> Result<(), kube::Error> {
-    let (ns, vm) = (
-        b.namespace().unwrap_or_default(),
-        &b.spec.virtual_machine_ref.name,
-    );
-    let Some(current) = sh
-        .stores
-        .vm(&ns, vm)
-        .and_then(|o| o.annotations().get(BOOT_ANNOTATION).cloned())
-    else {
-        return Ok(());
-    };
-    let path = annotation_path(BOOT_ANNOTATION);
-    let patch: json_patch::Patch = serde_json::from_value(json!([
-        {"op": "test", "path": path, "value": current},
-        {"op": "remove", "path": path},
-    ]))
-    .expect("a valid JSON Patch");
-    vms(sh, b)
-        .patch(vm, &PatchParams::default(), &Patch::Json::<()>(patch))
-        .await
-        .map(|_| ())
-}
-
-/// The JSON Pointer of an annotation (`~` and `/` escaped).
-fn annotation_path(key: &str) -> String {
-    format!(
-        "/metadata/annotations/{}",
-        key.replace('~', "~0").replace('/', "~1")
-    )
-}
-
 /// VMs no longer selected that still carry our annotations: a pending one-shot override is
 /// undone (the VM would otherwise boot from its device for good), then both annotations go,
 /// so the port is free and a VM selected again starts afresh.
@@ -252,7 +200,7 @@ pub(super) async fn release_unselected(sh: &Shared, round: &Round) {
                 "vm={ns}/{name} no longer selected with a pending one-shot {} override; restoring its boot order",
                 o.device
             );
-            if let Err(e) = super::actions::restore_orders(sh, &ns, &name, &o).await {
+            if let Err(e) = super::overrides::restore_orders(sh, &ns, &name, &o).await {
                 log::warn!("vm={ns}/{name} restore boot order: {e}");
                 round.fail();
                 continue;
@@ -262,7 +210,11 @@ pub(super) async fn release_unselected(sh: &Shared, round: &Round) {
         // `test`): restoring the orders has just changed the resourceVersion.
         let ops: Vec<serde_json::Value> = [PORT_ANNOTATION, BOOT_ANNOTATION]
             .iter()
-            .filter_map(|k| annotations.get(*k).map(|v| (annotation_path(k), v)))
+            .filter_map(|k| {
+                annotations
+                    .get(*k)
+                    .map(|v| (super::overrides::annotation_path(k), v))
+            })
             .flat_map(|(path, v)| {
                 [
                     json!({"op": "test", "path": path, "value": v}),

@@ -9,7 +9,8 @@
 //!   the endpoints are listed explicitly: EndpointSlices of the agent pods ([`endpoints`]).
 //! - status conditions Ready, VirtualMachineAvailable, SecretAvailable and status.clusterIP.
 //! - the end of one-shot boot overrides: once a VMI other than the recorded one is Running,
-//!   the original boot orders come back and the record goes.
+//!   the original boot orders come back and the record goes; and whatever else of an
+//!   override is left to do (see [`overrides`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Debug;
@@ -31,7 +32,8 @@ use super::crd::Condition;
 use super::serve::{RESYNC, RETRY, wait_ready};
 use super::view::{SecretProblem, users_from_secret};
 use super::{
-    MANAGED_BY, Shared, Stores, VMBMC_LABEL, VirtualMachineBMC, actions, endpoints, labeled, names,
+    MANAGED_BY, Shared, Stores, VMBMC_LABEL, VirtualMachineBMC, endpoints, labeled, names,
+    overrides,
 };
 
 /// The IPMI port every Service exposes.
@@ -177,6 +179,10 @@ async fn reconcile(sh: &Shared, pending: &mut BTreeMap<String, u16>, round: &Rou
     if sh.opts.labels.is_some() {
         labeled::release_unselected(sh, round).await;
     }
+    // Overrides of VMs no VirtualMachineBMC serves any more.
+    if !overrides::sweep(sh, false).await {
+        round.fail();
+    }
 }
 
 /// Deletes the `cached` objects whose (namespace, name) is not in `keep`, unless already going.
@@ -238,8 +244,13 @@ async fn reconcile_one(
         None => None,
     };
     write_conditions(sh, b, svc.as_ref(), duplicate.as_deref(), round).await;
-    if valid {
-        restore_one_shot(sh, b, round).await;
+    if valid && let Err(e) = overrides::reconcile_bmc(sh, b).await {
+        log::warn!(
+            "vm={}/{} boot override: {e}",
+            b.namespace().unwrap_or_default(),
+            b.spec.virtual_machine_ref.name
+        );
+        round.fail();
     }
 }
 
@@ -555,7 +566,7 @@ async fn finalizer(sh: &Shared, b: &VirtualMachineBMC, round: &Round) {
                 b.name_any(),
                 o.device
             );
-            if let Err(e) = actions::restore_orders(sh, &ns, vm, o).await {
+            if let Err(e) = overrides::restore_orders(sh, &ns, vm, o).await {
                 log::warn!("vm={ns}/{vm} restore boot order: {e}");
                 round.fail();
                 return;
@@ -595,48 +606,6 @@ async fn finalizer_write(sh: &Shared, b: &VirtualMachineBMC, has: bool, want: bo
         .await
     {
         log::warn!("vmbmc={ns}/{} finalizer: {e}", b.name_any());
-        round.fail();
-    }
-}
-
-async fn restore_one_shot(sh: &Shared, b: &VirtualMachineBMC, round: &Round) {
-    let Some(o) = b.pending_one_shot() else {
-        return;
-    };
-    let ns = b.namespace().unwrap_or_default();
-    let vm = &b.spec.virtual_machine_ref.name;
-    let Some(vmi) = sh.stores.vmi(&ns, vm) else {
-        return;
-    };
-    let uid = vmi.metadata.uid.clone().unwrap_or_default();
-    if vmi.data["status"]["phase"] != "Running" || uid == o.vmi_uid {
-        return;
-    }
-    log::info!(
-        "vm={ns}/{vm} vmi={uid} booted with the one-shot {} override; restoring boot order",
-        o.device
-    );
-    if let Err(e) = actions::restore_orders(sh, &ns, vm, o).await {
-        log::warn!("vm={ns}/{vm} restore boot order: {e}");
-        round.fail();
-        return;
-    }
-    // Conditional on the resourceVersion: a new override set meanwhile is kept.
-    let cleared = if labeled::is_synthesized(b) {
-        labeled::clear_override(sh, b).await
-    } else {
-        let api: Api<VirtualMachineBMC> = Api::namespaced(sh.client.clone(), &ns);
-        let patch = json!({"metadata": {"resourceVersion": b.resource_version()}, "status": {"bootOverride": null}});
-        api.patch_status(
-            &b.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        )
-        .await
-        .map(|_| ())
-    };
-    if let Err(e) = cleared {
-        log::warn!("vm={ns}/{vm} clear one-shot record: {e}");
         round.fail();
     }
 }

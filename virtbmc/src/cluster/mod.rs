@@ -11,6 +11,8 @@
 //! - [`actions`]: power through KubeVirt's `start`/`stop`/`restart` subresources, boot devices
 //!   through guarded JSON Patches ([`boot`]), refusals as Kubernetes Events, aggregated per
 //!   VM and reason ([`events`]).
+//! - [`overrides`]: how a boot override is recorded, applied and restored so that no
+//!   deadline, race or restart leaves a VM booting from the override's device for good.
 //! - [`lease`] and [`leader`]: one elected agent allocates ports, owns the Services, writes
 //!   status conditions and restores one-shot boot overrides.
 //! - [`endpoints`]: the leader's EndpointSlices, which route each Service to the agent pods.
@@ -26,6 +28,7 @@ pub mod labeled;
 pub mod leader;
 pub mod lease;
 pub mod names;
+pub mod overrides;
 pub mod secrets;
 pub mod serve;
 pub mod view;
@@ -287,6 +290,10 @@ pub struct Shared {
     /// True once `named_secrets` reflects the loaded VirtualMachineBMC cache.
     pub(crate) named_ready: tokio::sync::watch::Sender<bool>,
     pub(crate) secret_refeed: futures::channel::mpsc::UnboundedSender<secrets::Refeed>,
+    /// Boot override changes running past their requests' deadlines.
+    work: Mutex<tokio::task::JoinSet<()>>,
+    /// Set once the start-up pass over every recorded boot override is done.
+    pub(crate) overrides_swept: AtomicBool,
 }
 
 impl Shared {
@@ -299,6 +306,34 @@ impl Shared {
             log::info!("identity={} leader={on}", self.opts.identity);
             self.wake_leader_all();
         }
+    }
+
+    /// Runs `f` to its end whoever waits for it (reaping the ones already ended).
+    pub(crate) fn spawn_work(&self, f: impl std::future::Future<Output = ()> + Send + 'static) {
+        let mut work = self.work.lock().unwrap_or_else(|e| e.into_inner());
+        while work.try_join_next().is_some() {}
+        work.spawn(f);
+    }
+
+    /// Stops the work [`Shared::spawn_work`] started, as a process exit would: what it leaves
+    /// half done, the next agent finishes ([`overrides`]).
+    pub fn abort_work(&self) {
+        self.work
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .abort_all();
+    }
+
+    /// Gives the changes under way up to `d` to end (at shutdown); what is left then is
+    /// dropped, for the next agent to finish.
+    pub async fn finish_work(&self, d: Duration) {
+        let mut work = std::mem::take(&mut *self.work.lock().unwrap_or_else(|e| e.into_inner()));
+        let _ = tokio::time::timeout(d, async { while work.join_next().await.is_some() {} }).await;
+    }
+
+    /// Whether the start-up pass has finished or undone every override left half done.
+    pub fn overrides_swept(&self) -> bool {
+        self.overrides_swept.load(Ordering::Relaxed)
     }
 
     /// Times a KubeVirt call into the metrics.
@@ -461,6 +496,8 @@ impl KubeBackend {
             named_secrets: Mutex::default(),
             named_ready: tokio::sync::watch::channel(false).0,
             secret_refeed: refeed_tx,
+            work: Mutex::default(),
+            overrides_swept: AtomicBool::new(false),
         });
         (KubeBackend { shared }, writers)
     }

@@ -134,6 +134,7 @@ pub fn spawn(
     ];
     tasks.push(tokio::spawn(serve_loop(sh.clone(), registry)));
     tasks.push(tokio::spawn(super::lease::run(sh.clone())));
+    tasks.push(tokio::spawn(super::overrides::sweep_on_start(sh.clone())));
     tasks.push(tokio::spawn(super::leader::run(sh)));
     tasks
 }

@@ -66,7 +66,17 @@ impl Agent {
     }
 
     /// An agent with these options (identity, ports, label mode...), bound on `ip`.
-    pub async fn start_with(sim: &Handle, mut opts: ClusterOptions, ip: Ipv4Addr) -> Agent {
+    pub async fn start_with(sim: &Handle, opts: ClusterOptions, ip: Ipv4Addr) -> Agent {
+        Agent::start_with_deadline(sim, opts, ip, Duration::from_secs(3)).await
+    }
+
+    /// The same, with this action deadline (`--action-timeout-ms`).
+    pub async fn start_with_deadline(
+        sim: &Handle,
+        mut opts: ClusterOptions,
+        ip: Ipv4Addr,
+        action_timeout: Duration,
+    ) -> Agent {
         let _ = env_logger::builder().is_test(true).try_init();
         // Short, so a new agent takes over quickly; long enough that a loaded machine still renews.
         opts.lease_duration = Duration::from_secs(2);
@@ -76,7 +86,7 @@ impl Agent {
             IpAddr::V4(ip),
             Arc::new(backend.clone()),
             metrics,
-            Duration::from_secs(3),
+            action_timeout,
             Arc::new(std::sync::Mutex::new(virtbmc::fastpath::FastPath::off())),
         ));
         let tasks = serve::spawn(&backend, writers, registry.clone());
@@ -164,6 +174,7 @@ impl Drop for Agent {
         for t in &self.tasks {
             t.abort();
         }
+        self.backend.shared.abort_work();
         for (_, p) in self.registry.list() {
             self.registry.remove(p);
         }
