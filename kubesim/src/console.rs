@@ -233,6 +233,11 @@ impl Consoles {
         }
     }
 
+    /// Whether a client is on the console of VMI `key` (`ns/name`).
+    pub fn attached(&self, key: &str) -> bool {
+        self.guests().get(key).is_some_and(|g| g.client.is_some())
+    }
+
     /// A hard reset of the running instance: the guest boots again in place.
     pub fn reset(&self, key: &str, vmi: &Value) {
         let uid = vmi["metadata"]["uid"].as_str().unwrap_or("");

@@ -401,6 +401,11 @@ impl Handle {
         }
     }
 
+    /// Whether a client is connected to the serial console of VMI `ns/name`.
+    pub fn console_attached(&self, ns: &str, name: &str) -> bool {
+        self.state.consoles.attached(&format!("{ns}/{name}"))
+    }
+
     /// How many times `PUT .../virtualmachineinstances/{name}/reset` succeeded for this VMI.
     pub fn reset_count(&self, ns: &str, name: &str) -> u64 {
         self.state

@@ -298,5 +298,41 @@ async fn stop_drops_the_socket_and_a_new_instance_boots_again() {
     let mut ws = console(&h, "vm1").await;
     let boot = read_until(&mut ws, "vm1 login: ").await;
     assert!(boot.contains(&format!("instance {uid2}")), "{boot:?}");
+
+    // A hard reset (the VMI `reset` subresource) reboots the instance in place: the socket
+    // stays and the boot shows again.
+    ws.send(Message::binary(b"abc".to_vec())).await.unwrap();
+    read_until(&mut ws, "abc").await;
+    let (code, _) = put(
+        &h,
+        "/apis/subresources.kubevirt.io/v1/namespaces/default/virtualmachineinstances/vm1/reset",
+    )
+    .await;
+    assert_eq!(code, 200);
+    let boot = read_until(&mut ws, "vm1 login: ").await;
+    assert!(
+        boot.starts_with("\r\n[    0.000000] Linux version"),
+        "{boot:?}"
+    );
+    assert!(boot.contains(&format!("instance {uid2}")), "{boot:?}");
+    assert_eq!(h.vmi_uid("default", "vm1").as_deref(), Some(uid2.as_str()));
     h.stop().await;
+}
+
+/// `PUT path` with an empty body over HTTP/1.0: the status code and the body.
+async fn put(h: &Handle, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = TcpStream::connect(h.addr()).await.unwrap();
+    conn.write_all(format!("PUT {path} HTTP/1.0\r\nContent-Length: 0\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut resp = String::new();
+    conn.read_to_string(&mut resp).await.unwrap();
+    let code = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    (code, body.to_string())
 }
