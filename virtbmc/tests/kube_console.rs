@@ -273,3 +273,127 @@ async fn a_full_event_queue_pauses_the_socket_and_loses_nothing() {
     }
     assert_eq!(out, typed);
 }
+
+/// A one-shot HTTP server on 127.0.0.1 answering the first request with `answer(key)`,
+/// where `key` is the request's Sec-WebSocket-Key; its URL.
+async fn canned(answer: impl FnOnce(&str) -> String + Send + 'static) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let (mut conn, _) = listener.accept().await.unwrap();
+        let mut req = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = conn.read(&mut buf).await.unwrap();
+            assert!(n > 0, "request cut short");
+            req.extend_from_slice(&buf[..n]);
+        }
+        let req = String::from_utf8_lossy(&req).to_string();
+        let key = req
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .starts_with("sec-websocket-key:")
+                    .then(|| l.split_once(':').unwrap().1.trim().to_string())
+            })
+            .expect("a Sec-WebSocket-Key");
+        conn.write_all(answer(&key).as_bytes()).await.unwrap();
+        // Hold the connection until the client goes.
+        let _ = conn.read(&mut buf).await;
+    });
+    url
+}
+
+#[tokio::test]
+async fn connect_checks_the_answer() {
+    use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+    use virtbmc::cluster::console::{ConnectError, connect};
+    let client_for = |url: String| {
+        let mut kc = kube::Config::new(url.parse().unwrap());
+        kc.default_retry = false;
+        kube::Client::try_from(kc).unwrap()
+    };
+
+    // virt-api's refusals, with their Status message.
+    let sim = kubesim::Server::start_with(
+        "127.0.0.1:0".parse().unwrap(),
+        kubesim::Config {
+            controller: false,
+            ..fast()
+        },
+    )
+    .await
+    .unwrap();
+    let c = client(&sim);
+    match connect(&c, NS, "vm1").await {
+        Err(ConnectError::Refused { code: 404, .. }) => {}
+        other => panic!("{other:?}"),
+    }
+    sim.create(
+        kubesim::Kind::VirtualMachineInstance,
+        NS,
+        serde_json::json!({
+            "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
+            "metadata": { "name": "vm1" }, "spec": { "domain": { "devices": {} } },
+        }),
+    )
+    .unwrap();
+    sim.set_vmi_phase(NS, "vm1", "Scheduled");
+    match connect(&c, NS, "vm1").await {
+        Err(ConnectError::Refused { code: 400, message }) => {
+            assert_eq!(message, "VMI is not running")
+        }
+        other => panic!("{other:?}"),
+    }
+    sim.set_vmi_phase(NS, "vm1", "Running");
+    assert!(connect(&c, NS, "vm1").await.is_ok());
+
+    // A 101 whose accept key is not derived from ours.
+    let url = canned(|_| {
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n"
+            .to_string()
+    })
+    .await;
+    match connect(&client_for(url), NS, "vm1").await {
+        Err(ConnectError::Handshake(why)) => assert!(why.contains("Accept"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    // The right key, but a subprotocol we did not offer.
+    let url = canned(|key| {
+        format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Accept: {}\r\nSec-WebSocket-Protocol: v4.channel.k8s.io\r\n\r\n",
+            derive_accept_key(key.as_bytes())
+        )
+    })
+    .await;
+    match connect(&client_for(url), NS, "vm1").await {
+        Err(ConnectError::Handshake(why)) => assert!(why.contains("Protocol"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    // The right key and no Upgrade header.
+    let url = canned(|key| {
+        format!(
+            "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Accept: {}\r\n\r\n",
+            derive_accept_key(key.as_bytes())
+        )
+    })
+    .await;
+    match connect(&client_for(url), NS, "vm1").await {
+        Err(ConnectError::Handshake(why)) => assert!(why.contains("Upgrade"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    // The right key and protocol: a socket.
+    let url = canned(|key| {
+        format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Accept: {}\r\nSec-WebSocket-Protocol: plain.kubevirt.io\r\n\r\n",
+            derive_accept_key(key.as_bytes())
+        )
+    })
+    .await;
+    assert!(connect(&client_for(url), NS, "vm1").await.is_ok());
+}

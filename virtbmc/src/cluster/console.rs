@@ -179,20 +179,14 @@ struct Line {
 }
 
 impl Line {
-    /// The uid of the VMI when it is running (paused included: its console still works).
+    /// The uid of the VMI when it is running (paused included: its console still works)
+    /// and not being deleted. A stop or restart under way keeps an open socket to the end
+    /// of the guest's shutdown, but is no instance to open one to, nor to take one back from.
     fn running_instance(&self) -> Option<String> {
         let vmi = self.shared.stores.vmi(&self.ns, &self.vm)?;
-        (vmi.data["status"]["phase"] == "Running")
+        (vmi.data["status"]["phase"] == "Running" && vmi.metadata.deletion_timestamp.is_none())
             .then(|| vmi.metadata.uid.clone())
             .flatten()
-    }
-
-    /// Whether the cached VMI is being deleted (a stop or restart under way).
-    fn instance_ending(&self) -> bool {
-        self.shared
-            .stores
-            .vmi(&self.ns, &self.vm)
-            .is_some_and(|v| v.metadata.deletion_timestamp.is_some())
     }
 
     async fn run(mut self) {
@@ -244,14 +238,11 @@ impl Line {
             if let Pumped::Dropped = self.pump(socket).await {
                 return;
             }
-            // Who closed it: the instance's end, or another client? An instance being
-            // deleted is ending (virt-handler drops the socket before the phase moves on).
-            let deadline = (!self.instance_ending()).then(|| Instant::now() + DISPLACED_GRACE);
-            loop {
-                if self.running_instance().as_deref() != Some(uid.as_str()) {
-                    break;
-                }
-                if deadline.is_some_and(|d| Instant::now() >= d) {
+            // Who closed it: the instance's end, or another client? The first shows in the
+            // cache within the grace period (at once for an instance being deleted).
+            let deadline = Instant::now() + DISPLACED_GRACE;
+            while self.running_instance().as_deref() == Some(uid.as_str()) {
+                if Instant::now() >= deadline {
                     log::info!(
                         "console vm={} uid={uid}: taken by another client",
                         self.name
@@ -259,7 +250,7 @@ impl Line {
                     let _ = self.report(ConsoleEvent::Displaced).await;
                     return;
                 }
-                if !self.wait_change(deadline).await {
+                if !self.wait_change(Some(deadline)).await {
                     return;
                 }
             }
