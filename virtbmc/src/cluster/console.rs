@@ -46,6 +46,8 @@ pub const SUBPROTOCOL: &str = "plain.kubevirt.io";
 const DISPLACED_GRACE: Duration = Duration::from_secs(5);
 /// Upper bound on the upgrade request: the agent's client has no read timeout of its own.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a closing console waits to send its close frame.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Retry delays after a failed connection to a running instance (client-go retries a 400
 /// every second): doubled up to the maximum, and cut short by any change of the VM.
 const RETRY_MIN: Duration = Duration::from_secs(1);
@@ -295,6 +297,20 @@ impl Line {
     /// the reading of the console (and virt-handler's of the guest's serial port).
     async fn pump(&mut self, socket: Socket) -> Pumped {
         let (mut sink, mut stream) = socket.split();
+        let pumped = self.pump_halves(&mut sink, &mut stream).await;
+        if let Pumped::Dropped = pumped {
+            // Leaving: a close frame, so virt-handler sees a client that left rather than a
+            // lost connection; bounded, as the other side may not be reading.
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.close()).await;
+        }
+        pumped
+    }
+
+    async fn pump_halves(
+        &mut self,
+        sink: &mut futures::stream::SplitSink<Socket, Message>,
+        stream: &mut futures::stream::SplitStream<Socket>,
+    ) -> Pumped {
         let Line { events, input, .. } = self;
         let mut permit = None;
         loop {
