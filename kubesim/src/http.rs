@@ -40,6 +40,8 @@ pub struct State {
     pub stop: tokio::sync::watch::Receiver<bool>,
     /// Hard resets per "ns/name" VMI (the guest reboots in place; nothing else changes).
     pub resets: Mutex<std::collections::HashMap<String, u64>>,
+    /// The VMIs' serial consoles and their simulated guests.
+    pub consoles: crate::console::Consoles,
 }
 
 /// A body fed from a channel: each message is one chunk; an `Err` aborts the connection
@@ -128,6 +130,12 @@ pub async fn handle(
             }
         }
     }
+    // The console is a WebSocket: it keeps the request (and its connection) to upgrade it.
+    if let Some((ns, name)) = crate::console::path(req.uri().path()) {
+        return Ok(
+            crate::console::handle(&state, &ns, &name, req).unwrap_or_else(|e| error_response(&e))
+        );
+    }
     let content_type = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -214,6 +222,9 @@ async fn route(
                     return Err(ApiError::method_not_allowed());
                 }
                 kubevirt::reset(&state.store, ns, name)?;
+                if let Some(vmi) = state.store.get(Kind::VirtualMachineInstance, ns, name) {
+                    state.consoles.reset(&format!("{ns}/{name}"), &vmi);
+                }
                 *state
                     .resets
                     .lock()
@@ -582,6 +593,7 @@ fn discovery(segs: &[&str]) -> Option<Value> {
             let res: Vec<Value> = ["virtualmachines/start", "virtualmachines/stop", "virtualmachines/restart", "virtualmachineinstances/reset"]
                 .iter()
                 .map(|a| json!({ "name": a, "singularName": "", "namespaced": true, "kind": "", "verbs": ["update"] }))
+                .chain(std::iter::once(json!({ "name": "virtualmachineinstances/console", "singularName": "", "namespaced": true, "kind": "", "verbs": ["get"] })))
                 .collect();
             Some(json!({
                 "kind": "APIResourceList", "apiVersion": "v1",

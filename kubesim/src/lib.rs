@@ -17,6 +17,7 @@
 //! # Ok(()) }
 //! ```
 
+mod console;
 mod controller;
 mod endpointslices;
 mod faults;
@@ -112,6 +113,7 @@ impl Server {
             cfg: cfg.clone(),
             stop: stop_rx.clone(),
             resets: Mutex::new(Default::default()),
+            consoles: Default::default(),
         });
         let accept_state = state.clone();
         let accept_stop = stop_rx.clone();
@@ -135,7 +137,8 @@ impl Server {
                     let svc = hyper::service::service_fn(move |req| http::handle(st.clone(), req));
                     let conn = hyper::server::conn::http1::Builder::new()
                         .keep_alive(true)
-                        .serve_connection(TokioIo::new(stream), svc);
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .with_upgrades();
                     tokio::select! {
                         r = conn => if let Err(e) = r { log::debug!("connection: {e}") },
                         _ = http::stopped(conn_stop) => {}
@@ -396,6 +399,11 @@ impl Handle {
         } else {
             None
         }
+    }
+
+    /// Whether a client is connected to the serial console of VMI `ns/name`.
+    pub fn console_attached(&self, ns: &str, name: &str) -> bool {
+        self.state.consoles.attached(&format!("{ns}/{name}"))
     }
 
     /// How many times `PUT .../virtualmachineinstances/{name}/reset` succeeded for this VMI.

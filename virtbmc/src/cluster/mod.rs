@@ -18,9 +18,11 @@
 //! - [`endpoints`]: the leader's EndpointSlices, which route each Service to the agent pods.
 //! - [`names`]: the names a spec refers to, checked before any of them reaches an API path.
 //! - [`secrets`]: only the Secrets a VirtualMachineBMC names keep their credentials in memory.
+//! - [`console`]: a VM's serial console, KubeVirt's `console` subresource of its running VMI.
 
 pub mod actions;
 pub mod boot;
+pub mod console;
 pub mod crd;
 pub mod endpoints;
 pub mod events;
@@ -526,5 +528,9 @@ impl Backend for KubeBackend {
 
     fn subscribe(&self) -> broadcast::Receiver<Arc<str>> {
         self.shared.changes.subscribe()
+    }
+
+    fn open_console(&self, vm: &str) -> crate::backend::console::Console {
+        console::open(&self.shared, vm)
     }
 }
