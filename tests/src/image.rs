@@ -20,7 +20,8 @@ pub fn tag() -> String {
 
 /// The repository's `Containerfile`.
 pub fn containerfile() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../Containerfile")
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Containerfile");
+    path.canonicalize().unwrap_or(path)
 }
 
 /// Where the image holds the agent (its entrypoint) and the XDP object (named by
