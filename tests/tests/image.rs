@@ -1,10 +1,11 @@
 //! The container image: built from the `Containerfile` with podman (as `cargo xtask image`
 //! does, into a store of the test's own), its root file system read back file by file (the
 //! agent, the XDP object, the loader and libraries the agent links, nothing else: no shell),
-//! then the agent run FROM that root file system as a pod would run it: chrooted, with the
-//! image's entrypoint and environment only (so the XDP object comes from the path the image
-//! names), /proc and a read-only /sys mounted, and the node's bpffs folder bound where the
-//! DaemonSet mounts it. It serves a simulated cluster (kubesim, in the same network namespace)
+//! then the agent run FROM that root file system as the DaemonSet's pod would run it:
+//! chrooted into it mounted read-only, with the image's entrypoint and environment only (so
+//! the XDP object comes from the path the image names), /proc and a read-only /sys mounted,
+//! the node's bpffs folder bound where the DaemonSet mounts it, and only the pod's three
+//! capabilities. It serves a simulated cluster (kubesim, in the same network namespace)
 //! in cluster mode with XDP attached to its veth, and real ipmitool reads each VM's state
 //! back and powers one on. Needs root, podman, the release agent, kubesim and the object.
 
@@ -28,6 +29,9 @@ const ADMIN: &str = "127.0.0.1:9623";
 const PORTS: &str = "6230-6231";
 /// Where the DaemonSet mounts the node's bpffs folder in the pod.
 const POD_PIN_DIR: &str = "run/virtbmc/bpf";
+/// The capabilities the DaemonSet adds after dropping ALL: CAP_NET_ADMIN (12), CAP_PERFMON
+/// (38), CAP_BPF (39).
+const POD_CAPS: u64 = (1 << 12) | (1 << 38) | (1 << 39);
 /// Anything the cluster does on its own (ports, a VMI's phases), with margin for a busy
 /// two-core machine.
 const SETTLE: Duration = Duration::from_secs(30);
@@ -170,9 +174,10 @@ fn check(rc: libc::c_int) -> std::io::Result<()> {
     }
 }
 
-/// `entrypoint args` run as a container runtime would run the image: in network namespace
-/// `netns`, in a mount namespace of its own (gone with the process) where /proc, a read-only
-/// /sys and the pin folder are mounted into `rootfs`, chrooted there, with only `env`.
+/// `entrypoint args` run as a container runtime would run the image for the DaemonSet: in
+/// network namespace `netns`, in a mount namespace of its own (gone with the process) where
+/// `rootfs` is mounted read-only with /proc, a read-only /sys and the pin folder in it,
+/// chrooted there, with only `env` and only the pod's capabilities.
 fn jailed(
     rootfs: &Path,
     netns: &str,
@@ -206,6 +211,21 @@ fn jailed(
                 libc::MS_REC | libc::MS_PRIVATE,
                 std::ptr::null(),
             ))?;
+            // readOnlyRootFilesystem: the image's files, read-only, as the root.
+            check(libc::mount(
+                root.as_ptr(),
+                root.as_ptr(),
+                std::ptr::null(),
+                libc::MS_BIND | libc::MS_REC,
+                std::ptr::null(),
+            ))?;
+            check(libc::mount(
+                std::ptr::null(),
+                root.as_ptr(),
+                std::ptr::null(),
+                libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY,
+                std::ptr::null(),
+            ))?;
             check(libc::mount(
                 c"proc".as_ptr(),
                 proc_dir.as_ptr(),
@@ -230,6 +250,17 @@ fn jailed(
             ))?;
             check(libc::chroot(root.as_ptr()))?;
             check(libc::chdir(c"/".as_ptr()))?;
+            // The DaemonSet's securityContext: root with only POD_CAPS (a root exec gets its
+            // bounding set as its capabilities), allowPrivilegeEscalation: false.
+            for cap in 0..64 {
+                if POD_CAPS & (1 << cap) == 0
+                    && libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) == -1
+                    && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINVAL)
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))?;
         }
         Ok(())
     };
@@ -537,6 +568,29 @@ fn image_holds_only_the_agent_and_serves_a_cluster_from_its_root_fs() {
     wait_for("vm-2's VMI Running", &mut [&mut sim, &mut agent], || {
         vmi_running(&net, "vm-2").then_some(())
     });
+    let status = std::fs::read_to_string(format!("/proc/{}/status", agent.child.id())).unwrap();
+    let cap_eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .map(|hex| u64::from_str_radix(hex.trim(), 16).unwrap());
+    assert_eq!(
+        cap_eff,
+        Some(POD_CAPS),
+        "the agent holds only the pod's capabilities"
+    );
+    // Its root, as it sees it: the image's files, read-only.
+    let mounts = std::fs::read_to_string(format!("/proc/{}/mountinfo", agent.child.id())).unwrap();
+    let root_options = mounts
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .rfind(|f| f.get(4) == Some(&"/"))
+        .map(|f| f[5].to_string());
+    assert!(
+        root_options
+            .as_deref()
+            .is_some_and(|o| o.split(',').any(|o| o == "ro")),
+        "the agent's root is not read-only: {root_options:?}\n{mounts}"
+    );
     assert!(
         agent.log().contains("generic"),
         "XDP attached in generic mode:\n{}",
