@@ -14,6 +14,7 @@
 mod agent;
 mod client;
 pub mod hex;
+pub mod image;
 mod netns;
 mod precheck;
 mod pyghmi;

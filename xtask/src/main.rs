@@ -9,11 +9,13 @@
 //! - `soak [MINUTES]`: the agent under mixed real clients, killed clients and garbage for a
 //!   while, every answer checked and its memory, descriptors and sessions sampled
 //!   (`soak-garbage` is its garbage sender, run inside the client namespace).
+//! - `image`: the container image the DaemonSet runs, built with podman from `Containerfile`.
 
 mod demo;
 mod demo_cluster;
 mod ebpf;
 mod fuzz;
+mod image;
 mod interrupt;
 mod json;
 mod soak;
@@ -34,7 +36,9 @@ commands:
   bench [SECS]    benchmark the userspace path, memory per BMC, XDP off vs on over a veth,
                   and whole sessions and session-less answers beside ipmi_sim (openipmi)
   bench cluster [N...]  cluster mode against kubesim: memory, CPU, phase-change latency
-  build-ebpf      install rust-src/bpf-linker if missing, build the XDP object (nightly)";
+  build-ebpf      install rust-src/bpf-linker if missing, build the XDP object (nightly)
+  image           build the container image virtbmc:<version> with podman (FROM scratch) and
+                  save it to target/image/virtbmc-<version>.tar";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -50,6 +54,7 @@ fn main() -> ExitCode {
         Some("fuzz") => fuzz::run(&args[1..]),
         Some("bench") => bench(&args[1..]),
         Some("build-ebpf") => ebpf::build_ebpf().map(drop),
+        Some("image") => image::run(),
         Some("help" | "-h" | "--help") => {
             println!("{USAGE}");
             Ok(())

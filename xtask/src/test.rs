@@ -9,6 +9,8 @@ pub fn run(args: &[String]) -> Result<(), String> {
     }
     tools::ensure_installed()?;
     let agent = tools::build_agent()?;
+    // The simulated cluster the image test runs the agent against.
+    let kubesim = tools::build_release("kubesim")?;
     // The XDP object (nightly + bpf-linker, installed when missing): the fast-path tests load
     // it into the kernel, and must fail rather than skip when it is absent.
     let object = crate::ebpf::build_ebpf()?;
@@ -33,7 +35,8 @@ pub fn run(args: &[String]) -> Result<(), String> {
         .env("VIRTBMC_E2E_REQUIRED", "1")
         .env("VIRTBMC_XDP_REQUIRED", "1")
         .env("VIRTBMC_EBPF_OBJECT", &object)
-        .env("VIRTBMC_BIN", &agent);
+        .env("VIRTBMC_BIN", &agent)
+        .env("VIRTBMC_KUBESIM_BIN", &kubesim);
     let e2e = tools::run(&mut e2e_cmd);
 
     // One minute of mixed clients, killed clients and garbage, with the fast path on.

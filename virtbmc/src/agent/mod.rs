@@ -131,10 +131,19 @@ async fn run_kube(args: Args) -> Result<(), AgentError> {
         return Err(AgentError::Config("--user is for embedded VMs; with --kube each VirtualMachineBMC's Secret names its user".into()));
     }
     let kube_config = match &args.kube_url {
-        Some(url) => kube::Config::new(
-            url.parse()
-                .map_err(|e| AgentError::Config(format!("--kube-url {url:?}: {e}")))?,
-        ),
+        Some(url) => {
+            let mut config = kube::Config::new(
+                url.parse()
+                    .map_err(|e| AgentError::Config(format!("--kube-url {url:?}: {e}")))?,
+            );
+            // kube builds its TLS set-up even for plain HTTP, and with no CA given it asks the
+            // system's trust store, which the container image (FROM scratch) does not have:
+            // the client would not start. Plain HTTP needs no trust anchors.
+            if config.cluster_url.scheme_str() == Some("http") {
+                config.root_cert = Some(Vec::new());
+            }
+            config
+        }
         None => kube::Config::infer()
             .await
             .map_err(|e| AgentError::Config(format!("no Kubernetes configuration: {e}")))?,
