@@ -167,6 +167,7 @@ impl BmcTask {
         );
         match out {
             Output::Reply(reply) => self.send(&reply, peer).await,
+            Output::Absorbed => {}
             Output::Drop(reason) => match reason {
                 DropReason::AuthFailed => {
                     log::info!("bmc={} peer={peer} authentication failed", self.name)

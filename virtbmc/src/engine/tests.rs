@@ -62,7 +62,7 @@ impl Rig {
     fn send_from(&self, peer: &str, d: &[u8]) -> Option<Vec<u8>> {
         match self.from(peer, d) {
             Output::Reply(r) => Some(r),
-            Output::Drop(_) => None,
+            Output::Drop(_) | Output::Absorbed => None,
             Output::Action(a, _, p) => {
                 self.actions.borrow_mut().push(a);
                 self.bmc.borrow_mut().complete(p, Ok(()))
