@@ -208,12 +208,13 @@ impl Bmc {
             let farewell = link.farewell();
             self.send_sol(link.owner, &farewell);
         }
-        self.add_sol_counts(&link);
+        self.add_sol_counts(&mut link);
         self.sol_effects.push_back(SolEffect::Stopped);
     }
 
-    fn add_sol_counts(&mut self, link: &SolLink) {
-        let c = link.counts;
+    /// Moves the instance's counters into the BMC's stats, so that metrics follow live.
+    fn add_sol_counts(&mut self, link: &mut SolLink) {
+        let c = std::mem::take(&mut link.counts);
         self.stats.sol_to_guest += c.to_guest;
         self.stats.sol_to_console += c.to_console;
         self.stats.sol_retransmissions += c.retransmissions;
@@ -226,8 +227,8 @@ impl Bmc {
             return;
         };
         let alive = self.sessions.get_mut(owner).is_some_and(|s| s.is_active());
-        if !alive && let Some(link) = self.sol.take() {
-            self.add_sol_counts(&link);
+        if !alive && let Some(mut link) = self.sol.take() {
+            self.add_sol_counts(&mut link);
             self.sol_effects.push_back(SolEffect::Stopped);
         }
     }
@@ -302,6 +303,10 @@ impl Bmc {
         };
         if let Some(p) = link.poll_send(now, &cfg) {
             self.send_sol(owner, &p);
+        }
+        if let Some(mut link) = self.sol.take() {
+            self.add_sol_counts(&mut link);
+            self.sol = Some(link);
         }
     }
 
