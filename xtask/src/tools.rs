@@ -39,7 +39,7 @@ pub fn on_path(tool: &str) -> bool {
 
 /// The Debian packages the end-to-end tests and the demo need (python3-cryptography gives
 /// python-ipmi its AES; pip installs python-ipmi itself).
-pub const PACKAGES: [&str; 12] = [
+pub const PACKAGES: [&str; 13] = [
     "ipmitool",
     "freeipmi-tools",
     "ipmiutil",
@@ -52,6 +52,7 @@ pub const PACKAGES: [&str; 12] = [
     "python3-cryptography",
     "coreutils",
     "bpftool",
+    "socat",
 ];
 
 /// python-ipmi from PyPI (Debian has none): the version the end-to-end tests were written
@@ -59,7 +60,7 @@ pub const PACKAGES: [&str; 12] = [
 pub const PYTHON_IPMI: &str = "python-ipmi==0.6.1";
 
 /// Binaries the end-to-end tests and the demo run.
-pub const NEEDED: [&str; 12] = [
+pub const NEEDED: [&str; 13] = [
     "ipmitool",
     "ipmiutil",
     "ipmipower",
@@ -72,6 +73,7 @@ pub const NEEDED: [&str; 12] = [
     "python3",
     "timeout",
     "bpftool",
+    "socat",
 ];
 
 /// pyghmi (OpenStack Ironic's IPMI client) as Debian packages it: for the system interpreter.
