@@ -156,6 +156,7 @@ impl Bmc {
             return Err(code::ALREADY);
         }
         self.sol = Some(SolLink::new(id, true));
+        self.sessions.pin(Some(id));
         self.stats.sol_activations += 1;
         self.sol_effects.push_back(SolEffect::Started);
         let size = PAYLOAD_SIZE.to_le_bytes();
@@ -204,6 +205,7 @@ impl Bmc {
         let Some(mut link) = self.sol.take() else {
             return;
         };
+        self.sessions.pin(None);
         if by != Some(link.owner) {
             let farewell = link.farewell();
             self.send_sol(link.owner, &farewell);
@@ -228,6 +230,7 @@ impl Bmc {
         };
         let alive = self.sessions.get_mut(owner).is_some_and(|s| s.is_active());
         if !alive && let Some(mut link) = self.sol.take() {
+            self.sessions.pin(None);
             self.add_sol_counts(&mut link);
             self.sol_effects.push_back(SolEffect::Stopped);
         }

@@ -1622,7 +1622,10 @@ fn sol_rig() -> (Rig, V20Session) {
         V20Session::open("admin", "password", suite(3), 0x14, &mut ex).unwrap()
     };
     // As ipmitool does after the handshake: the session works at Administrator.
-    assert_eq!(call(&rig, PEER, &mut s, 0x06, 0x3B, &[0x04]), (0, vec![0x04]));
+    assert_eq!(
+        call(&rig, PEER, &mut s, 0x06, 0x3B, &[0x04]),
+        (0, vec![0x04])
+    );
     (rig, s)
 }
 
@@ -1866,4 +1869,34 @@ fn another_session_steals_or_ends_sol_and_a_closed_or_expired_session_ends_it() 
     rig.bmc.borrow_mut().handle_timeout(*rig.now.borrow());
     assert_eq!(effects(&rig), [SolEffect::Started, SolEffect::Stopped]);
     assert_eq!(rig.bmc.borrow().sol_owner(), None);
+}
+
+#[test]
+fn a_full_table_never_reclaims_the_session_carrying_sol() {
+    let mut cfg = config();
+    cfg.max_sessions = 2;
+    let rig = Rig::new(cfg);
+    let mut s = {
+        let mut ex = rig.exchange();
+        V20Session::open("admin", "password", suite(3), 0x14, &mut ex).unwrap()
+    };
+    assert_eq!(call(&rig, PEER, &mut s, 0x06, 0x48, &ACTIVATE_SOL).0, 0);
+    rig.advance(Duration::from_secs(5));
+    let mut other = {
+        let mut ex = rig.exchange_from(SECOND);
+        V20Session::open("admin", "password", suite(3), 0x14, &mut ex).unwrap()
+    };
+    rig.advance(Duration::from_secs(2));
+    // The SOL session is the idlest, yet the other one makes room.
+    let third = "10.0.0.5:40003";
+    let mut ex = rig.exchange_from(third);
+    V20Session::open("admin", "password", suite(3), 0x14, &mut ex).unwrap();
+    drop(ex);
+    assert_eq!(rig.bmc.borrow().sol_owner(), Some(s.bmc_id));
+    assert_eq!(
+        call(&rig, PEER, &mut s, 0x06, 0x4A, &[0x01]),
+        (0, vec![1, 1, 0])
+    );
+    let mut ex = rig.exchange_from(SECOND);
+    assert!(other.call(0x06, 0x01, &[], &mut ex).is_err(), "reclaimed");
 }
