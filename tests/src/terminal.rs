@@ -13,7 +13,7 @@ use crate::hex;
 /// Commands, one per line: `E <seconds> <hex>` waits for the text after the last match
 /// (answers `OK <hex of what came up to and with it>` or `TIMEOUT <hex of what came>`),
 /// `S <hex>` types, `X <seconds>` waits for the client to exit (`EXIT <code> <hex>` or
-/// `TIMEOUT <hex>`). End of stdin hangs up the terminal.
+/// `TIMEOUT <hex>`), `K <signal>` signals the client. End of stdin hangs up the terminal.
 const SCRIPT: &str = r#"
 import os, pty, select, signal, sys, time
 pid, fd = pty.fork()
@@ -40,6 +40,9 @@ for line in sys.stdin:
     op, *args = line.split()
     if op == "S":
         os.write(fd, bytes.fromhex(args[0]))
+        say("OK", "")
+    elif op == "K":
+        os.kill(pid, int(args[0]))
         say("OK", "")
     elif op == "E":
         end, want = time.time() + float(args[0]), bytes.fromhex(args[1])
@@ -148,6 +151,12 @@ impl Terminal {
             hex::encode(needle.as_bytes())
         );
         self.command(&line)[0] == "OK"
+    }
+
+    /// Sends the client signal `signal` (SIGSTOP to make it a console that stopped reading,
+    /// SIGKILL for one that vanished).
+    pub fn signal(&mut self, signal: i32) {
+        self.command(&format!("K {signal}"));
     }
 
     /// Types `text`.

@@ -323,3 +323,45 @@ fn ironic_socat_console_serves_the_guest_over_tcp() {
     let _ = socat.wait();
     let _ = std::fs::remove_file(&pwfile);
 }
+
+#[test]
+fn a_stalled_then_vanished_client_costs_other_vms_nothing_and_its_sol_ends_with_its_session() {
+    ready_or_skip!("ipmitool", "python3");
+    let bmc = Bmc::builder()
+        .vm("vm-0=6230,on")
+        .vm("vm-1=6231,on")
+        .arg("--session-timeout")
+        .arg("5")
+        .start();
+    let mut t = ipmitool_sol(&bmc);
+    t.expect("[SOL Session operational", WAIT);
+    t.send("\r");
+    t.expect("vm-0 login: ", WAIT);
+    // The client stops reading and acknowledging; the guest keeps printing (two boots).
+    t.signal(libc::SIGSTOP);
+    for _ in 0..2 {
+        let before = bmc.vm(VM);
+        bmc.admin(Iface::Lanplus, PORT, &["power", "cycle"])
+            .assert_ok();
+        bmc.wait_vm(VM, "booted again", WAIT, |v| {
+            v.starts == before.starts + 1 && v.power == "on"
+        });
+        // Another VM's BMC answers as ever.
+        let other = bmc.admin(Iface::Lanplus, 6231, &["power", "status"]);
+        other.assert_ok().assert_stdout_has("Chassis Power is on");
+        assert!(other.elapsed < Duration::from_secs(3), "{other}");
+    }
+    // Unacknowledged packets were resent, then given up (counted); with no packet from the
+    // client its session expires and SOL with it.
+    wait_sol_active(&bmc, 0);
+    assert!(metric(&bmc, "sol_retransmissions_total") > 0);
+    assert!(metric(&bmc, "sol_bytes_abandoned_total") > 0);
+    assert_eq!(sol_active_bitmap(&bmc), "01 00 00");
+    t.signal(libc::SIGKILL);
+    drop(t);
+    // The instance is free for the next client.
+    let mut next = ipmitool_sol(&bmc);
+    next.expect("[SOL Session operational", WAIT);
+    next.send("\r");
+    next.expect("vm-0 login: ", WAIT);
+}
