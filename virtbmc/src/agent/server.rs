@@ -123,7 +123,7 @@ impl BmcTask {
                     self.name
                 );
                 sol.console = None;
-                self.bmc.sol_lost(now);
+                self.bmc.sol_lost();
             }
             None => {
                 // The backend closed the line for good: SOL stays, without characters.

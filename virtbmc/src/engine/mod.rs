@@ -494,7 +494,7 @@ impl Bmc {
                 (cc::NOT_IN_STATE, Vec::new())
             }
             (net_fn, cmd) if payload::is_payload_command(net_fn, cmd) => {
-                self.payload_command(now, id, &req)
+                self.payload_command(id, &req)
             }
             _ => {
                 let Some(State::Active(active)) = self.sessions.get_mut(id).map(|s| &mut s.state)

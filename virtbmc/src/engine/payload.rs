@@ -65,12 +65,7 @@ pub fn is_payload_command(net_fn: u8, cmd: u8) -> bool {
 impl Bmc {
     /// Runs a payload or SOL configuration command for session `id` (privilege already
     /// checked against the command table).
-    pub(super) fn payload_command(
-        &mut self,
-        now: Instant,
-        id: u32,
-        req: &Request,
-    ) -> (u8, Vec<u8>) {
+    pub(super) fn payload_command(&mut self, id: u32, req: &Request) -> (u8, Vec<u8>) {
         let d = req.data;
         let r = match req.cmd {
             _ if req.net_fn == super::commands::NETFN_TRANSPORT => {
@@ -79,7 +74,7 @@ impl Bmc {
                 } else {
                     let code = self.sol_config.set(d);
                     if code == cc::OK && !self.sol_config.enabled {
-                        self.sol_stop(None, now);
+                        self.sol_stop(None);
                     }
                     Err(code)
                 }
@@ -87,7 +82,7 @@ impl Bmc {
             CMD_GET_CHANNEL_PAYLOAD_SUPPORT => payload_support(d),
             CMD_GET_CHANNEL_PAYLOAD_VERSION => payload_version(d),
             CMD_ACTIVATE_PAYLOAD => self.activate_payload(id, d),
-            CMD_DEACTIVATE_PAYLOAD => self.deactivate_payload(now, id, d),
+            CMD_DEACTIVATE_PAYLOAD => self.deactivate_payload(id, d),
             CMD_GET_PAYLOAD_ACTIVATION_STATUS => match d {
                 [t] if t & 0x3F == PAYLOAD_SOL => {
                     // One instance (bits 3:0 capacity), bit 0 of the next byte: instance 1.
@@ -169,7 +164,7 @@ impl Bmc {
     /// Deactivate Payload (§24.2): [type, instance, 4 reserved]. Another session may end
     /// the instance if it is the same user's or an administrator's (a console ending a
     /// stale SOL from a new session, as Ironic and ipmiconsole do).
-    fn deactivate_payload(&mut self, now: Instant, id: u32, d: &[u8]) -> Result<Vec<u8>, u8> {
+    fn deactivate_payload(&mut self, id: u32, d: &[u8]) -> Result<Vec<u8>, u8> {
         let [t, instance, _, _, _, _] = *d else {
             return Err(cc::REQUEST_LENGTH_INVALID);
         };
@@ -195,13 +190,13 @@ impl Bmc {
                 return Err(cc::INSUFFICIENT_PRIVILEGE);
             }
         }
-        self.sol_stop(Some(id), now);
+        self.sol_stop(Some(id));
         Ok(Vec::new())
     }
 
     /// Ends the SOL instance. Its owner hears "deactivating" unless it asked itself
     /// (`by` is the session that ended it, None for the BMC).
-    fn sol_stop(&mut self, by: Option<u32>, _now: Instant) {
+    fn sol_stop(&mut self, by: Option<u32>) {
         let Some(mut link) = self.sol.take() else {
             return;
         };
@@ -354,8 +349,8 @@ impl Bmc {
 
     /// The serial line is gone for good (another client took the VM's console): SOL ends and
     /// its console hears "deactivating".
-    pub fn sol_lost(&mut self, now: Instant) {
-        self.sol_stop(None, now);
+    pub fn sol_lost(&mut self) {
+        self.sol_stop(None);
     }
 
     /// The session owning the SOL instance, if one is active.
