@@ -34,6 +34,9 @@ mod code {
     pub const NEEDS_ENCRYPTION: u8 = 0x84;
 }
 
+/// Datagrams of its own an engine holds for the driver at most.
+const MAX_TRANSMITS: usize = 16;
+
 /// What SOL asks of the driver.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SolEffect {
@@ -282,7 +285,12 @@ impl Bmc {
         }
     }
 
+    /// Queues a datagram; a driver that never collects them loses the oldest, not memory
+    /// (the agent collects after every datagram and timer).
     fn push_transmit(&mut self, peer: SocketAddr, datagram: Vec<u8>) {
+        if self.transmits.len() >= MAX_TRANSMITS {
+            self.transmits.pop_front();
+        }
         self.transmits.push_back((peer, datagram));
     }
 
