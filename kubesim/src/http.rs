@@ -40,6 +40,8 @@ pub struct State {
     pub stop: tokio::sync::watch::Receiver<bool>,
     /// Hard resets per "ns/name" VMI (the guest reboots in place; nothing else changes).
     pub resets: Mutex<std::collections::HashMap<String, u64>>,
+    /// Authentication and RBAC; None serves every request (no credentials needed).
+    pub auth: Option<crate::rbac::Auth>,
 }
 
 /// A body fed from a channel: each message is one chunk; an `Err` aborts the connection
@@ -111,6 +113,13 @@ pub async fn handle(
         }
     }
     log::debug!("{method} {uri}");
+    // As in the apiserver's handler chain, authentication and authorization come before
+    // anything the request's handler (or an injected fault) would answer.
+    if let Some(auth) = &state.auth
+        && let Err(e) = authorize(auth, &req, &uri)
+    {
+        return Ok(error_response(&e));
+    }
     if let Some(action) = state.faults.take(method.as_str(), &uri) {
         log::info!("fault injected on {method} {uri}: {action:?}");
         match action {
@@ -154,6 +163,32 @@ pub async fn handle(
             .await
             .unwrap_or_else(|e| error_response(&e)),
     )
+}
+
+/// Who sent `req` (401 if no one known) and whether RBAC lets them do it (403 if not).
+/// Non-resource paths (discovery, `/version`, health) are open to every authenticated user,
+/// as the bootstrap ClusterRoles `system:discovery` and `system:public-info-viewer` make them.
+fn authorize(
+    auth: &crate::rbac::Auth,
+    req: &Request<hyper::body::Incoming>,
+    uri: &str,
+) -> Result<(), ApiError> {
+    let header = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let user = auth.authenticate(header)?;
+    let segs: Vec<&str> = req
+        .uri()
+        .path()
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .collect();
+    let query = parse_query(req.uri().query().unwrap_or(""));
+    match crate::rbac::Attributes::of(req.method().as_str(), &segs, &query) {
+        Some(attrs) => auth.authorize(&user, &attrs, req.method().as_str(), uri),
+        None => Ok(()),
+    }
 }
 
 fn q<'a>(query: &'a [(String, String)], k: &str) -> Option<&'a str> {
