@@ -197,6 +197,15 @@ impl Audit {
             .map(|a| a.denials())
             .unwrap_or_default()
     }
+
+    /// The grants of the policy that allowed at least one request of `user`.
+    pub fn used_grants(&self, user: &str) -> std::collections::BTreeSet<rbac::Grant> {
+        self.0
+            .auth
+            .as_ref()
+            .map(|a| a.used_by(user))
+            .unwrap_or_default()
+    }
 }
 
 /// A realistic VirtualMachine manifest: one containerDisk (bootOrder 1), one masquerade
@@ -498,11 +507,7 @@ impl Handle {
 
     /// The grants of the policy that allowed at least one request of `user`.
     pub fn used_grants(&self, user: &str) -> std::collections::BTreeSet<rbac::Grant> {
-        self.state
-            .auth
-            .as_ref()
-            .map(|a| a.used_by(user))
-            .unwrap_or_default()
+        self.audit().used_grants(user)
     }
 
     /// The grants the policy gives `user` (`NAME[,GROUP...]`) that no request of theirs used.

@@ -247,6 +247,17 @@ impl Drop for Agent {
         for (_, p) in self.registry.list() {
             self.registry.remove(p);
         }
+        if let Ok(f) = std::env::var("TMP_RBAC_DUMP") {
+            use std::io::Write;
+            let mut o = std::fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .open(f)
+                .unwrap();
+            for g in self.audit.used_grants(AGENT_USER) {
+                writeln!(o, "{g}").unwrap();
+            }
+        }
         if !std::thread::panicking() {
             let refused: Vec<_> = self
                 .audit
