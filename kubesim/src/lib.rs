@@ -17,6 +17,7 @@
 //! # Ok(()) }
 //! ```
 
+mod admission;
 mod controller;
 mod endpointslices;
 mod faults;

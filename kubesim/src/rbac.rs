@@ -55,7 +55,8 @@ impl User {
 pub struct AuthConfig {
     /// Bearer token -> user (`NAME[,GROUP...]`, see [`User::parse`]).
     pub tokens: Vec<(String, String)>,
-    /// Roles, ClusterRoles, RoleBindings and ClusterRoleBindings (other objects are ignored).
+    /// Roles, ClusterRoles, RoleBindings and ClusterRoleBindings, ValidatingAdmissionPolicies
+    /// and their bindings (other objects are ignored).
     pub objects: Vec<Value>,
 }
 
@@ -273,6 +274,8 @@ pub struct Auth {
     bindings: Vec<Binding>,
     used: Mutex<HashMap<String, BTreeSet<Grant>>>,
     denied: Mutex<Vec<Denial>>,
+    /// The ValidatingAdmissionPolicies among the objects.
+    pub policies: crate::admission::Policies,
 }
 
 fn strings(v: &Value) -> Vec<String> {
@@ -285,7 +288,10 @@ fn strings(v: &Value) -> Vec<String> {
 
 impl Auth {
     pub fn new(cfg: &AuthConfig) -> Result<Auth, String> {
-        let mut auth = Auth::default();
+        let mut auth = Auth {
+            policies: crate::admission::Policies::from_objects(&cfg.objects)?,
+            ..Auth::default()
+        };
         for (token, spec) in &cfg.tokens {
             let user = User::parse(spec).ok_or_else(|| format!("{spec:?}: not a user name"))?;
             auth.tokens.insert(token.clone(), user);

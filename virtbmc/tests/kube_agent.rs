@@ -1046,7 +1046,7 @@ async fn label_mode_serves_selected_vms_without_the_crd() {
     let sim = kubesim::Server::start_with(
         "127.0.0.1:0".parse().unwrap(),
         kubesim::Config {
-            auth: Some(policy(&["label-mode/rbac.yaml"])),
+            auth: Some(policy(LABEL_MODE_MANIFESTS)),
             ..fast()
         },
     )

@@ -170,7 +170,7 @@ async fn the_label_mode_rbac_is_exactly_what_the_agent_uses() {
     let sim = kubesim::Server::start_with(
         "127.0.0.1:0".parse().unwrap(),
         kubesim::Config {
-            auth: Some(policy(&["label-mode/rbac.yaml"])),
+            auth: Some(policy(LABEL_MODE_MANIFESTS)),
             ..fast()
         },
     )
@@ -270,13 +270,41 @@ async fn the_label_mode_rbac_is_exactly_what_the_agent_uses() {
 
 /// One HTTP/1.0 request with `Authorization: Bearer TOKEN`: the code and the JSON body.
 async fn request(sim: &kubesim::Handle, method: &str, path: &str, token: &str) -> (u16, Value) {
+    send(sim, method, path, token, None).await
+}
+
+/// A PATCH with this content type and body.
+async fn patch(
+    sim: &kubesim::Handle,
+    path: &str,
+    token: &str,
+    content_type: &str,
+    body: Value,
+) -> (u16, Value) {
+    send(sim, "PATCH", path, token, Some((content_type, body))).await
+}
+
+async fn send(
+    sim: &kubesim::Handle,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: Option<(&str, Value)>,
+) -> (u16, Value) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut conn = tokio::net::TcpStream::connect(sim.addr()).await.unwrap();
-    conn.write_all(
-        format!("{method} {path} HTTP/1.0\r\nAuthorization: Bearer {token}\r\n\r\n").as_bytes(),
-    )
-    .await
-    .unwrap();
+    let mut head = format!("{method} {path} HTTP/1.0\r\nAuthorization: Bearer {token}\r\n");
+    let payload = match body {
+        Some((ct, b)) => {
+            let b = b.to_string();
+            head += &format!("Content-Type: {ct}\r\nContent-Length: {}\r\n", b.len());
+            b
+        }
+        None => String::new(),
+    };
+    conn.write_all(format!("{head}\r\n{payload}").as_bytes())
+        .await
+        .unwrap();
     let mut resp = String::new();
     conn.read_to_string(&mut resp).await.unwrap();
     let code = resp
@@ -378,7 +406,7 @@ async fn the_agent_identity_cannot_delete_vms_or_read_other_secrets() {
     let sim = kubesim::Server::start_with(
         "127.0.0.1:0".parse().unwrap(),
         kubesim::Config {
-            auth: Some(policy(&["label-mode/rbac.yaml"])),
+            auth: Some(policy(LABEL_MODE_MANIFESTS)),
             ..fast()
         },
     )
@@ -464,4 +492,196 @@ async fn the_agent_identity_cannot_delete_vms_or_read_other_secrets() {
     let refused = sim.denials();
     assert_eq!(refused.len(), 4, "{refused:#?}");
     assert!(refused.iter().all(|d| d.user == AGENT_USER));
+}
+
+const VM1: &str = "/apis/kubevirt.io/v1/namespaces/default/virtualmachines/vm1";
+const JSON_PATCH: &str = "application/json-patch+json";
+const MERGE_PATCH: &str = "application/merge-patch+json";
+
+/// What the apiserver answers when the boot-orders-only policy denies a request.
+fn denied_by_policy(why: &str) -> Value {
+    let reason = format!(
+        "ValidatingAdmissionPolicy 'virtbmc-agent-boot-orders-only' with binding \
+         'virtbmc-agent-boot-orders-only' denied request: the virtbmc agent may change boot \
+         orders only, not {why}"
+    );
+    json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": format!("virtualmachines.kubevirt.io \"vm1\" is forbidden: {reason}"),
+        "reason": "Forbidden",
+        "details": {"name": "vm1", "group": "kubevirt.io", "kind": "virtualmachines",
+                    "causes": [{"message": reason}]},
+        "code": 403,
+    })
+}
+
+/// manifests/admission-policy.yaml: the agent's ServiceAccount may change a VM's boot
+/// orders, its bootloader and the label mode's two annotations, and nothing else (each
+/// refusal a 403 with the policy's message, the VM untouched); an admin is not matched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admission_policy_lets_the_agent_change_boot_orders_only() {
+    let sim = sim().await;
+    sim.seed_vm(NS, "vm1", "Halted");
+    let devices = "/spec/template/spec/domain/devices";
+
+    // What the agent writes: boot orders (guarded by a test), the bootloader, annotations.
+    let (code, body) = patch(
+        &sim,
+        VM1,
+        AGENT_TOKEN,
+        JSON_PATCH,
+        json!([
+            {"op": "test", "path": format!("{devices}/disks/0/bootOrder"), "value": 1},
+            {"op": "replace", "path": format!("{devices}/disks/0/bootOrder"), "value": 2},
+            {"op": "add", "path": format!("{devices}/interfaces/0/bootOrder"), "value": 1},
+            {"op": "add", "path": "/spec/template/spec/domain/firmware/bootloader", "value": {"efi": {}}},
+        ]),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(
+        boot_orders(&sim, "vm1"),
+        json!({"disks": [2], "interfaces": [1]})
+    );
+    let (code, body) = patch(
+        &sim,
+        VM1,
+        AGENT_TOKEN,
+        MERGE_PATCH,
+        json!({"metadata": {"annotations": {"bmc.kubevirt.io/port": "31000", "bmc.kubevirt.io/boot-override": "{}"}}}),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = patch(
+        &sim,
+        VM1,
+        AGENT_TOKEN,
+        JSON_PATCH,
+        json!([{"op": "remove", "path": "/metadata/annotations/bmc.kubevirt.io~1boot-override"}]),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    // What a write could change (the controller writes status and resourceVersion meanwhile).
+    let writable = |sim: &kubesim::Handle| {
+        let vm = sim.get(Kind::VirtualMachine, NS, "vm1").unwrap();
+        json!([
+            vm["spec"],
+            vm["metadata"]["annotations"],
+            vm["metadata"]["labels"]
+        ])
+    };
+    let unchanged = writable(&sim);
+
+    // Anything else is refused.
+    let volume = json!({"name": "extra", "containerDisk": {"image": "quay.io/evil/disk:latest"}});
+    for (what, ctype, p, why) in [
+        (
+            "a new volume",
+            JSON_PATCH,
+            json!([{"op": "add", "path": "/spec/template/spec/volumes/-", "value": volume}]),
+            "the template's volumes, networks, scheduling or other fields outside its domain",
+        ),
+        (
+            "another container disk image",
+            JSON_PATCH,
+            json!([{"op": "replace", "path": "/spec/template/spec/volumes/0/containerDisk/image",
+                    "value": "quay.io/evil/disk:latest"}]),
+            "the template's volumes, networks, scheduling or other fields outside its domain",
+        ),
+        (
+            "a boot order with a disk's bus",
+            JSON_PATCH,
+            json!([
+                {"op": "replace", "path": format!("{devices}/disks/0/bootOrder"), "value": 1},
+                {"op": "replace", "path": format!("{devices}/disks/0/disk/bus"), "value": "sata"},
+            ]),
+            "a disk, other than its bootOrder (or the disks' names or order)",
+        ),
+        (
+            "a new disk",
+            JSON_PATCH,
+            json!([{"op": "add", "path": format!("{devices}/disks/-"),
+                    "value": {"name": "extra", "disk": {"bus": "virtio"}, "bootOrder": 1}}]),
+            "a disk, other than its bootOrder (or the disks' names or order)",
+        ),
+        (
+            "an interface's MAC address",
+            JSON_PATCH,
+            json!([{"op": "add", "path": format!("{devices}/interfaces/0/macAddress"),
+                    "value": "02:00:00:00:00:01"}]),
+            "an interface, other than its bootOrder (or the interfaces' names or order)",
+        ),
+        (
+            "the runStrategy",
+            MERGE_PATCH,
+            json!({"spec": {"runStrategy": "Always"}}),
+            "the VirtualMachine's spec outside its template, or the template's metadata",
+        ),
+        (
+            "the memory",
+            MERGE_PATCH,
+            json!({"spec": {"template": {"spec": {"domain": {"memory": {"guest": "64Gi"}}}}}}),
+            "the domain's resources, CPU, memory, machine, clock, features or firmware (but its bootloader)",
+        ),
+        (
+            "another annotation",
+            MERGE_PATCH,
+            json!({"metadata": {"annotations": {"kubevirt.io/keep-me": "x"}}}),
+            "the VirtualMachine's labels, finalizers, owners, or annotations other than \
+             bmc.kubevirt.io/port and bmc.kubevirt.io/boot-override",
+        ),
+    ] {
+        let (code, body) = patch(&sim, VM1, AGENT_TOKEN, ctype, p).await;
+        assert_eq!((code, body), (403, denied_by_policy(why)), "{what}");
+        assert_eq!(writable(&sim), unchanged, "{what} changed the VM");
+    }
+    let mut replaced = sim.get(Kind::VirtualMachine, NS, "vm1").unwrap();
+    replaced["spec"]["template"]["spec"]["volumes"][0]["containerDisk"]["image"] =
+        json!("quay.io/evil/disk:latest");
+    let (code, body) = send(
+        &sim,
+        "PUT",
+        VM1,
+        AGENT_TOKEN,
+        Some(("application/json", replaced.clone())),
+    )
+    .await;
+    // A PUT never reaches the policy: RBAC grants the agent patch, not update.
+    assert_eq!(code, 403, "{body}");
+    assert_eq!(
+        body["message"],
+        "virtualmachines.kubevirt.io \"vm1\" is forbidden: User \
+         \"system:serviceaccount:virtbmc-system:virtbmc\" cannot update resource \
+         \"virtualmachines\" in API group \"kubevirt.io\" in the namespace \"default\""
+    );
+    assert_eq!(writable(&sim), unchanged);
+
+    // The policy binds the agent's ServiceAccount only: an admin changes the image.
+    let (code, body) = send(
+        &sim,
+        "PUT",
+        VM1,
+        ADMIN_TOKEN,
+        Some(("application/json", replaced)),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = patch(
+        &sim,
+        VM1,
+        ADMIN_TOKEN,
+        JSON_PATCH,
+        json!([{"op": "add", "path": "/spec/template/spec/volumes/-", "value": volume}]),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    let vm = sim.get(Kind::VirtualMachine, NS, "vm1").unwrap();
+    let volumes = &vm["spec"]["template"]["spec"]["volumes"];
+    assert_eq!(
+        (
+            volumes.as_array().map(Vec::len),
+            &volumes[0]["containerDisk"]["image"]
+        ),
+        (Some(2), &json!("quay.io/evil/disk:latest"))
+    );
 }

@@ -43,14 +43,19 @@ pub fn policy(manifests: &[&str]) -> AuthConfig {
     auth
 }
 
-/// Fast phases, and the shipped `manifests/rbac.yaml` enforced on the agent's token.
+/// The agent's manifests: its RBAC and the admission policy fencing its VM patches.
+pub const AGENT_MANIFESTS: &[&str] = &["rbac.yaml", "admission-policy.yaml"];
+/// The same in label mode.
+pub const LABEL_MODE_MANIFESTS: &[&str] = &["label-mode/rbac.yaml", "admission-policy.yaml"];
+
+/// Fast phases, and the shipped RBAC and admission policy enforced on the agent's token.
 pub fn fast() -> Config {
     Config {
         bookmark_interval: Duration::from_millis(200),
         phase_delay: (Duration::from_millis(20), Duration::from_millis(60)),
         stop_delay: Duration::from_millis(100),
         cleanup_delay: Duration::from_millis(50),
-        auth: Some(policy(&["rbac.yaml"])),
+        auth: Some(policy(AGENT_MANIFESTS)),
         ..Config::default()
     }
 }
