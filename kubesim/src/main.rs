@@ -60,6 +60,10 @@ struct Args {
     /// The bearer token the --kubeconfig file authenticates with.
     #[arg(long, value_name = "TOKEN")]
     kubeconfig_token: Option<String>,
+    /// The --kubeconfig file's default namespace (default: --namespace), e.g. the agent's
+    /// own, where its Lease goes.
+    #[arg(long, value_name = "NAMESPACE")]
+    kubeconfig_namespace: Option<String>,
     /// A bearer token and the user it authenticates: `TOKEN=NAME[,GROUP...]` (repeatable),
     /// e.g. `t1=system:serviceaccount:virtbmc-system:virtbmc` or
     /// `t0=kubernetes-admin,system:masters` (that group is never refused). With any token,
@@ -154,7 +158,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     if let Some(f) = &args.kubeconfig {
-        let kc = sim.kubeconfig_as(&args.namespace, args.kubeconfig_token.as_deref());
+        let ns = args
+            .kubeconfig_namespace
+            .as_ref()
+            .unwrap_or(&args.namespace);
+        let kc = sim.kubeconfig_as(ns, args.kubeconfig_token.as_deref());
         std::fs::write(f, kc)?;
     }
     if let Some(f) = &args.url_file {
