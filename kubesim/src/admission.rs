@@ -329,3 +329,163 @@ impl Policy {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn objects(yaml: &str) -> Vec<Value> {
+        let mut cfg = crate::rbac::AuthConfig::default();
+        cfg.add_manifest(yaml).unwrap();
+        cfg.objects
+    }
+
+    const POLICY: &str = r#"
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicy
+metadata: {name: replicas}
+spec:
+  failurePolicy: FAILURE_POLICY
+  matchConstraints:
+    resourceRules:
+      - {apiGroups: [apps], apiVersions: ["*"], operations: [UPDATE], resources: [deployments]}
+  matchConditions:
+    - {name: not-root, expression: "request.userInfo.username != 'root'"}
+  variables:
+    - {name: r, expression: "object.spec.replicas"}
+  validations:
+    - {expression: "variables.r <= 5", message: "at most 5", reason: Forbidden}
+    - {expression: "object.spec.?paused == oldObject.spec.?paused"}
+    - {expression: "object.spec.missing.field == 1"}
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicyBinding
+metadata: {name: replicas-binding}
+spec: {policyName: replicas, validationActions: [Deny]}
+"#;
+
+    fn policies(failure: &str) -> Policies {
+        Policies::from_objects(&objects(&POLICY.replace("FAILURE_POLICY", failure))).unwrap()
+    }
+
+    fn update(p: &Policies, user: &str, old: Value, new: Value) -> Result<(), ApiError> {
+        let segs = ["apis", "apps", "v1", "namespaces", "ns", "deployments", "d"];
+        let a = Attributes::of("PATCH", &segs, &[]).unwrap();
+        p.admit(&User::parse(user).unwrap(), &a, Some(&old), &new)
+    }
+
+    #[test]
+    fn validations_in_order_with_their_message_reason_and_code() {
+        let p = policies("Fail");
+        let e = update(
+            &p,
+            "u",
+            json!({"spec": {"replicas": 1}}),
+            json!({"spec": {"replicas": 6}}),
+        )
+        .unwrap_err();
+        let why = "ValidatingAdmissionPolicy 'replicas' with binding 'replicas-binding' denied request: at most 5";
+        assert_eq!(
+            e.to_status(),
+            json!({
+                "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                "message": format!("deployments.apps \"d\" is forbidden: {why}"),
+                "reason": "Forbidden", "code": 403,
+                "details": {"name": "d", "group": "apps", "kind": "deployments", "causes": [{"message": why}]},
+            })
+        );
+        // No message, no reason: the expression, and Invalid (422).
+        let e = update(
+            &p,
+            "u",
+            json!({"spec": {"replicas": 1}}),
+            json!({"spec": {"replicas": 2, "paused": true}}),
+        )
+        .unwrap_err();
+        assert_eq!((e.code, e.reason.as_str()), (422, "Invalid"));
+        assert!(
+            e.message.ends_with(
+                "denied request: failed expression: object.spec.?paused == oldObject.spec.?paused"
+            ),
+            "{}",
+            e.message
+        );
+        // An expression that errors denies under failurePolicy Fail...
+        let e = update(
+            &p,
+            "u",
+            json!({"spec": {"replicas": 1}}),
+            json!({"spec": {"replicas": 2}}),
+        )
+        .unwrap_err();
+        assert!(e.message.contains("resulted in error"), "{}", e.message);
+        // ...and is ignored under Ignore.
+        update(
+            &policies("Ignore"),
+            "u",
+            json!({"spec": {"replicas": 1}}),
+            json!({"spec": {"replicas": 2}}),
+        )
+        .unwrap();
+        // A false match condition: not this policy's request.
+        update(
+            &p,
+            "root",
+            json!({"spec": {}}),
+            json!({"spec": {"replicas": 50}}),
+        )
+        .unwrap();
+        // Another resource, or a create: not matched.
+        let segs = [
+            "apis",
+            "apps",
+            "v1",
+            "namespaces",
+            "ns",
+            "statefulsets",
+            "s",
+        ];
+        let a = Attributes::of("PATCH", &segs, &[]).unwrap();
+        let u = User::parse("u").unwrap();
+        p.admit(&u, &a, Some(&json!({})), &json!({"spec": {"replicas": 50}}))
+            .unwrap();
+        let segs = ["apis", "apps", "v1", "namespaces", "ns", "deployments"];
+        let a = Attributes::of("POST", &segs, &[]).unwrap();
+        p.admit(&u, &a, None, &json!({"spec": {"replicas": 50}}))
+            .unwrap();
+    }
+
+    #[test]
+    fn unbound_or_warn_only_policies_deny_nothing_and_unsupported_fields_are_refused() {
+        let warn = POLICY
+            .replace("FAILURE_POLICY", "Fail")
+            .replace("validationActions: [Deny]", "validationActions: [Warn]");
+        let p = Policies::from_objects(&objects(&warn)).unwrap();
+        update(
+            &p,
+            "u",
+            json!({"spec": {"replicas": 1}}),
+            json!({"spec": {"replicas": 9}}),
+        )
+        .unwrap();
+        for (from, to) in [
+            (
+                "failurePolicy: FAILURE_POLICY",
+                "paramKind: {apiVersion: v1, kind: ConfigMap}",
+            ),
+            (
+                "spec: {policyName: replicas,",
+                "spec: {matchResources: {namespaceSelector: {matchLabels: {a: b}}}, policyName: replicas,",
+            ),
+            (
+                "{expression: \"variables.r <= 5\", message: \"at most 5\"",
+                "{expression: \"variables.r <= 5\", messageExpression: \"'x'\"",
+            ),
+            ("variables.r <= 5", "variables.r <="),
+        ] {
+            assert!(POLICY.contains(from), "{from}");
+            let y = POLICY.replace(from, to).replace("FAILURE_POLICY", "Fail");
+            assert!(Policies::from_objects(&objects(&y)).is_err(), "{to}");
+        }
+    }
+}

@@ -210,8 +210,8 @@ impl Attributes {
         if matches!(verb, "list" | "watch")
             && let Some(sel) = param("fieldSelector")
             && let Some(v) = sel
-                .strip_prefix("metadata.name=")
-                .or_else(|| sel.strip_prefix("metadata.name=="))
+                .strip_prefix("metadata.name==")
+                .or_else(|| sel.strip_prefix("metadata.name="))
             && !v.contains(',')
         {
             name = v.to_string();
@@ -696,6 +696,15 @@ subjects: [{kind: User, name: alice}]
             &[("fieldSelector", "metadata.name=s")],
         );
         assert_eq!((a.verb.as_str(), a.name.as_str()), ("list", "s"));
+        for sel in ["metadata.name==s", "metadata.name=s,type=x"] {
+            let a = attrs(
+                "GET",
+                "/api/v1/secrets",
+                &[("fieldSelector", sel), ("watch", "true")],
+            );
+            let want = if sel.contains(',') { "" } else { "s" };
+            assert_eq!((a.verb.as_str(), a.name.as_str()), ("watch", want), "{sel}");
+        }
         let a = attrs("GET", "/api/v1/namespaces/x", &[]);
         assert_eq!(
             (a.resource.as_str(), a.name.as_str(), a.namespace.as_str()),
