@@ -598,6 +598,18 @@ async fn the_admission_policy_lets_the_agent_change_boot_orders_only() {
             "a disk, other than its bootOrder (or the disks' names or order)",
         ),
         (
+            "a disk field this policy never names",
+            JSON_PATCH,
+            json!([{"op": "add", "path": format!("{devices}/disks/0/futureField"), "value": true}]),
+            "a disk, other than its bootOrder (or the disks' names or order)",
+        ),
+        (
+            "a spec field this policy never names",
+            MERGE_PATCH,
+            json!({"spec": {"futureField": {"enabled": true}}}),
+            "the VirtualMachine's spec outside its template, or the template's metadata",
+        ),
+        (
             "a new disk",
             JSON_PATCH,
             json!([{"op": "add", "path": format!("{devices}/disks/-"),
@@ -621,7 +633,8 @@ async fn the_admission_policy_lets_the_agent_change_boot_orders_only() {
             "the memory",
             MERGE_PATCH,
             json!({"spec": {"template": {"spec": {"domain": {"memory": {"guest": "64Gi"}}}}}}),
-            "the domain's resources, CPU, memory, machine, clock, features or firmware (but its bootloader)",
+            "the domain's CPU, memory, resources or other fields outside its devices, or its \
+             firmware other than the bootloader",
         ),
         (
             "another annotation",
