@@ -42,11 +42,7 @@ pub struct Console {
 
 impl Console {
     /// A pair of bounded queues: the `Console` for the SOL side and the backend's ends.
-    pub fn channel() -> (
-        Console,
-        mpsc::Sender<ConsoleEvent>,
-        mpsc::Receiver<ConsoleInput>,
-    ) {
+    pub fn channel() -> (Console, mpsc::Sender<ConsoleEvent>, mpsc::Receiver<ConsoleInput>) {
         let (event_tx, events) = mpsc::channel(QUEUE_DEPTH);
         let (input, input_rx) = mpsc::channel(QUEUE_DEPTH);
         (Console { events, input }, event_tx, input_rx)
