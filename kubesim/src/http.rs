@@ -174,10 +174,10 @@ pub async fn handle(
     .unwrap_or_else(|e| error_response(&e)))
 }
 
-/// Who sent `req` (401 if no one known) and whether RBAC lets them do it (403 if not).
-/// Non-resource paths (discovery, `/version`, health) are open to every authenticated user,
-/// as the bootstrap ClusterRoles `system:discovery` and `system:public-info-viewer` make them.
-/// Returns who asked for what, for the admission policies (None for non-resource paths).
+/// Who sent `req` (401 if no one known) and whether RBAC lets them do it (403 if not); on
+/// success, who asked for what, for the admission policies. Non-resource paths (discovery,
+/// `/version`, health) are open to every authenticated user, as the bootstrap ClusterRoles
+/// `system:discovery` and `system:public-info-viewer` make them (None then).
 fn authorize(
     auth: &crate::rbac::Auth,
     req: &Request<hyper::body::Incoming>,

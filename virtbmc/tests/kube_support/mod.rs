@@ -85,8 +85,8 @@ pub async fn client(sim: &Handle) -> kube::Client {
 }
 
 /// A kubeconfig file holding the agent's token, for the agent binary (`KUBECONFIG`).
-pub fn agent_kubeconfig(sim: &Handle) -> tempfile_path::Path {
-    tempfile_path::Path::write(&sim.kubeconfig_as("virtbmc-system", Some(AGENT_TOKEN)))
+pub fn agent_kubeconfig(sim: &Handle) -> KubeconfigFile {
+    KubeconfigFile::write(&sim.kubeconfig_as("virtbmc-system", Some(AGENT_TOKEN)))
 }
 
 /// Fails if the API server refused any request of the agent's ServiceAccount.
@@ -99,27 +99,25 @@ pub fn assert_agent_never_refused(sim: &Handle) {
     assert!(refused.is_empty(), "the agent was refused: {refused:#?}");
 }
 
-/// A file removed on drop.
-pub mod tempfile_path {
-    pub struct Path(pub std::path::PathBuf);
+/// A kubeconfig file, removed on drop.
+pub struct KubeconfigFile(pub std::path::PathBuf);
 
-    impl Path {
-        pub fn write(contents: &str) -> Path {
-            static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-            let p = std::env::temp_dir().join(format!(
-                "virtbmc-kubeconfig-{}-{}",
-                std::process::id(),
-                N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-            ));
-            std::fs::write(&p, contents).unwrap();
-            Path(p)
-        }
+impl KubeconfigFile {
+    fn write(contents: &str) -> KubeconfigFile {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "virtbmc-kubeconfig-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        std::fs::write(&p, contents).unwrap();
+        KubeconfigFile(p)
     }
+}
 
-    impl Drop for Path {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_file(&self.0);
-        }
+impl Drop for KubeconfigFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
     }
 }
 
