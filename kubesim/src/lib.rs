@@ -3,6 +3,9 @@
 //! KubeVirt: the VM mutating webhook, virt-api's start/stop/restart subresources and a
 //! virt-controller/virt-handler that moves VMIs through their phases.
 //!
+//! With [`Config::auth`] it authenticates bearer tokens, authorizes each request with RBAC
+//! and runs ValidatingAdmissionPolicies on updates (see [`rbac`]).
+//!
 //! It is a fixture: never linked into the agent. It implements what the apiserver, KubeVirt's
 //! subresources and the VirtualMachineBMC resource answer, as their sources define it.
 //!
@@ -74,8 +77,8 @@ pub struct Config {
     /// The controller's resync period when idle (it also wakes on every change and at each
     /// phase deadline).
     pub controller_tick: Duration,
-    /// Bearer tokens and the RBAC objects to enforce; None: no authentication, every request
-    /// allowed.
+    /// Bearer tokens, and the RBAC objects and ValidatingAdmissionPolicies to enforce; None:
+    /// no authentication, every request allowed.
     pub auth: Option<rbac::AuthConfig>,
 }
 

@@ -71,7 +71,8 @@ struct Args {
     #[arg(long = "token", value_name = "TOKEN=USER")]
     tokens: Vec<String>,
     /// A manifest (multi-document YAML) whose Roles, ClusterRoles, RoleBindings and
-    /// ClusterRoleBindings RBAC enforces (repeatable; needs --token).
+    /// ClusterRoleBindings RBAC enforces, and whose ValidatingAdmissionPolicies (with their
+    /// bindings) judge updates (repeatable; needs --token).
     #[arg(long = "rbac", value_name = "FILE", requires = "tokens")]
     rbac: Vec<PathBuf>,
 }
