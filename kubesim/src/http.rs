@@ -42,6 +42,8 @@ pub struct State {
     pub resets: Mutex<std::collections::HashMap<String, u64>>,
     /// The VMIs' serial consoles and their simulated guests.
     pub consoles: crate::console::Consoles,
+    /// Authentication and RBAC; None serves every request (no credentials needed).
+    pub auth: Option<crate::rbac::Auth>,
 }
 
 /// A body fed from a channel: each message is one chunk; an `Err` aborts the connection
@@ -113,6 +115,15 @@ pub async fn handle(
         }
     }
     log::debug!("{method} {uri}");
+    // As in the apiserver's handler chain, authentication and authorization come before
+    // anything the request's handler (or an injected fault) would answer.
+    let who = match &state.auth {
+        Some(auth) => match authorize(auth, &req, &uri) {
+            Ok(who) => who,
+            Err(e) => return Ok(error_response(&e)),
+        },
+        None => None,
+    };
     if let Some(action) = state.faults.take(method.as_str(), &uri) {
         log::info!("fault injected on {method} {uri}: {action:?}");
         match action {
@@ -157,12 +168,51 @@ pub async fn handle(
         Ok(b) => b.to_bytes(),
         Err(e) => return Err(std::io::Error::other(e)),
     };
-    Ok(
-        route(&state, &method, &path, &query, &content_type, &body, table)
-            .await
-            .unwrap_or_else(|e| error_response(&e)),
+    Ok(route(
+        &state,
+        &method,
+        &path,
+        &query,
+        &content_type,
+        &body,
+        table,
+        who.as_ref(),
     )
+    .await
+    .unwrap_or_else(|e| error_response(&e)))
 }
+
+/// Who sent `req` (401 if no one known) and whether RBAC lets them do it (403 if not); on
+/// success, who asked for what, for the admission policies. Non-resource paths (discovery,
+/// `/version`, health) are open to every authenticated user, as the bootstrap ClusterRoles
+/// `system:discovery` and `system:public-info-viewer` make them (None then).
+fn authorize(
+    auth: &crate::rbac::Auth,
+    req: &Request<hyper::body::Incoming>,
+    uri: &str,
+) -> Result<Option<Who>, ApiError> {
+    let header = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let user = auth.authenticate(header)?;
+    let segs: Vec<&str> = req
+        .uri()
+        .path()
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .collect();
+    let query = parse_query(req.uri().query().unwrap_or(""));
+    match crate::rbac::Attributes::of(req.method().as_str(), &segs, &query) {
+        Some(attrs) => auth
+            .authorize(&user, &attrs, req.method().as_str(), uri)
+            .map(|()| Some((user, attrs))),
+        None => Ok(None),
+    }
+}
+
+/// An authenticated request's user and attributes.
+type Who = (crate::rbac::User, crate::rbac::Attributes);
 
 fn q<'a>(query: &'a [(String, String)], k: &str) -> Option<&'a str> {
     query
@@ -172,6 +222,7 @@ fn q<'a>(query: &'a [(String, String)], k: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn route(
     state: &Arc<State>,
     method: &Method,
@@ -180,6 +231,7 @@ async fn route(
     content_type: &str,
     body: &Bytes,
     table: bool,
+    who: Option<&Who>,
 ) -> Result<Response<RespBody>, ApiError> {
     let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     match segs.as_slice() {
@@ -258,6 +310,12 @@ async fn route(
         serde_json::from_slice(body)
             .map_err(|e| ApiError::bad_request(format!("error decoding request body: {e}")))
     };
+    // Updates pass the ValidatingAdmissionPolicies that match them.
+    let admit_update = |old: &Value, new: &Value| match (&state.auth, who) {
+        (Some(auth), Some((user, attrs))) => auth.policies.admit(user, attrs, Some(old), new),
+        _ => Ok(()),
+    };
+    let admit: crate::store::Admit<'_> = Some(&admit_update);
 
     match (method, name) {
         (&Method::GET, None) => {
@@ -310,8 +368,15 @@ async fn route(
                 .ok_or_else(|| ApiError::not_found(kind.info(), name))
         }
         (&Method::PUT, Some(name)) => {
-            let (obj, created) =
-                store.replace(kind, ns.unwrap_or(""), name, parse_body()?, target, dry_run)?;
+            let (obj, created) = store.replace_admitted(
+                kind,
+                ns.unwrap_or(""),
+                name,
+                parse_body()?,
+                target,
+                dry_run,
+                admit,
+            )?;
             Ok(json_response(if created { 201 } else { 200 }, &obj))
         }
         (&Method::PATCH, Some(name)) => {
@@ -329,7 +394,7 @@ async fn route(
                 }
             };
             let fm = q(query, "fieldManager");
-            let (obj, created) = store.patch(
+            let (obj, created) = store.patch_admitted(
                 kind,
                 ns.unwrap_or(""),
                 name,
@@ -338,6 +403,7 @@ async fn route(
                 target,
                 fm,
                 dry_run,
+                admit,
             )?;
             Ok(json_response(if created { 201 } else { 200 }, &obj))
         }

@@ -3,6 +3,9 @@
 //! KubeVirt: the VM mutating webhook, virt-api's start/stop/restart subresources and a
 //! virt-controller/virt-handler that moves VMIs through their phases.
 //!
+//! With [`Config::auth`] it authenticates bearer tokens, authorizes each request with RBAC
+//! and runs ValidatingAdmissionPolicies on updates (see [`rbac`]).
+//!
 //! It is a fixture: never linked into the agent. It implements what the apiserver, KubeVirt's
 //! subresources and the VirtualMachineBMC resource answer, as their sources define it.
 //!
@@ -17,6 +20,7 @@
 //! # Ok(()) }
 //! ```
 
+mod admission;
 mod console;
 mod controller;
 mod endpointslices;
@@ -25,6 +29,7 @@ mod http;
 mod kinds;
 mod kubevirt;
 mod pods;
+pub mod rbac;
 mod selectors;
 mod status;
 mod store;
@@ -73,6 +78,9 @@ pub struct Config {
     /// The controller's resync period when idle (it also wakes on every change and at each
     /// phase deadline).
     pub controller_tick: Duration,
+    /// Bearer tokens, and the RBAC objects and ValidatingAdmissionPolicies to enforce; None:
+    /// no authentication, every request allowed.
+    pub auth: Option<rbac::AuthConfig>,
 }
 
 impl Default for Config {
@@ -88,6 +96,7 @@ impl Default for Config {
             cleanup_delay: Duration::from_millis(100),
             node_name: "node1".into(),
             controller_tick: Duration::from_secs(2),
+            auth: None,
         }
     }
 }
@@ -114,6 +123,10 @@ impl Server {
             stop: stop_rx.clone(),
             resets: Mutex::new(Default::default()),
             consoles: Default::default(),
+            auth: match &cfg.auth {
+                Some(a) => Some(rbac::Auth::new(a).map_err(std::io::Error::other)?),
+                None => None,
+            },
         });
         let accept_state = state.clone();
         let accept_stop = stop_rx.clone();
@@ -178,6 +191,30 @@ impl Drop for Handle {
     }
 }
 
+/// What RBAC refused on one server, readable while it runs (cheap to clone).
+#[derive(Clone)]
+pub struct Audit(Arc<http::State>);
+
+impl Audit {
+    /// Every request RBAC refused so far (none without [`Config::auth`]).
+    pub fn denials(&self) -> Vec<rbac::Denial> {
+        self.0
+            .auth
+            .as_ref()
+            .map(|a| a.denials())
+            .unwrap_or_default()
+    }
+
+    /// The grants of the policy that allowed at least one request of `user`.
+    pub fn used_grants(&self, user: &str) -> std::collections::BTreeSet<rbac::Grant> {
+        self.0
+            .auth
+            .as_ref()
+            .map(|a| a.used_by(user))
+            .unwrap_or_default()
+    }
+}
+
 /// A realistic VirtualMachine manifest: one containerDisk (bootOrder 1), one masquerade
 /// interface, labels `kubevirt.io/vm: <name>` on the template.
 pub fn vm_manifest(name: &str, run_strategy: &str) -> Value {
@@ -220,9 +257,19 @@ impl Handle {
 
     /// A kubeconfig (YAML) pointing at this server, no credentials, default `namespace`.
     pub fn kubeconfig(&self, namespace: &str) -> String {
+        self.kubeconfig_as(namespace, None)
+    }
+
+    /// A kubeconfig (YAML) pointing at this server, default `namespace`, authenticating
+    /// with this bearer token (None: no credentials).
+    pub fn kubeconfig_as(&self, namespace: &str, token: Option<&str>) -> String {
+        let user = match token {
+            Some(t) => format!("\n    token: {t}"),
+            None => " {}".into(),
+        };
         format!(
             "apiVersion: v1\nkind: Config\nclusters:\n- name: kubesim\n  cluster:\n    server: {}\n\
-             users:\n- name: kubesim\n  user: {{}}\ncontexts:\n- name: kubesim\n  context:\n    cluster: kubesim\n    \
+             users:\n- name: kubesim\n  user:{user}\ncontexts:\n- name: kubesim\n  context:\n    cluster: kubesim\n    \
              user: kubesim\n    namespace: {namespace}\ncurrent-context: kubesim\n",
             self.url()
         )
@@ -458,6 +505,33 @@ impl Handle {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clear();
+    }
+
+    /// Every request RBAC refused so far (none without [`Config::auth`]).
+    pub fn denials(&self) -> Vec<rbac::Denial> {
+        self.audit().denials()
+    }
+
+    /// A handle on what RBAC refused, to keep beside a client of this server.
+    pub fn audit(&self) -> Audit {
+        Audit(self.state.clone())
+    }
+
+    /// The grants of the policy that allowed at least one request of `user`.
+    pub fn used_grants(&self, user: &str) -> std::collections::BTreeSet<rbac::Grant> {
+        self.audit().used_grants(user)
+    }
+
+    /// The grants the policy gives `user` (`NAME[,GROUP...]`) that no request of theirs used.
+    pub fn unused_grants(&self, user: &str) -> Vec<rbac::Grant> {
+        let (Some(auth), Some(u)) = (&self.state.auth, rbac::User::parse(user)) else {
+            return vec![];
+        };
+        let used = auth.used_by(&u.name);
+        auth.grants_of(&u)
+            .into_iter()
+            .filter(|g| !used.contains(g))
+            .collect()
     }
 
     /// Stop serving: the listener, every connection and watch, and the controller.

@@ -57,6 +57,24 @@ struct Args {
     /// Write a kubeconfig for this server here (for KUBECONFIG=... kubectl or the agent).
     #[arg(long)]
     kubeconfig: Option<PathBuf>,
+    /// The bearer token the --kubeconfig file authenticates with.
+    #[arg(long, value_name = "TOKEN")]
+    kubeconfig_token: Option<String>,
+    /// The --kubeconfig file's default namespace (default: --namespace), e.g. the agent's
+    /// own, where its Lease goes.
+    #[arg(long, value_name = "NAMESPACE")]
+    kubeconfig_namespace: Option<String>,
+    /// A bearer token and the user it authenticates: `TOKEN=NAME[,GROUP...]` (repeatable),
+    /// e.g. `t1=system:serviceaccount:virtbmc-system:virtbmc` or
+    /// `t0=kubernetes-admin,system:masters` (that group is never refused). With any token,
+    /// every request needs a known one (401) and RBAC decides what it may do (403).
+    #[arg(long = "token", value_name = "TOKEN=USER")]
+    tokens: Vec<String>,
+    /// A manifest (multi-document YAML) whose Roles, ClusterRoles, RoleBindings and
+    /// ClusterRoleBindings RBAC enforces, and whose ValidatingAdmissionPolicies (with their
+    /// bindings) judge updates (repeatable; needs --token).
+    #[arg(long = "rbac", value_name = "FILE", requires = "tokens")]
+    rbac: Vec<PathBuf>,
 }
 
 fn parse_range(s: &str) -> Option<(Duration, Duration)> {
@@ -73,7 +91,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
     let phase_delay =
         parse_range(&args.phase_delay_ms).ok_or("--phase-delay-ms: expected MIN-MAX in ms")?;
+    let auth = if args.tokens.is_empty() {
+        None
+    } else {
+        let mut a = kubesim::rbac::AuthConfig::default();
+        for t in &args.tokens {
+            a.add_token(t).map_err(|e| format!("--token {e}"))?;
+        }
+        for f in &args.rbac {
+            a.add_manifest_file(f).map_err(|e| format!("--rbac {e}"))?;
+        }
+        Some(a)
+    };
     let cfg = kubesim::Config {
+        auth,
         phase_delay,
         stop_delay: Duration::from_millis(args.stop_delay_ms),
         node_name: args.node_name.clone(),
@@ -128,7 +159,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     if let Some(f) = &args.kubeconfig {
-        let kc = sim.kubeconfig(&args.namespace);
+        let ns = args
+            .kubeconfig_namespace
+            .as_ref()
+            .unwrap_or(&args.namespace);
+        let kc = sim.kubeconfig_as(ns, args.kubeconfig_token.as_deref());
         std::fs::write(f, kc)?;
     }
     if let Some(f) = &args.url_file {

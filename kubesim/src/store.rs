@@ -49,6 +49,9 @@ pub enum Target {
     Status,
 }
 
+/// A validating admission check of an update: the stored object, then the new one.
+pub type Admit<'a> = Option<&'a dyn Fn(&Value, &Value) -> Result<(), ApiError>>;
+
 /// The patch content types (`Content-Type` of a PATCH).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PatchType {
@@ -308,6 +311,51 @@ impl Store {
 
     // ---- writes -------------------------------------------------------------------------
 
+    /// PUT on the object or its status, with `admit` (validating admission) shown the old
+    /// and the new object before an update of the object (not its status) is stored.
+    #[allow(clippy::too_many_arguments)]
+    pub fn replace_admitted(
+        &self,
+        kind: Kind,
+        ns: &str,
+        name: &str,
+        obj: Value,
+        target: Target,
+        dry_run: bool,
+        admit: Admit<'_>,
+    ) -> Result<(Value, bool), ApiError> {
+        self.write(|g| g.replace(kind, ns, name, obj, target, dry_run, admit))
+    }
+
+    /// PATCH, with `admit` as for [`Store::replace_admitted`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn patch_admitted(
+        &self,
+        kind: Kind,
+        ns: &str,
+        name: &str,
+        ptype: PatchType,
+        body: &[u8],
+        target: Target,
+        field_manager: Option<&str>,
+        dry_run: bool,
+        admit: Admit<'_>,
+    ) -> Result<(Value, bool), ApiError> {
+        self.write(|g| {
+            g.patch(
+                kind,
+                ns,
+                name,
+                ptype,
+                body,
+                target,
+                field_manager,
+                dry_run,
+                admit,
+            )
+        })
+    }
+
     /// POST: create with the defaults the apiserver and KubeVirt's webhooks add.
     pub fn create(
         &self,
@@ -329,7 +377,7 @@ impl Store {
         target: Target,
         dry_run: bool,
     ) -> Result<(Value, bool), ApiError> {
-        self.write(|g| g.replace(kind, ns, name, obj, target, dry_run))
+        self.write(|g| g.replace(kind, ns, name, obj, target, dry_run, None))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -344,7 +392,19 @@ impl Store {
         field_manager: Option<&str>,
         dry_run: bool,
     ) -> Result<(Value, bool), ApiError> {
-        self.write(|g| g.patch(kind, ns, name, ptype, body, target, field_manager, dry_run))
+        self.write(|g| {
+            g.patch(
+                kind,
+                ns,
+                name,
+                ptype,
+                body,
+                target,
+                field_manager,
+                dry_run,
+                None,
+            )
+        })
     }
 
     pub fn delete(
@@ -695,6 +755,7 @@ impl Inner {
         mut new: Value,
         target: Target,
         dry_run: bool,
+        admit: Admit<'_>,
     ) -> Result<Value, ApiError> {
         let info = kind.info();
         let name = name_of(old).to_string();
@@ -736,6 +797,10 @@ impl Inner {
             self.normalize(kind, &mut new);
             Self::validate(kind, &new)?;
             Self::validate_update(kind, old, &new)?;
+            // Validating admission comes last, after the object's own validation.
+            if let Some(admit) = admit {
+                admit(old, &new)?;
+            }
         }
         Ok(self
             .commit_update(info, old, new.clone(), dry_run)
@@ -751,6 +816,7 @@ impl Inner {
             .cloned()
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn replace(
         &mut self,
         kind: Kind,
@@ -759,6 +825,7 @@ impl Inner {
         mut obj: Value,
         target: Target,
         dry_run: bool,
+        admit: Admit<'_>,
     ) -> Result<(Value, bool), ApiError> {
         let info = kind.info();
         if target == Target::Status && !info.status_subresource {
@@ -788,7 +855,7 @@ impl Inner {
             }
             return Err(ApiError::not_found(info, name));
         };
-        self.update_checked(kind, &old, obj, target, dry_run)
+        self.update_checked(kind, &old, obj, target, dry_run, admit)
             .map(|o| (o, false))
     }
 
@@ -803,6 +870,7 @@ impl Inner {
         target: Target,
         field_manager: Option<&str>,
         dry_run: bool,
+        admit: Admit<'_>,
     ) -> Result<(Value, bool), ApiError> {
         let info = kind.info();
         if target == Target::Status && !info.status_subresource {
@@ -864,7 +932,7 @@ impl Inner {
         if rv_of(&new).is_none() {
             new["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"].clone();
         }
-        self.update_checked(kind, &old, new, target, dry_run)
+        self.update_checked(kind, &old, new, target, dry_run, admit)
             .map(|o| (o, false))
     }
 

@@ -100,6 +100,8 @@ fn manifests_validate_strictly_against_the_kubernetes_schemas() {
         "networkpolicy/virtbmc",
         "clusterrole/virtbmc-agent",
         "clusterrole/virtbmc-agent-label-mode",
+        "validatingadmissionpolicy/virtbmc-agent-boot-orders-only",
+        "validatingadmissionpolicybinding/virtbmc-agent-boot-orders-only",
         "secret/testvm-bmc-auth",
     ] {
         assert!(

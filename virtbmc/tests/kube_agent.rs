@@ -806,10 +806,13 @@ async fn the_agent_binary_in_cluster_mode() {
         .local_addr()
         .unwrap()
         .port();
+    // As in a pod: the ServiceAccount's token, and its namespace as the client's default.
+    let kubeconfig = agent_kubeconfig(&sim);
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_virtbmc"))
+        .env("KUBECONFIG", &kubeconfig.0)
+        .env_remove("POD_NAMESPACE")
         .args([
-            "--kube-url",
-            &sim.url(),
+            "--kube",
             "--listen",
             "127.0.0.1",
             "--port-range",
@@ -839,7 +842,10 @@ async fn the_agent_binary_in_cluster_mode() {
         .unwrap()
         .unwrap();
     assert!(status.success(), "{status}");
-    let lease = sim.get(Kind::Lease, "default", "virtbmc-leader").unwrap();
+    assert_agent_never_refused(&sim);
+    let lease = sim
+        .get(Kind::Lease, "virtbmc-system", "virtbmc-leader")
+        .unwrap();
     assert!(
         lease["spec"]["holderIdentity"].is_null(),
         "released on shutdown: {lease}"
@@ -1036,7 +1042,16 @@ async fn endpoint_slices_route_each_service_to_the_agent_pods() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn label_mode_serves_selected_vms_without_the_crd() {
     use virtbmc::cluster::labeled::{BOOT_ANNOTATION, LabelMode, PORT_ANNOTATION};
-    let sim = sim().await;
+    // The label mode's own least-privilege manifest.
+    let sim = kubesim::Server::start_with(
+        "127.0.0.1:0".parse().unwrap(),
+        kubesim::Config {
+            auth: Some(policy(LABEL_MODE_MANIFESTS)),
+            ..fast()
+        },
+    )
+    .await
+    .unwrap();
     // No CRD: any request for VirtualMachineBMCs would fail (and fail this test below).
     sim.inject(
         Fault::on("*", "virtualmachinebmcs")
@@ -1057,19 +1072,28 @@ async fn label_mode_serves_selected_vms_without_the_crd() {
     }
     sim.seed_secret(
         "virtbmc-system",
-        "creds",
+        "virtbmc-credentials",
         &[("username", "admin"), ("password", "password")],
     );
     // A Secret of the same name in the VMs' namespace is not the one.
-    sim.seed_secret(NS, "creds", &[("username", "admin"), ("password", "other")]);
+    sim.seed_secret(
+        NS,
+        "virtbmc-credentials",
+        &[("username", "admin"), ("password", "other")],
+    );
     let mut opts = virtbmc::cluster::ClusterOptions::new(
         "agent-l",
         "virtbmc-system",
         virtbmc::engine::config::BmcConfig::new(vec![]),
     );
     opts.port_range = 31120..=31129;
-    opts.labels =
-        Some(LabelMode::new("bmc.kubevirt.io/enabled=true", "virtbmc-system/creds").unwrap());
+    opts.labels = Some(
+        LabelMode::new(
+            "bmc.kubevirt.io/enabled=true",
+            "virtbmc-system/virtbmc-credentials",
+        )
+        .unwrap(),
+    );
     let agent = Agent::start_with(&sim, opts, std::net::Ipv4Addr::LOCALHOST).await;
 
     let web = agent.wait_served("default/web").await;
@@ -1143,7 +1167,7 @@ async fn label_mode_serves_selected_vms_without_the_crd() {
 
     // A changed password in the one Secret applies to every BMC's next session.
     let data = json!({"data": {"password": serde_json::to_value(k8s_openapi::ByteString(b"n3w-pass".to_vec())).unwrap()}});
-    sim.merge_patch(Kind::Secret, "virtbmc-system", "creds", data)
+    sim.merge_patch(Kind::Secret, "virtbmc-system", "virtbmc-credentials", data)
         .unwrap();
     until_login(web, "admin", "n3w-pass").await;
     until_login(db, "admin", "n3w-pass").await;

@@ -201,6 +201,11 @@ async fn another_client_displaces_the_console() {
         "Sec-WebSocket-Protocol",
         "plain.kubevirt.io".parse().unwrap(),
     );
+    // A person with their own credentials, as `virtctl console` would be.
+    req.headers_mut().insert(
+        "Authorization",
+        format!("Bearer {ADMIN_TOKEN}").parse().unwrap(),
+    );
     let tcp = TcpStream::connect(sim.addr()).await.unwrap();
     let (mut person, _) = tokio_tungstenite::client_async(req, tcp).await.unwrap();
 
@@ -325,7 +330,7 @@ async fn connect_checks_the_answer() {
     )
     .await
     .unwrap();
-    let c = client(&sim);
+    let c = client(&sim).await;
     match connect(&c, NS, "vm1").await {
         Err(ConnectError::Refused { code: 404, .. }) => {}
         other => panic!("{other:?}"),

@@ -66,7 +66,7 @@ async fn perform(agent: &Agent, action: Action, deadline: Duration) -> Result<()
 /// Holds the Lease as another agent would, renewing it, so the agents under test never
 /// lead: what they finish, they finish without the leader. Abort to let the Lease lapse.
 async fn hold_lease(sim: &kubesim::Handle) -> JoinHandle<()> {
-    let api: Api<Lease> = Api::namespaced(client(sim), "virtbmc-system");
+    let api: Api<Lease> = Api::namespaced(client_as(sim, ADMIN_TOKEN).await, "virtbmc-system");
     let first = renew(&api, 0).await;
     assert!(first, "lease held");
     tokio::spawn(async move {
@@ -101,7 +101,11 @@ async fn reboot(sim: &kubesim::Handle) {
     ))
     .replace_subresource("restart", VM, &PostParams::default(), b"{}".to_vec())
     .unwrap();
-    client(sim).request_text(req).await.unwrap();
+    client_as(sim, ADMIN_TOKEN)
+        .await
+        .request_text(req)
+        .await
+        .unwrap();
     until("the VM rebooted", || {
         sim.vmi_uid(NS, VM)
             .is_some_and(|u| Some(&u) != before.as_ref())

@@ -3,7 +3,8 @@
 //! In namespace `virtbmc-demo`: kubesim (the test API server with its simulated
 //! virt-controller) on the namespace's loopback, with three VirtualMachines of different
 //! runStrategies, each with a Secret (admin/password) and a VirtualMachineBMC, and a Pod that
-//! stands for the agent; the agent (`--kube-url`) serving them on the veth's address with XDP
+//! stands for the agent; the agent (`--kube`, a kubeconfig with its ServiceAccount's token, the
+//! shipped RBAC and admission policy enforced) serving them on the veth's address with XDP
 //! attached to it. From `virtbmc-demo-client`, real ipmitool commands against the ports the
 //! elected agent wrote into the BMCs' status; between them, views of the cluster read from
 //! kubesim's API with curl (no kubectl needed): VMs, VMIs and their phases, BMCs, Services
@@ -33,6 +34,13 @@ const PORTS: &str = "6230-6239";
 /// Once start their VM at once; Once refuses restarts.
 const STRATEGIES: &str = "Halted,Always,Once";
 const VMS: usize = 3;
+/// The agent's ServiceAccount, as manifests/rbac.yaml binds it, and its bearer token.
+const AGENT_USER: &str = "system:serviceaccount:virtbmc-system:virtbmc";
+const AGENT_TOKEN: &str = "demo-agent";
+/// A cluster-admin token: the views below read the cluster with it.
+const ADMIN_TOKEN: &str = "demo-admin";
+/// The agent's namespace: its Lease and its Pod.
+const AGENT_NS: &str = "virtbmc-system";
 /// Upper bound for anything the cluster does on its own (allocation, a VMI's phases).
 const SETTLE: Duration = Duration::from_secs(30);
 
@@ -48,6 +56,27 @@ pub fn run() -> Result<(), String> {
     std::fs::write(&seed.0, agent_pod(&bmc_ip))
         .map_err(|e| format!("{}: {e}", seed.0.display()))?;
     let seed_arg = seed.0.to_str().ok_or("temporary folder is not UTF-8")?;
+    // What the pod's mounted ServiceAccount token gives a real agent.
+    let kubeconfig = TempFile::new("kubeconfig");
+    std::fs::write(
+        &kubeconfig.0,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: kubesim\n  cluster:\n    server: {API}\n\
+             users:\n- name: virtbmc\n  user:\n    token: {AGENT_TOKEN}\ncontexts:\n- name: virtbmc\n  \
+             context:\n    cluster: kubesim\n    user: virtbmc\n    namespace: {AGENT_NS}\n\
+             current-context: virtbmc\n"
+        ),
+    )
+    .map_err(|e| format!("{}: {e}", kubeconfig.0.display()))?;
+    let kubeconfig_arg = kubeconfig
+        .0
+        .to_str()
+        .ok_or("temporary folder is not UTF-8")?;
+    let manifests = crate::ebpf::workspace_root().join("manifests");
+    let rbac = manifests.join("rbac.yaml");
+    let policy = manifests.join("admission-policy.yaml");
+    let agent_token = format!("{AGENT_TOKEN}={AGENT_USER}");
+    let admin_token = format!("{ADMIN_TOKEN}=kubernetes-admin,system:masters");
     let vms = VMS.to_string();
     let sim = Daemon::start(
         "kubesim",
@@ -66,15 +95,23 @@ pub fn run() -> Result<(), String> {
             "300-700",
             "--stop-delay-ms",
             "1000",
+            "--token",
+            &agent_token,
+            "--token",
+            &admin_token,
+            "--rbac",
+            rbac.to_str().ok_or("manifests path is not UTF-8")?,
+            "--rbac",
+            policy.to_str().ok_or("manifests path is not UTF-8")?,
         ],
+        &[],
     )?;
     let object = object.to_str().ok_or("object path is not UTF-8")?;
     let agent = Daemon::start(
         "agent",
         &agent,
         &[
-            "--kube-url",
-            API,
+            "--kube",
             "--listen",
             &bmc_ip,
             "--port-range",
@@ -90,11 +127,13 @@ pub fn run() -> Result<(), String> {
             "--bpf-pin-dir",
             PIN_DIR,
         ],
+        &[("KUBECONFIG", kubeconfig_arg)],
     )?;
     let mut demo = Demo {
         agent,
         sim,
         _seed: seed,
+        _kubeconfig: kubeconfig,
         bmc_ip,
         ports: Vec::new(),
         steps: Steps::default(),
@@ -141,7 +180,8 @@ impl Drop for TempFile {
 fn agent_pod(ip: &str) -> String {
     format!(
         r#"[{{"apiVersion": "v1", "kind": "Pod",
-  "metadata": {{"name": "virtbmc-node1", "labels": {{"app.kubernetes.io/name": "virtbmc"}}}},
+  "metadata": {{"name": "virtbmc-node1", "namespace": "{AGENT_NS}",
+               "labels": {{"app.kubernetes.io/name": "virtbmc"}}}},
   "spec": {{"nodeName": "node1", "containers": [{{"name": "virtbmc", "image": "virtbmc"}}]}},
   "status": {{"phase": "Running", "podIP": "{ip}", "podIPs": [{{"ip": "{ip}"}}],
              "conditions": [{{"type": "Ready", "status": "True"}}]}}}}]"#
@@ -158,7 +198,12 @@ struct Daemon {
 }
 
 impl Daemon {
-    fn start(name: &'static str, bin: &std::path::Path, args: &[&str]) -> Result<Daemon, String> {
+    fn start(
+        name: &'static str,
+        bin: &std::path::Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Daemon, String> {
         let log = TempFile::new(&format!("{name}.log"));
         let file = File::create(&log.0).map_err(|e| format!("{}: {e}", log.0.display()))?;
         let bin = bin.to_str().ok_or("binary path is not UTF-8")?;
@@ -173,6 +218,7 @@ impl Daemon {
         if std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "info");
         }
+        cmd.envs(env.iter().copied());
         let cmdline = format!("ip netns exec {BMC_NS} {}", argv.join(" "));
         let child = cmd.spawn().map_err(|e| format!("{cmdline}: {e}"))?;
         Ok(Daemon {
@@ -221,9 +267,26 @@ fn curl(url: &str) -> Result<String, String> {
     NetnsPair::curl(BMC_NS, url)
 }
 
+/// `GET path` of kubesim's API as the cluster admin.
+fn api_get(path: &str) -> Result<String, String> {
+    let url = format!("{API}{path}");
+    let auth = format!("Authorization: Bearer {ADMIN_TOKEN}");
+    let out = NetnsPair::exec(BMC_NS, &["curl", "-sS", "-f", "-m", "5", "-H", &auth, &url])
+        .output()
+        .map_err(|e| format!("curl: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "GET {url}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
 /// The objects of a list path of kubesim's API.
 fn list(path: &str) -> Result<Vec<Json>, String> {
-    let body = curl(&format!("{API}{path}"))?;
+    let body = api_get(path)?;
     Ok(Json::parse(&body)?.at("items").items().to_vec())
 }
 
@@ -237,7 +300,8 @@ enum Cell {
     With(fn(&Json) -> String),
 }
 
-/// A view of one resource (in namespace `default`, where kubesim puts everything): the list
+/// A view of one resource (in namespace `default`, where kubesim puts the VMs, or the agent's
+/// namespace for its Pod and Lease): the list
 /// path and the columns printed, as `kubectl get` would.
 struct View {
     path: &'static str,
@@ -316,7 +380,7 @@ const SLICES_VIEW: View = View {
 };
 
 const PODS_VIEW: View = View {
-    path: "/api/v1/namespaces/default/pods",
+    path: "/api/v1/namespaces/virtbmc-system/pods",
     columns: &[
         ("NAME", Cell::At("metadata.name")),
         ("PHASE", Cell::At("status.phase")),
@@ -327,7 +391,7 @@ const PODS_VIEW: View = View {
 };
 
 const LEASES_VIEW: View = View {
-    path: "/apis/coordination.k8s.io/v1/namespaces/default/leases",
+    path: "/apis/coordination.k8s.io/v1/namespaces/virtbmc-system/leases",
     columns: &[
         ("NAME", Cell::At("metadata.name")),
         ("HOLDER", Cell::At("spec.holderIdentity")),
@@ -409,7 +473,7 @@ fn boot_order(vm: &Json) -> String {
 /// Prints the view's rows as an aligned table, and the request it came from.
 fn show(view: &View) {
     println!(
-        "$ curl -s {API}{}   (in namespace {BMC_NS}; as a table)",
+        "$ curl -s -H 'Authorization: Bearer {ADMIN_TOKEN}' {API}{}   (in namespace {BMC_NS}; as a table)",
         view.path
     );
     let items = match list(view.path) {
@@ -444,6 +508,7 @@ struct Demo {
     agent: Daemon,
     sim: Daemon,
     _seed: TempFile,
+    _kubeconfig: TempFile,
     bmc_ip: String,
     /// VM name -> the BMC port the elected agent wrote into its VirtualMachineBMC.
     ports: Vec<(String, u16)>,

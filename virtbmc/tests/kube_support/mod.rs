@@ -7,6 +7,7 @@ use std::ops::RangeInclusive;
 use std::sync::Arc;
 use std::time::Duration;
 
+use kubesim::rbac::AuthConfig;
 use kubesim::{Config, Handle, Kind, Server};
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
@@ -18,12 +19,43 @@ use virtbmc::engine::config::BmcConfig;
 pub const NS: &str = "default";
 pub const T: Duration = Duration::from_secs(15);
 
+/// The agent's ServiceAccount, as the shipped manifests bind it.
+pub const AGENT_USER: &str = "system:serviceaccount:virtbmc-system:virtbmc";
+/// The bearer token of [`AGENT_USER`]: every agent of these tests authenticates with it.
+pub const AGENT_TOKEN: &str = "agent-sa-token";
+/// A cluster-admin token, for a test's own requests over HTTP.
+pub const ADMIN_TOKEN: &str = "admin-token";
+
+/// Tokens for the agent and an admin, and the RBAC objects of these manifests (paths under
+/// the repository's `manifests/`) enforced.
+pub fn policy(manifests: &[&str]) -> AuthConfig {
+    let mut auth = AuthConfig::default();
+    auth.add_token(&format!("{AGENT_TOKEN}={AGENT_USER}"))
+        .unwrap();
+    auth.add_token(&format!("{ADMIN_TOKEN}=kubernetes-admin,system:masters"))
+        .unwrap();
+    for m in manifests {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../manifests")
+            .join(m);
+        auth.add_manifest_file(&path).unwrap();
+    }
+    auth
+}
+
+/// The agent's manifests: its RBAC and the admission policy fencing its VM patches.
+pub const AGENT_MANIFESTS: &[&str] = &["rbac.yaml", "admission-policy.yaml"];
+/// The same in label mode.
+pub const LABEL_MODE_MANIFESTS: &[&str] = &["label-mode/rbac.yaml", "admission-policy.yaml"];
+
+/// Fast phases, and the shipped RBAC and admission policy enforced on the agent's token.
 pub fn fast() -> Config {
     Config {
         bookmark_interval: Duration::from_millis(200),
         phase_delay: (Duration::from_millis(20), Duration::from_millis(60)),
         stop_delay: Duration::from_millis(100),
         cleanup_delay: Duration::from_millis(50),
+        auth: Some(policy(AGENT_MANIFESTS)),
         ..Config::default()
     }
 }
@@ -34,11 +66,59 @@ pub async fn sim() -> Handle {
         .unwrap()
 }
 
-pub fn client(sim: &Handle) -> kube::Client {
-    let mut kc = kube::Config::new(sim.url().parse().unwrap());
+/// A client as the agent's: from a kubeconfig holding this bearer token.
+pub async fn client_as(sim: &Handle, token: &str) -> kube::Client {
+    let kubeconfig =
+        kube::config::Kubeconfig::from_yaml(&sim.kubeconfig_as("virtbmc-system", Some(token)))
+            .unwrap();
+    let mut kc = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .unwrap();
     // Injected 5xx must reach the agent, not be retried by the client.
     kc.default_retry = false;
     kube::Client::try_from(kc).unwrap()
+}
+
+/// The agent's client: its ServiceAccount's token.
+pub async fn client(sim: &Handle) -> kube::Client {
+    client_as(sim, AGENT_TOKEN).await
+}
+
+/// A kubeconfig file holding the agent's token, for the agent binary (`KUBECONFIG`).
+pub fn agent_kubeconfig(sim: &Handle) -> KubeconfigFile {
+    KubeconfigFile::write(&sim.kubeconfig_as("virtbmc-system", Some(AGENT_TOKEN)))
+}
+
+/// Fails if the API server refused any request of the agent's ServiceAccount.
+pub fn assert_agent_never_refused(sim: &Handle) {
+    let refused: Vec<_> = sim
+        .denials()
+        .into_iter()
+        .filter(|d| d.user == AGENT_USER)
+        .collect();
+    assert!(refused.is_empty(), "the agent was refused: {refused:#?}");
+}
+
+/// A kubeconfig file, removed on drop.
+pub struct KubeconfigFile(pub std::path::PathBuf);
+
+impl KubeconfigFile {
+    fn write(contents: &str) -> KubeconfigFile {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "virtbmc-kubeconfig-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        std::fs::write(&p, contents).unwrap();
+        KubeconfigFile(p)
+    }
+}
+
+impl Drop for KubeconfigFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 /// One agent in-process: what `virtbmc --kube` runs, bound on 127.0.0.1.
@@ -46,6 +126,8 @@ pub struct Agent {
     pub backend: KubeBackend,
     pub registry: Arc<Registry>,
     tasks: Vec<JoinHandle<()>>,
+    /// What the API server refused: none may be the agent's (checked when it stops).
+    audit: kubesim::Audit,
 }
 
 impl Agent {
@@ -81,7 +163,7 @@ impl Agent {
         // Short, so a new agent takes over quickly; long enough that a loaded machine still renews.
         opts.lease_duration = Duration::from_secs(2);
         let metrics = Arc::new(Metrics::default());
-        let (backend, writers) = KubeBackend::new(client(sim), opts, metrics.clone());
+        let (backend, writers) = KubeBackend::new(client(sim).await, opts, metrics.clone());
         let registry = Arc::new(Registry::new(
             IpAddr::V4(ip),
             Arc::new(backend.clone()),
@@ -94,6 +176,7 @@ impl Agent {
             backend,
             registry,
             tasks,
+            audit: sim.audit(),
         }
     }
 
@@ -177,6 +260,26 @@ impl Drop for Agent {
         self.backend.shared.abort_work();
         for (_, p) in self.registry.list() {
             self.registry.remove(p);
+        }
+        if let Ok(f) = std::env::var("TMP_RBAC_DUMP") {
+            use std::io::Write;
+            let mut o = std::fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .open(f)
+                .unwrap();
+            for g in self.audit.used_grants(AGENT_USER) {
+                writeln!(o, "{g}").unwrap();
+            }
+        }
+        if !std::thread::panicking() {
+            let refused: Vec<_> = self
+                .audit
+                .denials()
+                .into_iter()
+                .filter(|d| d.user == AGENT_USER)
+                .collect();
+            assert!(refused.is_empty(), "the agent was refused: {refused:#?}");
         }
     }
 }
