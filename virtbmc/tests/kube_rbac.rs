@@ -1,8 +1,8 @@
 //! The shipped RBAC manifests against the agent's whole job: kubesim enforces them on the
 //! agent's ServiceAccount token as the apiserver would, the agent does everything it does
 //! (serve, power, boot overrides, the serial console, Events, Services and EndpointSlices,
-//! the Lease, deletion), and then every grant of the manifest must have allowed some request and no request of
-//! the agent may have been refused. Plus what the identity must not be able to do.
+//! the Lease, deletion), and then every grant of the manifest must have allowed some request
+//! and no request of the agent may have been refused. Plus what the identity must not be able to do.
 
 mod kube_support;
 
