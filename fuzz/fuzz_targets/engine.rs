@@ -21,6 +21,7 @@ use virtbmc::wire::challenge::{
 use virtbmc::wire::lanplus::{LanPlusPacket, PAYLOAD_OPEN_SESSION_RSP};
 use virtbmc::wire::message::Response;
 use virtbmc::wire::rakp::{OpenSessionRequest, OpenSessionResponse, Rakp1, Rakp2, Rakp3, Rakp4};
+use virtbmc::wire::sol::SolPacket;
 use virtbmc::wire::{lan15::Lan15Packet, message::Request, rmcp::RmcpHeader};
 
 const SID: &[u8] = b"SIDX";
@@ -88,8 +89,13 @@ fuzz_target!(|data: &[u8]| {
                 assert!(r.len() <= d.len().max(64) + 64);
                 learn(&r, &mut sid, &mut challenge);
             }
-            Output::Drop(_) => {}
+            Output::Drop(_) | Output::Absorbed => {}
         }
+        // A SOL instance, if the input activated one, gets guest output and sends it.
+        let _ = SolPacket::parse(&d);
+        let _ = bmc.sol_from_guest(now, datagram);
+        while bmc.poll_sol().is_some() {}
+        while bmc.poll_transmit().is_some() {}
         now += Duration::from_millis(datagram.len() as u64 * 100);
         // Time passes between datagrams: the timers run, and their events drain.
         if bmc.poll_timeout(now).is_some_and(|t| t <= now) {

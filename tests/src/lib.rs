@@ -19,6 +19,7 @@ mod netns;
 mod precheck;
 mod pyghmi;
 mod shell;
+mod terminal;
 mod vms;
 
 pub use agent::{Bmc, BmcBuilder, agent_binary};
@@ -27,4 +28,5 @@ pub use netns::NetnsPair;
 pub use precheck::{is_root, skip_unless_ready};
 pub use pyghmi::PYGHMI_SCRIPT;
 pub use shell::Shell;
+pub use terminal::Terminal;
 pub use vms::Vm;

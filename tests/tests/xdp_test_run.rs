@@ -537,3 +537,35 @@ fn xdp_group_addressed_and_bad_ip_checksum_pass() {
     assert_action(&fp, &f, XDP_PASS);
     assert_eq!(fp.counters().unwrap().ping_answered, 0);
 }
+
+/// Serial-over-LAN packets (RMCP+ payload type 1, always in a session) are the agent's,
+/// whatever their size: the one the RMCP+ cipher suite answer has included.
+#[test]
+fn xdp_sol_payloads_go_to_userspace() {
+    if skip("xdp_sol_payloads_go_to_userspace") {
+        return;
+    }
+    let fp = loaded(false);
+    let sol = |flags: u8, session: u32, data: &[u8]| {
+        let mut p = vec![0x06, 0x00, 0xFF, 0x07, 0x06, flags];
+        p.extend_from_slice(&session.to_le_bytes());
+        p.extend_from_slice(&7u32.to_le_bytes());
+        p.extend_from_slice(&(data.len() as u16).to_le_bytes());
+        p.extend_from_slice(data);
+        p
+    };
+    let mut sent = 0;
+    for (flags, session) in [(0x01, 0x1234_5678), (0xC1, 0x1234_5678), (0x01, 0)] {
+        // 10 payload bytes: the length of a session-less Get Channel Cipher Suites.
+        for data in [
+            &[1, 0, 0, 0, b'l', b's', b'\r', 0, 0, 0][..],
+            &[0, 1, 3, 0],
+            &[],
+        ] {
+            assert_action(&fp, &v4(C4, B4, &sol(flags, session, data)), XDP_PASS);
+            sent += 1;
+        }
+    }
+    let c = fp.counters().unwrap();
+    assert_eq!((c.passed, c.cipher_suites_answered), (sent, 0));
+}

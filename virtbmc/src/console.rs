@@ -393,14 +393,20 @@ impl V20Session {
     pub fn request(&mut self, net_fn: u8, cmd: u8, data: &[u8]) -> Vec<u8> {
         let msg = message(net_fn, cmd, self.rq_seq, data);
         self.rq_seq = (self.rq_seq + 1) & 0x3F;
-        let mut flags = PAYLOAD_IPMI;
+        self.packet(PAYLOAD_IPMI, &msg)
+    }
+
+    /// A payload of any type (a SOL packet, say) in this session, protected as the suite
+    /// says.
+    pub fn packet(&mut self, payload_type: u8, msg: &[u8]) -> Vec<u8> {
+        let mut flags = payload_type;
         let payload = if self.suite.conf == ConfAlg::AesCbc128 {
             flags |= FLAG_ENCRYPTED;
             let mut p = Vec::new();
-            aes_encrypt(&self.k2, &[0x33; 16], &msg, &mut p);
+            aes_encrypt(&self.k2, &[0x33; 16], msg, &mut p);
             p
         } else {
-            msg
+            msg.to_vec()
         };
         if self.suite.integ != IntegAlg::None {
             flags |= FLAG_AUTHENTICATED;
@@ -416,6 +422,27 @@ impl V20Session {
         out.extend_from_slice(&code);
         self.seq = self.seq.wrapping_add(1);
         out
+    }
+
+    /// Checks and opens a datagram of this session: its payload type and plain payload.
+    pub fn open_packet(&self, reply: &[u8]) -> Result<(u8, Vec<u8>), ConsoleError> {
+        let (_, rest) = RmcpHeader::parse(reply).map_err(|_| ConsoleError::Malformed)?;
+        let p = LanPlusPacket::parse(rest, self.suite.integ.auth_code_len())
+            .map_err(|_| ConsoleError::Malformed)?;
+        if p.session_id != self.console_id {
+            return Err(ConsoleError::Malformed);
+        }
+        if self.suite.integ != IntegAlg::None
+            && self.suite.integ.auth_code(&self.k1, p.signed) != p.auth_code
+        {
+            return Err(ConsoleError::BadProof);
+        }
+        let msg = if p.encrypted {
+            aes_decrypt(&self.k2, p.payload).ok_or(ConsoleError::BadProof)?
+        } else {
+            p.payload.to_vec()
+        };
+        Ok((p.payload_type, msg))
     }
 
     pub fn parse(&self, reply: &[u8]) -> Result<(u8, Vec<u8>), ConsoleError> {

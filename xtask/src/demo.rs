@@ -9,7 +9,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use virtbmc_e2e::{Bmc, Iface, NetnsPair, Out};
+use virtbmc_e2e::{Bmc, Iface, NetnsPair, Out, Terminal};
 
 use crate::{interrupt, tools};
 
@@ -205,6 +205,60 @@ impl Demo<'_> {
         self.steps.client(out, expect_ok)
     }
 
+    /// A SOL session on vm-1, its terminal shown as the user saw it.
+    fn sol(&mut self) -> Result<(), String> {
+        interrupt::check()?;
+        let ip = self.bmc.ip();
+        let argv = [
+            "ipmitool", "-I", "lanplus", "-H", &ip, "-p", "6231", "-U", "admin", "-P", "password",
+            "sol", "activate",
+        ];
+        println!("$ {}", argv.join(" "));
+        let mut t = Terminal::spawn(self.bmc, &argv);
+        let wait = Duration::from_secs(15);
+        let steps = [
+            ("", "[SOL Session operational"),
+            ("\r", "vm-1 login: "),
+            ("root\r", "vm-1 login: "),
+        ];
+        for (typed, want) in steps {
+            if !typed.is_empty() {
+                t.send(typed);
+            }
+            if !t.try_expect(want, wait) {
+                self.steps
+                    .surprise(format!("SOL: no {want:?} after typing {typed:?}"));
+                return Ok(());
+            }
+        }
+        let cycle = self.bmc.ipmitool(
+            Iface::Lanplus,
+            "admin",
+            "password",
+            6231,
+            &["power", "cycle"],
+        );
+        let ok_cycle = cycle.ok();
+        if !t.try_expect("Debian GNU/Linux 12 vm-1 ttyS0", wait)
+            || !t.try_expect("vm-1 login: ", wait)
+        {
+            self.steps
+                .surprise("SOL: no new boot's output after the power cycle".into());
+        }
+        t.send("\r~.");
+        let exited = t.try_expect("[terminated ipmitool]", wait);
+        println!("{}", t.transcript().replace('\r', ""));
+        println!(
+            "(power cycle from another client: {})",
+            if ok_cycle { "ok" } else { "failed" }
+        );
+        if !exited {
+            self.steps
+                .surprise("SOL: ipmitool did not end on ~.".into());
+        }
+        Ok(())
+    }
+
     fn show_vms(&self) {
         match self.bmc.http_get("/vms") {
             Ok(body) => {
@@ -297,7 +351,10 @@ fn script(bmc: &Bmc) -> Result<(), String> {
     )?;
     d.ipmitool(Iface::Lan, "viewer", 6231, &["power", "off"], false)?;
 
-    d.say("the agent's view after all that (vm-0 on with PXE next, vm-1 still on)");
+    d.say("Serial-over-LAN: `ipmitool -I lanplus sol activate` on vm-1 (under a terminal), Enter, a login name, a power cycle from another client, then ~.");
+    d.sol()?;
+
+    d.say("the agent's view after all that (vm-0 on with PXE next, vm-1 on again after its cycle)");
     d.show_vms();
 
     d.say("what the XDP fast path answered itself: pings, auth capabilities, cipher suites and the IPMI 1.5 in-session power status; the rest was passed to the agent");

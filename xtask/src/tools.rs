@@ -38,8 +38,9 @@ pub fn on_path(tool: &str) -> bool {
 }
 
 /// The Debian packages the end-to-end tests and the demo need (python3-cryptography gives
-/// python-ipmi its AES; pip installs python-ipmi itself; podman builds the container image).
-pub const PACKAGES: [&str; 13] = [
+/// python-ipmi its AES; pip installs python-ipmi itself; podman builds the container image;
+/// socat runs Ironic's serial console pipeline).
+pub const PACKAGES: [&str; 14] = [
     "ipmitool",
     "freeipmi-tools",
     "ipmiutil",
@@ -53,6 +54,7 @@ pub const PACKAGES: [&str; 13] = [
     "coreutils",
     "bpftool",
     "podman",
+    "socat",
 ];
 
 /// python-ipmi from PyPI (Debian has none): the version the end-to-end tests were written
@@ -60,7 +62,7 @@ pub const PACKAGES: [&str; 13] = [
 pub const PYTHON_IPMI: &str = "python-ipmi==0.6.1";
 
 /// Binaries the end-to-end tests and the demo run.
-pub const NEEDED: [&str; 13] = [
+pub const NEEDED: [&str; 14] = [
     "ipmitool",
     "ipmiutil",
     "ipmipower",
@@ -74,6 +76,7 @@ pub const NEEDED: [&str; 13] = [
     "timeout",
     "bpftool",
     "podman",
+    "socat",
 ];
 
 /// pyghmi (OpenStack Ironic's IPMI client) as Debian packages it: for the system interpreter.

@@ -35,6 +35,16 @@ pub struct Metrics {
     pub events_created: AtomicU64,
     pub events_aggregated: AtomicU64,
     pub events_dropped: AtomicU64,
+    /// Serial-over-LAN: activations, characters each way, packets resent, characters given
+    /// up after the last retry, input the guest's console queue had no room for; and the
+    /// instances active now (a gauge the BMC loops move).
+    pub sol_activations: AtomicU64,
+    pub sol_to_guest: AtomicU64,
+    pub sol_to_console: AtomicU64,
+    pub sol_retransmissions: AtomicU64,
+    pub sol_abandoned: AtomicU64,
+    pub sol_input_dropped: AtomicU64,
+    pub sol_active: AtomicU64,
     /// IPMI requests the userspace engine parsed, by command (`engine::commands::COUNTED`).
     pub commands: [AtomicU64; COMMAND_SLOTS],
 }
@@ -90,6 +100,27 @@ impl Metrics {
             &self.sessions_32byte_kdf,
             after.sessions_32byte_kdf,
             before.sessions_32byte_kdf,
+        );
+        bump(
+            &self.sol_activations,
+            after.sol_activations,
+            before.sol_activations,
+        );
+        bump(&self.sol_to_guest, after.sol_to_guest, before.sol_to_guest);
+        bump(
+            &self.sol_to_console,
+            after.sol_to_console,
+            before.sol_to_console,
+        );
+        bump(
+            &self.sol_retransmissions,
+            after.sol_retransmissions,
+            before.sol_retransmissions,
+        );
+        bump(
+            &self.sol_abandoned,
+            after.sol_abandoned,
+            before.sol_abandoned,
         );
         for (m, (a, b)) in self
             .commands
@@ -205,6 +236,41 @@ impl Metrics {
             "events_dropped_total",
             "Repeated refusals or failures not written, over the VM's event rate.",
             &self.events_dropped,
+        );
+        counter(
+            "sol_activations_total",
+            "Serial-over-LAN payloads activated.",
+            &self.sol_activations,
+        );
+        counter(
+            "sol_bytes_to_guest_total",
+            "Serial-over-LAN characters from consoles to guests.",
+            &self.sol_to_guest,
+        );
+        counter(
+            "sol_bytes_to_console_total",
+            "Serial-over-LAN characters from guests to consoles (first transmissions).",
+            &self.sol_to_console,
+        );
+        counter(
+            "sol_retransmissions_total",
+            "Serial-over-LAN packets resent to a console that had not acknowledged them.",
+            &self.sol_retransmissions,
+        );
+        counter(
+            "sol_bytes_abandoned_total",
+            "Guest characters given up after a console left every retry unacknowledged.",
+            &self.sol_abandoned,
+        );
+        counter(
+            "sol_input_dropped_total",
+            "Console input the guest's serial queue had no room for.",
+            &self.sol_input_dropped,
+        );
+        let _ = writeln!(
+            out,
+            "# HELP virtbmc_sol_active Serial-over-LAN payloads active now.\n# TYPE virtbmc_sol_active gauge\nvirtbmc_sol_active {}",
+            self.sol_active.load(Relaxed)
         );
         let _ = writeln!(
             out,

@@ -12,9 +12,11 @@ use tokio::sync::{mpsc, watch};
 use super::action;
 use super::metrics::Metrics;
 use crate::backend::Backend;
+use crate::backend::console::{Console, ConsoleEvent, ConsoleInput};
 use crate::engine::config::BmcConfig;
 use crate::engine::{
-    Action, ActionError, Bmc, BootOverride, DropReason, Event, MAX_DATAGRAM, Output, Pending, When,
+    Action, ActionError, Bmc, BootOverride, DropReason, Event, MAX_DATAGRAM, Output, Pending,
+    SolEffect, ToGuest, When,
 };
 
 /// At most one warning about refused sessions per BMC in this interval; the ones in between
@@ -48,6 +50,7 @@ impl BmcTask {
         let mut buf = vec![0u8; MAX_DATAGRAM + 1];
         let mut refusals = RefusalLog::default();
         let mut counted = self.bmc.stats;
+        let mut sol = SolPipe::new(self.metrics.clone());
         // Idle sessions end on their deadline, not on the next datagram.
         let timer = tokio::time::sleep(IDLE_WAKE);
         tokio::pin!(timer);
@@ -76,6 +79,9 @@ impl BmcTask {
                     self.bmc.set_config(config);
                     log::info!("bmc={} configuration updated", self.name);
                 }
+                event = next_console_event(&mut sol.console), if sol.wants_output(&self.bmc) => {
+                    self.on_console_event(event, &mut sol);
+                }
                 Some((pending, peer, result)) = done_rx.recv() => {
                     match &result {
                         Ok(()) => self.metrics.actions_ok.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
@@ -90,11 +96,84 @@ impl BmcTask {
                 }
             }
             self.drain_events(&mut refusals);
+            self.drain_sol(&mut sol).await;
             // One place moves the agent's counters, whatever changed the engine's.
             self.metrics.add(&counted, &self.bmc.stats);
             counted = self.bmc.stats;
             self.active_sessions
                 .store(self.bmc.active_sessions(), Relaxed);
+        }
+    }
+
+    /// What the VM's serial line said, into the engine's SOL instance.
+    fn on_console_event(&mut self, event: Option<ConsoleEvent>, sol: &mut SolPipe) {
+        let now = tokio::time::Instant::now().into_std();
+        match event {
+            Some(ConsoleEvent::Attached) => self.bmc.sol_console(now, true),
+            Some(ConsoleEvent::NoConsole) => self.bmc.sol_console(now, false),
+            Some(ConsoleEvent::Output(bytes)) => {
+                let taken = self.bmc.sol_from_guest(now, &bytes);
+                // What the engine has no room for yet waits here; no more is read until
+                // it has gone.
+                sol.carry.extend_from_slice(&bytes[taken..]);
+            }
+            Some(ConsoleEvent::Displaced) => {
+                log::info!(
+                    "bmc={} serial console taken by another client; SOL ends",
+                    self.name
+                );
+                sol.console = None;
+                self.bmc.sol_lost();
+            }
+            None => {
+                // The backend closed the line for good: SOL stays, without characters.
+                sol.console = None;
+                self.bmc.sol_console(now, false);
+            }
+        }
+    }
+
+    /// Carries out what the engine's SOL instance asked for: the console opened or closed,
+    /// input for the guest, waiting output fed in, its packets sent.
+    async fn drain_sol(&mut self, sol: &mut SolPipe) {
+        while let Some(effect) = self.bmc.poll_sol() {
+            match effect {
+                SolEffect::Started => {
+                    log::info!(
+                        "bmc={} SOL activated by session {:#010x}",
+                        self.name,
+                        self.bmc.sol_owner().unwrap_or(0)
+                    );
+                    sol.start(self.backend.open_console(&self.name));
+                }
+                SolEffect::Stopped => {
+                    log::info!("bmc={} SOL deactivated", self.name);
+                    sol.stop();
+                }
+                SolEffect::ToGuest(t) => {
+                    let input = match t {
+                        ToGuest::Bytes(b) => ConsoleInput::Bytes(b),
+                        ToGuest::Break => ConsoleInput::Break,
+                    };
+                    // A guest that does not read its console loses input here, counted,
+                    // rather than stall this BMC's loop.
+                    let sent = sol
+                        .console
+                        .as_ref()
+                        .is_some_and(|c| c.input.try_send(input).is_ok());
+                    if !sent {
+                        self.metrics.sol_input_dropped.fetch_add(1, Relaxed);
+                    }
+                }
+            }
+        }
+        if !sol.carry.is_empty() {
+            let now = tokio::time::Instant::now().into_std();
+            let taken = self.bmc.sol_from_guest(now, &sol.carry);
+            sol.carry.drain(..taken);
+        }
+        while let Some((peer, datagram)) = self.bmc.poll_transmit() {
+            self.send(&datagram, peer).await;
         }
     }
 
@@ -167,6 +246,7 @@ impl BmcTask {
         );
         match out {
             Output::Reply(reply) => self.send(&reply, peer).await,
+            Output::Absorbed => {}
             Output::Drop(reason) => match reason {
                 DropReason::AuthFailed => {
                     log::info!("bmc={} peer={peer} authentication failed", self.name)
@@ -194,6 +274,60 @@ impl BmcTask {
         if let Err(e) = self.socket.send_to(reply, peer).await {
             log::debug!("bmc={} send to {peer} failed: {e}", self.name);
         }
+    }
+}
+
+/// The serial console of an active SOL instance, and output read from it that the engine
+/// had no room for yet (at most one event's worth: nothing more is read until it is gone).
+struct SolPipe {
+    console: Option<Console>,
+    carry: Vec<u8>,
+    active: bool,
+    metrics: Arc<Metrics>,
+}
+
+impl SolPipe {
+    fn new(metrics: Arc<Metrics>) -> SolPipe {
+        SolPipe {
+            console: None,
+            carry: Vec::new(),
+            active: false,
+            metrics,
+        }
+    }
+
+    fn start(&mut self, console: Console) {
+        self.stop();
+        self.console = Some(console);
+        self.active = true;
+        self.metrics.sol_active.fetch_add(1, Relaxed);
+    }
+
+    /// Drops the console, which closes it on the backend's side.
+    fn stop(&mut self) {
+        self.console = None;
+        self.carry = Vec::new();
+        if std::mem::take(&mut self.active) {
+            self.metrics.sol_active.fetch_sub(1, Relaxed);
+        }
+    }
+
+    /// Whether to read the console now: only when the engine can take what comes.
+    fn wants_output(&self, bmc: &Bmc) -> bool {
+        self.console.is_some() && self.carry.is_empty() && bmc.sol_room() > 0
+    }
+}
+
+impl Drop for SolPipe {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+async fn next_console_event(console: &mut Option<Console>) -> Option<ConsoleEvent> {
+    match console {
+        Some(c) => c.events.recv().await,
+        None => std::future::pending().await,
     }
 }
 

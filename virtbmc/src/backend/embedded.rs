@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use super::console::Console;
 use super::{ActionFuture, Backend};
 use crate::engine::{Action, ActionError, BootOverride, PowerState, VmView};
 
@@ -130,6 +131,28 @@ impl Backend for EmbeddedBackend {
 
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Arc<str>> {
         self.0.changes.subscribe()
+    }
+
+    /// A simulated serial line (see [`super::serial`]), on the caller's tokio runtime.
+    fn open_console(&self, vm: &str) -> Console {
+        let (console, events, input) = Console::channel();
+        let line = super::serial::SerialLine::new(vm);
+        tokio::spawn(super::serial::run(self.0.clone(), line, events, input));
+        console
+    }
+}
+
+impl Embedded {
+    /// Power and the number of boots so far (power-ons and resets): what the serial line
+    /// follows.
+    pub(super) fn boots(&self, name: &str) -> Option<(PowerState, u64)> {
+        self.lock()
+            .get(name)
+            .map(|v| (v.power, v.starts + v.resets))
+    }
+
+    pub(super) fn watch(&self) -> tokio::sync::broadcast::Receiver<Arc<str>> {
+        self.changes.subscribe()
     }
 }
 

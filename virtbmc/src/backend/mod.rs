@@ -4,6 +4,7 @@
 
 pub mod console;
 pub mod embedded;
+mod serial;
 
 use std::future::Future;
 use std::pin::Pin;

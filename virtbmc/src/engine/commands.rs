@@ -9,7 +9,7 @@ use super::config::{BmcConfig, Privilege};
 use super::reservation::Reservation;
 use super::site::Site;
 use super::vm::{Action, PowerState, VmView, When};
-use super::{cc, channel, device, fru, lan_config, sdr, sel, sensor, users};
+use super::{cc, channel, device, fru, lan_config, payload, sdr, sel, sensor, users};
 use crate::wire::message::Request;
 
 pub const NETFN_CHASSIS: u8 = 0x00;
@@ -255,6 +255,19 @@ pub fn required_privilege(net_fn: u8, cmd: u8) -> Option<Privilege> {
             | CMD_GET_SEL_TIME,
         ) => User,
         (NETFN_TRANSPORT, CMD_GET_LAN_CONFIG) => Operator,
+        // Payload commands and SOL configuration (IPMI 2.0 Appendix G, §24, §26). What SOL
+        // itself needs is a parameter of its own (engine::sol_config).
+        (
+            NETFN_APP,
+            payload::CMD_ACTIVATE_PAYLOAD
+            | payload::CMD_DEACTIVATE_PAYLOAD
+            | payload::CMD_GET_PAYLOAD_ACTIVATION_STATUS
+            | payload::CMD_GET_PAYLOAD_INSTANCE_INFO
+            | payload::CMD_GET_CHANNEL_PAYLOAD_SUPPORT
+            | payload::CMD_GET_CHANNEL_PAYLOAD_VERSION,
+        ) => User,
+        (NETFN_TRANSPORT, payload::CMD_GET_SOL_CONFIG) => User,
+        (NETFN_TRANSPORT, payload::CMD_SET_SOL_CONFIG) => Admin,
         (NETFN_TRANSPORT, CMD_SET_LAN_CONFIG) => Admin,
         _ => return None,
     };

@@ -13,6 +13,7 @@ use crate::wire::message::Request;
 use crate::wire::rakp::{
     self, OpenSessionRequest, OpenSessionResponse, Proposal, Rakp1, Rakp2, Rakp2Body, Rakp3, Rakp4,
 };
+use crate::wire::sol::PAYLOAD_SOL;
 use crate::wire::{WireError, le_u32};
 
 /// RMCP+ status codes (IPMI 2.0 §13.24, table 13-15).
@@ -79,7 +80,7 @@ impl Bmc {
             Ok(p) => p,
             Err(e) => return Output::Drop(DropReason::Malformed(e)),
         };
-        if pkt.payload_type != PAYLOAD_IPMI {
+        if pkt.payload_type != PAYLOAD_IPMI && pkt.payload_type != PAYLOAD_SOL {
             return Output::Drop(DropReason::NotAllowed);
         }
         // The suite decides what protection is required; a packet with less is refused.
@@ -119,6 +120,9 @@ impl Bmc {
         };
         if pkt.sequence == 0 || !active.accept(pkt.sequence) {
             return Output::Drop(DropReason::Replay);
+        }
+        if pkt.payload_type == PAYLOAD_SOL {
+            return self.sol_packet(now, id, &plain);
         }
         self.in_session(now, id, &plain, vm)
     }

@@ -17,6 +17,7 @@ mod lan_config;
 mod lanplus;
 mod limiter;
 mod outbound;
+pub mod payload;
 mod reservation;
 mod sdr;
 mod secret;
@@ -25,6 +26,8 @@ mod sensor;
 pub mod session;
 mod session_info;
 pub mod site;
+pub mod sol;
+pub mod sol_config;
 mod users;
 mod v15;
 pub mod vm;
@@ -39,9 +42,11 @@ use config::{BmcConfig, Privilege};
 use cookie::Cookies;
 use entropy::{Entropy, OsEntropy};
 use limiter::{NameLimiter, SourceLimiter, TrustedSources};
+pub use payload::SolEffect;
 use secret::Secret;
 use session::{ActiveAuth, Refusal, Session, SessionPublisher, SessionTable, State};
 use site::Site;
+pub use sol::ToGuest;
 pub use vm::{Action, ActionError, BootDevice, BootOverride, PowerState, VmView, When};
 
 use crate::wire::message::Request;
@@ -60,6 +65,9 @@ pub enum Output {
     /// Run `action` against the backend (at once, or once the machine's power transition is
     /// over, as [`When`] says), then hand its result to [`Bmc::complete`].
     Action(Action, When, Pending),
+    /// Taken, with nothing to answer at once (a SOL acknowledgement): what follows, if
+    /// anything, comes from [`Bmc::poll_transmit`].
+    Absorbed,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -172,6 +180,13 @@ pub struct Stats {
     pub rakp_rate_limited: u64,
     /// RMCP+ sessions whose console derived K1 and K2 from 32-byte constants.
     pub sessions_32byte_kdf: u64,
+    /// Serial-over-LAN: activations, characters each way, packets resent to the console,
+    /// and characters given up after the last retry went unacknowledged.
+    pub sol_activations: u64,
+    pub sol_to_guest: u64,
+    pub sol_to_console: u64,
+    pub sol_retransmissions: u64,
+    pub sol_abandoned: u64,
     /// IPMI requests parsed, by [`commands::command_slot`].
     pub commands: [u64; commands::COMMAND_SLOTS],
 }
@@ -196,6 +211,10 @@ pub struct Bmc {
     entropy: Box<dyn Entropy>,
     publisher: Option<Arc<dyn SessionPublisher>>,
     events: VecDeque<Event>,
+    sol_config: sol_config::SolConfig,
+    sol: Option<sol::SolLink>,
+    sol_effects: VecDeque<SolEffect>,
+    transmits: VecDeque<(SocketAddr, Vec<u8>)>,
     pub stats: Stats,
 }
 
@@ -219,6 +238,10 @@ impl Bmc {
             entropy,
             publisher: None,
             events: VecDeque::new(),
+            sol_config: sol_config::SolConfig::default(),
+            sol: None,
+            sol_effects: VecDeque::new(),
+            transmits: VecDeque::new(),
             stats: Stats::default(),
         }
     }
@@ -256,6 +279,7 @@ impl Bmc {
             });
         }
         self.config = config;
+        self.sol_follow_sessions();
     }
 
     /// Where this BMC runs and which machine it stands for.
@@ -276,18 +300,18 @@ impl Bmc {
     }
 
     /// When [`Bmc::handle_timeout`] has work next: the earliest idle deadline of a session
-    /// or handshake (a session the fast path answers counts its answers as activity), or the
-    /// expiry of one-shot boot flags.
+    /// or handshake (a session the fast path answers counts its answers as activity), the
+    /// expiry of one-shot boot flags, or SOL characters or a retransmission due.
     pub fn poll_timeout(&self, now: Instant) -> Option<Instant> {
         let idle = self.sessions.next_deadline(
             now,
             self.config.session_timeout,
             self.config.handshake_timeout,
         );
-        match (idle, self.kept.boot.poll_timeout()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [idle, self.kept.boot.poll_timeout(), self.sol_poll_timeout()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Ends the sessions and handshakes past their idle limit (a published session leaves
@@ -308,6 +332,8 @@ impl Bmc {
                 peer: s.peer,
             });
         }
+        self.sol_follow_sessions();
+        self.sol_flush(now);
     }
 
     /// Adds a session or handshake to the table, reclaiming an idle one when it is full.
@@ -358,6 +384,8 @@ impl Bmc {
     ) -> Output {
         self.stats.requests += 1;
         let out = self.dispatch(now, peer, datagram, vm);
+        // Whatever removed a session (Close Session, a reclaim) ends its SOL too.
+        self.sol_follow_sessions();
         if let Output::Drop(reason) = &out {
             self.stats.dropped += 1;
             match reason {
@@ -465,6 +493,9 @@ impl Bmc {
             (NETFN_APP, CMD_GET_SESSION_CHALLENGE | CMD_ACTIVATE_SESSION) => {
                 (cc::NOT_IN_STATE, Vec::new())
             }
+            (net_fn, cmd) if payload::is_payload_command(net_fn, cmd) => {
+                self.payload_command(id, &req)
+            }
             _ => {
                 let Some(State::Active(active)) = self.sessions.get_mut(id).map(|s| &mut s.state)
                 else {
@@ -529,6 +560,11 @@ impl Bmc {
     /// Wraps a reply message for an active session: next outbound sequence number, auth code
     /// or integrity data, encryption.
     fn seal(&mut self, id: u32, msg: &[u8]) -> Option<Vec<u8>> {
+        self.seal_payload(id, crate::wire::lanplus::PAYLOAD_IPMI, msg)
+    }
+
+    /// [`Bmc::seal`] for any RMCP+ payload type (an IPMI 1.5 session carries IPMI only).
+    fn seal_payload(&mut self, id: u32, payload_type: u8, msg: &[u8]) -> Option<Vec<u8>> {
         let session = self.sessions.get_mut(id)?;
         let State::Active(active) = &mut session.state else {
             return None;
@@ -547,7 +583,7 @@ impl Bmc {
                 ..
             } => {
                 let iv = self.entropy.bytes16();
-                outbound::v20(*console_id, seq, suite, (k1, k2), &iv, msg)
+                outbound::v20(payload_type, *console_id, seq, suite, (k1, k2), &iv, msg)
             }
         };
         Some(out)

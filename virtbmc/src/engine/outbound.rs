@@ -5,7 +5,7 @@
 use super::config::CipherSuite;
 use crate::crypto::{ConfAlg, IntegAlg, aes_encrypt, auth_code_v15};
 use crate::wire::lan15::{AUTH_NONE, Lan15Packet};
-use crate::wire::lanplus::{FLAG_AUTHENTICATED, FLAG_ENCRYPTED, LanPlusPacket, PAYLOAD_IPMI};
+use crate::wire::lanplus::{FLAG_AUTHENTICATED, FLAG_ENCRYPTED, LanPlusPacket};
 use crate::wire::message::Request;
 use crate::wire::rmcp::{self, RmcpHeader};
 
@@ -48,9 +48,10 @@ pub(super) fn v15(
     out
 }
 
-/// An in-session RMCP+ IPMI message: encrypted when the suite has confidentiality, then
+/// An in-session RMCP+ payload (an IPMI message, SOL characters): encrypted when the suite has confidentiality, then
 /// signed when it has integrity.
 pub(super) fn v20(
+    payload_type: u8,
     console_id: u32,
     seq: u32,
     suite: &CipherSuite,
@@ -59,7 +60,7 @@ pub(super) fn v20(
     msg: &[u8],
 ) -> Vec<u8> {
     let (k1, k2) = keys;
-    let mut flags = PAYLOAD_IPMI;
+    let mut flags = payload_type;
     let payload = if suite.conf == ConfAlg::AesCbc128 {
         flags |= FLAG_ENCRYPTED;
         let mut p = Vec::with_capacity(msg.len() + 32);

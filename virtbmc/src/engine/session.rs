@@ -243,9 +243,16 @@ pub const HANDSHAKE_RECLAIM_IDLE: std::time::Duration = std::time::Duration::fro
 #[derive(Debug, Default)]
 pub struct SessionTable {
     sessions: Vec<Session>,
+    /// A session never reclaimed however idle it looks: the one carrying Serial-over-LAN,
+    /// whose console may be silent for long while a person reads.
+    pinned: Option<u32>,
 }
 
 impl SessionTable {
+    pub fn pin(&mut self, id: Option<u32>) {
+        self.pinned = id;
+    }
+
     pub fn get_mut(&mut self, id: u32) -> Option<&mut Session> {
         self.sessions.iter_mut().find(|s| s.id == id)
     }
@@ -333,7 +340,7 @@ impl SessionTable {
             self.sessions
                 .iter()
                 .enumerate()
-                .filter(|(_, s)| pick(s) && s.is_active() == active)
+                .filter(|(_, s)| pick(s) && s.is_active() == active && Some(s.id) != self.pinned)
                 .map(|(i, s)| (i, s.last_seen(now)))
                 .min_by_key(|(_, seen)| *seen)
                 .filter(|(_, seen)| now.saturating_duration_since(*seen) >= floor)

@@ -62,7 +62,7 @@ impl Rig {
     fn send_from(&self, peer: &str, d: &[u8]) -> Option<Vec<u8>> {
         match self.from(peer, d) {
             Output::Reply(r) => Some(r),
-            Output::Drop(_) => None,
+            Output::Drop(_) | Output::Absorbed => None,
             Output::Action(a, _, p) => {
                 self.actions.borrow_mut().push(a);
                 self.bmc.borrow_mut().complete(p, Ok(()))
@@ -1607,4 +1607,296 @@ fn one_shot_boot_flags_expire_unless_a_restart_follows() {
         *rig.actions.borrow(),
         [Action::SetBoot(Some(pxe)), Action::PowerOn]
     );
+}
+
+// Serial-over-LAN (IPMI 2.0 §15, §24, §26) through whole sessions.
+
+const SECOND: &str = "10.0.0.3:40001";
+const SOL: u8 = 0x01;
+
+fn sol_rig() -> (Rig, V20Session) {
+    let rig = Rig::new(config());
+    rig.vm.borrow_mut().power = PowerState::On;
+    let mut s = {
+        let mut ex = rig.exchange();
+        V20Session::open("admin", "password", suite(3), 0x14, &mut ex).unwrap()
+    };
+    // As ipmitool does after the handshake: the session works at Administrator.
+    assert_eq!(
+        call(&rig, PEER, &mut s, 0x06, 0x3B, &[0x04]),
+        (0, vec![0x04])
+    );
+    (rig, s)
+}
+
+fn call(rig: &Rig, peer: &str, s: &mut V20Session, net_fn: u8, cmd: u8, d: &[u8]) -> (u8, Vec<u8>) {
+    let mut ex = rig.exchange_from(peer);
+    s.call(net_fn, cmd, d, &mut ex).unwrap()
+}
+
+/// The engine's next datagram of its own, opened by `s`: (payload type, SOL payload).
+fn transmit(rig: &Rig, s: &V20Session) -> Option<(String, u8, Vec<u8>)> {
+    let (peer, d) = rig.bmc.borrow_mut().poll_transmit()?;
+    let (t, p) = s.open_packet(&d).unwrap();
+    Some((peer.to_string(), t, p))
+}
+
+fn effects(rig: &Rig) -> Vec<SolEffect> {
+    std::iter::from_fn(|| rig.bmc.borrow_mut().poll_sol()).collect()
+}
+
+const ACTIVATE_SOL: [u8; 6] = [0x01, 0x01, 0xC6, 0, 0, 0];
+const DEACTIVATE_SOL: [u8; 6] = [0x01, 0x01, 0, 0, 0, 0];
+
+#[test]
+fn payload_commands_answer_as_the_spec_lays_them_out() {
+    let (rig, mut s) = sol_rig();
+    let mut c = |cmd, d: &[u8]| call(&rig, PEER, &mut s, 0x06, cmd, d);
+    assert_eq!(c(0x4E, &[0x0E]), (0, vec![0x03, 0, 0x3F, 0, 0, 0, 0, 0]));
+    assert_eq!(c(0x4F, &[0x0E, 0x01]), (0, vec![0x10]));
+    assert_eq!(c(0x4F, &[0x0E, 0x02]).0, 0x80);
+    assert_eq!(c(0x4A, &[0x01]), (0, vec![0x01, 0x00, 0x00]));
+    assert_eq!(c(0x4B, &[0x01, 0x01]), (0, vec![0; 12]));
+    assert_eq!(c(0x49, &DEACTIVATE_SOL).0, 0x80, "nothing to deactivate");
+    // cc + 12 bytes: aux, inbound and outbound sizes (255), our port (623), no VLAN.
+    assert_eq!(
+        c(0x48, &ACTIVATE_SOL),
+        (
+            0,
+            vec![0, 0, 0, 0, 0xFF, 0, 0xFF, 0, 0x6F, 0x02, 0xFF, 0xFF]
+        )
+    );
+    assert_eq!(c(0x4A, &[0x01]), (0, vec![0x01, 0x01, 0x00]));
+    let (code, info) = c(0x4B, &[0x01, 0x01]);
+    assert_eq!((code, &info[4..]), (0, &[1, 0, 0, 0, 0, 0, 0, 0][..]));
+    assert_eq!(info[..4], s.bmc_id.to_le_bytes());
+    assert_eq!(effects(&rig), [SolEffect::Started]);
+    let mut c = |cmd, d: &[u8]| call(&rig, PEER, &mut s, 0x06, cmd, d);
+    assert_eq!(c(0x48, &ACTIVATE_SOL).0, 0x80, "one instance");
+    assert_eq!(
+        c(0x48, &[0x01, 0x02, 0xC6, 0, 0, 0]).0,
+        cc::INVALID_DATA_FIELD
+    );
+    assert_eq!(c(0x48, &[0x01, 0x01, 0xC6]).0, cc::REQUEST_LENGTH_INVALID);
+    assert_eq!(c(0x49, &DEACTIVATE_SOL), (0, vec![]));
+    assert_eq!(c(0x49, &DEACTIVATE_SOL).0, 0x80);
+    // Asking for less protection than the session has: "cannot activate without encryption".
+    assert_eq!(c(0x48, &[0x01, 0x01, 0x40, 0, 0, 0]).0, 0x84);
+    assert_eq!(effects(&rig), [SolEffect::Stopped]);
+    assert!(transmit(&rig, &s).is_none(), "the owner ended it itself");
+}
+
+#[test]
+fn sol_configuration_reads_writes_and_needs_admin_to_write() {
+    let (rig, mut s) = sol_rig();
+    let mut v = {
+        let mut ex = rig.exchange_from(SECOND);
+        V20Session::open("viewer", "viewer", suite(3), 0x12, &mut ex).unwrap()
+    };
+    assert_eq!(
+        call(&rig, SECOND, &mut v, 0x0C, 0x22, &[0x0E, 0x02, 0, 0]),
+        (0, vec![0x11, 0xC2])
+    );
+    assert_eq!(
+        call(&rig, SECOND, &mut v, 0x0C, 0x21, &[0x0E, 0x01, 0x00]).0,
+        cc::INSUFFICIENT_PRIVILEGE
+    );
+    assert_eq!(call(&rig, PEER, &mut s, 0x06, 0x48, &ACTIVATE_SOL).0, 0);
+    // Disabling SOL ends the active instance; its console hears "deactivating".
+    assert_eq!(
+        call(&rig, PEER, &mut s, 0x0C, 0x21, &[0x0E, 0x01, 0x00]).0,
+        0
+    );
+    assert_eq!(effects(&rig), [SolEffect::Started, SolEffect::Stopped]);
+    let (_, t, p) = transmit(&rig, &s).unwrap();
+    assert_eq!((t, p), (SOL, vec![1, 0, 0, 0x10]));
+    assert_eq!(
+        call(&rig, PEER, &mut s, 0x0C, 0x22, &[0x0E, 0x01, 0, 0]),
+        (0, vec![0x11, 0x00])
+    );
+    assert_eq!(call(&rig, PEER, &mut s, 0x06, 0x48, &ACTIVATE_SOL).0, 0x81);
+}
+
+#[test]
+fn sol_characters_wait_are_resent_until_acked_and_input_is_delivered_once() {
+    let (rig, mut s) = sol_rig();
+    assert_eq!(call(&rig, PEER, &mut s, 0x06, 0x48, &ACTIVATE_SOL).0, 0);
+    effects(&rig);
+    let now = *rig.now.borrow();
+    assert_eq!(
+        rig.bmc.borrow_mut().sol_from_guest(now, b"vm-0 login: "),
+        12
+    );
+    assert!(
+        transmit(&rig, &s).is_none(),
+        "accumulating: under the send threshold"
+    );
+    let due = rig.bmc.borrow().poll_timeout(now).unwrap();
+    assert_eq!(due, now + Duration::from_millis(60));
+    rig.advance(Duration::from_millis(60));
+    rig.bmc.borrow_mut().handle_timeout(*rig.now.borrow());
+    let (peer, t, first) = transmit(&rig, &s).unwrap();
+    assert_eq!((peer.as_str(), t), (PEER, SOL));
+    assert_eq!(first, b"\x01\x00\x00\x00vm-0 login: ");
+    // No ACK within the retry interval (100 ms): the same packet again.
+    rig.advance(Duration::from_millis(100));
+    rig.bmc.borrow_mut().handle_timeout(*rig.now.borrow());
+    assert_eq!(transmit(&rig, &s).unwrap().2, first);
+    assert_eq!(rig.bmc.borrow().stats.sol_retransmissions, 1);
+    // The ACK (seq 0, ack 1, 12 accepted) needs no answer and stops the retries.
+    let ack = s.packet(SOL, &[0, 1, 12, 0]);
+    assert!(matches!(rig.from(PEER, &ack), Output::Absorbed));
+    rig.advance(Duration::from_secs(1));
+    rig.bmc.borrow_mut().handle_timeout(*rig.now.borrow());
+    assert!(transmit(&rig, &s).is_none());
+    // Typed characters: acknowledged with the count taken, delivered once even when the
+    // console sends them again; a break goes to the guest as one.
+    let typed = s.packet(SOL, &[1, 0, 0, 0x10, b'l', b's', b'\r']);
+    let reply = rig.send(&typed).unwrap();
+    assert_eq!(s.open_packet(&reply).unwrap(), (SOL, vec![0, 1, 3, 0]));
+    let again = s.packet(SOL, &[1, 0, 0, 0, b'l', b's', b'\r']);
+    let reply = rig.send(&again).unwrap();
+    assert_eq!(s.open_packet(&reply).unwrap(), (SOL, vec![0, 1, 3, 0]));
+    assert_eq!(
+        effects(&rig),
+        [
+            SolEffect::ToGuest(ToGuest::Break),
+            SolEffect::ToGuest(ToGuest::Bytes(b"ls\r".to_vec()))
+        ]
+    );
+    // The line goes (the machine is off): the console hears it, its characters are refused.
+    let now = *rig.now.borrow();
+    rig.bmc.borrow_mut().sol_console(now, false);
+    assert_eq!(transmit(&rig, &s).unwrap().2, [2, 0, 0, 0x20]);
+    let typed = s.packet(SOL, &[2, 2, 0, 0, b'x']);
+    let reply = rig.send(&typed).unwrap();
+    assert_eq!(s.open_packet(&reply).unwrap(), (SOL, vec![0, 2, 0, 0x60]));
+    assert_eq!(effects(&rig), []);
+    assert_eq!(rig.bmc.borrow().stats.sol_to_guest, 3);
+}
+
+#[test]
+fn sol_packets_need_the_owner_its_protection_and_the_configured_privilege() {
+    let (rig, mut s) = sol_rig();
+    assert_eq!(call(&rig, PEER, &mut s, 0x06, 0x48, &ACTIVATE_SOL).0, 0);
+    // Plaintext SOL in an encrypted session: refused as any plaintext packet is.
+    let mut plain = s.clone();
+    plain.suite = suite(2);
+    assert!(matches!(
+        rig.from(PEER, &plain.packet(SOL, &[1, 0, 0, 0, b'x'])),
+        Output::Drop(DropReason::AuthFailed)
+    ));
+    // Another session's SOL packets are not the owner's.
+    let mut other = {
+        let mut ex = rig.exchange_from(SECOND);
+        V20Session::open("admin", "password", suite(3), 0x14, &mut ex).unwrap()
+    };
+    assert!(matches!(
+        rig.from(SECOND, &other.packet(SOL, &[1, 0, 0, 0, b'x'])),
+        Output::Drop(DropReason::NotAllowed)
+    ));
+    // The owner lowers its privilege below SOL's (raised to Admin here): its packets stop.
+    assert_eq!(
+        call(&rig, PEER, &mut s, 0x0C, 0x21, &[0x0E, 0x02, 0xC4]).0,
+        0
+    );
+    assert_eq!(call(&rig, PEER, &mut s, 0x06, 0x3B, &[0x03]).0, 0);
+    assert!(matches!(
+        rig.from(PEER, &s.packet(SOL, &[1, 0, 0, 0, b'x'])),
+        Output::Drop(DropReason::NotAllowed)
+    ));
+    assert_eq!(effects(&rig), [SolEffect::Started]);
+}
+
+#[test]
+fn another_session_steals_or_ends_sol_and_a_closed_or_expired_session_ends_it() {
+    let (rig, mut s) = sol_rig();
+    assert_eq!(call(&rig, PEER, &mut s, 0x06, 0x48, &ACTIVATE_SOL).0, 0);
+    // ipmiconsole's steal: the same user, from a new session, deactivates then activates.
+    let mut thief = {
+        let mut ex = rig.exchange_from(SECOND);
+        V20Session::open("admin", "password", suite(17), 0x14, &mut ex).unwrap()
+    };
+    assert_eq!(
+        call(&rig, SECOND, &mut thief, 0x06, 0x48, &ACTIVATE_SOL).0,
+        0x80
+    );
+    assert_eq!(
+        call(&rig, SECOND, &mut thief, 0x06, 0x49, &DEACTIVATE_SOL).0,
+        0
+    );
+    let (peer, t, bye) = transmit(&rig, &s).unwrap();
+    assert_eq!((peer.as_str(), t, bye), (PEER, SOL, vec![1, 0, 0, 0x10]));
+    assert_eq!(
+        call(&rig, SECOND, &mut thief, 0x06, 0x48, &ACTIVATE_SOL).0,
+        0
+    );
+    assert_eq!(rig.bmc.borrow().sol_owner(), Some(thief.bmc_id));
+    // A user who neither owns it nor is an administrator may not end it.
+    let mut viewer = {
+        let mut ex = rig.exchange_from("10.0.0.4:40002");
+        V20Session::open("viewer", "viewer", suite(3), 0x12, &mut ex).unwrap()
+    };
+    assert_eq!(
+        call(
+            &rig,
+            "10.0.0.4:40002",
+            &mut viewer,
+            0x06,
+            0x49,
+            &DEACTIVATE_SOL
+        )
+        .0,
+        cc::INSUFFICIENT_PRIVILEGE
+    );
+    // Closing the owning session ends SOL.
+    let close = thief.bmc_id.to_le_bytes();
+    assert_eq!(call(&rig, SECOND, &mut thief, 0x06, 0x3C, &close).0, 0);
+    assert_eq!(rig.bmc.borrow().sol_owner(), None);
+    assert_eq!(
+        effects(&rig),
+        [
+            SolEffect::Started,
+            SolEffect::Stopped,
+            SolEffect::Started,
+            SolEffect::Stopped
+        ]
+    );
+    // So does the owner's idle expiry.
+    assert_eq!(call(&rig, PEER, &mut s, 0x06, 0x48, &ACTIVATE_SOL).0, 0);
+    let limit = rig.bmc.borrow().config().session_timeout;
+    rig.advance(limit);
+    rig.bmc.borrow_mut().handle_timeout(*rig.now.borrow());
+    assert_eq!(effects(&rig), [SolEffect::Started, SolEffect::Stopped]);
+    assert_eq!(rig.bmc.borrow().sol_owner(), None);
+}
+
+#[test]
+fn a_full_table_never_reclaims_the_session_carrying_sol() {
+    let mut cfg = config();
+    cfg.max_sessions = 2;
+    let rig = Rig::new(cfg);
+    let mut s = {
+        let mut ex = rig.exchange();
+        V20Session::open("admin", "password", suite(3), 0x14, &mut ex).unwrap()
+    };
+    assert_eq!(call(&rig, PEER, &mut s, 0x06, 0x48, &ACTIVATE_SOL).0, 0);
+    rig.advance(Duration::from_secs(5));
+    let mut other = {
+        let mut ex = rig.exchange_from(SECOND);
+        V20Session::open("admin", "password", suite(3), 0x14, &mut ex).unwrap()
+    };
+    rig.advance(Duration::from_secs(2));
+    // The SOL session is the idlest, yet the other one makes room.
+    let third = "10.0.0.5:40003";
+    let mut ex = rig.exchange_from(third);
+    V20Session::open("admin", "password", suite(3), 0x14, &mut ex).unwrap();
+    drop(ex);
+    assert_eq!(rig.bmc.borrow().sol_owner(), Some(s.bmc_id));
+    assert_eq!(
+        call(&rig, PEER, &mut s, 0x06, 0x4A, &[0x01]),
+        (0, vec![1, 1, 0])
+    );
+    let mut ex = rig.exchange_from(SECOND);
+    assert!(other.call(0x06, 0x01, &[], &mut ex).is_err(), "reclaimed");
 }

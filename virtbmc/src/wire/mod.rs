@@ -11,6 +11,7 @@ pub mod lanplus;
 pub mod message;
 pub mod rakp;
 pub mod rmcp;
+pub mod sol;
 
 /// Why a datagram could not be parsed. The engine drops such datagrams (a real BMC cannot
 /// answer a request whose framing it could not read).
