@@ -215,3 +215,50 @@ async fn ipmitool_sol_of_a_vm_that_is_off_has_no_console_until_it_starts() {
     assert_eq!(code, 0, "{}", t.transcript());
     assert_eq!(sol_active_bitmap(port).await, "01 00 00");
 }
+
+fn ipmiconsole(port: u16) -> Terminal {
+    let host = format!("127.0.0.1:{port}");
+    Terminal::spawn(&["ipmiconsole", "-h", &host, "-u", "admin", "-p", "password"])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipmiconsole_follows_a_restart_and_hears_a_persons_console_take_the_line() {
+    let sim = sim().await;
+    seed(&sim, "vm1", "Always");
+    let agent = Agent::start(&sim, "agent-s3", 31520..=31529).await;
+    let port = agent.wait_served(VM).await;
+    until_login(port, "admin", "password").await;
+    let uid1 = running(&sim).await;
+
+    let mut t = blk(|| ipmiconsole(port));
+    blk(|| t.expect("[SOL established]", T));
+    blk(|| t.expect("vm1 login: ", T));
+    blk(|| t.send("root\r"));
+    blk(|| t.expect("root\r\nvm1 login: ", T));
+
+    let out = admin(port, &["power", "cycle"]).await;
+    assert!(out.ok, "{}", out.text);
+    loop {
+        let boot = blk(|| t.expect("vm1 login: ", T));
+        let uid = sim.vmi_uid(NS, "vm1").unwrap();
+        if boot.contains("Linux version") && boot.contains(&format!("instance {uid}")) {
+            assert_ne!(uid, uid1);
+            break;
+        }
+    }
+
+    // A person's console: the agent ends SOL with "deactivating", which freeipmi reports
+    // and leaves on.
+    let mut person = person_console(&sim).await;
+    blk(|| t.expect("[SOL session stolen]", T));
+    let (code, _) = blk(|| t.wait_exit(T));
+    assert_eq!(code, 0, "{}", t.transcript());
+    assert_eq!(sol_active_bitmap(port).await, "01 00 00");
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert!(sim.console_attached(NS, "vm1"));
+    person
+        .send(Message::binary(b"mine\r".to_vec()))
+        .await
+        .unwrap();
+    person_reads(&mut person, "mine\r\nvm1 login: ").await;
+}
