@@ -74,7 +74,6 @@ impl SolClient {
         if cc != 0 {
             return Err(virtbmc::console::ConsoleError::Completion(cc));
         }
-        drop(exchange);
         Ok(SolClient { sock, s, seq: 0 })
     }
 
