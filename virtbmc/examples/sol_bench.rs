@@ -267,7 +267,7 @@ impl Backend for Flood {
                 return;
             }
             // Printable text in 64-byte writes, as a guest's tty driver hands the UART.
-            let chunk: Vec<u8> = (0..64).map(|i| b' ' + (i % 94) as u8).collect();
+            let chunk: Vec<u8> = (0..64).map(flood_byte).collect();
             while events
                 .send(ConsoleEvent::Output(chunk.clone()))
                 .await
@@ -280,30 +280,50 @@ impl Backend for Flood {
     }
 }
 
-/// Bytes the client received through SOL in `secs`, acknowledging each packet.
-fn sol_throughput(target: SocketAddr, secs: f64) -> (u64, Duration, u64) {
+/// What the flooding guest writes at stream offset `k` (the 64-byte chunk of [`Flood`]).
+fn flood_byte(k: u64) -> u8 {
+    b' ' + (k % 64) as u8
+}
+
+/// Bytes the client received through SOL in `secs`, acknowledging each packet; packets, and
+/// bytes that were not the guest's next (lost, doubled or out of order).
+fn sol_throughput(target: SocketAddr, secs: f64) -> (u64, Duration, u64, u64) {
     let mut c = SolClient::connect(target);
     c.activate();
     let mut buf = vec![0u8; 2048];
     let (mut bytes, mut packets) = (0u64, 0u64);
     // The first packet starts the clock: activation and the console opening are not counted.
     let end = Instant::now() + WAIT;
-    while c.receive(&mut buf).is_none_or(|(d, _)| d.is_empty()) {
+    let first = loop {
         assert!(Instant::now() < end, "the guest's output never came");
-    }
+        if let Some((d, _)) = c.receive(&mut buf)
+            && !d.is_empty()
+        {
+            break d;
+        }
+    };
+    // The stream starts at a chunk's start; where the first packet ends is where it goes on.
+    let mut offset = first.len() as u64;
+    let mut wrong = 0u64;
     let start = Instant::now();
     let span = Duration::from_secs_f64(secs);
     while start.elapsed() < span {
         if let Some((d, _)) = c.receive(&mut buf)
             && !d.is_empty()
         {
+            for &b in &d {
+                if b != flood_byte(offset) {
+                    wrong += 1;
+                }
+                offset += 1;
+            }
             bytes += d.len() as u64;
             packets += 1;
         }
     }
     let took = start.elapsed();
     c.deactivate();
-    (bytes, took, packets)
+    (bytes, took, packets, wrong)
 }
 
 async fn start_agent(
@@ -425,9 +445,10 @@ async fn main() {
         .await
         .expect("flood BMC");
     let target: SocketAddr = "127.0.0.1:31720".parse().unwrap();
-    let (bytes, took, packets) = tokio::task::spawn_blocking(move || sol_throughput(target, secs))
-        .await
-        .unwrap();
+    let (bytes, took, packets, wrong) =
+        tokio::task::spawn_blocking(move || sol_throughput(target, secs))
+            .await
+            .unwrap();
     let bps = bytes as f64 * 8.0 / took.as_secs_f64();
     println!(
         "  {bytes} bytes in {packets} packets in {:.2}s: {:.0} bit/s ({:.1}x a 115,200 bit/s line; aim: at least 1x), {:.0} bytes a packet",
@@ -435,5 +456,9 @@ async fn main() {
         bps,
         bps / 115_200.0,
         bytes as f64 / packets.max(1) as f64
+    );
+    println!(
+        "  the guest wrote {} bytes; bytes received out of the guest's order: {wrong}",
+        flood.written.load(Ordering::Relaxed)
     );
 }
