@@ -99,6 +99,28 @@ impl Terminal {
         }
     }
 
+    /// Starts `argv` under a terminal in network namespace `netns` (for a caller that holds
+    /// namespaces of its own rather than a [`Bmc`]).
+    pub fn spawn_in(netns: &str, argv: &[&str]) -> Terminal {
+        let mut full = vec!["python3", "-u", "-c", SCRIPT];
+        full.extend_from_slice(argv);
+        let mut child = crate::NetnsPair::exec(netns, &full)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {}: {e}", argv.join(" ")));
+        let stdin = child.stdin.take();
+        let stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+        Terminal {
+            child,
+            stdin,
+            stdout,
+            transcript: String::new(),
+            what: argv.join(" "),
+        }
+    }
+
     fn command(&mut self, line: &str) -> Vec<String> {
         let stdin = self.stdin.as_mut().expect("terminal open");
         writeln!(stdin, "{line}").expect("writing to the terminal driver");

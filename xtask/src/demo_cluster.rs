@@ -8,7 +8,8 @@
 //! attached to it. From `virtbmc-demo-client`, real ipmitool commands against the ports the
 //! elected agent wrote into the BMCs' status; between them, views of the cluster read from
 //! kubesim's API with curl (no kubectl needed): VMs, VMIs and their phases, BMCs, Services
-//! and their EndpointSlices, the Lease, Events.
+//! and their EndpointSlices, the Lease, Events. A Serial-over-LAN session on one VM shows its
+//! guest through KubeVirt's console subresource, across a reset.
 //! Then the fast path's counters and map, as in the embedded demo. The processes, namespaces
 //! and pins go at the end, on failure and on Ctrl-C.
 
@@ -18,7 +19,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use virtbmc_e2e::{NetnsPair, Out};
+use virtbmc_e2e::{NetnsPair, Out, Terminal};
 
 use crate::demo::{
     ADMIN, BMC_IFACE, BMC_NS, CLIENT_NS, NET, PIN_DIR, Steps, print_log_tails, show_fast_path,
@@ -680,6 +681,68 @@ impl Demo {
         })
     }
 
+    /// A SOL session on `vm` across a power reset, its terminal shown as the user saw it.
+    fn sol_across_a_reset(&mut self, vm: &str) -> Result<(), String> {
+        interrupt::check()?;
+        let port = self.port(vm).to_string();
+        let argv = [
+            "ipmitool",
+            "-I",
+            "lanplus",
+            "-H",
+            &self.bmc_ip,
+            "-p",
+            &port,
+            "-U",
+            "admin",
+            "-P",
+            "password",
+            "sol",
+            "activate",
+        ];
+        println!("$ {}", argv.join(" "));
+        let mut t = Terminal::spawn_in(CLIENT_NS, &argv);
+        let wait = Duration::from_secs(15);
+        let prompt = format!("{vm} login: ");
+        for (typed, want) in [
+            ("", "[SOL Session operational"),
+            ("\r", prompt.as_str()),
+            ("root\r", prompt.as_str()),
+        ] {
+            if !typed.is_empty() {
+                t.send(typed);
+            }
+            if !t.try_expect(want, wait) {
+                println!("{}", t.transcript().replace('\r', ""));
+                self.steps
+                    .surprise(format!("SOL: no {want:?} after typing {typed:?}"));
+                return Ok(());
+            }
+        }
+        let old = Self::uid(vm)?;
+        let reset = self.ipmitool("lan", vm, &["power", "reset"], true)?;
+        self.follow_new_vmi(vm, old)?;
+        let new = Self::uid(vm)?.unwrap_or_default();
+        if !t.try_expect(&format!("instance {new}"), wait) || !t.try_expect(&prompt, wait) {
+            self.steps.surprise(format!(
+                "SOL: no boot output of the new VMI (uid {new}) after the reset"
+            ));
+        }
+        t.send("\r~.");
+        let exited = t.try_expect("[terminated ipmitool]", wait);
+        println!("(the SOL terminal, as the user saw it:)");
+        println!("{}", t.transcript().replace('\r', ""));
+        println!(
+            "(power reset from another client: {})",
+            if reset.ok() { "ok" } else { "failed" }
+        );
+        if !exited {
+            self.steps
+                .surprise("SOL: ipmitool did not end on ~.".into());
+        }
+        Ok(())
+    }
+
     fn uid(vm: &str) -> Result<Option<String>, String> {
         Ok(Self::vmi(vm)?.map(|(_, uid)| uid))
     }
@@ -762,10 +825,8 @@ impl Demo {
             true,
         )?;
 
-        self.say("power reset of vm-2 over IPMI 1.5: KubeVirt's restart with grace period 0");
-        let old = Self::uid("vm-2")?;
-        self.ipmitool("lan", "vm-2", &["power", "reset"], true)?;
-        self.follow_new_vmi("vm-2", old)?;
+        self.say("Serial-over-LAN on vm-2: `ipmitool -I lanplus sol activate` (under a terminal) reads the VMI's console subresource through the agent; Enter, a login name, then a power reset of vm-2 from another client over IPMI 1.5 (KubeVirt's restart with grace period 0): the new VMI's boot shows on the same SOL session; then ~.");
+        self.sol_across_a_reset("vm-2")?;
 
         self.say("power off of vm-1 over IPMI 1.5: KubeVirt's stop; the guest shuts down and its VMI goes");
         self.ipmitool("lan", "vm-1", &["power", "off"], true)?;

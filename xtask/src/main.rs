@@ -36,6 +36,8 @@ commands:
   bench [SECS]    benchmark the userspace path, memory per BMC, XDP off vs on over a veth,
                   and whole sessions and session-less answers beside ipmi_sim (openipmi)
   bench cluster [N...]  cluster mode against kubesim: memory, CPU, phase-change latency
+  bench sol [KEYS] [SECS]  Serial-over-LAN in cluster mode: keystroke-to-echo latency through
+                  SOL beside the console subresource directly, and a flooding guest's bit/s
   build-ebpf      install rust-src/bpf-linker if missing, build the XDP object (nightly)
   image           build the container image virtbmc:<version> with podman (FROM scratch) and
                   save it to target/image/virtbmc-<version>.tar";
@@ -74,6 +76,19 @@ fn main() -> ExitCode {
 /// The userspace, veth and ipmi_sim benchmark (`bench [SECS]`), or the cluster-mode one
 /// (`bench cluster [N...]`: kubesim with N VMs, default 1,000 and 10,000).
 fn bench(args: &[String]) -> Result<(), String> {
+    if args.first().map(String::as_str) == Some("sol") {
+        // In-process (kubesim and the agent): no agent binary, no XDP, no root.
+        tools::run(tools::cargo().args([
+            "build",
+            "--release",
+            "-p",
+            "virtbmc",
+            "--example",
+            "sol_bench",
+        ]))?;
+        let bin = tools::target_dir().join("release/examples/sol_bench");
+        return tools::run(std::process::Command::new(bin).args(&args[1..]));
+    }
     let agent = tools::build_agent()?;
     let object = ebpf::build_ebpf()?;
     let (example, rest) = match args.first().map(String::as_str) {
