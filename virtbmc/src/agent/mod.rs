@@ -215,14 +215,23 @@ fn start_registry(
     metrics: &Arc<Metrics>,
 ) -> Result<(Arc<Registry>, SharedFastPath), AgentError> {
     let fastpath = Arc::new(std::sync::Mutex::new(start_fastpath(args)?));
-    let registry = Arc::new(Registry::new(
+    let mut registry = Registry::new(
         args.listen,
         backend,
         metrics.clone(),
         Duration::from_millis(args.action_timeout_ms),
         fastpath.clone(),
-    ));
-    Ok((registry, fastpath))
+    );
+    if !args.no_redfish {
+        let files = args.redfish_cert.clone().zip(args.redfish_key.clone());
+        let tls = crate::redfish::tls::server_config(files, vec![args.listen.to_string()])
+            .map_err(|e| AgentError::Config(e.to_string()))?;
+        registry = registry.with_redfish(Arc::new(crate::redfish::Redfish {
+            tls: tokio_rustls::TlsAcceptor::from(tls),
+            metrics: metrics.redfish.clone(),
+        }));
+    }
+    Ok((Arc::new(registry), fastpath))
 }
 
 /// Binds the admin endpoint (`/healthz`, `/readyz`, `/vms`, `/metrics`) and serves it.
