@@ -767,3 +767,104 @@ fn redfish_dmtf_validators_pass() {
         );
     }
 }
+
+/// A self-signed certificate for DNS name `bmc` (EC P-256), written as `<dir>/<stem>.crt`
+/// and `.key` (into temporary names first, then renamed, as a Secret volume update does).
+fn make_cert(dir: &std::path::Path, stem: &str) {
+    let (crt, key) = (
+        dir.join(format!("{stem}.crt")),
+        dir.join(format!("{stem}.key")),
+    );
+    let (tmp_crt, tmp_key) = (dir.join("new.crt"), dir.join("new.key"));
+    let out = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=bmc",
+            "-addext",
+            "subjectAltName=DNS:bmc",
+            "-keyout",
+        ])
+        .arg(&tmp_key)
+        .arg("-out")
+        .arg(&tmp_crt)
+        .output()
+        .expect("openssl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::rename(&tmp_key, key).unwrap();
+    std::fs::rename(&tmp_crt, crt).unwrap();
+}
+
+/// The certificate given on the command line is served (curl verifies it against itself as
+/// CA), and a new one written over it is served within seconds, without a restart.
+#[test]
+fn redfish_serves_the_given_certificate_and_reloads_it() {
+    ready_or_skip!("openssl");
+    let dir = std::env::temp_dir().join(format!("virtbmc-redfish-cert-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    make_cert(&dir, "tls");
+    std::fs::copy(dir.join("tls.crt"), dir.join("first.crt")).unwrap();
+    let (crt, key) = (
+        dir.join("tls.crt").display().to_string(),
+        dir.join("tls.key").display().to_string(),
+    );
+    let bmc = Bmc::builder()
+        .vm("vm-0=6230")
+        .arg("--redfish-cert")
+        .arg(&crt)
+        .arg("--redfish-key")
+        .arg(&key)
+        .start();
+    let verified = |ca: &str| {
+        let connect = format!("bmc:6230:{}:6230", bmc.ip());
+        bmc.client(&[
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--cacert",
+            ca,
+            "--connect-to",
+            &connect,
+            "https://bmc:6230/redfish/v1/",
+        ])
+    };
+    let first = dir.join("first.crt").display().to_string();
+    let out = verified(&first);
+    assert_eq!(out.stdout, "200", "{out}");
+    assert!(!bmc.log().contains("self-signed"), "{}", bmc.log());
+
+    make_cert(&dir, "tls");
+    let start = std::time::Instant::now();
+    loop {
+        let out = verified(&crt);
+        if out.stdout == "200" {
+            break;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(15),
+            "never reloaded: {out}\n{}",
+            bmc.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    let out = verified(&first);
+    assert!(!out.ok(), "the old certificate is no longer served: {out}");
+    assert!(bmc.log().contains("certificate reloaded"), "{}", bmc.log());
+    let _ = std::fs::remove_dir_all(&dir);
+}
