@@ -70,7 +70,7 @@ impl Msg {
                 "ActionParameterUnknown",
                 "The action %1 was submitted with the invalid parameter %2.",
                 "Warning",
-                "Correct the invalid parameter and resubmit the request if the operation failed.",
+                "Correct the invalid action parameter and resubmit the request if the operation failed.",
             ),
             ActionParameterValueNotInList => (
                 "ActionParameterValueNotInList",
@@ -82,7 +82,7 @@ impl Msg {
                 "ActionNotSupported",
                 "The action %1 is not supported by the resource.",
                 "Critical",
-                "The action supplied cannot be resubmitted to the implementation.  Perhaps the action was invalid, the wrong resource was the target or the implementation documentation may be of assistance.",
+                "Check the Actions property in the resource for the supported actions.",
             ),
             PropertyUnknown => (
                 "PropertyUnknown",
@@ -142,7 +142,7 @@ impl Msg {
                 "PayloadTooLarge",
                 "The supplied payload exceeds the maximum size supported by the service.",
                 "Critical",
-                "Correct the request body and resubmit.",
+                "Check that the supplied payload is correct and supported by this service.",
             ),
             ResourceInStandby => (
                 "ResourceInStandby",
