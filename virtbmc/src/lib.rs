@@ -5,6 +5,7 @@
 //! - [`backend`]: the power backends the engine's actions go through.
 //! - [`cluster`]: the Kubernetes backend (VirtualMachineBMC, KubeVirt subresources, Lease).
 //! - [`agent`]: the tokio wiring (sockets, timers, admin endpoint).
+//! - [`redfish`]: Redfish over HTTPS on each BMC's port, beside IPMI.
 //! - [`fastpath`]: the XDP program loader and its maps (the only module that knows aya).
 
 #[cfg(feature = "agent")]
@@ -17,4 +18,6 @@ pub mod crypto;
 pub mod engine;
 #[cfg(feature = "agent")]
 pub mod fastpath;
+#[cfg(feature = "agent")]
+pub mod redfish;
 pub mod wire;

@@ -205,6 +205,15 @@ impl Demo<'_> {
         self.steps.client(out, expect_ok)
     }
 
+    /// Runs and prints one curl command in the client namespace; it must succeed.
+    fn curl(&mut self, args: &[&str]) -> Result<Out, String> {
+        interrupt::check()?;
+        let mut argv = vec!["curl"];
+        argv.extend_from_slice(args);
+        let out = self.bmc.client(&argv);
+        self.steps.client(out, true)
+    }
+
     /// A SOL session on vm-1, its terminal shown as the user saw it.
     fn sol(&mut self) -> Result<(), String> {
         interrupt::check()?;
@@ -351,10 +360,28 @@ fn script(bmc: &Bmc) -> Result<(), String> {
     )?;
     d.ipmitool(Iface::Lan, "viewer", 6231, &["power", "off"], false)?;
 
+    d.say("Redfish over HTTPS on the same port number (TCP): vm-2 powered on with ComputerSystem.Reset, as Ironic's sushy does it, then read back");
+    let url = format!("https://{}:6232/redfish/v1/Systems/1", bmc.ip());
+    let reset = format!("{url}/Actions/ComputerSystem.Reset");
+    d.curl(&[
+        "-sk",
+        "-u",
+        "admin:password",
+        "-H",
+        "Content-Type: application/json",
+        "-d",
+        r#"{"ResetType":"On"}"#,
+        "-w",
+        "HTTP %{http_code}\n",
+        &reset,
+    ])?;
+    d.wait_power("vm-2", "on")?;
+    d.curl(&["-sk", "-u", "admin:password", &url])?;
+
     d.say("Serial-over-LAN: `ipmitool -I lanplus sol activate` on vm-1 (under a terminal), Enter, a login name, a power cycle from another client, then ~.");
     d.sol()?;
 
-    d.say("the agent's view after all that (vm-0 on with PXE next, vm-1 on again after its cycle)");
+    d.say("the agent's view after all that (vm-0 on with PXE next, vm-1 on again after its cycle, vm-2 on through Redfish)");
     d.show_vms();
 
     d.say("what the XDP fast path answered itself: pings, auth capabilities, cipher suites and the IPMI 1.5 in-session power status; the rest was passed to the agent");

@@ -61,6 +61,36 @@ pub const PACKAGES: [&str; 14] = [
 /// against, for the system interpreter.
 pub const PYTHON_IPMI: &str = "python-ipmi==0.6.1";
 
+/// The Redfish clients from PyPI, for the system interpreter: sushy (the library Ironic
+/// drives Redfish BMCs with) and the DMTF Service and Interop validators.
+pub const REDFISH_PYPI: [&str; 3] = [
+    "sushy==5.14.0",
+    "redfish-service-validator==3.1.8",
+    "redfish-interop-validator==3.0.4",
+];
+
+fn has_redfish_clients() -> bool {
+    let checks: Vec<String> = REDFISH_PYPI
+        .iter()
+        .filter_map(|p| p.split_once("=="))
+        .map(|(name, v)| format!("m.version('{name}') == '{v}'"))
+        .collect();
+    let probe = format!(
+        "import importlib.metadata as m; assert {}",
+        checks.join(" and ")
+    );
+    Command::new(PYGHMI_PYTHON)
+        .args(["-c", &probe])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+fn pip_install_redfish_clients() -> Result<(), String> {
+    run(Command::new(PYGHMI_PYTHON)
+        .args(["-m", "pip", "install", "--quiet", "--break-system-packages"])
+        .args(REDFISH_PYPI))
+}
+
 /// Binaries the end-to-end tests and the demo run.
 pub const NEEDED: [&str; 14] = [
     "ipmitool",
@@ -101,7 +131,7 @@ fn has_python_ipmi() -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-/// Missing binaries by name, plus `python3-pyghmi` and `python-ipmi`.
+/// Missing binaries by name, plus `python3-pyghmi`, `python-ipmi` and `redfish-clients`.
 fn missing() -> Vec<&'static str> {
     let mut missing: Vec<&str> = NEEDED.into_iter().filter(|bin| !on_path(bin)).collect();
     if !has_pyghmi() {
@@ -109,6 +139,9 @@ fn missing() -> Vec<&'static str> {
     }
     if !has_python_ipmi() {
         missing.push("python-ipmi");
+    }
+    if !has_redfish_clients() {
+        missing.push("redfish-clients");
     }
     missing
 }
@@ -191,7 +224,10 @@ pub fn ensure_installed() -> Result<(), String> {
             PACKAGES.join(" ")
         ));
     }
-    if missing != ["python-ipmi"] {
+    if missing
+        .iter()
+        .any(|m| !["python-ipmi", "redfish-clients"].contains(m))
+    {
         println!("==> missing {}: installing with apt", missing.join(", "));
         run(Command::new("apt-get").arg("update"))?;
         run(Command::new("apt-get")
@@ -201,6 +237,9 @@ pub fn ensure_installed() -> Result<(), String> {
     }
     if !has_python_ipmi() {
         pip_install_python_ipmi()?;
+    }
+    if !has_redfish_clients() {
+        pip_install_redfish_clients()?;
     }
     ensure_linters()?;
     let still = self::missing();

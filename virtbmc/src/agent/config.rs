@@ -105,6 +105,20 @@ pub struct Args {
     #[arg(long, default_value_t = 1500)]
     pub action_timeout_ms: u64,
 
+    /// Serve no Redfish: by default each BMC's port number also serves Redfish over HTTPS
+    /// on TCP.
+    #[arg(long)]
+    pub no_redfish: bool,
+
+    /// Redfish TLS certificate chain (PEM), re-read when it changes; with --redfish-key.
+    /// Without both, a self-signed certificate is made at start.
+    #[arg(long, requires = "redfish_key")]
+    pub redfish_cert: Option<std::path::PathBuf>,
+
+    /// Redfish TLS private key (PEM), re-read when it changes.
+    #[arg(long, requires = "redfish_cert")]
+    pub redfish_key: Option<std::path::PathBuf>,
+
     /// Admin HTTP endpoint: /healthz, /vms, /metrics.
     #[arg(long, default_value = "127.0.0.1:9623")]
     pub admin: std::net::SocketAddr,

@@ -47,6 +47,7 @@ pub struct Metrics {
     pub sol_active: AtomicU64,
     /// IPMI requests the userspace engine parsed, by command (`engine::commands::COUNTED`).
     pub commands: [AtomicU64; COMMAND_SLOTS],
+    pub redfish: std::sync::Arc<crate::redfish::RedfishMetrics>,
 }
 
 impl Metrics {
@@ -299,6 +300,7 @@ impl Metrics {
             out,
             "# HELP virtbmc_sessions_active Active sessions, summed over every BMC.\n# TYPE virtbmc_sessions_active gauge\nvirtbmc_sessions_active {sessions}"
         );
+        self.redfish.render(&mut out);
         out
     }
 }

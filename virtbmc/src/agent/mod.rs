@@ -79,7 +79,8 @@ pub async fn run(args: Args) -> Result<(), AgentError> {
             dup.port
         )));
     }
-    raise_fd_limit(vms.len() as u64 + 256);
+    // A UDP socket per BMC, and a TCP listener beside it for Redfish.
+    raise_fd_limit(vms.len() as u64 * 2 + 256);
     let embedded = Embedded::new(Duration::from_millis(args.transition_ms));
     let backend: Arc<dyn Backend> = Arc::new(EmbeddedBackend(embedded.clone()));
     let metrics = Arc::new(Metrics::default());
@@ -160,7 +161,7 @@ async fn run_kube(args: Args) -> Result<(), AgentError> {
     opts.agent_namespace = args.agent_namespace(&lease_namespace);
     opts.agent_selector = args.agent_selector.clone();
     opts.labels = args.label_mode().map_err(AgentError::Config)?;
-    raise_fd_limit(opts.port_range.len() as u64 + 256);
+    raise_fd_limit(opts.port_range.len() as u64 * 2 + 256);
     let metrics = Arc::new(Metrics::default());
     let (backend, writers) = KubeBackend::new(client, opts, metrics.clone());
     let (registry, fastpath) = start_registry(&args, Arc::new(backend.clone()), &metrics)?;
@@ -215,14 +216,23 @@ fn start_registry(
     metrics: &Arc<Metrics>,
 ) -> Result<(Arc<Registry>, SharedFastPath), AgentError> {
     let fastpath = Arc::new(std::sync::Mutex::new(start_fastpath(args)?));
-    let registry = Arc::new(Registry::new(
+    let mut registry = Registry::new(
         args.listen,
         backend,
         metrics.clone(),
         Duration::from_millis(args.action_timeout_ms),
         fastpath.clone(),
-    ));
-    Ok((registry, fastpath))
+    );
+    if !args.no_redfish {
+        let files = args.redfish_cert.clone().zip(args.redfish_key.clone());
+        let tls = crate::redfish::tls::server_config(files, vec![args.listen.to_string()])
+            .map_err(|e| AgentError::Config(e.to_string()))?;
+        registry = registry.with_redfish(Arc::new(crate::redfish::Redfish {
+            tls: tokio_rustls::TlsAcceptor::from(tls),
+            metrics: metrics.redfish.clone(),
+        }));
+    }
+    Ok((Arc::new(registry), fastpath))
 }
 
 /// Binds the admin endpoint (`/healthz`, `/readyz`, `/vms`, `/metrics`) and serves it.

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::net::UdpSocket;
+use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -18,6 +18,7 @@ use crate::engine::Bmc;
 use crate::engine::config::BmcConfig;
 use crate::engine::site::{LanInterface, Site, WallClock};
 use crate::fastpath::{self, FastPath};
+use crate::redfish::Redfish;
 
 /// The fast path, shared by the registry (map writes) and the admin endpoint (counters).
 pub type SharedFastPath = Arc<Mutex<FastPath>>;
@@ -29,6 +30,8 @@ struct Entry {
     /// its entry.
     sessions: Arc<AtomicUsize>,
     task: JoinHandle<()>,
+    /// The BMC's Redfish port (TCP, same number), when Redfish is served.
+    redfish: Option<JoinHandle<()>>,
 }
 
 pub struct Registry {
@@ -40,6 +43,7 @@ pub struct Registry {
     action_timeout: Duration,
     entries: Mutex<HashMap<u16, Entry>>,
     fastpath: SharedFastPath,
+    redfish: Option<Arc<Redfish>>,
 }
 
 impl Registry {
@@ -69,7 +73,14 @@ impl Registry {
             action_timeout,
             entries: Mutex::new(HashMap::new()),
             fastpath,
+            redfish: None,
         }
+    }
+
+    /// Serves Redfish on each BMC's port number over TCP, beside IPMI on UDP.
+    pub fn with_redfish(mut self, redfish: Arc<Redfish>) -> Registry {
+        self.redfish = Some(redfish);
+        self
     }
 
     fn fast(&self) -> std::sync::MutexGuard<'_, FastPath> {
@@ -125,8 +136,27 @@ impl Registry {
     pub async fn add(&self, name: &str, port: u16, config: Arc<BmcConfig>) -> std::io::Result<()> {
         self.remove(port);
         let socket = UdpSocket::bind(SocketAddr::new(self.listen, port)).await?;
+        let tcp = match &self.redfish {
+            Some(_) => Some(TcpListener::bind(SocketAddr::new(self.listen, port)).await?),
+            None => None,
+        };
         let (tx, rx) = watch::channel(config.clone());
         let name: Arc<str> = Arc::from(name);
+        let redfish = self.redfish.as_ref().zip(tcp).map(|(rf, listener)| {
+            crate::redfish::spawn(
+                rf,
+                listener,
+                crate::redfish::Service {
+                    name: name.clone(),
+                    backend: self.backend.clone(),
+                    config: tx.subscribe(),
+                    action_timeout: self.action_timeout,
+                    metrics: rf.metrics.clone(),
+                    sessions: Default::default(),
+                    efi: std::sync::atomic::AtomicBool::new(true),
+                },
+            )
+        });
         let mut bmc = Bmc::new(config.clone());
         bmc.set_site(Site {
             vm_name: name.to_string(),
@@ -159,6 +189,7 @@ impl Registry {
                 config: tx,
                 sessions,
                 task: handle,
+                redfish,
             },
         );
         Ok(())
@@ -180,6 +211,9 @@ impl Registry {
                     log::warn!("fastpath: port={port} removal failed: {err}");
                 }
                 e.task.abort();
+                if let Some(r) = e.redfish {
+                    r.abort();
+                }
                 log::info!("bmc={} port={port} removed", e.name);
                 true
             }

@@ -28,7 +28,7 @@ mod session_info;
 pub mod site;
 pub mod sol;
 pub mod sol_config;
-mod users;
+pub(crate) mod users;
 mod v15;
 pub mod vm;
 

@@ -1,0 +1,870 @@
+//! Redfish beside IPMI on each BMC's port: sushy (PyPI, the library Ironic drives BMCs
+//! with) reads the System, powers it on and off, restarts it and sets boot overrides, each
+//! checked against the embedded backend through `/vms`; curl shows the raw answers (status
+//! codes, ETag and 412, the 401 body, sessions); ipmitool and Redfish read each other's
+//! changes; and the DMTF Redfish Service Validator and Interop Validator (with the Ironic
+//! profile) run against the agent, offline.
+
+mod common;
+
+use std::path::PathBuf;
+
+use virtbmc_e2e::{Bmc, Iface, Out};
+
+const PYTHON: &str = "/usr/bin/python3";
+const SUSHY: &str = "5.14.0";
+
+/// One sushy step per run: `read`, `reset TYPE` or `boot TARGET ENABLED [MODE]`; each
+/// prints the System as sushy parsed it afterwards.
+const SUSHY_SCRIPT: &str = r#"
+import sys, urllib3, sushy
+urllib3.disable_warnings()
+url, user, password, step = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+root = sushy.Sushy(url + '/redfish/v1', username=user, password=password, verify=False)
+system = root.get_system()
+if step == 'reset':
+    system.reset_system(sushy.ResetType(sys.argv[5]))
+elif step == 'boot':
+    mode = sushy.BootSourceOverrideMode(sys.argv[7]) if len(sys.argv) > 7 else None
+    system.set_system_boot_options(sushy.BootSource(sys.argv[5]),
+                                   enabled=sushy.BootSourceOverrideEnabled(sys.argv[6]),
+                                   mode=mode)
+system.refresh()
+print('identity', system.identity)
+print('uuid', system.uuid)
+print('power', system.power_state.value)
+print('boot', system.boot.target.value, system.boot.enabled.value, system.boot.mode.value)
+print('resets', ','.join(sorted(v.value for v in system.get_allowed_reset_system_values())))
+print('targets', ','.join(sorted(getattr(v, 'value', v) for v in system.boot.allowed_values)))
+print('managers', ','.join(m.identity for m in root.get_manager_collection().get_members()))
+print('session', type(root._conn._auth).__name__, bool(root._conn._auth.get_session_key()))
+"#;
+
+fn url(bmc: &Bmc) -> String {
+    format!("https://{}:{}", bmc.ip(), common::PORT)
+}
+
+fn sushy(bmc: &Bmc, user: &str, password: &str, step: &[&str]) -> Out {
+    let url = url(bmc);
+    let mut argv = vec![PYTHON, "-c", SUSHY_SCRIPT, &url, user, password];
+    argv.extend_from_slice(step);
+    bmc.client(&argv)
+}
+
+fn sushy_ready() -> bool {
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("redfish")
+        .to_string();
+    if virtbmc_e2e::skip_unless_ready(&test, &[]) {
+        return false;
+    }
+    let probe = format!("import importlib.metadata as m; assert m.version('sushy') == '{SUSHY}'");
+    let ok = std::process::Command::new(PYTHON)
+        .args(["-c", &probe])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        if std::env::var("VIRTBMC_E2E_REQUIRED").is_ok_and(|v| v == "1") {
+            panic!(
+                "{test}: VIRTBMC_E2E_REQUIRED=1 but {PYTHON} lacks sushy {SUSHY} \
+                 (pip install --break-system-packages sushy=={SUSHY})"
+            );
+        }
+        eprintln!("SKIP {test}: needs sushy {SUSHY} for {PYTHON}");
+    }
+    ok
+}
+
+/// A raw HTTP answer as curl saw it.
+struct Http {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Http {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+
+    #[track_caller]
+    fn message_id(&self) -> String {
+        let j = self.json();
+        let info = &j["error"]["@Message.ExtendedInfo"][0]["MessageId"];
+        assert_eq!(j["error"]["code"], *info, "{}", self.body);
+        info.as_str().unwrap_or_default().to_string()
+    }
+}
+
+/// `curl -k -i` with `args` against `path` on the BMC's Redfish port.
+fn curl(bmc: &Bmc, method: &str, path: &str, args: &[&str]) -> Http {
+    let target = format!("{}{path}", url(bmc));
+    let mut argv = vec!["curl", "-sk", "-i", "-X", method];
+    argv.extend_from_slice(args);
+    argv.push(&target);
+    let out = bmc.client(&argv);
+    out.assert_ok();
+    let raw = out.stdout.replace("\r\n", "\n");
+    let (head, body) = raw.split_once("\n\n").unwrap_or((&raw, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line: {raw}"));
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
+        .collect();
+    Http {
+        status,
+        headers,
+        body: body.to_string(),
+    }
+}
+
+fn line<'a>(out: &'a Out, key: &str) -> &'a str {
+    out.stdout
+        .lines()
+        .find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix(' ')))
+        .unwrap_or_else(|| panic!("no `{key}` line in {out}"))
+}
+
+#[test]
+fn redfish_sushy_power_and_boot_read_back() {
+    if !sushy_ready() {
+        return;
+    }
+    let bmc = Bmc::builder().vm("vm-0=6230").start();
+    let out = sushy(&bmc, "admin", "password", &["read"]);
+    out.assert_ok();
+    assert_eq!(line(&out, "identity"), "1");
+    assert_eq!(line(&out, "power"), "Off");
+    assert_eq!(line(&out, "boot"), "None Disabled UEFI");
+    assert_eq!(
+        line(&out, "resets"),
+        "ForceOff,ForceRestart,GracefulRestart,GracefulShutdown,On",
+        "no Nmi: KubeVirt has none"
+    );
+    assert_eq!(line(&out, "targets"), "BiosSetup,Cd,Hdd,None,Pxe");
+    assert_eq!(line(&out, "managers"), "1");
+    assert_eq!(
+        line(&out, "session"),
+        "SessionOrBasicAuth True",
+        "sushy logged in with a session"
+    );
+    assert!(common::is_guid(line(&out, "uuid")));
+
+    // On: the backend starts the VM once; sushy reads it back on.
+    sushy(&bmc, "admin", "password", &["reset", "On"]).assert_ok();
+    let v = bmc.wait_power(common::VM, "on");
+    assert_eq!((v.starts, v.stops), (1, 0), "{v:?}");
+    assert_eq!(
+        line(&sushy(&bmc, "admin", "password", &["read"]), "power"),
+        "On"
+    );
+
+    // GracefulRestart: a power cycle, down and up again.
+    sushy(&bmc, "admin", "password", &["reset", "GracefulRestart"]).assert_ok();
+    let v = bmc.wait_vm(
+        common::VM,
+        "restarted",
+        std::time::Duration::from_secs(10),
+        |v| v.starts == 2 && v.power == "on",
+    );
+    assert_eq!(v.stops, 1, "{v:?}");
+
+    // ForceRestart: a reset in place.
+    sushy(&bmc, "admin", "password", &["reset", "ForceRestart"]).assert_ok();
+    assert_eq!(bmc.vm(common::VM).resets, 1);
+
+    // GracefulShutdown, then On again (waiting out nothing), then ForceOff.
+    sushy(&bmc, "admin", "password", &["reset", "GracefulShutdown"]).assert_ok();
+    let v = bmc.wait_power(common::VM, "off");
+    assert_eq!(v.stops, 2, "{v:?}");
+    assert_eq!(
+        line(&sushy(&bmc, "admin", "password", &["read"]), "power"),
+        "Off"
+    );
+    sushy(&bmc, "admin", "password", &["reset", "On"]).assert_ok();
+    bmc.wait_power(common::VM, "on");
+    sushy(&bmc, "admin", "password", &["reset", "ForceOff"]).assert_ok();
+    let v = bmc.wait_power(common::VM, "off");
+    assert_eq!((v.starts, v.stops), (3, 3), "{v:?}");
+    assert_eq!(
+        line(&sushy(&bmc, "admin", "password", &["read"]), "power"),
+        "Off"
+    );
+
+    // Boot overrides as Ironic sets them, each read back by sushy and by the backend.
+    for (target, enabled, mode, boot, persistent, efi) in [
+        ("Pxe", "Once", "UEFI", "pxe", false, true),
+        ("Hdd", "Continuous", "UEFI", "disk", true, true),
+        ("Cd", "Once", "UEFI", "cdrom", false, true),
+        ("Pxe", "Once", "Legacy", "pxe", false, false),
+    ] {
+        let out = sushy(&bmc, "admin", "password", &["boot", target, enabled, mode]);
+        out.assert_ok();
+        assert_eq!(line(&out, "boot"), format!("{target} {enabled} {mode}"));
+        let v = bmc.vm(common::VM);
+        assert_eq!(
+            (v.boot.as_str(), v.persistent, v.efi),
+            (boot, persistent, efi),
+            "{v:?}"
+        );
+    }
+
+    // A read-only user reads, but cannot power on.
+    let out = sushy(&bmc, "viewer", "viewer", &["reset", "On"]);
+    assert!(!out.ok(), "{out}");
+    assert!(out.text().contains("403"), "{out}");
+    assert_eq!(bmc.vm(common::VM).power, "off");
+    // Wrong credentials: refused, nothing changes.
+    let out = sushy(&bmc, "admin", "wrong", &["reset", "On"]);
+    assert!(!out.ok(), "{out}");
+    assert_eq!(bmc.vm(common::VM).starts, 3);
+}
+
+#[test]
+fn redfish_raw_json_status_codes_etag_and_sessions() {
+    ready_or_skip!();
+    let bmc = Bmc::builder().vm("vm-0=6230").start();
+
+    // The service root is open; it links no VirtualMedia anywhere.
+    let root = curl(&bmc, "GET", "/redfish/v1/", &[]);
+    assert_eq!(root.status, 200, "{}", root.body);
+    assert_eq!(root.header("OData-Version"), Some("4.0"));
+    let j = root.json();
+    assert_eq!(j["@odata.id"], "/redfish/v1");
+    assert_eq!(
+        j["Links"]["Sessions"]["@odata.id"],
+        "/redfish/v1/SessionService/Sessions"
+    );
+    assert_eq!(j["Systems"]["@odata.id"], "/redfish/v1/Systems");
+
+    // No credentials, an unknown user and a wrong password: the same 401 and body.
+    let none = curl(&bmc, "GET", "/redfish/v1/Systems/1", &[]);
+    let unknown = curl(
+        &bmc,
+        "GET",
+        "/redfish/v1/Systems/1",
+        &["-u", "nobody:password"],
+    );
+    let wrong = curl(&bmc, "GET", "/redfish/v1/Systems/1", &["-u", "admin:wrong"]);
+    for r in [&none, &unknown, &wrong] {
+        assert_eq!(r.status, 401, "{}", r.body);
+        assert_eq!(r.message_id(), "Base.1.22.1.NoValidSession");
+        assert!(
+            r.header("WWW-Authenticate")
+                .is_some_and(|v| v.starts_with("Basic"))
+        );
+    }
+    assert_eq!(unknown.body, wrong.body, "no user enumeration");
+    let login_body = |u: &str, p: &str| format!("{{\"UserName\":\"{u}\",\"Password\":\"{p}\"}}");
+    let json = ["-H", "Content-Type: application/json", "--data"];
+    let bad_a = curl(
+        &bmc,
+        "POST",
+        "/redfish/v1/SessionService/Sessions",
+        &[json[0], json[1], json[2], &login_body("nobody", "password")],
+    );
+    let bad_b = curl(
+        &bmc,
+        "POST",
+        "/redfish/v1/SessionService/Sessions",
+        &[json[0], json[1], json[2], &login_body("admin", "wrong")],
+    );
+    assert_eq!((bad_a.status, bad_b.status), (401, 401));
+    assert_eq!(bad_a.body, bad_b.body);
+
+    // Login: 201, a token and the session's Location.
+    let login = curl(
+        &bmc,
+        "POST",
+        "/redfish/v1/SessionService/Sessions",
+        &[json[0], json[1], json[2], &login_body("admin", "password")],
+    );
+    assert_eq!(login.status, 201, "{}", login.body);
+    let token = login
+        .header("X-Auth-Token")
+        .expect("X-Auth-Token")
+        .to_string();
+    let location = login.header("Location").expect("Location").to_string();
+    assert!(
+        location.starts_with("/redfish/v1/SessionService/Sessions/"),
+        "{location}"
+    );
+    assert_eq!(login.json()["@odata.id"], location);
+    assert_eq!(login.json()["UserName"], "admin");
+    let auth = format!("X-Auth-Token: {token}");
+
+    // The System with its ETag; no VirtualMedia link.
+    let sys = curl(&bmc, "GET", "/redfish/v1/Systems/1", &["-H", &auth]);
+    assert_eq!(sys.status, 200, "{}", sys.body);
+    let etag = sys.header("ETag").expect("ETag on the System").to_string();
+    let j = sys.json();
+    assert_eq!(j["PowerState"], "Off");
+    assert_eq!(j["Boot"]["BootSourceOverrideEnabled"], "Disabled");
+    assert_eq!(
+        j["Links"]["ManagedBy"][0]["@odata.id"],
+        "/redfish/v1/Managers/1"
+    );
+    assert!(j.get("VirtualMedia").is_none(), "{}", sys.body);
+    let mgr = curl(&bmc, "GET", "/redfish/v1/Managers/1", &["-H", &auth]);
+    assert_eq!(mgr.status, 200);
+    assert!(mgr.json().get("VirtualMedia").is_none(), "{}", mgr.body);
+    assert_eq!(
+        mgr.json()["Links"]["ManagerForServers"][0]["@odata.id"],
+        "/redfish/v1/Systems/1"
+    );
+
+    // PATCH with the current ETag: 200 and a new ETag; with the stale one: 412.
+    let patch = r#"{"Boot":{"BootSourceOverrideTarget":"Pxe","BootSourceOverrideEnabled":"Once"}}"#;
+    let if_match = format!("If-Match: {etag}");
+    let ok = curl(
+        &bmc,
+        "PATCH",
+        "/redfish/v1/Systems/1",
+        &[
+            "-H", &auth, "-H", &if_match, json[0], json[1], json[2], patch,
+        ],
+    );
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    assert_eq!(ok.json()["Boot"]["BootSourceOverrideTarget"], "Pxe");
+    assert_ne!(ok.header("ETag"), Some(etag.as_str()));
+    assert_eq!(bmc.vm(common::VM).boot, "pxe");
+    let stale = curl(
+        &bmc,
+        "PATCH",
+        "/redfish/v1/Systems/1",
+        &[
+            "-H",
+            &auth,
+            "-H",
+            &if_match,
+            json[0],
+            json[1],
+            json[2],
+            r#"{"Boot":{"BootSourceOverrideTarget":"Hdd"}}"#,
+        ],
+    );
+    assert_eq!(stale.status, 412, "{}", stale.body);
+    assert_eq!(stale.message_id(), "Base.1.22.1.PreconditionFailed");
+    assert_eq!(
+        bmc.vm(common::VM).boot,
+        "pxe",
+        "a stale PATCH changes nothing"
+    );
+
+    // Client mistakes: 400 with the property named, never 500.
+    let bad = curl(
+        &bmc,
+        "PATCH",
+        "/redfish/v1/Systems/1",
+        &[
+            "-H",
+            &auth,
+            json[0],
+            json[1],
+            json[2],
+            r#"{"Boot":{"BootSourceOverrideTarget":"Floppy"}}"#,
+        ],
+    );
+    assert_eq!(bad.status, 400);
+    assert_eq!(bad.message_id(), "Base.1.22.1.PropertyValueNotInList");
+    let ro = curl(
+        &bmc,
+        "PATCH",
+        "/redfish/v1/Systems/1",
+        &[
+            "-H",
+            &auth,
+            json[0],
+            json[1],
+            json[2],
+            r#"{"PowerState":"On"}"#,
+        ],
+    );
+    assert_eq!(
+        (ro.status, ro.message_id().as_str()),
+        (400, "Base.1.22.1.PropertyNotWritable")
+    );
+    let garbled = curl(
+        &bmc,
+        "PATCH",
+        "/redfish/v1/Systems/1",
+        &["-H", &auth, json[0], json[1], json[2], "{\"Boot\":"],
+    );
+    assert_eq!(
+        (garbled.status, garbled.message_id().as_str()),
+        (400, "Base.1.22.1.MalformedJSON")
+    );
+    let nmi = curl(
+        &bmc,
+        "POST",
+        "/redfish/v1/Systems/1/Actions/ComputerSystem.Reset",
+        &[
+            "-H",
+            &auth,
+            json[0],
+            json[1],
+            json[2],
+            r#"{"ResetType":"Nmi"}"#,
+        ],
+    );
+    assert_eq!(
+        (nmi.status, nmi.message_id().as_str()),
+        (400, "Base.1.22.1.ActionParameterValueNotInList")
+    );
+    let missing = curl(
+        &bmc,
+        "POST",
+        "/redfish/v1/Systems/1/Actions/ComputerSystem.Reset",
+        &["-H", &auth, json[0], json[1], json[2], "{}"],
+    );
+    assert_eq!(
+        (missing.status, missing.message_id().as_str()),
+        (400, "Base.1.22.1.ActionParameterMissing")
+    );
+    let restart_off = curl(
+        &bmc,
+        "POST",
+        "/redfish/v1/Systems/1/Actions/ComputerSystem.Reset",
+        &[
+            "-H",
+            &auth,
+            json[0],
+            json[1],
+            json[2],
+            r#"{"ResetType":"ForceRestart"}"#,
+        ],
+    );
+    assert_eq!(
+        restart_off.status, 409,
+        "a restart of a machine that is off: {}",
+        restart_off.body
+    );
+    let gone = curl(&bmc, "GET", "/redfish/v1/Systems/2", &["-H", &auth]);
+    assert_eq!(
+        (gone.status, gone.message_id().as_str()),
+        (404, "Base.1.22.1.ResourceNotFound")
+    );
+    let vmedia = curl(
+        &bmc,
+        "GET",
+        "/redfish/v1/Managers/1/VirtualMedia",
+        &["-H", &auth],
+    );
+    assert_eq!(vmedia.status, 404);
+    let post_sys = curl(
+        &bmc,
+        "POST",
+        "/redfish/v1/Systems/1",
+        &["-H", &auth, json[0], json[1], json[2], "{}"],
+    );
+    assert_eq!(
+        (post_sys.status, post_sys.message_id().as_str()),
+        (405, "Base.1.22.1.OperationNotAllowed")
+    );
+    assert_eq!(post_sys.header("Allow"), Some("GET, HEAD, PATCH"));
+
+    // A read-only user (IPMI privilege User) may read but not reset: 403.
+    let viewer = curl(
+        &bmc,
+        "POST",
+        "/redfish/v1/Systems/1/Actions/ComputerSystem.Reset",
+        &[
+            "-u",
+            "viewer:viewer",
+            json[0],
+            json[1],
+            json[2],
+            r#"{"ResetType":"On"}"#,
+        ],
+    );
+    assert_eq!(
+        (viewer.status, viewer.message_id().as_str()),
+        (403, "Base.1.22.1.InsufficientPrivilege")
+    );
+    assert_eq!(bmc.vm(common::VM).power, "off");
+    let on = curl(
+        &bmc,
+        "POST",
+        "/redfish/v1/Systems/1/Actions/ComputerSystem.Reset",
+        &[
+            "-u",
+            "admin:password",
+            json[0],
+            json[1],
+            json[2],
+            r#"{"ResetType":"On"}"#,
+        ],
+    );
+    assert_eq!(on.status, 204, "{}", on.body);
+    bmc.wait_power(common::VM, "on");
+
+    // Accounts: the BMC's users with their roles.
+    let accounts = curl(
+        &bmc,
+        "GET",
+        "/redfish/v1/AccountService/Accounts",
+        &["-H", &auth],
+    )
+    .json();
+    assert_eq!(accounts["Members@odata.count"], 2);
+    let first = accounts["Members"][0]["@odata.id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let a = curl(&bmc, "GET", &first, &["-H", &auth]).json();
+    assert_eq!(
+        (a["UserName"].as_str(), a["RoleId"].as_str()),
+        (Some("admin"), Some("Administrator"))
+    );
+
+    // Logout ends the token.
+    let sessions = curl(
+        &bmc,
+        "GET",
+        "/redfish/v1/SessionService/Sessions",
+        &["-H", &auth],
+    )
+    .json();
+    assert_eq!(sessions["Members"][0]["@odata.id"], location);
+    let out = curl(&bmc, "DELETE", &location, &["-H", &auth]);
+    assert_eq!(out.status, 204);
+    assert_eq!(
+        curl(&bmc, "GET", "/redfish/v1/Systems/1", &["-H", &auth]).status,
+        401
+    );
+
+    // Counted by resource, method and status; handshakes too.
+    let metrics = bmc.http_get("/metrics").unwrap();
+    assert!(
+        metrics.contains(
+            r#"virtbmc_redfish_requests_total{resource="system",method="PATCH",status="412"} 1"#
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"virtbmc_redfish_tls_handshakes_total{result="ok"}"#),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn redfish_and_ipmi_see_each_others_changes() {
+    ready_or_skip!("ipmitool");
+    let bmc = Bmc::builder().vm("vm-0=6230").start();
+    let iface = Iface::LanplusC(17);
+    let power = |bmc: &Bmc| {
+        curl(
+            bmc,
+            "GET",
+            "/redfish/v1/Systems/1",
+            &["-u", "admin:password"],
+        )
+        .json()["PowerState"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(power(&bmc), "Off");
+    bmc.admin(iface, common::PORT, &["power", "on"]).assert_ok();
+    bmc.wait_power(common::VM, "on");
+    assert_eq!(power(&bmc), "On", "Redfish reads what IPMI did");
+
+    // Redfish sets the override; ipmitool reads it from boot parameter 5.
+    let patch = r#"{"Boot":{"BootSourceOverrideTarget":"Pxe","BootSourceOverrideEnabled":"Continuous","BootSourceOverrideMode":"UEFI"}}"#;
+    let r = curl(
+        &bmc,
+        "PATCH",
+        "/redfish/v1/Systems/1",
+        &[
+            "-u",
+            "admin:password",
+            "-H",
+            "Content-Type: application/json",
+            "--data",
+            patch,
+        ],
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    bmc.admin(iface, common::PORT, &["chassis", "bootparam", "get", "5"])
+        .assert_ok()
+        .assert_stdout_has("- Options apply to all future boots")
+        .assert_stdout_has("- BIOS EFI boot")
+        .assert_stdout_has("Boot Device Selector : Force PXE");
+
+    // ipmitool sets one; Redfish reads it.
+    bmc.admin(iface, common::PORT, &["chassis", "bootdev", "cdrom"])
+        .assert_ok();
+    let j = curl(
+        &bmc,
+        "GET",
+        "/redfish/v1/Systems/1",
+        &["-u", "admin:password"],
+    )
+    .json();
+    assert_eq!(j["Boot"]["BootSourceOverrideTarget"], "Cd");
+    assert_eq!(j["Boot"]["BootSourceOverrideEnabled"], "Once");
+    assert_eq!(j["Boot"]["BootSourceOverrideMode"], "Legacy");
+
+    // Redfish powers off; ipmitool reads it.
+    let r = curl(
+        &bmc,
+        "POST",
+        "/redfish/v1/Systems/1/Actions/ComputerSystem.Reset",
+        &[
+            "-u",
+            "admin:password",
+            "-H",
+            "Content-Type: application/json",
+            "--data",
+            r#"{"ResetType":"ForceOff"}"#,
+        ],
+    );
+    assert_eq!(r.status, 204, "{}", r.body);
+    bmc.wait_power(common::VM, "off");
+    common::power_status_is(&bmc, iface, common::PORT, "off");
+}
+
+/// The DMTF schemas, registry and Ironic profile shipped beside the repository.
+fn shared() -> PathBuf {
+    std::env::var_os("VIRTBMC_REDFISH_SHARED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/redfish"))
+}
+
+/// The PASS/WARN/FAIL/NOT TESTED counts a validator prints last.
+fn totals(out: &Out) -> [u64; 4] {
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    let at = lines
+        .iter()
+        .rposition(|l| l.contains("PASS") && l.contains("FAIL"))
+        .unwrap_or_else(|| panic!("no summary table: {out}"));
+    let nums: Vec<u64> = lines[at + 2]
+        .split('|')
+        .filter_map(|c| c.trim().parse().ok())
+        .collect();
+    nums.try_into()
+        .unwrap_or_else(|_| panic!("summary row: {}", lines[at + 2]))
+}
+
+#[test]
+fn redfish_dmtf_validators_pass() {
+    ready_or_skip!("rf_service_validator", "rf_interop_validator");
+    let shared = shared();
+    let csdl = shared.join("csdl");
+    let profile = shared.join("profiles/OpenStackIronicProfile.v1_2_0.json");
+    assert!(
+        csdl.is_dir() && profile.is_file(),
+        "no {}",
+        shared.display()
+    );
+    let bmc = Bmc::builder().vm("vm-0=6230").start();
+    let logs = std::env::temp_dir().join(format!("{}-validators", bmc.net.bmc));
+    let _ = std::fs::remove_dir_all(&logs);
+    let url = url(&bmc);
+    let (csdl, profile, service_logs, interop_logs) = (
+        csdl.display().to_string(),
+        profile.display().to_string(),
+        logs.join("service").display().to_string(),
+        logs.join("interop").display().to_string(),
+    );
+
+    let out = bmc.client(&[
+        "rf_service_validator",
+        "-r",
+        &url,
+        "-u",
+        "admin",
+        "-p",
+        "password",
+        "--authtype",
+        "Session",
+        "--schema_directory",
+        &csdl,
+        "--logdir",
+        &service_logs,
+    ]);
+    let [pass, _warn, fail, _] = totals(&out);
+    assert_eq!(fail, 0, "{out}");
+    assert!(pass > 150, "the whole tree was checked: {out}");
+    for r in [
+        "/redfish/v1/Systems/1",
+        "/redfish/v1/Managers/1",
+        "/redfish/v1/Chassis/1",
+        "/redfish/v1/AccountService/Roles/ReadOnly",
+    ] {
+        assert!(
+            out.stdout.contains(&format!("Validating {r}...")),
+            "{r} not validated: {out}"
+        );
+    }
+
+    let out = bmc.client(&[
+        "rf_interop_validator",
+        &profile,
+        "-r",
+        &url,
+        "-u",
+        "admin",
+        "-p",
+        "password",
+        "--logdir",
+        &interop_logs,
+    ]);
+    let [pass, _, fail, _] = totals(&out);
+    assert!(pass >= 15, "{out}");
+    // The only failures allowed are the VirtualMedia ones (not served yet): each FAIL cell of
+    // the report sits in a row about VirtualMedia.
+    let report = std::fs::read_dir(&interop_logs)
+        .unwrap()
+        .flatten()
+        .flat_map(|d| std::fs::read_dir(d.path()).into_iter().flatten().flatten())
+        .find(|f| f.path().extension().is_some_and(|e| e == "html"))
+        .map(|f| std::fs::read_to_string(f.path()).unwrap())
+        .unwrap_or_else(|| panic!("no HTML report in {interop_logs}: {out}"));
+    let text: String = {
+        let mut t = String::new();
+        let mut tag = false;
+        for c in report.chars() {
+            match c {
+                '<' => tag = true,
+                '>' => {
+                    tag = false;
+                    t.push(' ');
+                }
+                c if !tag => t.push(c),
+                _ => {}
+            }
+        }
+        t.split_whitespace().collect::<Vec<_>>().join(" ")
+    };
+    let failed_rows: Vec<String> = text
+        .match_indices(" FAIL")
+        .filter(|(i, _)| !text[*i..].starts_with(" FAIL NOT TESTED"))
+        .map(|(i, _)| {
+            let before: Vec<char> = text[..i].chars().collect();
+            before[before.len().saturating_sub(200)..].iter().collect()
+        })
+        .filter(|before: &String| !before.ends_with("PASS WARN"))
+        .collect();
+    assert_eq!(failed_rows.len() as u64, fail, "{failed_rows:#?}\n{out}");
+    for row in failed_rows {
+        assert!(
+            row.contains("VirtualMedia"),
+            "a mandatory item other than VirtualMedia failed: {row}"
+        );
+    }
+}
+
+/// A self-signed certificate for DNS name `bmc` (EC P-256), written as `<dir>/<stem>.crt`
+/// and `.key` (into temporary names first, then renamed, as a Secret volume update does).
+fn make_cert(dir: &std::path::Path, stem: &str) {
+    let (crt, key) = (
+        dir.join(format!("{stem}.crt")),
+        dir.join(format!("{stem}.key")),
+    );
+    let (tmp_crt, tmp_key) = (dir.join("new.crt"), dir.join("new.key"));
+    let out = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=bmc",
+            "-addext",
+            "subjectAltName=DNS:bmc",
+            "-keyout",
+        ])
+        .arg(&tmp_key)
+        .arg("-out")
+        .arg(&tmp_crt)
+        .output()
+        .expect("openssl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::rename(&tmp_key, key).unwrap();
+    std::fs::rename(&tmp_crt, crt).unwrap();
+}
+
+/// The certificate given on the command line is served (curl verifies it against itself as
+/// CA), and a new one written over it is served within seconds, without a restart.
+#[test]
+fn redfish_serves_the_given_certificate_and_reloads_it() {
+    ready_or_skip!("openssl");
+    let dir = std::env::temp_dir().join(format!("virtbmc-redfish-cert-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    make_cert(&dir, "tls");
+    std::fs::copy(dir.join("tls.crt"), dir.join("first.crt")).unwrap();
+    let (crt, key) = (
+        dir.join("tls.crt").display().to_string(),
+        dir.join("tls.key").display().to_string(),
+    );
+    let bmc = Bmc::builder()
+        .vm("vm-0=6230")
+        .arg("--redfish-cert")
+        .arg(&crt)
+        .arg("--redfish-key")
+        .arg(&key)
+        .start();
+    let verified = |ca: &str| {
+        let connect = format!("bmc:6230:{}:6230", bmc.ip());
+        bmc.client(&[
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--cacert",
+            ca,
+            "--connect-to",
+            &connect,
+            "https://bmc:6230/redfish/v1/",
+        ])
+    };
+    let first = dir.join("first.crt").display().to_string();
+    let out = verified(&first);
+    assert_eq!(out.stdout, "200", "{out}");
+    assert!(!bmc.log().contains("self-signed"), "{}", bmc.log());
+
+    make_cert(&dir, "tls");
+    let start = std::time::Instant::now();
+    loop {
+        let out = verified(&crt);
+        if out.stdout == "200" {
+            break;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(15),
+            "never reloaded: {out}\n{}",
+            bmc.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    let out = verified(&first);
+    assert!(!out.ok(), "the old certificate is no longer served: {out}");
+    assert!(bmc.log().contains("certificate reloaded"), "{}", bmc.log());
+    let _ = std::fs::remove_dir_all(&dir);
+}
