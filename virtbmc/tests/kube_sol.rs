@@ -67,6 +67,11 @@ async fn person_console(sim: &kubesim::Handle) -> tokio_tungstenite::WebSocketSt
         "Sec-WebSocket-Protocol",
         "plain.kubevirt.io".parse().unwrap(),
     );
+    // A person with their own credentials.
+    req.headers_mut().insert(
+        "Authorization",
+        format!("Bearer {ADMIN_TOKEN}").parse().unwrap(),
+    );
     let tcp = TcpStream::connect(sim.addr()).await.unwrap();
     tokio_tungstenite::client_async(req, tcp).await.unwrap().0
 }
