@@ -321,6 +321,11 @@ impl Bmc {
         self.client(&argv)
     }
 
+    /// Starts `argv` under a terminal in the client namespace.
+    pub fn terminal(&self, argv: &[&str]) -> crate::Terminal {
+        crate::terminal::start(argv, |line| NetnsPair::exec(&self.net.client, line))
+    }
+
     /// Starts a long-running client in the client namespace with piped stdin/stdout
     /// (e.g. `ipmitool ... shell`, which holds its session open).
     pub fn spawn_client(&self, args: &[&str]) -> Child {

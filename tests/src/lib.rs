@@ -19,7 +19,7 @@ mod netns;
 mod precheck;
 mod pyghmi;
 mod shell;
-mod terminal;
+pub mod terminal;
 mod vms;
 
 pub use agent::{Bmc, BmcBuilder, agent_binary};

@@ -1,14 +1,17 @@
 //! A client under a pseudo-terminal, driven line by line: interactive clients (`ipmitool sol
 //! activate`, `ipmiconsole`) read a terminal, not a pipe. A short python3 script (the `pty`
-//! module) holds the terminal in the client namespace; the test sends it commands on stdin
-//! and reads one answer line per command, everything hex-encoded so that any byte passes.
+//! module) holds the terminal wherever the caller starts it ([`start`]: in a namespace, or on
+//! this host); the test sends it commands on stdin and reads one answer line per command,
+//! everything hex-encoded so that any byte passes.
+//!
+//! This file needs only std and its sibling `hex` module, so that virtbmc's own cluster
+//! tests, which cannot link this crate, include the same file (with `#[path]`).
 
 use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, ChildStdin, ChildStdout};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::Duration;
 
-use crate::Bmc;
-use crate::hex;
+use super::hex;
 
 /// Commands, one per line: `E <seconds> <hex>` waits for the text after the last match
 /// (answers `OK <hex of what came up to and with it>` or `TIMEOUT <hex of what came>`),
@@ -82,45 +85,28 @@ pub struct Terminal {
     what: String,
 }
 
+/// Starts `argv` under the terminal driver; `launch` turns the driver's command line into
+/// the command that runs it (`ip netns exec <ns> ...`, or the line itself on this host).
+pub fn start(argv: &[&str], launch: impl FnOnce(&[&str]) -> Command) -> Terminal {
+    let mut full = vec!["python3", "-u", "-c", SCRIPT];
+    full.extend_from_slice(argv);
+    let mut child = launch(&full)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawning {}: {e}", argv.join(" ")));
+    let stdin = child.stdin.take();
+    let stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+    Terminal {
+        child,
+        stdin,
+        stdout,
+        transcript: String::new(),
+        what: argv.join(" "),
+    }
+}
+
 impl Terminal {
-    /// Starts `argv` under a terminal in the client namespace.
-    pub fn spawn(bmc: &Bmc, argv: &[&str]) -> Terminal {
-        let mut full = vec!["python3", "-u", "-c", SCRIPT];
-        full.extend_from_slice(argv);
-        let mut child = bmc.spawn_client(&full);
-        let stdin = child.stdin.take();
-        let stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
-        Terminal {
-            child,
-            stdin,
-            stdout,
-            transcript: String::new(),
-            what: argv.join(" "),
-        }
-    }
-
-    /// Starts `argv` under a terminal in network namespace `netns` (for a caller that holds
-    /// namespaces of its own rather than a [`Bmc`]).
-    pub fn spawn_in(netns: &str, argv: &[&str]) -> Terminal {
-        let mut full = vec!["python3", "-u", "-c", SCRIPT];
-        full.extend_from_slice(argv);
-        let mut child = crate::NetnsPair::exec(netns, &full)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawning {}: {e}", argv.join(" ")));
-        let stdin = child.stdin.take();
-        let stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
-        Terminal {
-            child,
-            stdin,
-            stdout,
-            transcript: String::new(),
-            what: argv.join(" "),
-        }
-    }
-
     fn command(&mut self, line: &str) -> Vec<String> {
         let stdin = self.stdin.as_mut().expect("terminal open");
         writeln!(stdin, "{line}").expect("writing to the terminal driver");
@@ -145,10 +131,9 @@ impl Terminal {
         String::from_utf8_lossy(&hex::decode(part).unwrap_or_default()).into_owned()
     }
 
-    /// Waits until `needle` appears after the last match; returns what came up to and with
-    /// it. Panics with the transcript when it does not come in time.
-    #[track_caller]
-    pub fn expect(&mut self, needle: &str, timeout: Duration) -> String {
+    /// Waits until `needle` appears after the last match: what came up to and with it, or
+    /// `Err` with what came instead (before the timeout or the client's end).
+    pub fn try_expect(&mut self, needle: &str, timeout: Duration) -> Result<String, String> {
         let line = format!(
             "E {} {}",
             timeout.as_secs_f64(),
@@ -156,23 +141,23 @@ impl Terminal {
         );
         let parts = self.command(&line);
         let seen = parts.get(1).map_or(String::new(), |p| Self::decoded(p));
-        assert_eq!(
-            parts[0], "OK",
-            "{}: no {needle:?} within {timeout:?}; transcript:\n{}",
-            self.what, self.transcript
-        );
-        seen
+        if parts[0] == "OK" {
+            Ok(seen)
+        } else {
+            Err(seen)
+        }
     }
 
-    /// Like [`Terminal::expect`], but says whether `needle` came (before the timeout and
-    /// before the client closed the terminal) instead of panicking.
-    pub fn try_expect(&mut self, needle: &str, timeout: Duration) -> bool {
-        let line = format!(
-            "E {} {}",
-            timeout.as_secs_f64(),
-            hex::encode(needle.as_bytes())
-        );
-        self.command(&line)[0] == "OK"
+    /// Like [`Terminal::try_expect`]; panics with the transcript when `needle` does not come.
+    #[track_caller]
+    pub fn expect(&mut self, needle: &str, timeout: Duration) -> String {
+        match self.try_expect(needle, timeout) {
+            Ok(seen) => seen,
+            Err(_) => panic!(
+                "{}: no {needle:?} within {timeout:?}; transcript:\n{}",
+                self.what, self.transcript
+            ),
+        }
     }
 
     /// Sends the client signal `signal` (SIGSTOP to make it a console that stopped reading,

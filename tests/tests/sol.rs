@@ -19,21 +19,15 @@ fn agent_with_vm_on() -> Bmc {
 
 fn ipmitool_sol(bmc: &Bmc) -> Terminal {
     let (ip, port) = (bmc.ip(), PORT.to_string());
-    Terminal::spawn(
-        bmc,
-        &[
-            "ipmitool", "-I", "lanplus", "-H", &ip, "-p", &port, "-U", "admin", "-P", "password",
-            "sol", "activate",
-        ],
-    )
+    bmc.terminal(&[
+        "ipmitool", "-I", "lanplus", "-H", &ip, "-p", &port, "-U", "admin", "-P", "password",
+        "sol", "activate",
+    ])
 }
 
 fn ipmiconsole(bmc: &Bmc) -> Terminal {
     let host = format!("{}:{PORT}", bmc.ip());
-    Terminal::spawn(
-        bmc,
-        &["ipmiconsole", "-h", &host, "-u", "admin", "-p", "password"],
-    )
+    bmc.terminal(&["ipmiconsole", "-h", &host, "-u", "admin", "-p", "password"])
 }
 
 /// A `virtbmc_<name>` sample from `/metrics`.
@@ -305,8 +299,8 @@ fn ironic_socat_console_serves_the_guest_over_tcp() {
     let mut socat = bmc.spawn_client(&["socat", "-T600", &listen, &exec]);
     let mut tcp = None;
     for _ in 0..50 {
-        let mut t = Terminal::spawn(&bmc, &["socat", "-,raw,echo=0", "TCP4:127.0.0.1:7300"]);
-        if t.try_expect("[SOL Session operational", WAIT) {
+        let mut t = bmc.terminal(&["socat", "-,raw,echo=0", "TCP4:127.0.0.1:7300"]);
+        if t.try_expect("[SOL Session operational", WAIT).is_ok() {
             tcp = Some(t);
             break;
         }

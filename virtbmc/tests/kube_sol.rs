@@ -39,7 +39,7 @@ fn ipmitool_sol(port: u16, extra: &[&str]) -> Terminal {
     ];
     argv.extend_from_slice(extra);
     argv.extend_from_slice(&["sol", "activate"]);
-    Terminal::spawn(&argv)
+    pty::spawn(&argv)
 }
 
 /// Get Payload Activation Status for SOL as `ipmitool raw` prints it: capacity 1, then the
@@ -223,7 +223,7 @@ async fn ipmitool_sol_of_a_vm_that_is_off_has_no_console_until_it_starts() {
 
 fn ipmiconsole(port: u16) -> Terminal {
     let host = format!("127.0.0.1:{port}");
-    Terminal::spawn(&["ipmiconsole", "-h", &host, "-u", "admin", "-p", "password"])
+    pty::spawn(&["ipmiconsole", "-h", &host, "-u", "admin", "-p", "password"])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

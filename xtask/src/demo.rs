@@ -9,7 +9,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use virtbmc_e2e::{Bmc, Iface, NetnsPair, Out, Terminal};
+use virtbmc_e2e::{Bmc, Iface, NetnsPair, Out};
 
 use crate::{interrupt, tools};
 
@@ -223,7 +223,7 @@ impl Demo<'_> {
             "sol", "activate",
         ];
         println!("$ {}", argv.join(" "));
-        let mut t = Terminal::spawn(self.bmc, &argv);
+        let mut t = self.bmc.terminal(&argv);
         let wait = Duration::from_secs(15);
         let steps = [
             ("", "[SOL Session operational"),
@@ -234,7 +234,7 @@ impl Demo<'_> {
             if !typed.is_empty() {
                 t.send(typed);
             }
-            if !t.try_expect(want, wait) {
+            if t.try_expect(want, wait).is_err() {
                 self.steps
                     .surprise(format!("SOL: no {want:?} after typing {typed:?}"));
                 return Ok(());
@@ -248,14 +248,15 @@ impl Demo<'_> {
             &["power", "cycle"],
         );
         let ok_cycle = cycle.ok();
-        if !t.try_expect("Debian GNU/Linux 12 vm-1 ttyS0", wait)
-            || !t.try_expect("vm-1 login: ", wait)
+        if t.try_expect("Debian GNU/Linux 12 vm-1 ttyS0", wait)
+            .is_err()
+            || t.try_expect("vm-1 login: ", wait).is_err()
         {
             self.steps
                 .surprise("SOL: no new boot's output after the power cycle".into());
         }
         t.send("\r~.");
-        let exited = t.try_expect("[terminated ipmitool]", wait);
+        let exited = t.try_expect("[terminated ipmitool]", wait).is_ok();
         println!("{}", t.transcript().replace('\r', ""));
         println!(
             "(power cycle from another client: {})",

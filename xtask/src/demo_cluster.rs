@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use virtbmc_e2e::{NetnsPair, Out, Terminal};
+use virtbmc_e2e::{NetnsPair, Out};
 
 use crate::demo::{
     ADMIN, BMC_IFACE, BMC_NS, CLIENT_NS, NET, PIN_DIR, Steps, print_log_tails, show_fast_path,
@@ -701,7 +701,7 @@ impl Demo {
             "activate",
         ];
         println!("$ {}", argv.join(" "));
-        let mut t = Terminal::spawn_in(CLIENT_NS, &argv);
+        let mut t = virtbmc_e2e::terminal::start(&argv, |line| NetnsPair::exec(CLIENT_NS, line));
         let wait = Duration::from_secs(15);
         let prompt = format!("{vm} login: ");
         for (typed, want) in [
@@ -712,7 +712,7 @@ impl Demo {
             if !typed.is_empty() {
                 t.send(typed);
             }
-            if !t.try_expect(want, wait) {
+            if t.try_expect(want, wait).is_err() {
                 println!("{}", t.transcript().replace('\r', ""));
                 self.steps
                     .surprise(format!("SOL: no {want:?} after typing {typed:?}"));
@@ -723,13 +723,15 @@ impl Demo {
         let reset = self.ipmitool("lan", vm, &["power", "reset"], true)?;
         self.follow_new_vmi(vm, old)?;
         let new = Self::uid(vm)?.unwrap_or_default();
-        if !t.try_expect(&format!("instance {new}"), wait) || !t.try_expect(&prompt, wait) {
+        if t.try_expect(&format!("instance {new}"), wait).is_err()
+            || t.try_expect(&prompt, wait).is_err()
+        {
             self.steps.surprise(format!(
                 "SOL: no boot output of the new VMI (uid {new}) after the reset"
             ));
         }
         t.send("\r~.");
-        let exited = t.try_expect("[terminated ipmitool]", wait);
+        let exited = t.try_expect("[terminated ipmitool]", wait).is_ok();
         println!("(the SOL terminal, as the user saw it:)");
         println!("{}", t.transcript().replace('\r', ""));
         println!(
