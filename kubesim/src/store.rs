@@ -377,7 +377,7 @@ impl Store {
         target: Target,
         dry_run: bool,
     ) -> Result<(Value, bool), ApiError> {
-        self.write(|g| g.replace(kind, ns, name, obj, target, dry_run, None))
+        self.replace_admitted(kind, ns, name, obj, target, dry_run, None)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -392,19 +392,17 @@ impl Store {
         field_manager: Option<&str>,
         dry_run: bool,
     ) -> Result<(Value, bool), ApiError> {
-        self.write(|g| {
-            g.patch(
-                kind,
-                ns,
-                name,
-                ptype,
-                body,
-                target,
-                field_manager,
-                dry_run,
-                None,
-            )
-        })
+        self.patch_admitted(
+            kind,
+            ns,
+            name,
+            ptype,
+            body,
+            target,
+            field_manager,
+            dry_run,
+            None,
+        )
     }
 
     pub fn delete(

@@ -446,22 +446,7 @@ impl V20Session {
     }
 
     pub fn parse(&self, reply: &[u8]) -> Result<(u8, Vec<u8>), ConsoleError> {
-        let (_, rest) = RmcpHeader::parse(reply).map_err(|_| ConsoleError::Malformed)?;
-        let p = LanPlusPacket::parse(rest, self.suite.integ.auth_code_len())
-            .map_err(|_| ConsoleError::Malformed)?;
-        if p.session_id != self.console_id {
-            return Err(ConsoleError::Malformed);
-        }
-        if self.suite.integ != IntegAlg::None
-            && self.suite.integ.auth_code(&self.k1, p.signed) != p.auth_code
-        {
-            return Err(ConsoleError::BadProof);
-        }
-        let msg = if p.encrypted {
-            aes_decrypt(&self.k2, p.payload).ok_or(ConsoleError::BadProof)?
-        } else {
-            p.payload.to_vec()
-        };
+        let (_, msg) = self.open_packet(reply)?;
         let r = Response::parse(&msg).map_err(|_| ConsoleError::Malformed)?;
         Ok((r.cc, r.data.to_vec()))
     }

@@ -8,9 +8,7 @@ use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use kube_support::*;
-use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use virtbmc::backend::Backend;
 use virtbmc::backend::console::{Console, ConsoleEvent, ConsoleInput, QUEUE_DEPTH};
 use virtbmc::engine::Action;
@@ -192,22 +190,7 @@ async fn another_client_displaces_the_console() {
     output_until(&mut c, "vm1 login: ", &mut others).await;
 
     // Someone's `virtctl console`: a plain client of the subresource.
-    let url = format!(
-        "ws://{}/apis/subresources.kubevirt.io/v1/namespaces/default/virtualmachineinstances/vm1/console",
-        sim.addr()
-    );
-    let mut req = url.into_client_request().unwrap();
-    req.headers_mut().insert(
-        "Sec-WebSocket-Protocol",
-        "plain.kubevirt.io".parse().unwrap(),
-    );
-    // A person with their own credentials, as `virtctl console` would be.
-    req.headers_mut().insert(
-        "Authorization",
-        format!("Bearer {ADMIN_TOKEN}").parse().unwrap(),
-    );
-    let tcp = TcpStream::connect(sim.addr()).await.unwrap();
-    let (mut person, _) = tokio_tungstenite::client_async(req, tcp).await.unwrap();
+    let mut person = person_console(&sim, "vm1").await;
 
     let mut seen = vec![];
     loop {

@@ -311,8 +311,6 @@ async fn send(
     token: &str,
     body: Option<(&str, Value)>,
 ) -> (u16, Value) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut conn = tokio::net::TcpStream::connect(sim.addr()).await.unwrap();
     let mut head = format!("{method} {path} HTTP/1.0\r\nAuthorization: Bearer {token}\r\n");
     let payload = match body {
         Some((ct, b)) => {
@@ -322,18 +320,8 @@ async fn send(
         }
         None => String::new(),
     };
-    conn.write_all(format!("{head}\r\n{payload}").as_bytes())
-        .await
-        .unwrap();
-    let mut resp = String::new();
-    conn.read_to_string(&mut resp).await.unwrap();
-    let code = resp
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    (code, serde_json::from_str(body).unwrap_or(Value::Null))
+    let (code, body) = http_exchange(sim.addr(), &format!("{head}\r\n{payload}")).await;
+    (code, serde_json::from_str(&body).unwrap_or(Value::Null))
 }
 
 /// What the apiserver writes for an RBAC refusal.

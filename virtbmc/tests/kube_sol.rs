@@ -13,7 +13,6 @@ use kube_support::*;
 use pty::Terminal;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 const VM: &str = "default/vm1";
 
@@ -54,26 +53,6 @@ async fn running(sim: &kubesim::Handle) -> String {
     sim.wait_vmi_phase(NS, "vm1", "Running", T)
         .await
         .expect("VMI running")
-}
-
-/// Someone's `virtctl console`: a plain client of the VMI's console subresource.
-async fn person_console(sim: &kubesim::Handle) -> tokio_tungstenite::WebSocketStream<TcpStream> {
-    let url = format!(
-        "ws://{}/apis/subresources.kubevirt.io/v1/namespaces/default/virtualmachineinstances/vm1/console",
-        sim.addr()
-    );
-    let mut req = url.into_client_request().unwrap();
-    req.headers_mut().insert(
-        "Sec-WebSocket-Protocol",
-        "plain.kubevirt.io".parse().unwrap(),
-    );
-    // A person with their own credentials.
-    req.headers_mut().insert(
-        "Authorization",
-        format!("Bearer {ADMIN_TOKEN}").parse().unwrap(),
-    );
-    let tcp = TcpStream::connect(sim.addr()).await.unwrap();
-    tokio_tungstenite::client_async(req, tcp).await.unwrap().0
 }
 
 /// Reads the person's console until its output contains `needle`.
@@ -151,7 +130,7 @@ async fn ipmitool_sol_shows_boots_echoes_and_yields_to_a_persons_console() {
 
     // A person opens the console: kubesim gives it to them and closes ours; the agent ends
     // SOL and tells its client (the status bit "SOL deactivating", IPMI 2.0 §15.9).
-    let mut person = person_console(&sim).await;
+    let mut person = person_console(&sim, "vm1").await;
     blk(|| t.expect(INACTIVE, T));
     assert_eq!(sol_active_bitmap(port).await, "01 00 00", "SOL ended");
     // ipmitool ignores the bit; its next keystroke finds no SOL at the BMC and it leaves.
@@ -254,7 +233,7 @@ async fn ipmiconsole_follows_a_restart_and_hears_a_persons_console_take_the_line
 
     // A person's console: the agent ends SOL with "deactivating", which freeipmi reports
     // and leaves on.
-    let mut person = person_console(&sim).await;
+    let mut person = person_console(&sim, "vm1").await;
     blk(|| t.expect("[SOL session stolen]", T));
     let (code, _) = blk(|| t.wait_exit(T));
     assert_eq!(code, 0, "{}", t.transcript());

@@ -236,11 +236,15 @@ impl Agent {
 
 /// `GET path` over HTTP/1.0: the status line's code and the body.
 pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    http_exchange(addr, &format!("GET {path} HTTP/1.0\r\n\r\n")).await
+}
+
+/// Sends `request` (head and body, as written) over HTTP/1.0 and reads to the end: the
+/// status line's code and the body.
+pub async fn http_exchange(addr: std::net::SocketAddr, request: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
-    conn.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
+    conn.write_all(request.as_bytes()).await.unwrap();
     let mut resp = String::new();
     conn.read_to_string(&mut resp).await.unwrap();
     let code = resp
@@ -250,6 +254,30 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
         .unwrap_or(0);
     let body = resp.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
     (code, body.to_string())
+}
+
+/// Someone's `virtctl console` on `vm`'s VMI in [`NS`]: a plain client of the console
+/// subresource, with the admin's own credentials.
+pub async fn person_console(
+    sim: &Handle,
+    vm: &str,
+) -> tokio_tungstenite::WebSocketStream<tokio::net::TcpStream> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let url = format!(
+        "ws://{}/apis/subresources.kubevirt.io/v1/namespaces/{NS}/virtualmachineinstances/{vm}/console",
+        sim.addr()
+    );
+    let mut req = url.into_client_request().unwrap();
+    req.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        "plain.kubevirt.io".parse().unwrap(),
+    );
+    req.headers_mut().insert(
+        "Authorization",
+        format!("Bearer {ADMIN_TOKEN}").parse().unwrap(),
+    );
+    let tcp = tokio::net::TcpStream::connect(sim.addr()).await.unwrap();
+    tokio_tungstenite::client_async(req, tcp).await.unwrap().0
 }
 
 impl Drop for Agent {
