@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 
 use crate::rbac::{Attributes, User};
 use crate::status::ApiError;
+use crate::util::strings;
 
 const GROUP: &str = "admissionregistration.k8s.io/v1";
 
@@ -81,14 +82,6 @@ impl std::fmt::Debug for Policies {
             .entries(self.0.iter().map(|p| &p.name))
             .finish()
     }
-}
-
-fn strings(v: &Value) -> Vec<String> {
-    v.as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|s| s.as_str().map(String::from))
-        .collect()
 }
 
 fn is_empty(v: &Value) -> bool {

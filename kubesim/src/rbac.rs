@@ -14,6 +14,7 @@ use std::sync::Mutex;
 use serde_json::{Value, json};
 
 use crate::status::ApiError;
+use crate::util::strings;
 
 /// The group whose members the apiserver never asks RBAC about (cluster-admin's own group).
 pub const SUPERUSER_GROUP: &str = "system:masters";
@@ -276,14 +277,6 @@ pub struct Auth {
     denied: Mutex<Vec<Denial>>,
     /// The ValidatingAdmissionPolicies among the objects.
     pub policies: crate::admission::Policies,
-}
-
-fn strings(v: &Value) -> Vec<String> {
-    v.as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|s| s.as_str().map(String::from))
-        .collect()
 }
 
 impl Auth {

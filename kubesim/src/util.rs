@@ -173,6 +173,16 @@ pub fn random_suffix() -> String {
         .collect()
 }
 
+/// The strings of a JSON array (a manifest's `verbs`, `apiGroups`, ...); none when `v` is
+/// not an array, and non-strings skipped.
+pub fn strings(v: &serde_json::Value) -> Vec<String> {
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s.as_str().map(String::from))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

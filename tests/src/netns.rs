@@ -101,7 +101,17 @@ impl NetnsPair {
     /// `GET url` with curl from inside namespace `ns` (what listens on its loopback or its
     /// veth: the admin endpoint, kubesim); the body, or curl's error.
     pub fn curl(ns: &str, url: &str) -> Result<String, String> {
-        let out = Self::exec(ns, &["curl", "-sS", "-f", "-m", "5", url])
+        Self::curl_with(ns, url, &[])
+    }
+
+    /// [`NetnsPair::curl`] with these request headers (`"Authorization: Bearer ..."`).
+    pub fn curl_with(ns: &str, url: &str, headers: &[&str]) -> Result<String, String> {
+        let mut args = vec!["curl", "-sS", "-f", "-m", "5"];
+        for h in headers {
+            args.extend(["-H", h]);
+        }
+        args.push(url);
+        let out = Self::exec(ns, &args)
             .output()
             .map_err(|e| format!("curl: {e}"))?;
         if out.status.success() {

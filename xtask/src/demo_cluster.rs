@@ -270,19 +270,8 @@ fn curl(url: &str) -> Result<String, String> {
 
 /// `GET path` of kubesim's API as the cluster admin.
 fn api_get(path: &str) -> Result<String, String> {
-    let url = format!("{API}{path}");
     let auth = format!("Authorization: Bearer {ADMIN_TOKEN}");
-    let out = NetnsPair::exec(BMC_NS, &["curl", "-sS", "-f", "-m", "5", "-H", &auth, &url])
-        .output()
-        .map_err(|e| format!("curl: {e}"))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(format!(
-            "GET {url}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
+    NetnsPair::curl_with(BMC_NS, &format!("{API}{path}"), &[&auth])
 }
 
 /// The objects of a list path of kubesim's API.
