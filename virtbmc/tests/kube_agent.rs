@@ -1041,17 +1041,9 @@ async fn endpoint_slices_route_each_service_to_the_agent_pods() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn label_mode_serves_selected_vms_without_the_crd() {
-    use virtbmc::cluster::labeled::{BOOT_ANNOTATION, LabelMode, PORT_ANNOTATION};
+    use virtbmc::cluster::labeled::{BOOT_ANNOTATION, PORT_ANNOTATION};
     // The label mode's own least-privilege manifest.
-    let sim = kubesim::Server::start_with(
-        "127.0.0.1:0".parse().unwrap(),
-        kubesim::Config {
-            auth: Some(policy(LABEL_MODE_MANIFESTS)),
-            ..fast()
-        },
-    )
-    .await
-    .unwrap();
+    let sim = label_mode_sim().await;
     // No CRD: any request for VirtualMachineBMCs would fail (and fail this test below).
     sim.inject(
         Fault::on("*", "virtualmachinebmcs")
@@ -1062,13 +1054,7 @@ async fn label_mode_serves_selected_vms_without_the_crd() {
     sim.seed_vm(NS, "db", "Halted");
     sim.seed_vm(NS, "other", "Halted");
     for vm in ["web", "db"] {
-        sim.merge_patch(
-            Kind::VirtualMachine,
-            NS,
-            vm,
-            json!({"metadata": {"labels": {"bmc.kubevirt.io/enabled": "true"}}}),
-        )
-        .unwrap();
+        select_vm(&sim, vm);
     }
     sim.seed_secret(
         "virtbmc-system",
@@ -1081,18 +1067,10 @@ async fn label_mode_serves_selected_vms_without_the_crd() {
         "virtbmc-credentials",
         &[("username", "admin"), ("password", "other")],
     );
-    let mut opts = virtbmc::cluster::ClusterOptions::new(
+    let opts = label_mode_options(
         "agent-l",
-        "virtbmc-system",
-        virtbmc::engine::config::BmcConfig::new(vec![]),
-    );
-    opts.port_range = 31120..=31129;
-    opts.labels = Some(
-        LabelMode::new(
-            "bmc.kubevirt.io/enabled=true",
-            "virtbmc-system/virtbmc-credentials",
-        )
-        .unwrap(),
+        "virtbmc-system/virtbmc-credentials",
+        31120..=31129,
     );
     let agent = Agent::start_with(&sim, opts, std::net::Ipv4Addr::LOCALHOST).await;
 

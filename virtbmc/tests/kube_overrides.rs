@@ -533,7 +533,7 @@ async fn a_fault_injection_run_loses_no_boot_order() {
 /// recovery.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn label_mode_a_killed_agent_is_finished_by_the_next_start() {
-    use virtbmc::cluster::labeled::{BOOT_ANNOTATION, LabelMode, PORT_ANNOTATION};
+    use virtbmc::cluster::labeled::{BOOT_ANNOTATION, PORT_ANNOTATION};
     let sim = sim().await;
     sim.inject(
         Fault::on("*", "virtualmachinebmcs")
@@ -557,14 +557,7 @@ async fn label_mode_a_killed_agent_is_finished_by_the_next_start() {
     sim.wait_vmi_phase(NS, VM, "Running", T).await.unwrap();
     let holder = hold_lease(&sim).await;
     let start = |identity: &'static str| {
-        let mut opts = virtbmc::cluster::ClusterOptions::new(
-            identity,
-            "virtbmc-system",
-            virtbmc::engine::config::BmcConfig::new(vec![]),
-        );
-        opts.port_range = 31240..=31249;
-        opts.labels =
-            Some(LabelMode::new("bmc.kubevirt.io/enabled=true", "virtbmc-system/creds").unwrap());
+        let opts = label_mode_options(identity, "virtbmc-system/creds", 31240..=31249);
         Agent::start_with(&sim, opts, Ipv4Addr::LOCALHOST)
     };
     let label_record = || {

@@ -98,6 +98,52 @@ async fn refused_twice(sim: &kubesim::Handle, port: u16, vm: &str) {
     .await;
 }
 
+/// Power on (virtualmachines/start), a one-shot PXE (VM read and patched, the record
+/// written), a reset (restart) that restores the order, a power off (stop), on `vm` served
+/// on `port`.
+async fn power_and_a_one_shot_pxe(sim: &kubesim::Handle, agent: &Agent, vm: &str, port: u16) {
+    let bmc = format!("{NS}/{vm}");
+    until_login(port, "admin", "password").await;
+    let out = admin(port, &["power", "on"]).await;
+    assert!(out.ok, "{}", out.text);
+    let uid = sim.wait_vmi_phase(NS, vm, "Running", T).await.unwrap();
+    agent.wait_power(&bmc, "on").await;
+    let original = boot_orders(sim, vm);
+    let out = admin(port, &["chassis", "bootdev", "pxe"]).await;
+    assert!(out.ok, "{}", out.text);
+    assert_eq!(
+        boot_orders(sim, vm),
+        json!({"disks": [2], "interfaces": [1]})
+    );
+    until("the override visible to the engine", || {
+        agent
+            .backend
+            .shared
+            .view(&bmc)
+            .is_some_and(|v| v.boot.is_some())
+    })
+    .await;
+    let out = admin(port, &["power", "reset"]).await;
+    assert!(out.ok, "{}", out.text);
+    until("the boot order restored after the next start", || {
+        boot_orders(sim, vm) == original && sim.vmi_uid(NS, vm).is_some_and(|u| u != uid)
+    })
+    .await;
+    let out = admin(port, &["power", "off"]).await;
+    assert!(out.ok, "{}", out.text);
+    agent.wait_power(&bmc, "off").await;
+}
+
+/// The VM `once` (runStrategy Once, served on `port`): its console attaches, and a restart
+/// KubeVirt refuses twice becomes an Event, then its count.
+async fn console_and_refusals(sim: &kubesim::Handle, agent: &Agent, port: u16) {
+    sim.wait_vmi_phase(NS, "once", "Running", T).await.unwrap();
+    agent.wait_power("default/once", "on").await;
+    console_attaches(agent, "default/once").await;
+    until_login(port, "admin", "password").await;
+    refused_twice(sim, port, "once").await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_shipped_rbac_is_exactly_what_the_agent_uses() {
     let sim = sim().await;
@@ -114,44 +160,9 @@ async fn the_shipped_rbac_is_exactly_what_the_agent_uses() {
     let port = agent.wait_served("default/vm1").await;
     let once = agent.wait_served("default/once").await;
 
-    // Power on (virtualmachines/start), a one-shot PXE (VM read and patched, the BMC's
-    // finalizer patched), a reset (restart) that restores the order, a power off (stop).
-    until_login(port, "admin", "password").await;
-    let out = admin(port, &["power", "on"]).await;
-    assert!(out.ok, "{}", out.text);
-    let uid = sim.wait_vmi_phase(NS, "vm1", "Running", T).await.unwrap();
-    agent.wait_power("default/vm1", "on").await;
-    let original = boot_orders(&sim, "vm1");
-    let out = admin(port, &["chassis", "bootdev", "pxe"]).await;
-    assert!(out.ok, "{}", out.text);
-    assert_eq!(
-        boot_orders(&sim, "vm1"),
-        json!({"disks": [2], "interfaces": [1]})
-    );
-    until("the override visible to the engine", || {
-        agent
-            .backend
-            .shared
-            .view("default/vm1")
-            .is_some_and(|v| v.boot.is_some())
-    })
-    .await;
-    let out = admin(port, &["power", "reset"]).await;
-    assert!(out.ok, "{}", out.text);
-    until("the boot order restored after the next start", || {
-        boot_orders(&sim, "vm1") == original && sim.vmi_uid(NS, "vm1").is_some_and(|u| u != uid)
-    })
-    .await;
-    let out = admin(port, &["power", "off"]).await;
-    assert!(out.ok, "{}", out.text);
-    agent.wait_power("default/vm1", "off").await;
-
-    // Refusals become an Event, then its count.
-    sim.wait_vmi_phase(NS, "once", "Running", T).await.unwrap();
-    agent.wait_power("default/once", "on").await;
-    console_attaches(&agent, "default/once").await;
-    until_login(once, "admin", "password").await;
-    refused_twice(&sim, once, "once").await;
+    // With the BMC's finalizer patched while the one-shot PXE is pending.
+    power_and_a_one_shot_pxe(&sim, &agent, "vm1", port).await;
+    console_and_refusals(&sim, &agent, once).await;
 
     // A BMC naming the Secret that was already there.
     sim.seed_vm(NS, "late", "Halted");
@@ -185,25 +196,10 @@ async fn the_shipped_rbac_is_exactly_what_the_agent_uses() {
 /// The same for the label mode's manifest: VMs chosen by label, one Secret by name.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_label_mode_rbac_is_exactly_what_the_agent_uses() {
-    use virtbmc::cluster::labeled::LabelMode;
-    let sim = kubesim::Server::start_with(
-        "127.0.0.1:0".parse().unwrap(),
-        kubesim::Config {
-            auth: Some(policy(LABEL_MODE_MANIFESTS)),
-            ..fast()
-        },
-    )
-    .await
-    .unwrap();
+    let sim = label_mode_sim().await;
     for (vm, strategy) in [("web", "Halted"), ("once", "Once")] {
         sim.seed_vm(NS, vm, strategy);
-        sim.merge_patch(
-            Kind::VirtualMachine,
-            NS,
-            vm,
-            json!({"metadata": {"labels": {"bmc.kubevirt.io/enabled": "true"}}}),
-        )
-        .unwrap();
+        select_vm(&sim, vm);
     }
     sim.seed_secret(
         "virtbmc-system",
@@ -211,54 +207,18 @@ async fn the_label_mode_rbac_is_exactly_what_the_agent_uses() {
         &[("username", "admin"), ("password", "password")],
     );
     agent_pod(&sim, "agent-pod", "10.0.0.1");
-    let mut opts = virtbmc::cluster::ClusterOptions::new(
+    let opts = label_mode_options(
         "agent-label",
-        "virtbmc-system",
-        virtbmc::engine::config::BmcConfig::new(vec![]),
-    );
-    opts.port_range = 31410..=31419;
-    opts.labels = Some(
-        LabelMode::new(
-            "bmc.kubevirt.io/enabled=true",
-            "virtbmc-system/virtbmc-credentials",
-        )
-        .unwrap(),
+        "virtbmc-system/virtbmc-credentials",
+        31410..=31419,
     );
     let agent = Agent::start_with(&sim, opts, std::net::Ipv4Addr::LOCALHOST).await;
     let port = agent.wait_served("default/web").await;
     let once = agent.wait_served("default/once").await;
 
-    until_login(port, "admin", "password").await;
-    let out = admin(port, &["power", "on"]).await;
-    assert!(out.ok, "{}", out.text);
-    let uid = sim.wait_vmi_phase(NS, "web", "Running", T).await.unwrap();
-    agent.wait_power("default/web", "on").await;
-    let original = boot_orders(&sim, "web");
-    let out = admin(port, &["chassis", "bootdev", "pxe"]).await;
-    assert!(out.ok, "{}", out.text);
-    until("the override visible to the engine", || {
-        agent
-            .backend
-            .shared
-            .view("default/web")
-            .is_some_and(|v| v.boot.is_some())
-    })
-    .await;
-    let out = admin(port, &["power", "reset"]).await;
-    assert!(out.ok, "{}", out.text);
-    until("the boot order restored after the next start", || {
-        boot_orders(&sim, "web") == original && sim.vmi_uid(NS, "web").is_some_and(|u| u != uid)
-    })
-    .await;
-    let out = admin(port, &["power", "off"]).await;
-    assert!(out.ok, "{}", out.text);
-    agent.wait_power("default/web", "off").await;
+    power_and_a_one_shot_pxe(&sim, &agent, "web", port).await;
 
-    sim.wait_vmi_phase(NS, "once", "Running", T).await.unwrap();
-    agent.wait_power("default/once", "on").await;
-    console_attaches(&agent, "default/once").await;
-    until_login(once, "admin", "password").await;
-    refused_twice(&sim, once, "once").await;
+    console_and_refusals(&sim, &agent, once).await;
 
     until("web's slice", || {
         sim.list(Kind::EndpointSlice, Some(NS))
@@ -411,15 +371,7 @@ async fn the_agent_identity_cannot_delete_vms_or_read_other_secrets() {
     }
 
     // Label mode: one Secret, by name, in the agent's namespace; nothing else.
-    let sim = kubesim::Server::start_with(
-        "127.0.0.1:0".parse().unwrap(),
-        kubesim::Config {
-            auth: Some(policy(LABEL_MODE_MANIFESTS)),
-            ..fast()
-        },
-    )
-    .await
-    .unwrap();
+    let sim = label_mode_sim().await;
     for ns in ["virtbmc-system", NS] {
         sim.seed_secret(
             ns,

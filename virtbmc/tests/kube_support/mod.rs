@@ -66,6 +66,51 @@ pub async fn sim() -> Handle {
         .unwrap()
 }
 
+/// A simulated cluster enforcing the label mode's manifests.
+pub async fn label_mode_sim() -> Handle {
+    Server::start_with(
+        "127.0.0.1:0".parse().unwrap(),
+        Config {
+            auth: Some(policy(LABEL_MODE_MANIFESTS)),
+            ..fast()
+        },
+    )
+    .await
+    .unwrap()
+}
+
+/// The label mode's selector, as the tests' agents use it.
+pub const LABEL_SELECTOR: &str = "bmc.kubevirt.io/enabled=true";
+
+/// Labels VM `vm` of [`NS`] with [`LABEL_SELECTOR`].
+pub fn select_vm(sim: &Handle, vm: &str) {
+    sim.merge_patch(
+        Kind::VirtualMachine,
+        NS,
+        vm,
+        json!({"metadata": {"labels": {"bmc.kubevirt.io/enabled": "true"}}}),
+    )
+    .unwrap();
+}
+
+/// A label-mode agent's options: VMs with [`LABEL_SELECTOR`], the users of the Secret
+/// `credentials` (`namespace/name`), ports from `ports`.
+pub fn label_mode_options(
+    identity: &str,
+    credentials: &str,
+    ports: RangeInclusive<u16>,
+) -> virtbmc::cluster::ClusterOptions {
+    let mut opts = virtbmc::cluster::ClusterOptions::new(
+        identity,
+        "virtbmc-system",
+        virtbmc::engine::config::BmcConfig::new(vec![]),
+    );
+    opts.port_range = ports;
+    opts.labels =
+        Some(virtbmc::cluster::labeled::LabelMode::new(LABEL_SELECTOR, credentials).unwrap());
+    opts
+}
+
 /// A client as the agent's: from a kubeconfig holding this bearer token.
 pub async fn client_as(sim: &Handle, token: &str) -> kube::Client {
     let kubeconfig =
