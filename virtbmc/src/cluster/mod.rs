@@ -296,6 +296,9 @@ pub struct Shared {
     work: Mutex<tokio::task::JoinSet<()>>,
     /// Set once the start-up pass over every recorded boot override is done.
     pub(crate) overrides_swept: AtomicBool,
+    /// VMs (`ns/vm`) whose boot override a request of this agent is changing: its own work
+    /// finishes them, so the leader's pass in the same process leaves them alone.
+    pub(crate) overrides_changing: Mutex<BTreeSet<String>>,
 }
 
 impl Shared {
@@ -500,6 +503,7 @@ impl KubeBackend {
             secret_refeed: refeed_tx,
             work: Mutex::default(),
             overrides_swept: AtomicBool::new(false),
+            overrides_changing: Mutex::default(),
         });
         (KubeBackend { shared }, writers)
     }

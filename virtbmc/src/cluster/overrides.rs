@@ -39,7 +39,10 @@
 //! when late), never that work. The leader runs [`converge`] whenever its caches show a step
 //! due (a record without its marker, a one-shot record whose boot came, a marker without a
 //! record), and every agent does once for every VM when it starts ([`sweep`]), so a change
-//! its agent died in the middle of is finished or undone by the next one.
+//! its agent died in the middle of is finished or undone by the next one. Neither touches a
+//! VM that a request of the same agent is still changing: that request's own work finishes
+//! it, and a second writer in the same process would only add patches that fail their
+//! guards.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -608,6 +611,33 @@ where
     }
 }
 
+/// Marks a VM as changed by a request of this agent for as long as it lives (see
+/// [`Shared::overrides_changing`]); dropped when the request's work ends, finished or not.
+struct Changing<'a> {
+    sh: &'a Shared,
+    key: String,
+}
+
+impl<'a> Changing<'a> {
+    fn mark(sh: &'a Shared, ns: &str, vm: &str) -> Changing<'a> {
+        let key = format!("{ns}/{vm}");
+        changing(sh).insert(key.clone());
+        Changing { sh, key }
+    }
+}
+
+impl Drop for Changing<'_> {
+    fn drop(&mut self) {
+        changing(self.sh).remove(&self.key);
+    }
+}
+
+fn changing(sh: &Shared) -> std::sync::MutexGuard<'_, std::collections::BTreeSet<String>> {
+    sh.overrides_changing
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+}
+
 /// Sets (record, then apply) or clears (remove the record, then undo) a boot override, to
 /// the end: meant to run detached from the request that asked for it.
 pub async fn set_boot(
@@ -617,6 +647,7 @@ pub async fn set_boot(
     want: Option<BootOverride>,
 ) -> Result<(), ActionError> {
     let what = format!("vm={ns}/{vm} boot override");
+    let _changing = Changing::mark(sh, ns, vm);
     let hint = match want {
         Some(w) if w.device == BootDevice::Bios => {
             return Err(ActionError::Unsupported(
@@ -671,8 +702,12 @@ pub async fn restore_orders(
     ))
 }
 
-/// Whether the caches show a step due for this VM, whose record (as cached) is `record`.
+/// Whether the caches show a step due for this VM, whose record (as cached) is `record`;
+/// never while a request of this agent is changing it (its own work finishes that).
 pub fn due(sh: &Shared, ns: &str, vm: &str, record: Option<&BootOverrideStatus>) -> bool {
+    if changing(sh).contains(&format!("{ns}/{vm}")) {
+        return false;
+    }
     let marker = sh.stores.vm(ns, vm).and_then(|o| applied(o.annotations()));
     match record {
         None => marker.is_some(),
@@ -734,6 +769,7 @@ pub async fn sweep(sh: &Shared, bmcs: bool) -> bool {
         let (ns, name) = (vm.namespace().unwrap_or_default(), vm.name_any());
         if seen.contains(&(ns.clone(), name.clone()))
             || sh.owner(&format!("{ns}/{name}")).is_some()
+            || changing(sh).contains(&format!("{ns}/{name}"))
             || !(names::is_label(&ns) && names::is_subdomain(&name))
         {
             continue;
