@@ -167,7 +167,7 @@ fn sol_info_reads_what_sol_set_wrote() {
         ("Force Authentication", "true"),
         ("Privilege Level", "USER"),
         ("Character Accumulate Level (ms)", "60"),
-        ("Character Send Threshold", "96"),
+        ("Character Send Threshold", "1"),
         ("Retry Count", "7"),
         ("Retry Interval (ms)", "100"),
         ("Volatile Bit Rate (kbps)", "115.2"),

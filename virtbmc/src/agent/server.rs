@@ -155,8 +155,8 @@ impl BmcTask {
                         ToGuest::Bytes(b) => ConsoleInput::Bytes(b),
                         ToGuest::Break => ConsoleInput::Break,
                     };
-                    // A guest that does not read its console loses input here, counted,
-                    // rather than stall this BMC's loop.
+                    // The engine takes no more input than the queue has room for, so this
+                    // fails only when the console went away meanwhile; counted.
                     let sent = sol
                         .console
                         .as_ref()
@@ -167,6 +167,14 @@ impl BmcTask {
                 }
             }
         }
+        // What the guest's input queue takes before the next turn: a packet beyond it goes
+        // unacknowledged and the console sends it again. Without a console the instance
+        // already refuses characters ("transfer unavailable").
+        self.bmc.sol_guest_room(
+            sol.console
+                .as_ref()
+                .map_or(usize::MAX, |c| c.input.capacity()),
+        );
         if !sol.carry.is_empty() {
             let now = tokio::time::Instant::now().into_std();
             let taken = self.bmc.sol_from_guest(now, &sol.carry);

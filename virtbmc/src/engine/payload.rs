@@ -337,6 +337,14 @@ impl Bmc {
         self.sol.as_ref().map_or(0, SolLink::room)
     }
 
+    /// How many inputs (runs of characters or breaks) the guest's side takes now; the driver
+    /// says so before each datagram. Without it the instance takes everything.
+    pub fn sol_guest_room(&mut self, inputs: usize) {
+        if let Some(link) = self.sol.as_mut() {
+            link.set_guest_room(inputs);
+        }
+    }
+
     /// Characters from the guest; returns how many were taken (at most [`Bmc::sol_room`]).
     pub fn sol_from_guest(&mut self, now: Instant, bytes: &[u8]) -> usize {
         let Some(link) = self.sol.as_mut() else {

@@ -86,6 +86,10 @@ pub struct SolLink {
     /// The console's last packet with characters: its sequence number and how many were
     /// accepted, so that a retransmission is acknowledged again and not delivered twice.
     last_inbound: Option<(u8, u8)>,
+    /// How many more inputs (a run of characters, or a break) the guest's side takes now,
+    /// as the driver last said: a packet that does not fit goes unacknowledged, so the
+    /// console sends it again later instead of the input being lost.
+    guest_room: usize,
     pub counts: SolCounts,
 }
 
@@ -100,6 +104,7 @@ impl SolLink {
             next_seq: 1,
             in_flight: None,
             last_inbound: None,
+            guest_room: usize::MAX,
             counts: SolCounts::default(),
         }
     }
@@ -133,6 +138,11 @@ impl SolLink {
         n
     }
 
+    /// How many inputs the guest's side takes now (see [`SolLink::on_packet`]).
+    pub fn set_guest_room(&mut self, inputs: usize) {
+        self.guest_room = inputs;
+    }
+
     /// The guest's serial line came or went.
     pub fn set_console(&mut self, present: bool) {
         if self.console != present {
@@ -163,10 +173,16 @@ impl SolLink {
         if p.seq == 0 {
             return (None, guest);
         }
+        let inputs = usize::from(p.op & op::BREAK != 0) + usize::from(!p.data.is_empty());
         let accepted = match self.last_inbound {
             Some((seq, accepted)) if seq == p.seq => accepted,
             _ if !self.console => 0,
+            // The guest is not reading its input: no acknowledgement, so the console keeps
+            // the characters and resends them on its retry interval (a NACK would make
+            // ipmitool give them up).
+            _ if inputs > self.guest_room => return (None, guest),
             _ => {
+                self.guest_room -= inputs;
                 if p.op & op::BREAK != 0 {
                     guest.push(ToGuest::Break);
                 }
@@ -297,8 +313,15 @@ mod tests {
 
     #[test]
     fn guest_characters_wait_for_the_threshold_or_the_interval() {
-        let cfg = SolConfig::default();
+        // As shipped, a character goes at once.
         let t = Instant::now();
+        let mut l = SolLink::new(7, true);
+        l.from_guest(t, b"a");
+        assert_eq!(l.poll_send(t, &SolConfig::default()).unwrap().data, b"a");
+        let cfg = SolConfig {
+            send_threshold: 96,
+            ..SolConfig::default()
+        };
         let mut l = SolLink::new(7, true);
         assert_eq!(l.from_guest(t, b"boot"), 4);
         assert_eq!(l.poll_send(t, &cfg), None, "under the threshold");
@@ -422,5 +445,32 @@ mod tests {
         let (ack, guest) = l.on_packet(t, &pkt(5, 0, 0, 0, b"x"));
         assert_eq!((ack.unwrap().accepted, guest.len()), (1, 1));
         assert_eq!(l.farewell().status, status::DEACTIVATING);
+    }
+
+    #[test]
+    fn input_the_guest_cannot_take_yet_goes_unacknowledged_and_comes_again() {
+        let t = Instant::now();
+        let mut l = SolLink::new(7, true);
+        l.set_guest_room(1);
+        let (ack, guest) = l.on_packet(t, &pkt(1, 0, 0, 0, b"a"));
+        assert_eq!((ack.unwrap().accepted, guest.len()), (1, 1));
+        // The one slot is used: the next packet is neither taken nor acknowledged.
+        assert_eq!(l.on_packet(t, &pkt(2, 0, 0, 0, b"b")), (None, vec![]));
+        // A break with characters needs two slots.
+        l.set_guest_room(1);
+        assert_eq!(
+            l.on_packet(t, &pkt(2, 0, 0, op::BREAK, b"b")),
+            (None, vec![])
+        );
+        // Once the guest reads, the console's retransmission (same sequence number) is taken.
+        l.set_guest_room(2);
+        let (ack, guest) = l.on_packet(t, &pkt(2, 0, 0, op::BREAK, b"b"));
+        assert_eq!(
+            (ack.unwrap().accepted, guest),
+            (1, vec![ToGuest::Break, ToGuest::Bytes(b"b".to_vec())])
+        );
+        // A keepalive needs no room.
+        assert_eq!(l.on_packet(t, &pkt(3, 0, 0, 0, &[])).0.unwrap().ack, 3);
+        assert_eq!(l.counts.to_guest, 2);
     }
 }

@@ -40,8 +40,11 @@ pub struct SolConfig {
 
 impl Default for SolConfig {
     /// Enabled for sessions at User privilege or above that encrypt and authenticate (what
-    /// typed passwords deserve); characters go out 60 ms after the first or once 96 wait;
-    /// an unacknowledged packet is sent again every 100 ms, 7 times.
+    /// typed passwords deserve); a character goes out as soon as no packet is awaiting its
+    /// acknowledgement (send threshold 1, as OpenBMC ships it, so typing echoes at once),
+    /// and what the guest writes meanwhile follows in one packet; the 60 ms accumulate
+    /// interval matters only to a larger threshold. An unacknowledged packet is sent again
+    /// every 100 ms, 7 times.
     fn default() -> SolConfig {
         SolConfig {
             set_in_progress: 0,
@@ -50,7 +53,7 @@ impl Default for SolConfig {
             force_authentication: true,
             privilege: Privilege::User,
             accumulate_5ms: 12,
-            send_threshold: 96,
+            send_threshold: 1,
             retry_count: 7,
             retry_10ms: 10,
             nv_rate: 0x0A,
@@ -158,7 +161,7 @@ mod tests {
         assert_eq!(get(0), Ok(vec![0x11, 0]));
         assert_eq!(get(1), Ok(vec![0x11, 1]));
         assert_eq!(get(2), Ok(vec![0x11, 0xC2]));
-        assert_eq!(get(3), Ok(vec![0x11, 12, 96]));
+        assert_eq!(get(3), Ok(vec![0x11, 12, 1]));
         assert_eq!(get(4), Ok(vec![0x11, 7, 10]));
         assert_eq!(get(5), Ok(vec![0x11, 0x0A]));
         assert_eq!(get(6), Ok(vec![0x11, 0x0A]));

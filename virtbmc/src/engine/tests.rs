@@ -1720,6 +1720,11 @@ fn sol_configuration_reads_writes_and_needs_admin_to_write() {
 #[test]
 fn sol_characters_wait_are_resent_until_acked_and_input_is_delivered_once() {
     let (rig, mut s) = sol_rig();
+    // Accumulate 60 ms or 96 characters (the shipped threshold is 1: at once).
+    assert_eq!(
+        call(&rig, PEER, &mut s, 0x0C, 0x21, &[0x0E, 0x03, 12, 96]).0,
+        0
+    );
     assert_eq!(call(&rig, PEER, &mut s, 0x06, 0x48, &ACTIVATE_SOL).0, 0);
     effects(&rig);
     let now = *rig.now.borrow();
@@ -1764,15 +1769,29 @@ fn sol_characters_wait_are_resent_until_acked_and_input_is_delivered_once() {
             SolEffect::ToGuest(ToGuest::Bytes(b"ls\r".to_vec()))
         ]
     );
+    // A guest that does not read its input: the console's packet goes unacknowledged
+    // (it comes again), and is taken once there is room.
+    rig.bmc.borrow_mut().sol_guest_room(0);
+    let typed = s.packet(SOL, &[2, 0, 0, 0, b'x']);
+    assert!(matches!(rig.from(PEER, &typed), Output::Absorbed));
+    assert_eq!(effects(&rig), []);
+    rig.bmc.borrow_mut().sol_guest_room(1);
+    let typed = s.packet(SOL, &[2, 0, 0, 0, b'x']);
+    let reply = rig.send(&typed).unwrap();
+    assert_eq!(s.open_packet(&reply).unwrap(), (SOL, vec![0, 2, 1, 0]));
+    assert_eq!(
+        effects(&rig),
+        [SolEffect::ToGuest(ToGuest::Bytes(b"x".to_vec()))]
+    );
     // The line goes (the machine is off): the console hears it, its characters are refused.
     let now = *rig.now.borrow();
     rig.bmc.borrow_mut().sol_console(now, false);
     assert_eq!(transmit(&rig, &s).unwrap().2, [2, 0, 0, 0x20]);
-    let typed = s.packet(SOL, &[2, 2, 0, 0, b'x']);
+    let typed = s.packet(SOL, &[3, 2, 0, 0, b'x']);
     let reply = rig.send(&typed).unwrap();
-    assert_eq!(s.open_packet(&reply).unwrap(), (SOL, vec![0, 2, 0, 0x60]));
+    assert_eq!(s.open_packet(&reply).unwrap(), (SOL, vec![0, 3, 0, 0x60]));
     assert_eq!(effects(&rig), []);
-    assert_eq!(rig.bmc.borrow().stats.sol_to_guest, 3);
+    assert_eq!(rig.bmc.borrow().stats.sol_to_guest, 4);
 }
 
 #[test]
