@@ -115,6 +115,9 @@ async fn vmbmc_gets_a_port_and_service_power_on_starts_the_vm_password_change_an
             s["spec"]["ports"][0]["targetPort"] == json!(port)
                 && s["spec"]["ports"][0]["port"] == 623
                 && s["spec"]["ports"][0]["protocol"] == "UDP"
+                && s["spec"]["ports"][1]["targetPort"] == json!(port)
+                && s["spec"]["ports"][1]["port"] == 443
+                && s["spec"]["ports"][1]["protocol"] == "TCP"
         }) && condition(&b, "Ready").as_deref() == Some("True")
             && condition(&b, "VirtualMachineAvailable").as_deref() == Some("True")
             && condition(&b, "SecretAvailable").as_deref() == Some("True")
@@ -143,6 +146,19 @@ async fn vmbmc_gets_a_port_and_service_power_on_starts_the_vm_password_change_an
     agent.wait_power("default/vm1", "on").await;
     let out = admin(port, &["power", "status"]).await;
     assert!(out.text.contains("Chassis Power is on"), "{}", out.text);
+    // Redfish on the same port number over TCP (the Service's 443) reads the same state.
+    let system = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("curl")
+            .args(["-sk", "--max-time", "10", "-u", "admin:password"])
+            .arg(format!("https://127.0.0.1:{port}/redfish/v1/Systems/1"))
+            .output()
+            .expect("curl")
+    })
+    .await
+    .unwrap();
+    let system: serde_json::Value =
+        serde_json::from_slice(&system.stdout).expect("a Redfish System");
+    assert_eq!(system["PowerState"], "On", "{system}");
     // A physical BMC asked for the state it is in says yes.
     let out = admin(port, &["power", "on"]).await;
     assert!(out.ok, "{}", out.text);
@@ -962,7 +978,10 @@ async fn endpoint_slices_route_each_service_to_the_agent_pods() {
     assert_eq!(s["addressType"], "IPv4");
     assert_eq!(
         s["ports"],
-        json!([{"name": "ipmi", "protocol": "UDP", "port": port}])
+        json!([
+            {"name": "ipmi", "protocol": "UDP", "port": port},
+            {"name": "redfish", "protocol": "TCP", "port": port}
+        ])
     );
     let labels = &s["metadata"]["labels"];
     assert_eq!(labels["kubernetes.io/service-name"], "vm1-virtbmc");

@@ -762,7 +762,7 @@ impl Demo {
         show(&VMIS_VIEW);
         self.say("the agent's Pod: a process here, it stands for the DaemonSet's pod on node1 (IP: the agent's address in the namespace)");
         show(&PODS_VIEW);
-        self.say("what the elected agent wrote: a port per BMC, the Service <vm>-virtbmc (UDP 623 -> that port) and its EndpointSlice (the agent pods), the conditions; and the Lease it holds");
+        self.say("what the elected agent wrote: a port per BMC, the Service <vm>-virtbmc (UDP 623 and TCP 443 -> that port) and its EndpointSlice (the agent pods), the conditions; and the Lease it holds");
         show(&BMCS_VIEW);
         show(&SERVICES_VIEW);
         show(&SLICES_VIEW);

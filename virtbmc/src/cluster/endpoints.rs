@@ -163,12 +163,18 @@ pub fn desired(
         },
         address_type: address_type.into(),
         endpoints: Some(endpoints.to_vec()),
-        ports: Some(vec![EndpointPort {
-            name: Some("ipmi".into()),
-            protocol: Some("UDP".into()),
-            port: Some(port.into()),
-            ..Default::default()
-        }]),
+        // Named as the Service's ports, which is how kube-proxy pairs them.
+        ports: Some(
+            [("ipmi", "UDP"), ("redfish", "TCP")]
+                .into_iter()
+                .map(|(name, protocol)| EndpointPort {
+                    name: Some(name.into()),
+                    protocol: Some(protocol.into()),
+                    port: Some(port.into()),
+                    ..Default::default()
+                })
+                .collect(),
+        ),
     }
 }
 

@@ -4,7 +4,8 @@
 //! - `status.port` for each VirtualMachineBMC lacking one (or sharing one with an older
 //!   VirtualMachineBMC): the lowest free port of the range, written with a resourceVersion
 //!   precondition; stored in the object, it survives agent restarts.
-//! - the Service `<vm>-virtbmc`: UDP 623 to the allocated port. It has no selector: a
+//! - the Service `<vm>-virtbmc`: UDP 623 (IPMI) and TCP 443 (Redfish) to the allocated
+//!   port, which the agents serve with both protocols. It has no selector: a
 //!   selector picks pods of the Service's own namespace, and the agent pods live in theirs, so
 //!   the endpoints are listed explicitly: EndpointSlices of the agent pods ([`endpoints`]).
 //! - status conditions Ready, VirtualMachineAvailable, SecretAvailable and status.clusterIP.
@@ -38,6 +39,23 @@ use super::{
 
 /// The IPMI port every Service exposes.
 pub const IPMI_PORT: i32 = 623;
+/// The Redfish (HTTPS) port every Service exposes.
+pub const REDFISH_PORT: i32 = 443;
+
+/// A BMC's Service ports: IPMI over UDP and Redfish over TCP, both to the agent port, where
+/// the agents serve one protocol on each transport.
+pub fn service_ports(port: u16) -> Vec<ServicePort> {
+    [("ipmi", "UDP", IPMI_PORT), ("redfish", "TCP", REDFISH_PORT)]
+        .into_iter()
+        .map(|(name, protocol, service_port)| ServicePort {
+            name: Some(name.into()),
+            protocol: Some(protocol.into()),
+            port: service_port,
+            target_port: Some(IntOrString::Int(port.into())),
+            ..Default::default()
+        })
+        .collect()
+}
 
 pub async fn run(sh: Arc<Shared>) {
     wait_ready(&sh).await;
@@ -301,17 +319,21 @@ async fn ensure_service(
     let ns = b.namespace().unwrap_or_default();
     let name = service_name(&b.spec.virtual_machine_ref.name);
     let existing = sh.stores.service.get(&ObjectRef::new(&name).within(&ns));
-    let target = IntOrString::Int(port as i32);
+    let want = service_ports(port);
     if let Some(s) = existing.as_ref() {
-        let ports = s
+        let have = s
             .spec
             .as_ref()
-            .and_then(|sp| sp.ports.clone())
+            .and_then(|sp| sp.ports.as_deref())
             .unwrap_or_default();
-        let right = ports.len() == 1
-            && ports[0].port == IPMI_PORT
-            && ports[0].target_port.as_ref() == Some(&target)
-            && ports[0].protocol.as_deref() == Some("UDP");
+        // What the API server defaults (nodePort, appProtocol) is not ours to compare.
+        let right = have.len() == want.len()
+            && have.iter().zip(&want).all(|(h, w)| {
+                h.name == w.name
+                    && h.port == w.port
+                    && h.target_port == w.target_port
+                    && h.protocol == w.protocol
+            });
         if right {
             return Some((**s).clone());
         }
@@ -327,13 +349,7 @@ async fn ensure_service(
         },
         spec: Some(ServiceSpec {
             type_: Some("ClusterIP".into()),
-            ports: Some(vec![ServicePort {
-                name: Some("ipmi".into()),
-                protocol: Some("UDP".into()),
-                port: IPMI_PORT,
-                target_port: Some(target),
-                ..Default::default()
-            }]),
+            ports: Some(want),
             ..Default::default()
         }),
         status: None,
@@ -476,7 +492,10 @@ pub fn conditions(
             "Ready",
             true,
             "ServiceReady",
-            format!("Service {} UDP 623 -> agent port {p}", service_name(vm)),
+            format!(
+                "Service {} UDP 623 and TCP 443 -> agent port {p}",
+                service_name(vm)
+            ),
         ),
         (true, Some(_), None) => condition(
             "Ready",

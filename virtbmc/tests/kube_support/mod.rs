@@ -209,13 +209,24 @@ impl Agent {
         opts.lease_duration = Duration::from_secs(2);
         let metrics = Arc::new(Metrics::default());
         let (backend, writers) = KubeBackend::new(client(sim).await, opts, metrics.clone());
-        let registry = Arc::new(Registry::new(
-            IpAddr::V4(ip),
-            Arc::new(backend.clone()),
-            metrics,
-            action_timeout,
-            Arc::new(std::sync::Mutex::new(virtbmc::fastpath::FastPath::off())),
-        ));
+        // Redfish beside IPMI on every BMC port, with a self-signed certificate, as the
+        // agent serves by default.
+        let tls = virtbmc::redfish::tls::server_config(None, vec![ip.to_string()])
+            .expect("self-signed certificate");
+        let redfish = Arc::new(virtbmc::redfish::Redfish {
+            tls: tokio_rustls::TlsAcceptor::from(tls),
+            metrics: metrics.redfish.clone(),
+        });
+        let registry = Arc::new(
+            Registry::new(
+                IpAddr::V4(ip),
+                Arc::new(backend.clone()),
+                metrics,
+                action_timeout,
+                Arc::new(std::sync::Mutex::new(virtbmc::fastpath::FastPath::off())),
+            )
+            .with_redfish(redfish),
+        );
         let tasks = serve::spawn(&backend, writers, registry.clone());
         Agent {
             backend,
