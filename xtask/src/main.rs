@@ -38,6 +38,8 @@ commands:
   bench cluster [N...]  cluster mode against kubesim: memory, CPU, phase-change latency
   bench sol [KEYS] [SECS]  Serial-over-LAN in cluster mode: keystroke-to-echo latency through
                   SOL beside the console subresource directly, and a flooding guest's bit/s
+  bench redfish [SECS]  Redfish requests/s (GET System, power changes) beside the same
+                  through IPMI, and memory per BMC with Redfish on and off
   build-ebpf      install rust-src/bpf-linker if missing, build the XDP object (nightly)
   image           build the container image virtbmc:<version> with podman (FROM scratch) and
                   save it to target/image/virtbmc-<version>.tar";
@@ -90,6 +92,19 @@ fn bench(args: &[String]) -> Result<(), String> {
         return tools::run(std::process::Command::new(bin).args(&args[1..]));
     }
     let agent = tools::build_agent()?;
+    if args.first().map(String::as_str) == Some("redfish") {
+        // The release agent on loopback: no XDP, no peer to install.
+        tools::run(tools::cargo().args([
+            "build",
+            "--release",
+            "-p",
+            "virtbmc",
+            "--example",
+            "redfish_bench",
+        ]))?;
+        let bin = tools::target_dir().join("release/examples/redfish_bench");
+        return tools::run(std::process::Command::new(bin).arg(&agent).args(&args[1..]));
+    }
     let object = ebpf::build_ebpf()?;
     let (example, rest) = match args.first().map(String::as_str) {
         Some("cluster") => ("cluster_bench", &args[1..]),
