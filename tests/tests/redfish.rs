@@ -33,6 +33,7 @@ system.refresh()
 print('identity', system.identity)
 print('uuid', system.uuid)
 print('power', system.power_state.value)
+print('memory', system.memory_summary.size_gib)
 print('boot', system.boot.target.value, system.boot.enabled.value, system.boot.mode.value)
 print('resets', ','.join(sorted(v.value for v in system.get_allowed_reset_system_values())))
 print('targets', ','.join(sorted(getattr(v, 'value', v) for v in system.boot.allowed_values)))
@@ -148,6 +149,11 @@ fn redfish_sushy_power_and_boot_read_back() {
     out.assert_ok();
     assert_eq!(line(&out, "identity"), "1");
     assert_eq!(line(&out, "power"), "Off");
+    assert_eq!(
+        line(&out, "memory").parse::<f64>().ok(),
+        Some(1.0),
+        "the simulated machine's 1 GiB"
+    );
     assert_eq!(line(&out, "boot"), "None Disabled UEFI");
     assert_eq!(
         line(&out, "resets"),
@@ -312,6 +318,8 @@ fn redfish_raw_json_status_codes_etag_and_sessions() {
     let etag = sys.header("ETag").expect("ETag on the System").to_string();
     let j = sys.json();
     assert_eq!(j["PowerState"], "Off");
+    assert_eq!(j["ProcessorSummary"]["Count"], 1);
+    assert_eq!(j["MemorySummary"]["TotalSystemMemoryGiB"], 1.0);
     assert_eq!(j["Boot"]["BootSourceOverrideEnabled"], "Disabled");
     assert_eq!(
         j["Links"]["ManagedBy"][0]["@odata.id"],

@@ -159,6 +159,12 @@ async fn vmbmc_gets_a_port_and_service_power_on_starts_the_vm_password_change_an
     let system: serde_json::Value =
         serde_json::from_slice(&system.stdout).expect("a Redfish System");
     assert_eq!(system["PowerState"], "On", "{system}");
+    // The size the VM's spec declares: 1 core, 128Mi of guest memory.
+    assert_eq!(system["ProcessorSummary"]["Count"], 1, "{system}");
+    assert_eq!(
+        system["MemorySummary"]["TotalSystemMemoryGiB"], 0.125,
+        "{system}"
+    );
     // A physical BMC asked for the state it is in says yes.
     let out = admin(port, &["power", "on"]).await;
     assert!(out.ok, "{}", out.text);

@@ -120,6 +120,14 @@ impl Backend for EmbeddedBackend {
         })
     }
 
+    /// Every simulated machine is the same small one.
+    fn hardware(&self, vm: &str) -> Option<super::Hardware> {
+        self.0.lock().get(vm).map(|_| super::Hardware {
+            cpus: 1,
+            memory_mib: Some(1024),
+        })
+    }
+
     /// Answers at once, well before any deadline.
     fn perform(&self, vm: &str, action: Action, _deadline: tokio::time::Instant) -> ActionFuture {
         let result = self.apply(vm, action);

@@ -13,6 +13,14 @@ use crate::engine::{Action, ActionError, VmView};
 
 pub type ActionFuture = Pin<Box<dyn Future<Output = Result<(), ActionError>> + Send + 'static>>;
 
+/// A machine's size, for inventories (Redfish's processor and memory summaries).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hardware {
+    pub cpus: u32,
+    /// None when the machine declares none.
+    pub memory_mib: Option<u64>,
+}
+
 pub trait Backend: Send + Sync + 'static {
     /// The machine's current state, from a cache the backend keeps; None when unknown.
     fn view(&self, vm: &str) -> Option<VmView>;
@@ -33,6 +41,13 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Opens `vm`'s serial console for a Serial-over-LAN session; it stays open (following
     /// the VM through restarts) until the returned [`console::Console`] is dropped.
+    /// The machine's size as declared, from the same caches as [`Backend::view`]; None when
+    /// unknown.
+    fn hardware(&self, vm: &str) -> Option<Hardware> {
+        let _ = vm;
+        None
+    }
+
     fn open_console(&self, vm: &str) -> console::Console {
         let _ = vm;
         console::Console::unavailable()

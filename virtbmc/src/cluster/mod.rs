@@ -18,6 +18,7 @@
 //! - [`endpoints`]: the leader's EndpointSlices, which route each Service to the agent pods.
 //! - [`names`]: the names a spec refers to, checked before any of them reaches an API path.
 //! - [`secrets`]: only the Secrets a VirtualMachineBMC names keep their credentials in memory.
+//! - [`hardware`]: a VM's vCPUs and memory as its spec declares them (Redfish's summaries).
 //! - [`console`]: a VM's serial console, KubeVirt's `console` subresource of its running VMI.
 
 pub mod actions;
@@ -26,6 +27,7 @@ pub mod console;
 pub mod crd;
 pub mod endpoints;
 pub mod events;
+pub mod hardware;
 pub mod labeled;
 pub mod leader;
 pub mod lease;
@@ -536,5 +538,11 @@ impl Backend for KubeBackend {
 
     fn open_console(&self, vm: &str) -> crate::backend::console::Console {
         console::open(&self.shared, vm)
+    }
+
+    fn hardware(&self, vm: &str) -> Option<crate::backend::Hardware> {
+        let (ns, name) = split_name(vm)?;
+        let object = self.shared.stores.vm(ns, name)?;
+        Some(hardware::of_vm(&object.data))
     }
 }

@@ -83,14 +83,18 @@ pub fn power_state<O: Object>(vm: Option<&O>, vmi: Option<&O>) -> PowerState {
     }
 }
 
-/// What the views ([`power_state`], [`guid`], [`boot_override`]) and the leader read of a
-/// cached VM, as JSON pointers into its data (metadata is kept apart, whole). Boot-order
-/// changes re-read the VM from the API server; nothing else is needed.
+/// What the views ([`power_state`], [`guid`], [`boot_override`]), the leader and the
+/// hardware summary ([`super::hardware`]) read of a cached VM, as JSON pointers into its data
+/// (metadata is kept apart, whole). Boot-order changes re-read the VM from the API server;
+/// nothing else is needed.
 pub const VM_FIELDS: &[&str] = &[
     "/status/printableStatus",
     "/spec/template/spec/domain/firmware",
     "/spec/template/spec/domain/devices/disks",
     "/spec/template/spec/domain/devices/interfaces",
+    "/spec/template/spec/domain/cpu",
+    "/spec/template/spec/domain/memory",
+    "/spec/template/spec/domain/resources",
 ];
 
 /// What is read of a cached VMI: its phase (power, the end of a one-shot override).
@@ -326,6 +330,7 @@ mod tests {
             guid(&vm),
             boot_override(Some(&o), Some(&vm)),
             crate::cluster::boot::current_orders(&vm),
+            crate::cluster::hardware::of_vm(&vm),
         );
         prune(&mut vm, VM_FIELDS);
         prune(&mut vmi, VMI_FIELDS);
@@ -334,6 +339,7 @@ mod tests {
             guid(&vm),
             boot_override(Some(&o), Some(&vm)),
             crate::cluster::boot::current_orders(&vm),
+            crate::cluster::hardware::of_vm(&vm),
         );
         assert_eq!(before, after);
         assert_eq!(vmi, json!({"status": {"phase": "Running"}}));
@@ -341,6 +347,7 @@ mod tests {
             vm,
             json!({"status": {"printableStatus": "Running"},
                 "spec": {"template": {"spec": {"domain": {
+                    "cpu": {"cores": 2}, "resources": {"requests": {"memory": "2Gi"}},
                     "firmware": {"uuid": "01020304-0506-0708-090a-0b0c0d0e0f10", "bootloader": {"efi": {}}},
                     "devices": {"disks": [{"name": "root", "disk": {}, "bootOrder": 2}],
                         "interfaces": [{"name": "pxe", "masquerade": {}, "bootOrder": 1}]}}}}}})

@@ -50,6 +50,10 @@ impl Service {
         self.config.borrow().clone()
     }
 
+    pub fn hardware(&self) -> Option<crate::backend::Hardware> {
+        self.backend.hardware(&self.name)
+    }
+
     pub fn sessions(&self) -> std::sync::MutexGuard<'_, auth::Sessions> {
         self.sessions.lock().unwrap_or_else(|e| e.into_inner())
     }

@@ -5,6 +5,7 @@ use serde_json::{Value, json};
 
 use super::auth;
 use super::system::{self, Boot};
+use crate::backend::Hardware;
 use crate::engine::config::{BmcConfig, Privilege};
 use crate::engine::vm::VmView;
 
@@ -138,7 +139,7 @@ fn status(view: Option<&VmView>) -> Value {
     }
 }
 
-pub fn system(name: &str, view: Option<&VmView>, efi: bool) -> Value {
+pub fn system(name: &str, view: Option<&VmView>, efi: bool, hardware: Option<Hardware>) -> Value {
     let power = view.map_or("Off", |v| system::power_state(v.power));
     let Boot {
         target,
@@ -178,6 +179,13 @@ pub fn system(name: &str, view: Option<&VmView>, efi: bool) -> Value {
     });
     if let Some(v) = view {
         s["UUID"] = json!(system::uuid(v.guid));
+    }
+    // The size the VM's spec declares (what Ironic's inspection reads as CPUs and memory).
+    if let Some(h) = hardware {
+        s["ProcessorSummary"] = json!({ "Count": h.cpus });
+        if let Some(mib) = h.memory_mib {
+            s["MemorySummary"] = json!({ "TotalSystemMemoryGiB": mib as f64 / 1024.0 });
+        }
     }
     s
 }

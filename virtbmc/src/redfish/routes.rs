@@ -282,7 +282,7 @@ async fn answer(service: &Service, route: &Route, req: Request<Incoming>) -> Res
             patch_system(service, &caller, body, if_match.as_deref()).await
         }
         (Route::System, _) => {
-            let doc = r::system(&service.name, view.as_ref(), efi);
+            let doc = r::system(&service.name, view.as_ref(), efi, service.hardware());
             let etag = etag(&doc);
             Ok(Answer::json(200, doc).header(header::ETAG, etag))
         }
@@ -576,7 +576,12 @@ async fn patch_system(
     let view = service.backend.view(&service.name);
     let efi = service.efi.load(Relaxed);
     if let Some(m) = if_match {
-        let current = etag(&r::system(&service.name, view.as_ref(), efi));
+        let current = etag(&r::system(
+            &service.name,
+            view.as_ref(),
+            efi,
+            service.hardware(),
+        ));
         if !etag_matches(m, &current) {
             return Err(Error::new(412, Msg::PreconditionFailed, &[]));
         }
@@ -614,7 +619,7 @@ async fn patch_system(
                 ));
             }
             (k, _)
-                if r::system(&service.name, view.as_ref(), efi)
+                if r::system(&service.name, view.as_ref(), efi, service.hardware())
                     .get(k)
                     .is_some() =>
             {
@@ -641,7 +646,7 @@ async fn patch_system(
         caller.user
     );
     let view = service.backend.view(&service.name);
-    let doc = r::system(&service.name, view.as_ref(), next_efi);
+    let doc = r::system(&service.name, view.as_ref(), next_efi, service.hardware());
     let etag = etag(&doc);
     Ok(Answer::json(200, doc).header(header::ETAG, etag))
 }
