@@ -876,3 +876,56 @@ fn redfish_serves_the_given_certificate_and_reloads_it() {
     assert!(bmc.log().contains("certificate reloaded"), "{}", bmc.log());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Plain HTTP only when asked for: with `--redfish-plain-http` the same port answers both
+/// `http://` and `https://`; without it a plain request gets no answer.
+#[test]
+fn redfish_plain_http_only_when_asked_for() {
+    ready_or_skip!("curl");
+    let plain = |bmc: &Bmc| {
+        bmc.client(&[
+            "curl",
+            "-s",
+            "--max-time",
+            "5",
+            "-u",
+            "admin:password",
+            "-w",
+            "\n%{http_code}",
+            &format!("http://{}:6230/redfish/v1/Systems/1", bmc.ip()),
+        ])
+    };
+    let bmc = Bmc::builder()
+        .vm("vm-0=6230")
+        .arg("--redfish-plain-http")
+        .start();
+    let out = plain(&bmc);
+    out.assert_ok();
+    let (body, code) = out.stdout.rsplit_once('\n').unwrap();
+    assert_eq!(code, "200", "{}", out.stdout);
+    let j: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(j["PowerState"], "Off");
+    let tls = curl(
+        &bmc,
+        "GET",
+        "/redfish/v1/Systems/1",
+        &["-u", "admin:password"],
+    );
+    assert_eq!(tls.status, 200, "HTTPS still: {}", tls.body);
+    drop(bmc);
+
+    let bmc = Bmc::builder().vm("vm-0=6230").start();
+    let out = plain(&bmc);
+    assert!(
+        !out.stdout.contains("PowerState"),
+        "plain HTTP answered without the flag: {}",
+        out.stdout
+    );
+    let tls = curl(
+        &bmc,
+        "GET",
+        "/redfish/v1/Systems/1",
+        &["-u", "admin:password"],
+    );
+    assert_eq!(tls.status, 200, "{}", tls.body);
+}

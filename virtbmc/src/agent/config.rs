@@ -110,6 +110,11 @@ pub struct Args {
     #[arg(long)]
     pub no_redfish: bool,
 
+    /// Also answer plain HTTP (no TLS) on each BMC's Redfish port, for clients that cannot
+    /// speak TLS; credentials then travel in clear.
+    #[arg(long, conflicts_with = "no_redfish")]
+    pub redfish_plain_http: bool,
+
     /// Redfish TLS certificate chain (PEM), re-read when it changes; with --redfish-key.
     /// Without both, a self-signed certificate is made at start.
     #[arg(long, requires = "redfish_key")]

@@ -227,8 +227,14 @@ fn start_registry(
         let files = args.redfish_cert.clone().zip(args.redfish_key.clone());
         let tls = crate::redfish::tls::server_config(files, vec![args.listen.to_string()])
             .map_err(|e| AgentError::Config(e.to_string()))?;
+        if args.redfish_plain_http {
+            log::warn!(
+                "redfish: plain HTTP is answered beside HTTPS (--redfish-plain-http): passwords and session tokens cross the network unencrypted"
+            );
+        }
         registry = registry.with_redfish(Arc::new(crate::redfish::Redfish {
             tls: tokio_rustls::TlsAcceptor::from(tls),
+            plain_http: args.redfish_plain_http,
             metrics: metrics.redfish.clone(),
         }));
     }

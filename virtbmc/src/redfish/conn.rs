@@ -1,6 +1,8 @@
 //! The accept loop and the HTTP/1.1 connections of one Redfish port. Every bound is here:
 //! handshakes and request heads that take too long end the connection, heads and bodies
-//! have a size limit, and a port holds a bounded number of connections.
+//! have a size limit, and a port holds a bounded number of connections. HTTPS always; plain
+//! HTTP on the same port only when asked for, told apart by the first byte a client sends
+//! (a TLS connection opens with a handshake record, 0x16; an HTTP request with a method).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -25,14 +27,22 @@ const MAX_HEADERS: usize = 64;
 /// Connections per port: more wait in the listen backlog.
 const MAX_CONNECTIONS: usize = 64;
 
-pub async fn serve(listener: TcpListener, tls: tokio_rustls::TlsAcceptor, service: Arc<Service>) {
+/// A TLS record of type handshake: how every TLS connection begins.
+const TLS_HANDSHAKE: u8 = 0x16;
+
+pub async fn serve(
+    listener: TcpListener,
+    tls: tokio_rustls::TlsAcceptor,
+    plain_http: bool,
+    service: Arc<Service>,
+) {
     let mut conns = JoinSet::new();
     loop {
         tokio::select! {
             accepted = listener.accept(), if conns.len() < MAX_CONNECTIONS => match accepted {
                 Ok((stream, _peer)) => {
                     let _ = stream.set_nodelay(true);
-                    conns.spawn(connection(stream, tls.clone(), service.clone()));
+                    conns.spawn(connection(stream, tls.clone(), plain_http, service.clone()));
                 }
                 Err(e) => {
                     log::warn!("redfish: bmc={} accept failed: {e}", service.name);
@@ -47,8 +57,17 @@ pub async fn serve(listener: TcpListener, tls: tokio_rustls::TlsAcceptor, servic
 async fn connection(
     stream: tokio::net::TcpStream,
     tls: tokio_rustls::TlsAcceptor,
+    plain_http: bool,
     service: Arc<Service>,
 ) {
+    if plain_http {
+        let mut first = [0u8; 1];
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.peek(&mut first)).await {
+            Ok(Ok(1..)) if first[0] != TLS_HANDSHAKE => return http(stream, service).await,
+            Ok(Ok(1..)) => {}
+            _ => return,
+        }
+    }
     let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream)).await {
         Ok(Ok(s)) => {
             service.metrics.handshakes_ok.fetch_add(1, Relaxed);
@@ -64,6 +83,14 @@ async fn connection(
             return;
         }
     };
+    http(stream, service).await;
+}
+
+/// HTTP/1.1 with keep-alive over `stream`, until the client or a bound ends it.
+async fn http<S>(stream: S, service: Arc<Service>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let svc = service_fn(move |req| {
         let service = service.clone();
         async move { Ok::<_, Infallible>(super::routes::handle(&service, req).await) }

@@ -30,6 +30,8 @@ pub use metrics::RedfishMetrics;
 /// What every Redfish port of the agent shares.
 pub struct Redfish {
     pub tls: tokio_rustls::TlsAcceptor,
+    /// Plain HTTP on the same ports as well (`--redfish-plain-http`).
+    pub plain_http: bool,
     pub metrics: Arc<RedfishMetrics>,
 }
 
@@ -67,7 +69,7 @@ pub fn spawn(
     service: Service,
 ) -> tokio::task::JoinHandle<()> {
     let service = Arc::new(service);
-    let tls = redfish.tls.clone();
+    let (tls, plain_http) = (redfish.tls.clone(), redfish.plain_http);
     tokio::spawn(async move {
         let mut changes = service.config.clone();
         let watch_config = {
@@ -81,7 +83,7 @@ pub fn spawn(
             }
         };
         tokio::select! {
-            () = conn::serve(listener, tls, service) => {}
+            () = conn::serve(listener, tls, plain_http, service) => {}
             () = watch_config => {}
         }
     })

@@ -215,6 +215,7 @@ impl Agent {
             .expect("self-signed certificate");
         let redfish = Arc::new(virtbmc::redfish::Redfish {
             tls: tokio_rustls::TlsAcceptor::from(tls),
+            plain_http: false,
             metrics: metrics.redfish.clone(),
         });
         let registry = Arc::new(
