@@ -836,33 +836,44 @@ fn redfish_serves_the_given_certificate_and_reloads_it() {
         .arg("--redfish-key")
         .arg(&key)
         .start();
-    let verified = |ca: &str| {
-        let connect = format!("bmc:6230:{}:6230", bmc.ip());
-        bmc.client(&[
-            "curl",
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "--cacert",
-            ca,
-            "--connect-to",
-            &connect,
-            "https://bmc:6230/redfish/v1/",
-        ])
-    };
     let first = dir.join("first.crt").display().to_string();
-    let out = verified(&first);
+    let out = verified(&bmc, &first);
     assert_eq!(out.stdout, "200", "{out}");
     assert!(!bmc.log().contains("self-signed"), "{}", bmc.log());
 
     make_cert(&dir, "tls");
+    until_verified(&bmc, &crt);
+    let out = verified(&bmc, &first);
+    assert!(!out.ok(), "the old certificate is no longer served: {out}");
+    assert!(bmc.log().contains("certificate reloaded"), "{}", bmc.log());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A GET of the service root that verifies the BMC's certificate against `ca`.
+fn verified(bmc: &Bmc, ca: &str) -> Out {
+    let connect = format!("bmc:6230:{}:6230", bmc.ip());
+    bmc.client(&[
+        "curl",
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "--cacert",
+        ca,
+        "--connect-to",
+        &connect,
+        "https://bmc:6230/redfish/v1/",
+    ])
+}
+
+/// Waits (15 s at most) until the BMC serves a certificate `ca` verifies.
+fn until_verified(bmc: &Bmc, ca: &str) {
     let start = std::time::Instant::now();
     loop {
-        let out = verified(&crt);
+        let out = verified(bmc, ca);
         if out.stdout == "200" {
-            break;
+            return;
         }
         assert!(
             start.elapsed() < std::time::Duration::from_secs(15),
@@ -871,8 +882,32 @@ fn redfish_serves_the_given_certificate_and_reloads_it() {
         );
         std::thread::sleep(std::time::Duration::from_millis(500));
     }
-    let out = verified(&first);
-    assert!(!out.ok(), "the old certificate is no longer served: {out}");
+}
+
+/// Certificate files named but not there yet (an optional Secret before cert-manager wrote
+/// it): a self-signed certificate meanwhile, then the files once they appear.
+#[test]
+fn redfish_serves_self_signed_until_the_named_files_appear() {
+    ready_or_skip!("openssl");
+    let dir = std::env::temp_dir().join(format!("virtbmc-redfish-late-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (crt, key) = (
+        dir.join("tls.crt").display().to_string(),
+        dir.join("tls.key").display().to_string(),
+    );
+    let bmc = Bmc::builder()
+        .vm("vm-0=6230")
+        .arg("--redfish-cert")
+        .arg(&crt)
+        .arg("--redfish-key")
+        .arg(&key)
+        .start();
+    let anon = curl(&bmc, "GET", "/redfish/v1/", &[]);
+    assert_eq!(anon.status, 200, "self-signed meanwhile: {}", anon.body);
+    assert!(bmc.log().contains("exists yet"), "{}", bmc.log());
+    make_cert(&dir, "tls");
+    until_verified(&bmc, &crt);
     assert!(bmc.log().contains("certificate reloaded"), "{}", bmc.log());
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -1,6 +1,8 @@
 //! The Redfish ports' TLS: a certificate and key from PEM files, re-read when either file
 //! changes (a cert-manager renewal rewrites the mounted Secret), else a self-signed one
-//! made at start. rustls with the ring provider, as the Kubernetes client uses.
+//! made at start. Files named but both absent (an optional Secret not created yet) mean
+//! the self-signed one until they appear. rustls with the ring provider, as the Kubernetes
+//! client uses.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -33,13 +35,25 @@ pub fn server_config(
 ) -> Result<Arc<ServerConfig>, TlsError> {
     let resolver: Arc<dyn ResolvesServerCert> = match files {
         Some((cert, key)) => {
-            let loaded = load(&cert, &key)?;
             let stamp = (mtime(&cert), mtime(&key));
-            log::info!(
-                "redfish: certificate from {} (SHA-256 {})",
-                cert.display(),
-                fingerprint(&loaded.cert[0])
-            );
+            let loaded = if stamp == (None, None) {
+                let ck = self_signed(names)?;
+                log::warn!(
+                    "redfish: neither {} nor {} exists yet: serving a self-signed certificate until they do, SHA-256 {}",
+                    cert.display(),
+                    key.display(),
+                    fingerprint(&ck.cert[0])
+                );
+                ck
+            } else {
+                let ck = load(&cert, &key)?;
+                log::info!(
+                    "redfish: certificate from {} (SHA-256 {})",
+                    cert.display(),
+                    fingerprint(&ck.cert[0])
+                );
+                ck
+            };
             Arc::new(Reloading {
                 cert,
                 key,
