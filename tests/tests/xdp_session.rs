@@ -253,7 +253,7 @@ fn xdp_session_chassis_status_matches_engine() {
     }
 }
 
-/// The agent's wiring: the engine publishes its IPMI 1.5 sessions through
+/// The agent's wiring: the IPMI 1.5 sessions the engine offers are published through
 /// `FastPath::session_publisher`; requests of one session then alternate between the program
 /// and the engine with one sequence space (no number reused, replays caught on both sides),
 /// and closing the session in the engine unpublishes it.
@@ -272,8 +272,9 @@ fn xdp_engine_publisher_shares_one_sequence_space() {
     let mut fp = load_detached();
     fp.set_bmc(BMC_PORT, &fastpath::bmc_state(&config, true).unwrap())
         .unwrap();
-    engine.set_publisher(fp.session_publisher(BMC_PORT));
+    let publisher = fp.session_publisher(BMC_PORT).expect("the fast path is on");
     let (sid, inbound, outbound) = activate(&mut engine, MD5);
+    publish_offers(&mut engine, &*publisher);
 
     let out_seq = |payload: &[u8]| u32::from_le_bytes(payload[5..9].try_into().unwrap());
     for i in 0..6u32 {
@@ -337,8 +338,9 @@ fn xdp_published_session_ends_on_its_deadline_and_on_rotation() {
     let mut fp = load_detached();
     fp.set_bmc(BMC_PORT, &fastpath::bmc_state(&config, true).unwrap())
         .unwrap();
-    engine.set_publisher(fp.session_publisher(BMC_PORT));
+    let publisher = fp.session_publisher(BMC_PORT).expect("the fast path is on");
     let (sid, inbound, _) = activate(&mut engine, MD5);
+    publish_offers(&mut engine, &*publisher);
 
     // Kept alive by the program's answers alone, past the engine's own last sighting.
     for i in 0..4u32 {
@@ -372,6 +374,7 @@ fn xdp_published_session_ends_on_its_deadline_and_on_rotation() {
     config.session_timeout = std::time::Duration::from_secs(60);
     engine.set_config(Arc::new(config.clone()));
     let (sid, inbound, _) = activate(&mut engine, MD5);
+    publish_offers(&mut engine, &*publisher);
     let req = v15_session(MD5, inbound, sid, &chassis_status(1));
     assert_eq!(fp.test_run(&v4(c4, b4, &req), 1).unwrap().action, XDP_TX);
     let rotated = BmcConfig::new(vec![

@@ -1,5 +1,6 @@
-//! Published IPMI 1.5 sessions with real clients: an engine serving a UDP socket in the BMC namespace publishes
-//! its IPMI 1.5 sessions through `FastPath::session_publisher`, exactly as the agent will; the
+//! Published IPMI 1.5 sessions with real clients: an engine serving a UDP socket in the BMC
+//! namespace, whose offered IPMI 1.5 sessions are published through
+//! `FastPath::session_publisher` after each datagram, exactly as the agent does; the
 //! program is attached to the veth. `ipmitool -I lan` and freeipmi then run whole sessions in
 //! which the program answers Get Chassis Status and the engine everything else, sharing one
 //! sequence space (freeipmi rejects a repeated outbound number). Needs root, the object,
@@ -86,7 +87,6 @@ fn xdp_session_chassis_status_with_real_clients() {
             sock.set_read_timeout(Some(Duration::from_millis(50)))
                 .unwrap();
             let mut bmc = Bmc::new(config);
-            bmc.set_publisher(Some(publisher));
             let vm = VmView {
                 power: PowerState::On,
                 boot: None,
@@ -102,6 +102,7 @@ fn xdp_session_chassis_status_with_real_clients() {
                 if let Output::Reply(r) = bmc.handle(Instant::now(), peer, &buf[..n], &vm) {
                     let _ = sock.send_to(&r, peer);
                 }
+                publish_offers(&mut bmc, &*publisher);
             }
             handled
         })

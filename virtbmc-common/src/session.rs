@@ -1,10 +1,11 @@
 //! Get Chassis Status inside an IPMI 1.5 session answered by XDP. This module fixes
 //! the shared state and the protocol the engine and the program must both follow. The program
 //! implements it (`virtbmc-ebpf/src/prog.rs`, `session_reply`), the loader implements the
-//! userspace half (`virtbmc::fastpath::SessionSlots`, and `FastPath::session_publisher`, the
-//! engine's `SessionPublisher`), and the engine routes a published session's sequence state
-//! through it (`engine::session::SharedSession`). The program answers only for sessions the
-//! agent publishes: the agent calls `bmc.set_publisher(fast_path.session_publisher(port))`.
+//! userspace half (`virtbmc::fastpath::SessionSlots`, and `FastPath::session_publisher`, a
+//! `SessionPublisher`), and the engine routes a published session's sequence state through
+//! it (`engine::session::SharedSession`). The program answers only for sessions the agent
+//! publishes: the engine offers each activated session (`Bmc::poll_publish`), the agent
+//! writes it into the maps and hands the slot back (`Bmc::attach_shared`).
 //!
 //! # Why not a `bpf_spin_lock` in a hash value
 //! Userspace cannot take a `bpf_spin_lock`: `BPF_F_LOCK` makes one lookup or one update

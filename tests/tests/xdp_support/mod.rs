@@ -344,3 +344,17 @@ pub fn cipher_data(records: &[u8], index: u8) -> Vec<u8> {
     }
     d
 }
+
+/// The agent's part after each datagram: the IPMI 1.5 sessions the engine offers go into
+/// the fast path's maps, and their slots back to the engine.
+#[allow(dead_code)]
+pub fn publish_offers(
+    engine: &mut virtbmc::engine::Bmc,
+    publisher: &dyn virtbmc::engine::session::SessionPublisher,
+) {
+    while let Some(offer) = engine.poll_publish() {
+        if let Some(shared) = publisher.publish(&offer) {
+            engine.attach_shared(offer.session_id, shared);
+        }
+    }
+}

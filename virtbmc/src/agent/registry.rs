@@ -164,12 +164,12 @@ impl Registry {
             lan: self.lan,
             clock: wall_clock(),
         });
-        {
+        let publisher = {
             // The socket is bound first, so a packet the program passes always has a receiver.
             let mut fp = self.fast();
-            bmc.set_publisher(fp.session_publisher(port));
             self.publish(&mut fp, &name, port, &config);
-        }
+            fp.session_publisher(port)
+        };
         let sessions = Arc::new(AtomicUsize::new(0));
         let task = BmcTask {
             name: name.clone(),
@@ -180,6 +180,7 @@ impl Registry {
             action_timeout: self.action_timeout,
             config: rx,
             active_sessions: sessions.clone(),
+            publisher,
         };
         let handle = tokio::spawn(task.run());
         self.lock().insert(

@@ -14,6 +14,7 @@ use super::metrics::Metrics;
 use crate::backend::Backend;
 use crate::backend::console::{Console, ConsoleEvent, ConsoleInput};
 use crate::engine::config::BmcConfig;
+use crate::engine::session::SessionPublisher;
 use crate::engine::{
     Action, ActionError, Bmc, BootOverride, DropReason, Event, MAX_DATAGRAM, Output, Pending,
     SolEffect, ToGuest, When,
@@ -38,6 +39,9 @@ pub struct BmcTask {
     pub config: watch::Receiver<Arc<BmcConfig>>,
     /// Where the task publishes its engine's count of active sessions, for `/metrics`.
     pub active_sessions: Arc<AtomicUsize>,
+    /// The fast path's session maps for this BMC, when the fast path is on: IPMI 1.5
+    /// sessions the engine offers are written there, so the program answers them too.
+    pub publisher: Option<Arc<dyn SessionPublisher>>,
 }
 
 type Completion = (Pending, SocketAddr, Result<(), ActionError>);
@@ -96,6 +100,7 @@ impl BmcTask {
                 }
             }
             self.drain_events(&mut refusals);
+            self.publish_sessions();
             self.drain_sol(&mut sol).await;
             // One place moves the agent's counters, whatever changed the engine's.
             self.metrics.add(&counted, &self.bmc.stats);
@@ -182,6 +187,16 @@ impl BmcTask {
         }
         while let Some((peer, datagram)) = self.bmc.poll_transmit() {
             self.send(&datagram, peer).await;
+        }
+    }
+
+    /// Writes the IPMI 1.5 sessions the engine offers into the fast path's maps, in the same
+    /// turn as the activation that made them, before this BMC reads its next datagram.
+    fn publish_sessions(&mut self) {
+        while let Some(offer) = self.bmc.poll_publish() {
+            if let Some(shared) = self.publisher.as_ref().and_then(|p| p.publish(&offer)) {
+                self.bmc.attach_shared(offer.session_id, shared);
+            }
         }
     }
 

@@ -44,7 +44,7 @@ use entropy::{Entropy, OsEntropy};
 use limiter::{NameLimiter, SourceLimiter, TrustedSources};
 pub use payload::SolEffect;
 use secret::Secret;
-use session::{ActiveAuth, Refusal, Session, SessionPublisher, SessionTable, State};
+use session::{ActiveAuth, PublishV15, Refusal, Session, SessionTable, State};
 use site::Site;
 pub use sol::ToGuest;
 pub use vm::{Action, ActionError, BootDevice, BootOverride, PowerState, VmView, When};
@@ -209,7 +209,8 @@ pub struct Bmc {
     secret: Secret,
     cookies: Cookies,
     entropy: Box<dyn Entropy>,
-    publisher: Option<Arc<dyn SessionPublisher>>,
+    /// IPMI 1.5 sessions the fast path may take over ([`Bmc::poll_publish`]).
+    to_publish: VecDeque<PublishV15>,
     events: VecDeque<Event>,
     sol_config: sol_config::SolConfig,
     sol: Option<sol::SolLink>,
@@ -236,7 +237,7 @@ impl Bmc {
             secret: Secret::draw(entropy.as_mut()),
             cookies: Cookies::default(),
             entropy,
-            publisher: None,
+            to_publish: VecDeque::new(),
             events: VecDeque::new(),
             sol_config: sol_config::SolConfig::default(),
             sol: None,
@@ -364,11 +365,6 @@ impl Bmc {
                 Err(reason)
             }
         }
-    }
-
-    /// Publishes IPMI 1.5 sessions activated from now on to the fast path.
-    pub fn set_publisher(&mut self, publisher: Option<Arc<dyn SessionPublisher>>) {
-        self.publisher = publisher;
     }
 
     pub fn active_sessions(&self) -> usize {

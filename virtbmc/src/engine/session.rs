@@ -113,7 +113,8 @@ pub struct PublishV15 {
     pub idle_timeout: Duration,
 }
 
-/// Where an engine publishes its IPMI 1.5 sessions (the agent's fast path); None when the
+/// Where the driver publishes the IPMI 1.5 sessions the engine offers
+/// ([`Bmc::poll_publish`](super::Bmc::poll_publish)): the agent's fast path. None when the
 /// session cannot be published, which only means the engine answers everything itself.
 pub trait SessionPublisher: Send + Sync {
     fn publish(&self, session: &PublishV15) -> Option<Box<dyn SharedSession>>;

@@ -963,6 +963,22 @@ impl super::session::SessionPublisher for MemPublisher {
     }
 }
 
+/// The engine offers a session to the fast path only with the state the offer carries: one
+/// that already moved on (a packet handled before the driver asked) stays the engine's.
+#[test]
+fn a_v15_session_that_moved_on_before_publishing_is_not_offered() {
+    let rig = Rig::new(config());
+    let mut ex = rig.exchange();
+    let mut s = V15Session::open("admin", "password", AUTH_MD5, 4, &mut ex).unwrap();
+    assert_eq!(s.call(0x00, 0x01, &[], &mut ex).unwrap().0, 0);
+    assert!(rig.bmc.borrow_mut().poll_publish().is_none());
+    assert_eq!(
+        s.call(0x00, 0x01, &[], &mut ex).unwrap().0,
+        0,
+        "still answered"
+    );
+}
+
 #[test]
 fn published_v15_sessions_keep_their_sequence_state_in_the_shared_slot() {
     let rig = Rig::new(config());
@@ -971,9 +987,17 @@ fn published_v15_sessions_keep_their_sequence_state_in_the_shared_slot() {
         published: Default::default(),
         dropped: dropped.clone(),
     });
-    rig.bmc.borrow_mut().set_publisher(Some(publisher.clone()));
     let mut ex = rig.exchange();
     let mut s = V15Session::open("admin", "password", AUTH_MD5, 4, &mut ex).unwrap();
+    use super::session::SessionPublisher;
+    // The driver's part: what the engine offers goes to the publisher, its slot back.
+    let offer = rig.bmc.borrow_mut().poll_publish().expect("an offer");
+    let shared = publisher.publish(&offer).unwrap();
+    rig.bmc.borrow_mut().attach_shared(offer.session_id, shared);
+    assert!(
+        rig.bmc.borrow_mut().poll_publish().is_none(),
+        "offered once"
+    );
     let p = publisher.published.lock().unwrap()[0].clone();
     assert_eq!(
         (p.session_id, p.auth_type, p.inbound_start, p.next_outbound),

@@ -247,21 +247,16 @@ impl Bmc {
         if self.admit(session, now).is_err() {
             return reply_with(cc::OUT_OF_SPACE, &[], 0);
         }
-        let shared = self.publisher.as_ref().and_then(|p| {
-            p.publish(&PublishV15 {
-                session_id: new_id,
-                peer,
-                auth_type,
-                password,
-                inbound_start,
-                next_outbound: outbound.wrapping_add(1),
-                privilege,
-                idle_timeout: self.config.session_timeout,
-            })
+        self.offer_to_fast_path(PublishV15 {
+            session_id: new_id,
+            peer,
+            auth_type,
+            password,
+            inbound_start,
+            next_outbound: outbound.wrapping_add(1),
+            privilege,
+            idle_timeout: self.config.session_timeout,
         });
-        if let Some(State::Active(a)) = self.sessions.get_mut(new_id).map(|s| &mut s.state) {
-            a.shared = shared;
-        }
         self.stats.sessions_opened += 1;
         let mut data = Vec::with_capacity(10);
         ActivateResponse {
@@ -272,6 +267,52 @@ impl Bmc {
         }
         .emit(&mut data);
         reply_with(cc::OK, &data, outbound)
+    }
+}
+
+/// Activated sessions waiting for the driver to publish them: a driver that never asks keeps
+/// only the newest this many.
+const MAX_TO_PUBLISH: usize = 64;
+
+impl Bmc {
+    fn offer_to_fast_path(&mut self, p: PublishV15) {
+        if self.to_publish.len() >= MAX_TO_PUBLISH {
+            self.to_publish.pop_front();
+        }
+        self.to_publish.push_back(p);
+    }
+
+    /// The next IPMI 1.5 session the fast path may answer as well (the driver writes it into
+    /// the fast path's maps and hands the shared slot back with [`Bmc::attach_shared`]).
+    /// Offered only while its sequence state and privilege are still what activation left,
+    /// which is the state the offer carries; a session that moved on stays the engine's.
+    pub fn poll_publish(&mut self) -> Option<PublishV15> {
+        while let Some(p) = self.to_publish.pop_front() {
+            let unchanged = match self.sessions.get_mut(p.session_id).map(|s| &s.state) {
+                Some(State::Active(a)) => {
+                    a.shared.is_none()
+                        && a.outbound == p.next_outbound
+                        && a.inbound == SeqWindow::new(p.inbound_start, WINDOW, WINDOW)
+                        && a.privilege == p.privilege
+                }
+                _ => false,
+            };
+            if unchanged {
+                return Some(p);
+            }
+        }
+        None
+    }
+
+    /// The fast path's slot of session `id`, published from [`Bmc::poll_publish`]'s offer:
+    /// from now on its sequence state lives there. A session that ended meanwhile drops it,
+    /// which unpublishes it.
+    pub fn attach_shared(&mut self, id: u32, shared: Box<dyn super::session::SharedSession>) {
+        if let Some(State::Active(a)) = self.sessions.get_mut(id).map(|s| &mut s.state)
+            && a.shared.is_none()
+        {
+            a.shared = Some(shared);
+        }
     }
 }
 

@@ -409,9 +409,9 @@ impl FastPath {
         self.inner.as_ref().map(|l| &*l.slots)
     }
 
-    /// The engine's session publisher for the BMC on `port` (`Bmc::set_publisher`): IPMI
-    /// 1.5 sessions it activates are then answered by the program as well. None
-    /// when the fast path is off.
+    /// The session publisher for the BMC on `port`: IPMI 1.5 sessions its engine offers
+    /// (`Bmc::poll_publish`) and the driver publishes are then answered by the program as
+    /// well. None when the fast path is off.
     pub fn session_publisher(
         &self,
         port: u16,

@@ -229,8 +229,8 @@ pub(super) fn remove_id(ids: &SessionIds, id: u32) -> Result<(), aya::maps::MapE
     }
 }
 
-/// The engine's [`SessionPublisher`](crate::engine::session::SessionPublisher) for one BMC
-/// port: publishes activated IPMI 1.5 sessions into the maps (step 1) and hands the engine a
+/// The [`SessionPublisher`](crate::engine::session::SessionPublisher) for one BMC port: the
+/// driver publishes the IPMI 1.5 sessions its engine offers into the maps (step 1) and hands the engine a
 /// [`SharedSession`](crate::engine::session::SharedSession) over the slot.
 pub struct Publisher {
     pub(super) port: u16,
