@@ -19,6 +19,7 @@
 //! - [`names`]: the names a spec refers to, checked before any of them reaches an API path.
 //! - [`secrets`]: only the Secrets a VirtualMachineBMC names keep their credentials in memory.
 //! - [`console`]: a VM's serial console, KubeVirt's `console` subresource of its running VMI.
+//! - [`media`]: a VM's virtual CD, a CDI DataVolume hotplugged into its CD-ROM drive.
 
 pub mod actions;
 pub mod boot;
@@ -29,6 +30,7 @@ pub mod events;
 pub mod labeled;
 pub mod leader;
 pub mod lease;
+pub mod media;
 pub mod names;
 pub mod overrides;
 pub mod secrets;
@@ -50,6 +52,7 @@ use tokio::sync::{Notify, broadcast};
 
 use crate::agent::metrics::Metrics;
 use crate::agent::ready::Readiness;
+use crate::backend::media::{MediaError, MediaFuture, Medium};
 use crate::backend::{ActionFuture, Backend};
 use crate::engine::config::BmcConfig;
 use crate::engine::{Action, ActionError, VmView};
@@ -127,6 +130,8 @@ pub struct Stores {
     pub pod: Store<Pod>,
     /// Our EndpointSlices.
     pub endpoint_slice: Store<EndpointSlice>,
+    /// Our DataVolumes: the images in the VMs' CD drives.
+    pub data_volume: Store<DynamicObject>,
     /// Label mode: the namespace of the one Secret (otherwise each VirtualMachineBMC's own).
     secret_namespace: Option<String>,
 }
@@ -140,6 +145,7 @@ pub struct Writers {
     pub service: reflector::store::Writer<Service>,
     pub pod: reflector::store::Writer<Pod>,
     pub endpoint_slice: reflector::store::Writer<EndpointSlice>,
+    pub data_volume: reflector::store::Writer<DynamicObject>,
     /// Secret copies for the Secret reflector (see [`secrets`]).
     pub secret_refeed: futures::channel::mpsc::UnboundedReceiver<secrets::Refeed>,
 }
@@ -156,6 +162,7 @@ impl Stores {
         let service = reflector::store::Writer::default();
         let pod = reflector::store::Writer::default();
         let endpoint_slice = reflector::store::Writer::default();
+        let data_volume = reflector::store::Writer::new(media::dv_resource());
         let stores = Stores {
             vmbmc: vmbmc.as_reader(),
             vm: vm.as_reader(),
@@ -164,6 +171,7 @@ impl Stores {
             service: service.as_reader(),
             pod: pod.as_reader(),
             endpoint_slice: endpoint_slice.as_reader(),
+            data_volume: data_volume.as_reader(),
             secret_namespace,
         };
         (
@@ -176,6 +184,7 @@ impl Stores {
                 service,
                 pod,
                 endpoint_slice,
+                data_volume,
                 secret_refeed,
             },
         )
@@ -536,5 +545,26 @@ impl Backend for KubeBackend {
 
     fn open_console(&self, vm: &str) -> crate::backend::console::Console {
         console::open(&self.shared, vm)
+    }
+
+    fn media(&self, vm: &str) -> Result<Option<Medium>, MediaError> {
+        let (ns, name) = split_name(vm).ok_or_else(|| MediaError::NoMachine(vm.to_string()))?;
+        media::read(&self.shared.stores, ns, name)
+    }
+
+    fn insert_media(&self, vm: &str, image: &str) -> MediaFuture {
+        let (shared, name, image) = (self.shared.clone(), vm.to_string(), image.to_string());
+        Box::pin(async move {
+            let (ns, vm) = split_name(&name).ok_or_else(|| MediaError::NoMachine(name.clone()))?;
+            media::insert(&shared, ns, vm, &image).await
+        })
+    }
+
+    fn eject_media(&self, vm: &str) -> MediaFuture {
+        let (shared, name) = (self.shared.clone(), vm.to_string());
+        Box::pin(async move {
+            let (ns, vm) = split_name(&name).ok_or_else(|| MediaError::NoMachine(name.clone()))?;
+            media::eject(&shared, ns, vm).await
+        })
     }
 }

@@ -200,22 +200,52 @@ impl Agent {
     /// The same, with this action deadline (`--action-timeout-ms`).
     pub async fn start_with_deadline(
         sim: &Handle,
+        opts: ClusterOptions,
+        ip: Ipv4Addr,
+        action_timeout: Duration,
+    ) -> Agent {
+        Agent::launch(sim, opts, ip, action_timeout, false).await
+    }
+
+    /// An agent on 127.0.0.1 that also serves Redfish (a self-signed certificate) on each
+    /// BMC's port.
+    pub async fn start_with_redfish(
+        sim: &Handle,
+        identity: &str,
+        ports: RangeInclusive<u16>,
+    ) -> Agent {
+        let mut opts = ClusterOptions::new(identity, "virtbmc-system", BmcConfig::new(vec![]));
+        opts.port_range = ports;
+        Agent::launch(sim, opts, Ipv4Addr::LOCALHOST, Duration::from_secs(3), true).await
+    }
+
+    async fn launch(
+        sim: &Handle,
         mut opts: ClusterOptions,
         ip: Ipv4Addr,
         action_timeout: Duration,
+        redfish: bool,
     ) -> Agent {
         let _ = env_logger::builder().is_test(true).try_init();
         // Short, so a new agent takes over quickly; long enough that a loaded machine still renews.
         opts.lease_duration = Duration::from_secs(2);
         let metrics = Arc::new(Metrics::default());
         let (backend, writers) = KubeBackend::new(client(sim).await, opts, metrics.clone());
-        let registry = Arc::new(Registry::new(
+        let mut registry = Registry::new(
             IpAddr::V4(ip),
             Arc::new(backend.clone()),
-            metrics,
+            metrics.clone(),
             action_timeout,
             Arc::new(std::sync::Mutex::new(virtbmc::fastpath::FastPath::off())),
-        ));
+        );
+        if redfish {
+            let tls = virtbmc::redfish::tls::server_config(None, vec![ip.to_string()]).unwrap();
+            registry = registry.with_redfish(Arc::new(virtbmc::redfish::Redfish {
+                tls: tokio_rustls::TlsAcceptor::from(tls),
+                metrics: metrics.redfish.clone(),
+            }));
+        }
+        let registry = Arc::new(registry);
         let tasks = serve::spawn(&backend, writers, registry.clone());
         Agent {
             backend,
