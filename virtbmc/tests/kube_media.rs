@@ -3,7 +3,7 @@
 //! DataVolume importing the image from a server the test runs on loopback, the volume in the
 //! VM's CD-ROM drive, the CD first in the boot order after a Cd boot override, and both gone
 //! after an eject. The drive reports the import's truth: not inserted while importing, nor
-//! after a failed import.
+//! after a failed import; a failed request is a Warning Event on the VM.
 
 mod kube_support;
 
@@ -215,5 +215,21 @@ async fn redfish_virtual_media_imports_hotplugs_boots_and_ejects_on_kubevirt() {
         "Image"
     );
     assert!(sim.get(Kind::DataVolume, NS, "vm1-virtbmc-cd").is_none());
+
+    // The API server failing the DataVolume's creation: a 500 to the client, and a Warning
+    // Event on the VM saying why.
+    sim.inject(kubesim::Fault::on("POST", "/datavolumes").status(500));
+    let (code, answer) = curl(port, "POST", INSERT, Some(&body)).await;
+    assert_eq!(code, 500, "{answer}");
+    until("the VirtualMediaFailed Event", || {
+        sim.list(Kind::Event, Some(NS)).iter().any(|e| {
+            e["reason"] == "VirtualMediaFailed"
+                && e["involvedObject"]["name"] == "vm1"
+                && e["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("creating the DataVolume"))
+        })
+    })
+    .await;
     assert_agent_never_refused(&sim);
 }

@@ -215,6 +215,20 @@ pub async fn eject(sh: &Arc<Shared>, ns: &str, vm: &str) -> Result<(), MediaErro
     Ok(())
 }
 
+/// A failed insert or eject is a Warning Event on the VM, as a refused power action is, so
+/// that `kubectl describe vm` says why the drive is not as asked.
+pub fn record_failure(sh: &Shared, ns: &str, vm: &str, what: &str, r: &Result<(), MediaError>) {
+    if let Err(e @ MediaError::Failed(_)) = r {
+        super::events::record(
+            sh,
+            ns,
+            vm,
+            "VirtualMediaFailed",
+            &format!("Redfish virtual media {what}: {e}"),
+        );
+    }
+}
+
 /// Caches our DataVolumes. Not part of readiness: a cluster without CDI still serves power
 /// and boot, and its drives just stay empty.
 pub fn reflect(

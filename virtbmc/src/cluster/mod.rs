@@ -556,7 +556,9 @@ impl Backend for KubeBackend {
         let (shared, name, image) = (self.shared.clone(), vm.to_string(), image.to_string());
         Box::pin(async move {
             let (ns, vm) = split_name(&name).ok_or_else(|| MediaError::NoMachine(name.clone()))?;
-            media::insert(&shared, ns, vm, &image).await
+            let r = media::insert(&shared, ns, vm, &image).await;
+            media::record_failure(&shared, ns, vm, "insert", &r);
+            r
         })
     }
 
@@ -564,7 +566,9 @@ impl Backend for KubeBackend {
         let (shared, name) = (self.shared.clone(), vm.to_string());
         Box::pin(async move {
             let (ns, vm) = split_name(&name).ok_or_else(|| MediaError::NoMachine(name.clone()))?;
-            media::eject(&shared, ns, vm).await
+            let r = media::eject(&shared, ns, vm).await;
+            media::record_failure(&shared, ns, vm, "eject", &r);
+            r
         })
     }
 }

@@ -345,7 +345,7 @@ async fn answer(service: &Service, route: &Route, req: Request<Incoming>) -> Res
             medium(service, *place)?;
             need(&caller, Privilege::Operator)?;
             let image = media::insert(&object(body)?)?;
-            change_media(service, &caller, Change::Insert(image)).await?;
+            change_media(service, &caller, *place, Change::Insert(image)).await?;
             Ok(Answer::empty(204))
         }
         (Route::EjectMedia(place), _) => {
@@ -353,7 +353,7 @@ async fn answer(service: &Service, route: &Route, req: Request<Incoming>) -> Res
             medium(service, *place)?;
             need(&caller, Privilege::Operator)?;
             media::eject(&object(body)?)?;
-            change_media(service, &caller, Change::Eject).await?;
+            change_media(service, &caller, *place, Change::Eject).await?;
             Ok(Answer::empty(204))
         }
         (Route::ChassisAll, _) => get(r::chassis_all()),
@@ -741,8 +741,13 @@ fn media_error(e: MediaError, path: &str) -> Error {
 }
 
 /// Asks the backend for `change`, within the action deadline.
-async fn change_media(service: &Service, caller: &Caller, change: Change) -> Result<()> {
-    let path = Place::Manager.collection();
+async fn change_media(
+    service: &Service,
+    caller: &Caller,
+    place: Place,
+    change: Change,
+) -> Result<()> {
+    let path = place.collection();
     let work = match &change {
         Change::Nothing => return Ok(()),
         Change::Insert(image) => service.backend.insert_media(&service.name, image),
@@ -785,7 +790,7 @@ async fn patch_media(
         return Err(Error::new(412, Msg::PreconditionFailed, &[]));
     }
     let change = media::patch(&object(body)?, current.as_ref())?;
-    change_media(service, caller, change).await?;
+    change_media(service, caller, place, change).await?;
     let doc = media::cd(place, medium(service, place)?.as_ref());
     let etag = etag(&doc);
     Ok(Answer::json(200, doc).header(header::ETAG, etag))
