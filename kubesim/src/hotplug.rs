@@ -38,20 +38,20 @@ fn body_of(body: &[u8]) -> Result<Value, ApiError> {
     })
 }
 
+/// The array at `path` under `v`, made (with the objects above it) when absent.
 fn list<'a>(v: &'a mut Value, path: &[&str]) -> &'a mut Vec<Value> {
     let mut at = v;
-    for p in path {
-        if !at[*p].is_object() && !at[*p].is_array() {
-            at[*p] = if *p == path[path.len() - 1] {
-                json!([])
-            } else {
-                json!({})
-            };
+    for (i, key) in path.iter().enumerate() {
+        let last = i + 1 == path.len();
+        let wrong = if last {
+            !at[*key].is_array()
+        } else {
+            !at[*key].is_object()
+        };
+        if wrong {
+            at[*key] = if last { json!([]) } else { json!({}) };
         }
-        at = &mut at[*p];
-    }
-    if !at.is_array() {
-        *at = json!([]);
+        at = &mut at[*key];
     }
     at.as_array_mut().expect("made an array above")
 }
