@@ -156,11 +156,14 @@ async fn media_in_and_out(sim: &kubesim::Handle, agent: &Agent, vm: &str) {
         .await
         .unwrap();
     assert!(sim.get(Kind::DataVolume, NS, &dv).is_some());
-    until("the volume in the cached VM", || {
+    until("the drive read from the caches", || {
         agent.backend.media(&bmc).is_ok_and(|m| m.is_some())
     })
     .await;
+    // At once: the eject reads the VM fresh, so it finds the volume the insert just added.
     agent.backend.eject_media(&bmc).await.unwrap();
+    let vm = sim.get(Kind::VirtualMachine, NS, vm).unwrap();
+    assert_eq!(virtbmc::cluster::media::attached(&vm, &dv), None, "{vm}");
     assert!(sim.get(Kind::DataVolume, NS, &dv).is_none());
     until_used(sim, "list datavolumes").await;
 }

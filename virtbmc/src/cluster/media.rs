@@ -162,18 +162,14 @@ pub async fn insert(sh: &Arc<Shared>, ns: &str, vm: &str, url: &str) -> Result<(
     if !media::valid_image(url) {
         return Err(MediaError::BadImage(url.to_string()));
     }
-    eject(sh, ns, vm).await?;
-    let obj = sh
-        .stores
-        .vm(ns, vm)
-        .ok_or_else(|| MediaError::NoMachine(format!("{ns}/{vm}")))?;
+    let obj = eject(sh, ns, vm).await?;
     let dvs: Api<DynamicObject> = Api::namespaced_with(sh.client.clone(), ns, &dv_resource());
     let dv: DynamicObject =
         serde_json::from_value(data_volume(vm, url)).expect("a DataVolume is an object");
     sh.call(dvs.create(&PostParams::default(), &dv))
         .await
         .map_err(|e| failed("creating the DataVolume", e))?;
-    let disk = cd_drive(&obj.data)
+    let disk = cd_drive(&obj)
         .unwrap_or_else(|| json!({ "name": ADDED_DRIVE, "cdrom": { "bus": "scsi" } }));
     let name = disk["name"].as_str().unwrap_or(ADDED_DRIVE).to_string();
     let body = json!({
@@ -188,14 +184,24 @@ pub async fn insert(sh: &Arc<Shared>, ns: &str, vm: &str, url: &str) -> Result<(
     Ok(())
 }
 
+/// The VM as the API server has it now: an insert just before may not be in the cache yet,
+/// and an eject that missed its volume would leave the drive pointing at nothing.
+async fn fresh_vm(sh: &Shared, ns: &str, vm: &str) -> Result<Value, MediaError> {
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(sh.client.clone(), ns, &super::vm_resource());
+    match sh.call(api.get(vm)).await {
+        Ok(o) => Ok(o.data),
+        Err(e) if not_found(&e) => Err(MediaError::NoMachine(format!("{ns}/{vm}"))),
+        Err(e) => Err(failed("reading the VM", e)),
+    }
+}
+
 /// Takes the image out of `vm`'s drive and deletes its DataVolume; an empty drive is fine.
-pub async fn eject(sh: &Arc<Shared>, ns: &str, vm: &str) -> Result<(), MediaError> {
+/// Returns the VM as it was read, before the removal.
+pub async fn eject(sh: &Arc<Shared>, ns: &str, vm: &str) -> Result<Value, MediaError> {
     check(ns, vm)?;
-    let obj = sh
-        .stores
-        .vm(ns, vm)
-        .ok_or_else(|| MediaError::NoMachine(format!("{ns}/{vm}")))?;
-    if let Some(volume) = attached(&obj.data, &dv_name(vm)) {
+    let obj = fresh_vm(sh, ns, vm).await?;
+    if let Some(volume) = attached(&obj, &dv_name(vm)) {
         match volume_op(sh, ns, vm, "removevolume", json!({ "name": volume })).await {
             Ok(()) => {}
             // Removed meanwhile: what was asked.
@@ -212,7 +218,7 @@ pub async fn eject(sh: &Arc<Shared>, ns: &str, vm: &str) -> Result<(), MediaErro
         Err(e) if not_found(&e) => {}
         Err(e) => return Err(failed("deleting the DataVolume", e)),
     }
-    Ok(())
+    Ok(obj)
 }
 
 /// A failed insert or eject is a Warning Event on the VM, as a refused power action is, so

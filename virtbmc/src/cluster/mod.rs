@@ -566,7 +566,7 @@ impl Backend for KubeBackend {
         let (shared, name) = (self.shared.clone(), vm.to_string());
         Box::pin(async move {
             let (ns, vm) = split_name(&name).ok_or_else(|| MediaError::NoMachine(name.clone()))?;
-            let r = media::eject(&shared, ns, vm).await;
+            let r = media::eject(&shared, ns, vm).await.map(|_| ());
             media::record_failure(&shared, ns, vm, "eject", &r);
             r
         })
