@@ -258,6 +258,19 @@ async fn route(
 
     if group == "subresources.kubevirt.io" && (version == "v1" || version == "v1alpha3") {
         return match rest {
+            ["namespaces", ns, "virtualmachines", name, op]
+                if crate::hotplug::Op::parse(op).is_some() =>
+            {
+                let op = crate::hotplug::Op::parse(op).ok_or_else(ApiError::no_route)?;
+                if method != Method::PUT {
+                    return Err(ApiError::method_not_allowed());
+                }
+                crate::hotplug::handle(&state.store, ns, name, op, body)?;
+                Ok(Response::builder()
+                    .status(StatusCode::ACCEPTED)
+                    .body(full(Bytes::new()))
+                    .expect("valid response"))
+            }
             ["namespaces", ns, "virtualmachines", name, action] => {
                 let action = kubevirt::Action::parse(action).ok_or_else(ApiError::no_route)?;
                 if method != Method::PUT {
@@ -656,7 +669,7 @@ fn discovery(segs: &[&str]) -> Option<Value> {
             "kind": "APIResourceList", "groupVersion": "v1", "resources": resources("", "v1"),
         })),
         ["apis", "subresources.kubevirt.io", v @ ("v1" | "v1alpha3")] => {
-            let res: Vec<Value> = ["virtualmachines/start", "virtualmachines/stop", "virtualmachines/restart", "virtualmachineinstances/reset"]
+            let res: Vec<Value> = ["virtualmachines/start", "virtualmachines/stop", "virtualmachines/restart", "virtualmachines/addvolume", "virtualmachines/removevolume", "virtualmachineinstances/reset"]
                 .iter()
                 .map(|a| json!({ "name": a, "singularName": "", "namespaced": true, "kind": "", "verbs": ["update"] }))
                 .chain(std::iter::once(json!({ "name": "virtualmachineinstances/console", "singularName": "", "namespaced": true, "kind": "", "verbs": ["get"] })))

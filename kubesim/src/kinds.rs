@@ -25,6 +25,9 @@ pub enum Kind {
     Pod,
     /// discovery.k8s.io/v1 EndpointSlice.
     EndpointSlice,
+    /// cdi.kubevirt.io/v1beta1 DataVolume (status subresource): an image imported into a
+    /// volume.
+    DataVolume,
 }
 
 /// Static facts about one resource.
@@ -184,6 +187,19 @@ pub const ALL: &[KindInfo] = &[
         create_on_update: false,
         return_deleted: false,
         short_names: &[],
+    },
+    KindInfo {
+        kind: Kind::DataVolume,
+        group: "cdi.kubevirt.io",
+        version: "v1beta1",
+        plural: "datavolumes",
+        kind_name: "DataVolume",
+        crd: true,
+        status_subresource: true,
+        unconditional_update: false,
+        create_on_update: false,
+        return_deleted: false,
+        short_names: &["dv", "dvs"],
     },
 ];
 

@@ -78,7 +78,7 @@ pub fn is_final(vmi: &Value) -> bool {
     matches!(phase(vmi), "Succeeded" | "Failed")
 }
 
-fn vm_conflict(name: &str, why: &str) -> ApiError {
+pub(crate) fn vm_conflict(name: &str, why: &str) -> ApiError {
     ApiError {
         code: 409,
         reason: "Conflict".into(),
@@ -89,7 +89,7 @@ fn vm_conflict(name: &str, why: &str) -> ApiError {
     }
 }
 
-fn vm_not_found(name: &str) -> ApiError {
+pub(crate) fn vm_not_found(name: &str) -> ApiError {
     ApiError {
         code: 404,
         reason: "NotFound".into(),

@@ -1,7 +1,8 @@
 //! kubesim: a Kubernetes API server for tests and the demo, speaking the wire protocol the
 //! `kube` client expects (plain HTTP/1.1, JSON, chunked watch streams), with a simulated
-//! KubeVirt: the VM mutating webhook, virt-api's start/stop/restart subresources and a
-//! virt-controller/virt-handler that moves VMIs through their phases.
+//! KubeVirt: the VM mutating webhook, virt-api's start/stop/restart and volume hotplug
+//! subresources, a virt-controller/virt-handler that moves VMIs through their phases, and
+//! CDI's DataVolume importer (which really asks the image URL).
 //!
 //! With [`Config::auth`] it authenticates bearer tokens, authorizes each request with RBAC
 //! and runs ValidatingAdmissionPolicies on updates (see [`rbac`]).
@@ -21,10 +22,12 @@
 //! ```
 
 mod admission;
+mod cdi;
 mod console;
 mod controller;
 mod endpointslices;
 mod faults;
+mod hotplug;
 mod http;
 mod kinds;
 mod kubevirt;
@@ -164,18 +167,25 @@ impl Server {
                 controller::Controller::new(store.clone(), cfg.clone()).run(stop_rx.clone()),
             )
         });
+        // CDI's importer runs beside virt-controller: both are the cluster's controllers.
+        let importer = cfg
+            .controller
+            .then(|| tokio::spawn(cdi::run(store.clone(), IMPORT_STEP, stop_rx.clone())));
         log::info!("kubesim listening on http://{local}");
         Ok(Handle {
             addr: local,
             state,
             stop: stop_tx,
-            tasks: vec![Some(accept), controller]
+            tasks: vec![Some(accept), controller, importer]
                 .into_iter()
                 .flatten()
                 .collect(),
         })
     }
 }
+
+/// How long each DataVolume import phase lasts: long enough for a client to see each one.
+pub const IMPORT_STEP: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// A running server: seed and read objects, inject faults, stop.
 pub struct Handle {

@@ -128,6 +128,12 @@ fn columns(kind: Kind) -> Vec<Column> {
             ("Holder", "string", |o| o["spec"]["holderIdentity"].clone()),
             age,
         ],
+        // What `kubectl get dv` prints.
+        Kind::DataVolume => vec![
+            ("Phase", "string", |o| o["status"]["phase"].clone()),
+            ("Progress", "string", |o| o["status"]["progress"].clone()),
+            age,
+        ],
         Kind::Event | Kind::EventV1 => vec![
             ("Reason", "string", |o| o["reason"].clone()),
             ("Object", "string", |o| {

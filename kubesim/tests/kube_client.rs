@@ -1671,3 +1671,185 @@ async fn injected_faults() {
     assert_eq!(seen, 2);
     sim.stop().await;
 }
+
+/// A loopback image server: 200 for `/boot.iso`, 404 for anything else. Returns its address.
+fn image_server() -> std::net::SocketAddr {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for mut c in l.incoming().flatten() {
+            let mut buf = [0u8; 1024];
+            let n = c.read(&mut buf).unwrap_or(0);
+            let req = String::from_utf8_lossy(&buf[..n]);
+            let found = req.split_whitespace().nth(1) == Some("/boot.iso");
+            let status = if found { "200 OK" } else { "404 Not Found" };
+            let _ = write!(
+                c,
+                "HTTP/1.1 {status}\r\nContent-Length: 4096\r\nConnection: close\r\n\r\n"
+            );
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn data_volumes_import_from_their_url_and_volumes_hotplug_into_the_vm() {
+    let (sim, client) = sim().await;
+    let server = image_server();
+    let dvs: Api<kube::api::DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        "default",
+        &kube::api::ApiResource::from_gvk(&kube::api::GroupVersionKind::gvk(
+            "cdi.kubevirt.io",
+            "v1beta1",
+            "DataVolume",
+        )),
+    );
+    let dv = |name: &str, url: &str| -> kube::api::DynamicObject {
+        serde_json::from_value(json!({
+            "apiVersion": "cdi.kubevirt.io/v1beta1", "kind": "DataVolume",
+            "metadata": { "name": name },
+            "spec": { "source": { "http": { "url": url } },
+                      "storage": { "resources": { "requests": { "storage": "1Gi" } } } },
+        }))
+        .unwrap()
+    };
+    let pp = PostParams::default();
+    dvs.create(&pp, &dv("good", &format!("http://{server}/boot.iso")))
+        .await
+        .unwrap();
+    dvs.create(&pp, &dv("missing", &format!("http://{server}/nothing.iso")))
+        .await
+        .unwrap();
+    // Every phase is seen, in order, through a watch.
+    let mut seen: Vec<String> = vec![];
+    let mut w = dvs
+        .watch(&WatchParams::default().fields("metadata.name=good"), "0")
+        .await
+        .unwrap()
+        .boxed();
+    while let Some(ev) = tokio::time::timeout(T, w.next()).await.unwrap() {
+        if let WatchEvent::Added(o) | WatchEvent::Modified(o) = ev.unwrap() {
+            let phase = o.data["status"]["phase"].as_str().unwrap_or("").to_string();
+            if seen.last() != Some(&phase) {
+                seen.push(phase.clone());
+            }
+            if phase == "Succeeded" {
+                assert_eq!(o.data["status"]["progress"], "100.0%");
+                break;
+            }
+        }
+    }
+    assert_eq!(
+        seen,
+        ["", "ImportScheduled", "ImportInProgress", "Succeeded"]
+    );
+    assert!(
+        sim.wait_until(T, |s| {
+            s.get(Kind::DataVolume, "default", "missing")
+                .is_some_and(|d| d["status"]["phase"] == "Failed")
+        })
+        .await
+    );
+    let failed = sim.get(Kind::DataVolume, "default", "missing").unwrap();
+    assert!(
+        failed["status"]["conditions"][1]["message"]
+            .as_str()
+            .unwrap()
+            .contains("HTTP 404"),
+        "{failed}"
+    );
+
+    // A VM with an empty CD-ROM drive, running.
+    let mut vm = kubesim::vm_manifest("vm1", "Always");
+    vm["spec"]["template"]["spec"]["domain"]["devices"]["disks"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({ "name": "cd", "cdrom": { "bus": "sata" } }));
+    sim.create(Kind::VirtualMachine, "default", vm).unwrap();
+    assert!(
+        sim.wait_vmi_phase("default", "vm1", "Running", T)
+            .await
+            .is_some()
+    );
+    let add = json!({ "name": "cd", "disk": { "name": "cd", "cdrom": { "bus": "sata" } },
+                      "volumeSource": { "dataVolume": { "name": "good", "hotpluggable": true } } });
+    assert_eq!(
+        vm_action(&client, "vm1", "addvolume", add.clone())
+            .await
+            .unwrap(),
+        ""
+    );
+    let vm = sim.get(Kind::VirtualMachine, "default", "vm1").unwrap();
+    let spec = &vm["spec"]["template"]["spec"];
+    assert!(
+        spec["volumes"].as_array().unwrap().contains(
+            &json!({ "name": "cd", "dataVolume": { "name": "good", "hotpluggable": true } })
+        ),
+        "{spec}"
+    );
+    let cds: Vec<&Value> = spec["domain"]["devices"]["disks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["name"] == "cd")
+        .collect();
+    assert_eq!(cds.len(), 1, "the drive is reused: {spec}");
+    let vmi = sim
+        .get(Kind::VirtualMachineInstance, "default", "vm1")
+        .unwrap();
+    assert_eq!(vmi["status"]["volumeStatus"][0]["name"], "cd", "{vmi}");
+    assert_eq!(vmi["status"]["volumeStatus"][0]["phase"], "Ready");
+    // Twice: a conflict; without a disk or a name: 400.
+    let e = api_err(
+        vm_action(&client, "vm1", "addvolume", add)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(e.code, 409, "{e:?}");
+    let e = api_err(
+        vm_action(&client, "vm1", "addvolume", json!({ "name": "x" }))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(
+        (e.code, e.message.as_str()),
+        (400, "AddVolumeOptions requires disk to not be nil")
+    );
+
+    // Removing ejects: the volume goes, the CD-ROM drive stays.
+    assert_eq!(
+        vm_action(&client, "vm1", "removevolume", json!({ "name": "cd" }))
+            .await
+            .unwrap(),
+        ""
+    );
+    let vm = sim.get(Kind::VirtualMachine, "default", "vm1").unwrap();
+    let spec = &vm["spec"]["template"]["spec"];
+    assert!(
+        !spec["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v["name"] == "cd"),
+        "{spec}"
+    );
+    assert!(
+        spec["domain"]["devices"]["disks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["name"] == "cd")
+    );
+    let vmi = sim
+        .get(Kind::VirtualMachineInstance, "default", "vm1")
+        .unwrap();
+    assert_eq!(vmi["status"]["volumeStatus"], json!([]));
+    let e = api_err(
+        vm_action(&client, "vm1", "removevolume", json!({ "name": "cd" }))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(e.code, 404);
+}

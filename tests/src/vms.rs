@@ -1,7 +1,8 @@
 //! The agent's view of its VMs, read from the admin endpoint's `GET /vms`.
 
 /// One line of `GET /vms`:
-/// `name=vm-0 port=6230 power=on boot=pxe persistent=0 efi=1 starts=2 stops=1 resets=0`
+/// `name=vm-0 port=6230 power=on boot=pxe persistent=0 efi=1 starts=2 stops=1 resets=0
+/// media=http://10.0.0.1/boot.iso booted=pxe`
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Vm {
     pub name: String,
@@ -16,6 +17,10 @@ pub struct Vm {
     pub starts: u64,
     pub stops: u64,
     pub resets: u64,
+    /// The image URL in the virtual CD, or `none`.
+    pub media: String,
+    /// The device the last boot came from: none | pxe | disk | cdrom | bios.
+    pub booted: String,
 }
 
 impl Vm {
@@ -48,6 +53,8 @@ impl Vm {
             starts: num("starts")?,
             stops: num("stops")?,
             resets: num("resets")?,
+            media: get("media")?.to_string(),
+            booted: get("booted")?.to_string(),
         })
     }
 
@@ -72,7 +79,8 @@ mod tests {
     #[test]
     fn parses_the_documented_line() {
         let vm = Vm::parse(
-            "name=vm-0 port=6230 power=on boot=pxe persistent=0 efi=1 starts=2 stops=1 resets=0",
+            "name=vm-0 port=6230 power=on boot=pxe persistent=0 efi=1 starts=2 stops=1 resets=0 \
+             media=http://10.0.0.1/boot.iso booted=pxe",
         )
         .unwrap();
         assert_eq!(vm.name, "vm-0");
@@ -81,13 +89,18 @@ mod tests {
         assert_eq!(vm.boot, "pxe");
         assert!(!vm.persistent && vm.efi);
         assert_eq!((vm.starts, vm.stops, vm.resets), (2, 1, 0));
+        assert_eq!(
+            (vm.media.as_str(), vm.booted.as_str()),
+            ("http://10.0.0.1/boot.iso", "pxe")
+        );
     }
 
     #[test]
     fn rejects_missing_keys_and_ignores_extra_ones() {
         assert!(Vm::parse("name=vm-0 port=6230").is_err());
         let all = Vm::parse_all(
-            "name=a port=1 power=off boot=none persistent=0 efi=0 starts=0 stops=0 resets=0 x=y\n\n",
+            "name=a port=1 power=off boot=none persistent=0 efi=0 starts=0 stops=0 resets=0 \
+             media=none booted=none x=y\n\n",
         )
         .unwrap();
         assert_eq!(all.len(), 1);

@@ -134,14 +134,38 @@ async fn power_and_a_one_shot_pxe(sim: &kubesim::Handle, agent: &Agent, vm: &str
     agent.wait_power(&bmc, "off").await;
 }
 
-/// The VM `once` (runStrategy Once, served on `port`): its console attaches, and a restart
-/// KubeVirt refuses twice becomes an Event, then its count.
+/// The VM `once` (runStrategy Once, served on `port`): its console attaches, a CD goes in
+/// and out, and a restart KubeVirt refuses twice becomes an Event, then its count.
 async fn console_and_refusals(sim: &kubesim::Handle, agent: &Agent, port: u16) {
     sim.wait_vmi_phase(NS, "once", "Running", T).await.unwrap();
     agent.wait_power("default/once", "on").await;
     console_attaches(agent, "default/once").await;
+    media_in_and_out(sim, agent, "once").await;
     until_login(port, "admin", "password").await;
     refused_twice(sim, port, "once").await;
+}
+
+/// Virtual media through the backend: the DataVolume created and hotplugged (addvolume),
+/// then unplugged (removevolume) and deleted; the DataVolume watch runs all along.
+async fn media_in_and_out(sim: &kubesim::Handle, agent: &Agent, vm: &str) {
+    let bmc = format!("{NS}/{vm}");
+    let dv = format!("{vm}-virtbmc-cd");
+    agent
+        .backend
+        .insert_media(&bmc, "http://127.0.0.1:9/boot.iso")
+        .await
+        .unwrap();
+    assert!(sim.get(Kind::DataVolume, NS, &dv).is_some());
+    until("the drive read from the caches", || {
+        agent.backend.media(&bmc).is_ok_and(|m| m.is_some())
+    })
+    .await;
+    // At once: the eject reads the VM fresh, so it finds the volume the insert just added.
+    agent.backend.eject_media(&bmc).await.unwrap();
+    let vm = sim.get(Kind::VirtualMachine, NS, vm).unwrap();
+    assert_eq!(virtbmc::cluster::media::attached(&vm, &dv), None, "{vm}");
+    assert!(sim.get(Kind::DataVolume, NS, &dv).is_none());
+    until_used(sim, "list datavolumes").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

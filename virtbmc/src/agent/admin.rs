@@ -101,8 +101,11 @@ impl Admin {
                 Some(b) => (b.device.to_string(), b.persistent, b.efi),
                 None => ("none".to_string(), false, false),
             };
+            // An image URL holds no whitespace (the backend refuses one that does).
+            let media = vm.media.as_deref().unwrap_or("none");
+            let booted = vm.booted.map_or("none".to_string(), |d| d.to_string());
             out.push_str(&format!(
-                "name={name} port={port} power={} boot={boot} persistent={} efi={} starts={} stops={} resets={}\n",
+                "name={name} port={port} power={} boot={boot} persistent={} efi={} starts={} stops={} resets={} media={media} booted={booted}\n",
                 vm.power,
                 u8::from(persistent),
                 u8::from(efi),

@@ -1,5 +1,5 @@
-//! An in-process backend: machines with a power state, a boot override and a GUID, whose
-//! power transitions take a realistic delay. It backs the demo, the tests and users who run
+//! An in-process backend: machines with a power state, a boot override, a GUID and a virtual
+//! CD, whose power transitions take a realistic delay. It backs the demo, the tests and users who run
 //! the agent without Kubernetes.
 
 use std::collections::HashMap;
@@ -7,8 +7,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::console::Console;
+use super::media::{self, MediaError, MediaFuture, MediaState, Medium};
 use super::{ActionFuture, Backend};
-use crate::engine::{Action, ActionError, BootOverride, PowerState, VmView};
+use crate::engine::{Action, ActionError, BootDevice, BootOverride, PowerState, VmView};
 
 #[derive(Debug, Clone)]
 pub struct EmbeddedVm {
@@ -19,6 +20,11 @@ pub struct EmbeddedVm {
     pub starts: u64,
     pub stops: u64,
     pub resets: u64,
+    /// The image URL in the virtual CD: inserted at once, as nothing needs fetching.
+    pub media: Option<String>,
+    /// The device the last boot came from, as firmware picks it: the override's device,
+    /// except that an empty CD drive falls through to the disk.
+    pub booted: Option<BootDevice>,
     /// Bumped by every new transition: the stages of one cut short find it moved on and
     /// do nothing.
     transition: u64,
@@ -49,6 +55,8 @@ impl Embedded {
             starts: 0,
             stops: 0,
             resets: 0,
+            media: None,
+            booted: None,
             transition: 0,
         };
         self.lock().insert(name.to_string(), vm);
@@ -73,6 +81,16 @@ impl Embedded {
     fn booted(vm: &mut EmbeddedVm) {
         vm.power = PowerState::On;
         vm.starts += 1;
+        Embedded::boot_device(vm);
+    }
+
+    /// Picks the device a boot comes from and consumes a one-shot override.
+    fn boot_device(vm: &mut EmbeddedVm) {
+        vm.booted = Some(match vm.boot.map(|b| b.device) {
+            Some(BootDevice::Cdrom) if vm.media.is_none() => BootDevice::Disk,
+            Some(device) => device,
+            None => BootDevice::Disk,
+        });
         if vm.boot.is_some_and(|b| !b.persistent) {
             vm.boot = None;
         }
@@ -148,6 +166,30 @@ impl Backend for EmbeddedBackend {
         tokio::spawn(super::serial::run(self.0.clone(), line, events, input));
         console
     }
+
+    fn media(&self, vm: &str) -> Result<Option<Medium>, MediaError> {
+        let vms = self.0.lock();
+        let vm = vms
+            .get(vm)
+            .ok_or_else(|| MediaError::NoMachine(vm.to_string()))?;
+        Ok(vm.media.as_ref().map(|image| Medium {
+            image: image.clone(),
+            state: MediaState::Inserted,
+        }))
+    }
+
+    fn insert_media(&self, vm: &str, image: &str) -> MediaFuture {
+        let result = if media::valid_image(image) {
+            self.set_media(vm, Some(image.to_string()))
+        } else {
+            Err(MediaError::BadImage(image.to_string()))
+        };
+        Box::pin(std::future::ready(result))
+    }
+
+    fn eject_media(&self, vm: &str) -> MediaFuture {
+        Box::pin(std::future::ready(self.set_media(vm, None)))
+    }
 }
 
 impl Embedded {
@@ -165,6 +207,17 @@ impl Embedded {
 }
 
 impl EmbeddedBackend {
+    fn set_media(&self, name: &str, image: Option<String>) -> Result<(), MediaError> {
+        let mut vms = self.0.lock();
+        let vm = vms
+            .get_mut(name)
+            .ok_or_else(|| MediaError::NoMachine(name.to_string()))?;
+        vm.media = image;
+        drop(vms);
+        self.0.changed(name);
+        Ok(())
+    }
+
     /// Acts as a chassis does: power off cuts a power-on short; any other power action during
     /// a transition is refused as busy (the driver waits for the transition and tries again).
     fn apply(&self, name: &str, action: Action) -> Result<(), ActionError> {
@@ -209,9 +262,7 @@ impl EmbeddedBackend {
             (Action::HardReset, _) => {
                 // A reset keeps power on: the machine reboots in place.
                 vm.resets += 1;
-                if vm.boot.is_some_and(|b| !b.persistent) {
-                    vm.boot = None;
-                }
+                Embedded::boot_device(vm);
                 return Ok(());
             }
         };
@@ -232,7 +283,6 @@ fn stopped(vm: &mut EmbeddedVm) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::BootDevice;
 
     fn soon() -> tokio::time::Instant {
         tokio::time::Instant::now() + Duration::from_secs(1)
@@ -276,6 +326,38 @@ mod tests {
             b.perform("missing", Action::PowerOn, soon()).await,
             Err(ActionError::Failed(_))
         ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cd_boot_needs_a_medium_and_eject_empties_the_drive() {
+        let e = Embedded::new(Duration::from_millis(10));
+        e.add("a", false, [1; 16]);
+        let b = EmbeddedBackend(e.clone());
+        let cd = Some(BootOverride {
+            device: BootDevice::Cdrom,
+            persistent: true,
+            efi: true,
+        });
+        assert_eq!(b.media("a"), Ok(None));
+        b.perform("a", Action::SetBoot(cd), soon()).await.unwrap();
+        b.perform("a", Action::PowerOn, soon()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(e.get("a").unwrap().booted, Some(BootDevice::Disk), "empty");
+        assert_eq!(
+            b.insert_media("a", "ftp://h/x.iso").await,
+            Err(MediaError::BadImage("ftp://h/x.iso".into()))
+        );
+        b.insert_media("a", "http://h/x.iso").await.unwrap();
+        assert!(b.media("a").unwrap().unwrap().inserted());
+        b.perform("a", Action::HardReset, soon()).await.unwrap();
+        assert_eq!(e.get("a").unwrap().booted, Some(BootDevice::Cdrom));
+        b.eject_media("a").await.unwrap();
+        b.eject_media("a").await.unwrap();
+        assert_eq!(b.media("a"), Ok(None));
+        assert_eq!(
+            b.insert_media("missing", "http://h/x.iso").await,
+            Err(MediaError::NoMachine("missing".into()))
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -4,6 +4,7 @@
 
 pub mod console;
 pub mod embedded;
+pub mod media;
 mod serial;
 
 use std::future::Future;
@@ -51,5 +52,27 @@ pub trait Backend: Send + Sync + 'static {
     fn open_console(&self, vm: &str) -> console::Console {
         let _ = vm;
         console::Console::unavailable()
+    }
+
+    /// `vm`'s virtual CD from the backend's cache (never a network call): None when the
+    /// drive is empty, [`media::MediaError::Unsupported`] when this backend has no virtual
+    /// media (the protocol side then offers none).
+    fn media(&self, vm: &str) -> Result<Option<media::Medium>, media::MediaError> {
+        let _ = vm;
+        Err(media::MediaError::Unsupported)
+    }
+
+    /// Puts the image at `image` (an http or https URL) into `vm`'s virtual CD, replacing
+    /// any medium there. Resolves once the backend accepted the request; a backend that
+    /// fetches the image first reports the fetch through [`Backend::media`].
+    fn insert_media(&self, vm: &str, image: &str) -> media::MediaFuture {
+        let _ = (vm, image);
+        Box::pin(std::future::ready(Err(media::MediaError::Unsupported)))
+    }
+
+    /// Empties `vm`'s virtual CD; an empty drive stays empty.
+    fn eject_media(&self, vm: &str) -> media::MediaFuture {
+        let _ = vm;
+        Box::pin(std::future::ready(Err(media::MediaError::Unsupported)))
     }
 }

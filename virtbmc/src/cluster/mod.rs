@@ -20,6 +20,7 @@
 //! - [`secrets`]: only the Secrets a VirtualMachineBMC names keep their credentials in memory.
 //! - [`hardware`]: a VM's vCPUs and memory as its spec declares them (Redfish's summaries).
 //! - [`console`]: a VM's serial console, KubeVirt's `console` subresource of its running VMI.
+//! - [`media`]: a VM's virtual CD, a CDI DataVolume hotplugged into its CD-ROM drive.
 
 pub mod actions;
 pub mod boot;
@@ -31,6 +32,7 @@ pub mod hardware;
 pub mod labeled;
 pub mod leader;
 pub mod lease;
+pub mod media;
 pub mod names;
 pub mod overrides;
 pub mod secrets;
@@ -52,6 +54,7 @@ use tokio::sync::{Notify, broadcast};
 
 use crate::agent::metrics::Metrics;
 use crate::agent::ready::Readiness;
+use crate::backend::media::{MediaError, MediaFuture, Medium};
 use crate::backend::{ActionFuture, Backend};
 use crate::engine::config::BmcConfig;
 use crate::engine::{Action, ActionError, VmView};
@@ -129,6 +132,8 @@ pub struct Stores {
     pub pod: Store<Pod>,
     /// Our EndpointSlices.
     pub endpoint_slice: Store<EndpointSlice>,
+    /// Our DataVolumes: the images in the VMs' CD drives.
+    pub data_volume: Store<DynamicObject>,
     /// Label mode: the namespace of the one Secret (otherwise each VirtualMachineBMC's own).
     secret_namespace: Option<String>,
 }
@@ -142,6 +147,7 @@ pub struct Writers {
     pub service: reflector::store::Writer<Service>,
     pub pod: reflector::store::Writer<Pod>,
     pub endpoint_slice: reflector::store::Writer<EndpointSlice>,
+    pub data_volume: reflector::store::Writer<DynamicObject>,
     /// Secret copies for the Secret reflector (see [`secrets`]).
     pub secret_refeed: futures::channel::mpsc::UnboundedReceiver<secrets::Refeed>,
 }
@@ -158,6 +164,7 @@ impl Stores {
         let service = reflector::store::Writer::default();
         let pod = reflector::store::Writer::default();
         let endpoint_slice = reflector::store::Writer::default();
+        let data_volume = reflector::store::Writer::new(media::dv_resource());
         let stores = Stores {
             vmbmc: vmbmc.as_reader(),
             vm: vm.as_reader(),
@@ -166,6 +173,7 @@ impl Stores {
             service: service.as_reader(),
             pod: pod.as_reader(),
             endpoint_slice: endpoint_slice.as_reader(),
+            data_volume: data_volume.as_reader(),
             secret_namespace,
         };
         (
@@ -178,6 +186,7 @@ impl Stores {
                 service,
                 pod,
                 endpoint_slice,
+                data_volume,
                 secret_refeed,
             },
         )
@@ -544,5 +553,30 @@ impl Backend for KubeBackend {
         let (ns, name) = split_name(vm)?;
         let object = self.shared.stores.vm(ns, name)?;
         Some(hardware::of_vm(&object.data))
+    }
+
+    fn media(&self, vm: &str) -> Result<Option<Medium>, MediaError> {
+        let (ns, name) = split_name(vm).ok_or_else(|| MediaError::NoMachine(vm.to_string()))?;
+        media::read(&self.shared.stores, ns, name)
+    }
+
+    fn insert_media(&self, vm: &str, image: &str) -> MediaFuture {
+        let (shared, name, image) = (self.shared.clone(), vm.to_string(), image.to_string());
+        Box::pin(async move {
+            let (ns, vm) = split_name(&name).ok_or_else(|| MediaError::NoMachine(name.clone()))?;
+            let r = media::insert(&shared, ns, vm, &image).await;
+            media::record_failure(&shared, ns, vm, "insert", &r);
+            r
+        })
+    }
+
+    fn eject_media(&self, vm: &str) -> MediaFuture {
+        let (shared, name) = (self.shared.clone(), vm.to_string());
+        Box::pin(async move {
+            let (ns, vm) = split_name(&name).ok_or_else(|| MediaError::NoMachine(name.clone()))?;
+            let r = media::eject(&shared, ns, vm).await.map(|_| ());
+            media::record_failure(&shared, ns, vm, "eject", &r);
+            r
+        })
     }
 }

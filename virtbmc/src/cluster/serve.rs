@@ -132,6 +132,7 @@ pub fn spawn(
             |_| {},
         ),
     ];
+    tasks.push(super::media::reflect(&sh, writers.data_volume));
     tasks.push(tokio::spawn(serve_loop(sh.clone(), registry)));
     tasks.push(tokio::spawn(super::lease::run(sh.clone())));
     tasks.push(tokio::spawn(super::overrides::sweep_on_start(sh.clone())));

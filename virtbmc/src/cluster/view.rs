@@ -85,8 +85,9 @@ pub fn power_state<O: Object>(vm: Option<&O>, vmi: Option<&O>) -> PowerState {
 
 /// What the views ([`power_state`], [`guid`], [`boot_override`]), the leader and the
 /// hardware summary ([`super::hardware`]) read of a cached VM, as JSON pointers into its data
-/// (metadata is kept apart, whole). Boot-order changes re-read the VM from the API server;
-/// nothing else is needed.
+/// (metadata is kept apart, whole), plus its volumes (which one is in the CD drive,
+/// [`super::media`]). Boot-order changes re-read the VM from the API server; nothing else is
+/// needed.
 pub const VM_FIELDS: &[&str] = &[
     "/status/printableStatus",
     "/spec/template/spec/domain/firmware",
@@ -95,6 +96,7 @@ pub const VM_FIELDS: &[&str] = &[
     "/spec/template/spec/domain/cpu",
     "/spec/template/spec/domain/memory",
     "/spec/template/spec/domain/resources",
+    "/spec/template/spec/volumes",
 ];
 
 /// What is read of a cached VMI: its phase (power, the end of a one-shot override).
@@ -350,7 +352,8 @@ mod tests {
                     "cpu": {"cores": 2}, "resources": {"requests": {"memory": "2Gi"}},
                     "firmware": {"uuid": "01020304-0506-0708-090a-0b0c0d0e0f10", "bootloader": {"efi": {}}},
                     "devices": {"disks": [{"name": "root", "disk": {}, "bootOrder": 2}],
-                        "interfaces": [{"name": "pxe", "masquerade": {}, "bootOrder": 1}]}}}}}})
+                        "interfaces": [{"name": "pxe", "masquerade": {}, "bootOrder": 1}]}},
+                    "volumes": [{"name": "root", "containerDisk": {"image": "x"}}]}}}})
         );
         // Missing fields stay missing; a VM without devices is still a VM.
         let mut bare = json!({"spec": {"running": false}});

@@ -6,11 +6,13 @@
 //! - [`routes`]: the resources and what each method does.
 //! - [`auth`]: Basic credentials and sessions.
 //! - [`system`]: power and boot mapped onto the backend's view and actions.
+//! - [`media`]: the virtual CD, its resources and what InsertMedia and a PATCH ask for.
 //! - [`error`]: error answers with Base registry messages.
 
 pub mod auth;
 pub mod conn;
 pub mod error;
+pub mod media;
 pub mod metrics;
 mod resources;
 pub mod routes;

@@ -4,6 +4,7 @@
 use serde_json::{Value, json};
 
 use super::auth;
+use super::media::Place;
 use super::system::{self, Boot};
 use crate::backend::Hardware;
 use crate::engine::config::{BmcConfig, Privilege};
@@ -26,11 +27,11 @@ pub const ROLES: &str = "/redfish/v1/AccountService/Roles";
 /// Redfish specification version (DSP0266) the service follows.
 pub const REDFISH_VERSION: &str = "1.11.0";
 
-fn link(id: &str) -> Value {
+pub(super) fn link(id: &str) -> Value {
     json!({ "@odata.id": id })
 }
 
-fn context(kind: &str) -> String {
+pub(super) fn context(kind: &str) -> String {
     format!("/redfish/v1/$metadata#{kind}.{kind}")
 }
 
@@ -103,6 +104,8 @@ pub fn metadata() -> String {
         ("ManagerAccount", "v1_7_0"),
         ("RoleCollection", ""),
         ("Role", "v1_3_1"),
+        ("VirtualMediaCollection", ""),
+        ("VirtualMedia", "v1_6_0"),
         ("Message", "v1_1_1"),
         ("Resource", "v1_0_0"),
     ];
@@ -139,7 +142,14 @@ fn status(view: Option<&VmView>) -> Value {
     }
 }
 
-pub fn system(name: &str, view: Option<&VmView>, efi: bool, hardware: Option<Hardware>) -> Value {
+/// `virtual_media`: whether the backend has a virtual CD to link to.
+pub fn system(
+    name: &str,
+    view: Option<&VmView>,
+    efi: bool,
+    hardware: Option<Hardware>,
+    virtual_media: bool,
+) -> Value {
     let power = view.map_or("Off", |v| system::power_state(v.power));
     let Boot {
         target,
@@ -187,6 +197,9 @@ pub fn system(name: &str, view: Option<&VmView>, efi: bool, hardware: Option<Har
             s["MemorySummary"] = json!({ "TotalSystemMemoryGiB": mib as f64 / 1024.0 });
         }
     }
+    if virtual_media {
+        s["VirtualMedia"] = link(&Place::System.collection());
+    }
     s
 }
 
@@ -199,8 +212,8 @@ pub fn managers() -> Value {
     )
 }
 
-pub fn manager(name: &str) -> Value {
-    json!({
+pub fn manager(name: &str, virtual_media: bool) -> Value {
+    let mut m = json!({
         "@odata.id": MANAGER,
         "@odata.type": "#Manager.v1_10_0.Manager",
         "@odata.context": context("Manager"),
@@ -215,7 +228,11 @@ pub fn manager(name: &str) -> Value {
             "ManagerForServers": [link(SYSTEM)],
             "ManagerForChassis": [link(CHASSIS)],
         },
-    })
+    });
+    if virtual_media {
+        m["VirtualMedia"] = link(&Place::Manager.collection());
+    }
+    m
 }
 
 pub fn chassis_all() -> Value {

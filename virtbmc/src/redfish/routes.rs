@@ -1,6 +1,7 @@
 //! What each resource answers to each method. Reads need only a login; power, boot and
 //! session changes of others need the privilege the IPMI side asks for the same change
-//! (Operator for Chassis Control and boot options, IPMI 2.0 Appendix G).
+//! (Operator for Chassis Control and boot options, IPMI 2.0 Appendix G), and so does a
+//! change of the virtual CD, which decides what the machine boots as much as they do.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
@@ -15,8 +16,10 @@ use tokio::time::Instant;
 use super::Service;
 use super::auth::{self, Caller};
 use super::error::{Error, Msg};
+use super::media::{self, Change, Place};
 use super::resources as r;
 use super::system::{self, BootPatch, Reset};
+use crate::backend::media::{MediaError, Medium};
 use crate::engine::config::Privilege;
 
 /// Request bodies larger than this are refused (413); the largest a client sends is a login.
@@ -37,6 +40,10 @@ enum Route {
     Reset,
     Managers,
     Manager,
+    MediaCollection(Place),
+    Media(Place),
+    InsertMedia(Place),
+    EjectMedia(Place),
     ChassisAll,
     Chassis,
     SessionService,
@@ -63,7 +70,30 @@ impl Route {
             rest.strip_prefix('/')?.split('/').collect()
         };
         let id = |s: &str| s.to_string();
+        let place = |p: &str| {
+            if p == "Systems" {
+                Place::System
+            } else {
+                Place::Manager
+            }
+        };
         Some(match parts.as_slice() {
+            [p @ ("Systems" | "Managers"), "1", "VirtualMedia"] => Route::MediaCollection(place(p)),
+            [p @ ("Systems" | "Managers"), "1", "VirtualMedia", media::CD] => {
+                Route::Media(place(p))
+            }
+            [
+                p @ ("Systems" | "Managers"),
+                "1",
+                "VirtualMedia",
+                media::CD,
+                "Actions",
+                a,
+            ] => match *a {
+                media::INSERT => Route::InsertMedia(place(p)),
+                media::EJECT => Route::EjectMedia(place(p)),
+                _ => return None,
+            },
             [] => Route::Root,
             ["odata"] => Route::OData,
             ["$metadata"] => Route::Metadata,
@@ -100,6 +130,10 @@ impl Route {
                 Route::Reset => "system_reset",
                 Route::Managers => "managers",
                 Route::Manager => "manager",
+                Route::MediaCollection(_) => "virtual_media_collection",
+                Route::Media(_) => "virtual_media",
+                Route::InsertMedia(_) => "virtual_media_insert",
+                Route::EjectMedia(_) => "virtual_media_eject",
                 Route::ChassisAll => "chassis_collection",
                 Route::Chassis => "chassis",
                 Route::SessionService => "session_service",
@@ -117,8 +151,8 @@ impl Route {
     /// The methods the resource answers (the `Allow` header).
     fn allow(&self) -> &'static str {
         match self {
-            Route::System => "GET, HEAD, PATCH",
-            Route::Reset => "POST",
+            Route::System | Route::Media(_) => "GET, HEAD, PATCH",
+            Route::Reset | Route::InsertMedia(_) | Route::EjectMedia(_) => "POST",
             Route::Sessions => "GET, HEAD, POST",
             Route::Session(_) => "GET, HEAD, DELETE",
             _ => "GET, HEAD",
@@ -266,6 +300,7 @@ async fn answer(service: &Service, route: &Route, req: Request<Incoming>) -> Res
     let config = service.config();
     let view = service.backend.view(&service.name);
     let efi = service.efi.load(Relaxed);
+    let vmedia = has_media(service);
     let get = |v: Value| Ok(Answer::json(200, v));
     match (route, &method) {
         (Route::Versions, _) => get(r::versions()),
@@ -282,7 +317,13 @@ async fn answer(service: &Service, route: &Route, req: Request<Incoming>) -> Res
             patch_system(service, &caller, body, if_match.as_deref()).await
         }
         (Route::System, _) => {
-            let doc = r::system(&service.name, view.as_ref(), efi, service.hardware());
+            let doc = r::system(
+                &service.name,
+                view.as_ref(),
+                efi,
+                service.hardware(),
+                vmedia,
+            );
             let etag = etag(&doc);
             Ok(Answer::json(200, doc).header(header::ETAG, etag))
         }
@@ -291,7 +332,36 @@ async fn answer(service: &Service, route: &Route, req: Request<Incoming>) -> Res
             reset(service, &caller, body).await
         }
         (Route::Managers, _) => get(r::managers()),
-        (Route::Manager, _) => get(r::manager(&service.name)),
+        (Route::Manager, _) => get(r::manager(&service.name, vmedia)),
+        (Route::MediaCollection(place), _) => {
+            medium(service, *place)?;
+            get(media::collection(*place))
+        }
+        (Route::Media(place), &Method::PATCH) => {
+            let caller = caller.expect("authenticated");
+            patch_media(service, &caller, *place, body, if_match.as_deref()).await
+        }
+        (Route::Media(place), _) => {
+            let doc = media::cd(*place, medium(service, *place)?.as_ref());
+            let etag = etag(&doc);
+            Ok(Answer::json(200, doc).header(header::ETAG, etag))
+        }
+        (Route::InsertMedia(place), _) => {
+            let caller = caller.expect("authenticated");
+            medium(service, *place)?;
+            need(&caller, Privilege::Operator)?;
+            let image = media::insert(&object(body)?)?;
+            change_media(service, &caller, *place, Change::Insert(image)).await?;
+            Ok(Answer::empty(204))
+        }
+        (Route::EjectMedia(place), _) => {
+            let caller = caller.expect("authenticated");
+            medium(service, *place)?;
+            need(&caller, Privilege::Operator)?;
+            media::eject(&object(body)?)?;
+            change_media(service, &caller, *place, Change::Eject).await?;
+            Ok(Answer::empty(204))
+        }
         (Route::ChassisAll, _) => get(r::chassis_all()),
         (Route::Chassis, _) => get(r::chassis(&service.name, view.as_ref())),
         (Route::SessionService, _) => get(r::session_service()),
@@ -575,12 +645,14 @@ async fn patch_system(
     let body = object(body)?;
     let view = service.backend.view(&service.name);
     let efi = service.efi.load(Relaxed);
+    let vmedia = has_media(service);
     if let Some(m) = if_match {
         let current = etag(&r::system(
             &service.name,
             view.as_ref(),
             efi,
             service.hardware(),
+            vmedia,
         ));
         if !etag_matches(m, &current) {
             return Err(Error::new(412, Msg::PreconditionFailed, &[]));
@@ -619,9 +691,15 @@ async fn patch_system(
                 ));
             }
             (k, _)
-                if r::system(&service.name, view.as_ref(), efi, service.hardware())
-                    .get(k)
-                    .is_some() =>
+                if r::system(
+                    &service.name,
+                    view.as_ref(),
+                    efi,
+                    service.hardware(),
+                    vmedia,
+                )
+                .get(k)
+                .is_some() =>
             {
                 return Err(Error::new(400, Msg::PropertyNotWritable, &[k]));
             }
@@ -646,7 +724,98 @@ async fn patch_system(
         caller.user
     );
     let view = service.backend.view(&service.name);
-    let doc = r::system(&service.name, view.as_ref(), next_efi, service.hardware());
+    let doc = r::system(
+        &service.name,
+        view.as_ref(),
+        next_efi,
+        service.hardware(),
+        vmedia,
+    );
+    let etag = etag(&doc);
+    Ok(Answer::json(200, doc).header(header::ETAG, etag))
+}
+
+/// Whether the backend has a virtual CD: the System and the Manager link to one only then.
+fn has_media(service: &Service) -> bool {
+    !matches!(
+        service.backend.media(&service.name),
+        Err(MediaError::Unsupported)
+    )
+}
+
+/// The medium in the drive; a backend without virtual media serves no such resource.
+fn medium(service: &Service, place: Place) -> Result<Option<Medium>> {
+    service
+        .backend
+        .media(&service.name)
+        .map_err(|e| media_error(e, &place.collection()))
+}
+
+fn media_error(e: MediaError, path: &str) -> Error {
+    match e {
+        MediaError::Unsupported => Error::not_found("VirtualMediaCollection", path),
+        MediaError::NoMachine(_) => Error::unavailable(RETRY_AFTER),
+        MediaError::BadImage(url) => Error::new(
+            400,
+            Msg::ActionParameterValueFormatError,
+            &[&url, "Image", media::INSERT],
+        ),
+        MediaError::Failed(_) => Error::new(500, Msg::GeneralError, &[]),
+    }
+}
+
+/// Asks the backend for `change`, within the action deadline.
+async fn change_media(
+    service: &Service,
+    caller: &Caller,
+    place: Place,
+    change: Change,
+) -> Result<()> {
+    let path = place.collection();
+    let work = match &change {
+        Change::Nothing => return Ok(()),
+        Change::Insert(image) => service.backend.insert_media(&service.name, image),
+        Change::Eject => service.backend.eject_media(&service.name),
+    };
+    let result = tokio::time::timeout(service.action_timeout, work)
+        .await
+        .map_err(|_| Error::unavailable(RETRY_AFTER))?;
+    match result {
+        Ok(()) => {
+            log::info!(
+                "redfish: bmc={} media {change:?} by {}",
+                service.name,
+                caller.user
+            );
+            Ok(())
+        }
+        Err(e) => {
+            log::info!(
+                "redfish: bmc={} media {change:?} refused: {e}",
+                service.name
+            );
+            Err(media_error(e, &path))
+        }
+    }
+}
+
+async fn patch_media(
+    service: &Service,
+    caller: &Caller,
+    place: Place,
+    body: Option<Value>,
+    if_match: Option<&str>,
+) -> Result<Answer> {
+    let current = medium(service, place)?;
+    need(caller, Privilege::Operator)?;
+    if let Some(m) = if_match
+        && !etag_matches(m, &etag(&media::cd(place, current.as_ref())))
+    {
+        return Err(Error::new(412, Msg::PreconditionFailed, &[]));
+    }
+    let change = media::patch(&object(body)?, current.as_ref())?;
+    change_media(service, caller, place, change).await?;
+    let doc = media::cd(place, medium(service, place)?.as_ref());
     let etag = etag(&doc);
     Ok(Answer::json(200, doc).header(header::ETAG, etag))
 }
@@ -666,7 +835,23 @@ mod tests {
             Some(Route::Session("ab".into()))
         );
         assert_eq!(Route::parse("/redfish/v1/Systems/2"), None);
-        assert_eq!(Route::parse("/redfish/v1/Systems/1/VirtualMedia"), None);
+        assert_eq!(
+            Route::parse("/redfish/v1/Systems/1/VirtualMedia"),
+            Some(Route::MediaCollection(Place::System))
+        );
+        assert_eq!(
+            Route::parse("/redfish/v1/Managers/1/VirtualMedia/Cd/"),
+            Some(Route::Media(Place::Manager))
+        );
+        assert_eq!(
+            Route::parse("/redfish/v1/Systems/1/VirtualMedia/Cd/Actions/VirtualMedia.InsertMedia"),
+            Some(Route::InsertMedia(Place::System))
+        );
+        assert_eq!(
+            Route::parse("/redfish/v1/Managers/1/VirtualMedia/Floppy"),
+            None
+        );
+        assert_eq!(Route::parse("/redfish/v1/Chassis/1/VirtualMedia"), None);
         assert_eq!(Route::parse("/redfishx"), None);
         assert_eq!(Route::parse("/"), None);
     }

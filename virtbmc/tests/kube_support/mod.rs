@@ -200,6 +200,27 @@ impl Agent {
     /// The same, with this action deadline (`--action-timeout-ms`).
     pub async fn start_with_deadline(
         sim: &Handle,
+        opts: ClusterOptions,
+        ip: Ipv4Addr,
+        action_timeout: Duration,
+    ) -> Agent {
+        Agent::launch(sim, opts, ip, action_timeout).await
+    }
+
+    /// An agent on 127.0.0.1 with these identity and ports (every agent serves Redfish, with
+    /// a self-signed certificate, on each BMC's port, as the agent does by default).
+    pub async fn start_with_redfish(
+        sim: &Handle,
+        identity: &str,
+        ports: RangeInclusive<u16>,
+    ) -> Agent {
+        let mut opts = ClusterOptions::new(identity, "virtbmc-system", BmcConfig::new(vec![]));
+        opts.port_range = ports;
+        Agent::launch(sim, opts, Ipv4Addr::LOCALHOST, Duration::from_secs(3)).await
+    }
+
+    async fn launch(
+        sim: &Handle,
         mut opts: ClusterOptions,
         ip: Ipv4Addr,
         action_timeout: Duration,
