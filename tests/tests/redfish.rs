@@ -451,6 +451,19 @@ fn redfish_raw_virtual_media_json_and_errors() {
     assert_eq!(r.status, 204, "{}", r.body);
     let r = curl(&bmc, "GET", &eject, &admin);
     assert_eq!((r.status, r.header("Allow")), (405, Some("POST")));
+
+    // Each operation that reached the backend is counted with its duration.
+    let metrics = bmc.http_get("/metrics").unwrap();
+    let count = |op: &str| {
+        let key = format!("virtbmc_redfish_media_seconds_count{{op=\"{op}\",result=\"ok\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&key))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no {key} in /metrics:\n{metrics}"))
+    };
+    assert!(count("insert") >= 2 && count("eject") >= 1, "{metrics}");
+    assert!(metrics.contains("virtbmc_redfish_media_seconds_sum{op=\"insert\",result=\"ok\"}"));
 }
 
 #[test]

@@ -100,6 +100,17 @@ pub enum Change {
     Nothing,
 }
 
+impl Change {
+    /// The operation's name in metrics.
+    pub fn op(&self) -> &'static str {
+        match self {
+            Change::Insert(_) => "insert",
+            Change::Eject => "eject",
+            Change::Nothing => "none",
+        }
+    }
+}
+
 /// The image an InsertMedia body asks for. Only `Image` is required; the optional
 /// parameters are accepted when they describe what this drive does anyway (read-only,
 /// inserted, over the URL's own protocol).

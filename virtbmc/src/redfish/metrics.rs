@@ -1,4 +1,5 @@
-//! Redfish counters: requests by resource, method and status, and TLS handshakes.
+//! Redfish counters: requests by resource, method and status, TLS handshakes, and virtual
+//! media operations with their durations.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -14,6 +15,9 @@ pub struct RedfishMetrics {
     pub handshakes_failed: AtomicU64,
     pub sessions_created: AtomicU64,
     pub auth_failures: AtomicU64,
+    /// (operation, succeeded) -> (count, seconds summed): a Prometheus summary without
+    /// quantiles, enough for rates and mean durations.
+    media: Mutex<BTreeMap<(&'static str, bool), (u64, f64)>>,
 }
 
 impl RedfishMetrics {
@@ -29,6 +33,15 @@ impl RedfishMetrics {
         };
         let mut m = self.requests.lock().unwrap_or_else(|e| e.into_inner());
         *m.entry((resource, method, status)).or_default() += 1;
+    }
+
+    /// A virtual media operation ended, after `took` (counted even when it outlasted the
+    /// client's deadline).
+    pub fn media(&self, op: &'static str, ok: bool, took: std::time::Duration) {
+        let mut m = self.media.lock().unwrap_or_else(|e| e.into_inner());
+        let e = m.entry((op, ok)).or_default();
+        e.0 += 1;
+        e.1 += took.as_secs_f64();
     }
 
     pub fn render(&self, out: &mut String) {
@@ -60,5 +73,17 @@ impl RedfishMetrics {
             "# HELP virtbmc_redfish_auth_failures_total Redfish requests with wrong or unknown credentials or token.\n# TYPE virtbmc_redfish_auth_failures_total counter\nvirtbmc_redfish_auth_failures_total {}",
             self.auth_failures.load(Relaxed)
         );
+        let _ = writeln!(
+            out,
+            "# HELP virtbmc_redfish_media_seconds Virtual media operations (insert, eject) by result, and their durations.\n# TYPE virtbmc_redfish_media_seconds summary"
+        );
+        let m = self.media.lock().unwrap_or_else(|e| e.into_inner());
+        for ((op, ok), (n, secs)) in m.iter() {
+            let result = if *ok { "ok" } else { "failed" };
+            let _ = writeln!(
+                out,
+                "virtbmc_redfish_media_seconds_count{{op=\"{op}\",result=\"{result}\"}} {n}\nvirtbmc_redfish_media_seconds_sum{{op=\"{op}\",result=\"{result}\"}} {secs:.6}"
+            );
+        }
     }
 }

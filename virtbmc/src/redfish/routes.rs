@@ -777,9 +777,27 @@ async fn change_media(
         Change::Insert(image) => service.backend.insert_media(&service.name, image),
         Change::Eject => service.backend.eject_media(&service.name),
     };
-    let result = tokio::time::timeout(service.action_timeout, work)
-        .await
-        .map_err(|_| Error::unavailable(RETRY_AFTER))?;
+    // The deadline bounds the answer, not the work: an insert half done (the image imported,
+    // not yet attached) runs on to the end in its own task, and its outcome is counted.
+    let op = change.op();
+    let metrics = service.metrics.clone();
+    let started = std::time::Instant::now();
+    let task = tokio::spawn(async move {
+        let result = work.await;
+        metrics.media(op, result.is_ok(), started.elapsed());
+        result
+    });
+    let result = match tokio::time::timeout(service.action_timeout, task).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(join)) => Err(MediaError::Failed(join.to_string())),
+        Err(_) => {
+            log::info!(
+                "redfish: bmc={} media {change:?} outlasts the deadline; it goes on",
+                service.name
+            );
+            return Err(Error::unavailable(RETRY_AFTER));
+        }
+    };
     match result {
         Ok(()) => {
             log::info!(
