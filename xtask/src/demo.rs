@@ -379,10 +379,26 @@ fn script(bmc: &Bmc) -> Result<(), String> {
     d.wait_power("vm-2", "on")?;
     d.curl(&["-sk", "-u", "admin:password", &url])?;
 
+    d.say("Redfish virtual media, as Metal3's redfish-virtualmedia:// does it: an ISO inserted into vm-2's virtual CD (InsertMedia with only Image), then the drive read back");
+    let cd = format!("{url}/VirtualMedia/Cd");
+    d.curl(&[
+        "-sk",
+        "-u",
+        "admin:password",
+        "-H",
+        "Content-Type: application/json",
+        "-d",
+        r#"{"Image":"http://images.example/installer.iso"}"#,
+        "-w",
+        "HTTP %{http_code}\n",
+        &format!("{cd}/Actions/VirtualMedia.InsertMedia"),
+    ])?;
+    d.curl(&["-sk", "-u", "admin:password", &cd])?;
+
     d.say("Serial-over-LAN: `ipmitool -I lanplus sol activate` on vm-1 (under a terminal), Enter, a login name, a power cycle from another client, then ~.");
     d.sol()?;
 
-    d.say("the agent's view after all that (vm-0 on with PXE next, vm-1 on again after its cycle, vm-2 on through Redfish)");
+    d.say("the agent's view after all that (vm-0 on with PXE next, vm-1 on again after its cycle, vm-2 on through Redfish with the ISO in its CD)");
     d.show_vms();
 
     d.say("what the XDP fast path answered itself: pings, auth capabilities, cipher suites and the IPMI 1.5 in-session power status; the rest was passed to the agent");

@@ -60,6 +60,12 @@ pub struct Args {
     #[arg(long, default_value = crate::cluster::DEFAULT_AGENT_SELECTOR)]
     pub agent_selector: String,
 
+    /// With --kube: the ConfigMap, in each VM's namespace, holding the CA that verifies https
+    /// virtual media images (CDI's `certConfigMap`, mounted into its importer); without it,
+    /// the importer's system roots.
+    #[arg(long, value_name = "NAME", value_parser = configmap_name)]
+    pub media_ca_configmap: Option<String>,
+
     /// With --kube, without the VirtualMachineBMC CRD: give a BMC to every VirtualMachine
     /// this label selector matches (e.g. `bmc.kubevirt.io/enabled=true`). Needs --auth-secret.
     #[arg(long, value_name = "SELECTOR", requires = "auth_secret")]
@@ -201,6 +207,15 @@ impl std::str::FromStr for UserSpec {
             _ => (rest, Privilege::Admin),
         };
         User::new(name, password, privilege).map(UserSpec)
+    }
+}
+
+/// A ConfigMap name as it will go into a DataVolume: a DNS-1123 subdomain.
+fn configmap_name(s: &str) -> Result<String, String> {
+    if crate::cluster::names::is_subdomain(s) {
+        Ok(s.to_string())
+    } else {
+        Err(format!("{s:?} is not a ConfigMap name"))
     }
 }
 
@@ -348,6 +363,12 @@ mod tests {
         assert_eq!(
             (m.selector.as_str(), m.secret_name.as_str()),
             ("bmc=on", "creds")
+        );
+        let a = Args::try_parse_from(["virtbmc", "--kube", "--media-ca-configmap", "image-ca"])
+            .unwrap();
+        assert_eq!(a.media_ca_configmap.as_deref(), Some("image-ca"));
+        assert!(
+            Args::try_parse_from(["virtbmc", "--kube", "--media-ca-configmap", "a/b"]).is_err()
         );
         // One without the other is refused.
         assert!(Args::try_parse_from(["virtbmc", "--vm-selector", "bmc=on"]).is_err());

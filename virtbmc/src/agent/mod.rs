@@ -161,6 +161,7 @@ async fn run_kube(args: Args) -> Result<(), AgentError> {
     opts.agent_namespace = args.agent_namespace(&lease_namespace);
     opts.agent_selector = args.agent_selector.clone();
     opts.labels = args.label_mode().map_err(AgentError::Config)?;
+    opts.media_ca_configmap = args.media_ca_configmap.clone();
     raise_fd_limit(opts.port_range.len() as u64 * 2 + 256);
     let metrics = Arc::new(Metrics::default());
     let (backend, writers) = KubeBackend::new(client, opts, metrics.clone());

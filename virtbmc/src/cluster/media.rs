@@ -108,14 +108,20 @@ pub fn read(stores: &Stores, ns: &str, vm: &str) -> Result<Option<Medium>, Media
     Ok(medium(in_vm, dv.as_ref().map(|d| &d.data)))
 }
 
-/// The DataVolume that imports `url` for `vm`.
-pub fn data_volume(vm: &str, url: &str) -> Value {
+/// The DataVolume that imports `url` for `vm`. An https image is verified against the CA in
+/// the ConfigMap `ca` of the VM's namespace when one is configured (CDI's `certConfigMap`),
+/// else against the importer's system roots.
+pub fn data_volume(vm: &str, url: &str, ca: Option<&str>) -> Value {
+    let mut http = json!({ "url": url });
+    if let Some(ca) = ca.filter(|_| url.starts_with("https://")) {
+        http["certConfigMap"] = json!(ca);
+    }
     json!({
         "apiVersion": "cdi.kubevirt.io/v1beta1",
         "kind": "DataVolume",
         "metadata": { "name": dv_name(vm), "labels": { MANAGED_BY.0: MANAGED_BY.1 } },
         "spec": {
-            "source": { "http": { "url": url } },
+            "source": { "http": http },
             "storage": { "resources": { "requests": { "storage": IMAGE_SIZE } } },
         },
     })
@@ -164,8 +170,9 @@ pub async fn insert(sh: &Arc<Shared>, ns: &str, vm: &str, url: &str) -> Result<(
     }
     let obj = eject(sh, ns, vm).await?;
     let dvs: Api<DynamicObject> = Api::namespaced_with(sh.client.clone(), ns, &dv_resource());
+    let ca = sh.opts.media_ca_configmap.as_deref();
     let dv: DynamicObject =
-        serde_json::from_value(data_volume(vm, url)).expect("a DataVolume is an object");
+        serde_json::from_value(data_volume(vm, url, ca)).expect("a DataVolume is an object");
     sh.call(dvs.create(&PostParams::default(), &dv))
         .await
         .map_err(|e| failed("creating the DataVolume", e))?;
@@ -270,6 +277,24 @@ mod tests {
             ] } },
             "volumes": volumes,
         } } } })
+    }
+
+    #[test]
+    fn an_https_image_is_verified_with_the_configured_ca() {
+        let dv = data_volume("vm1", "https://images/boot.iso", Some("image-ca"));
+        assert_eq!(
+            dv["spec"]["source"]["http"],
+            json!({ "url": "https://images/boot.iso", "certConfigMap": "image-ca" })
+        );
+        let dv = data_volume("vm1", "http://images/boot.iso", Some("image-ca"));
+        assert_eq!(
+            dv["spec"]["source"]["http"],
+            json!({ "url": "http://images/boot.iso" }),
+            "no CA for plain http"
+        );
+        let dv = data_volume("vm1", "https://images/boot.iso", None);
+        assert!(dv["spec"]["source"]["http"].get("certConfigMap").is_none());
+        assert_eq!(dv["metadata"]["name"], "vm1-virtbmc-cd");
     }
 
     #[test]

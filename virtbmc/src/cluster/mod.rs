@@ -86,6 +86,8 @@ pub struct ClusterOptions {
     pub labels: Option<labeled::LabelMode>,
     /// Cipher suites, session limits...: every BMC's configuration, users aside.
     pub base_config: BmcConfig,
+    /// The ConfigMap, in each VM's namespace, whose CA verifies https virtual media images.
+    pub media_ca_configmap: Option<String>,
 }
 
 impl ClusterOptions {
@@ -100,6 +102,7 @@ impl ClusterOptions {
             lease_duration: Duration::from_secs(15),
             labels: None,
             base_config,
+            media_ca_configmap: None,
         }
     }
 }

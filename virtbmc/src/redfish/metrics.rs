@@ -17,8 +17,11 @@ pub struct RedfishMetrics {
     pub auth_failures: AtomicU64,
     /// (operation, succeeded) -> (count, seconds summed): a Prometheus summary without
     /// quantiles, enough for rates and mean durations.
-    media: Mutex<BTreeMap<(&'static str, bool), (u64, f64)>>,
+    media: Mutex<BTreeMap<MediaKey, (u64, f64)>>,
 }
+
+/// A virtual media operation's name and whether it succeeded.
+type MediaKey = (&'static str, bool);
 
 impl RedfishMetrics {
     pub fn request(&self, resource: &'static str, method: &http::Method, status: u16) {
