@@ -1055,22 +1055,10 @@ fn make_cert(dir: &std::path::Path, stem: &str) {
 #[test]
 fn redfish_serves_the_given_certificate_and_reloads_it() {
     ready_or_skip!("openssl");
-    let dir = std::env::temp_dir().join(format!("virtbmc-redfish-cert-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = cert_dir("cert");
     make_cert(&dir, "tls");
     std::fs::copy(dir.join("tls.crt"), dir.join("first.crt")).unwrap();
-    let (crt, key) = (
-        dir.join("tls.crt").display().to_string(),
-        dir.join("tls.key").display().to_string(),
-    );
-    let bmc = Bmc::builder()
-        .vm("vm-0=6230")
-        .arg("--redfish-cert")
-        .arg(&crt)
-        .arg("--redfish-key")
-        .arg(&key)
-        .start();
+    let (bmc, crt) = with_cert_files(&dir);
     let first = dir.join("first.crt").display().to_string();
     let out = verified(&bmc, &first);
     assert_eq!(out.stdout, "200", "{out}");
@@ -1082,6 +1070,30 @@ fn redfish_serves_the_given_certificate_and_reloads_it() {
     assert!(!out.ok(), "the old certificate is no longer served: {out}");
     assert!(bmc.log().contains("certificate reloaded"), "{}", bmc.log());
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// An empty folder of this test process for certificate files.
+fn cert_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("virtbmc-redfish-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// An agent told to serve `dir`'s tls.crt and tls.key; also the certificate's path.
+fn with_cert_files(dir: &std::path::Path) -> (Bmc, String) {
+    let (crt, key) = (
+        dir.join("tls.crt").display().to_string(),
+        dir.join("tls.key").display().to_string(),
+    );
+    let bmc = Bmc::builder()
+        .vm("vm-0=6230")
+        .arg("--redfish-cert")
+        .arg(&crt)
+        .arg("--redfish-key")
+        .arg(&key)
+        .start();
+    (bmc, crt)
 }
 
 /// A GET of the service root that verifies the BMC's certificate against `ca`.
@@ -1124,20 +1136,8 @@ fn until_verified(bmc: &Bmc, ca: &str) {
 #[test]
 fn redfish_serves_self_signed_until_the_named_files_appear() {
     ready_or_skip!("openssl");
-    let dir = std::env::temp_dir().join(format!("virtbmc-redfish-late-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let (crt, key) = (
-        dir.join("tls.crt").display().to_string(),
-        dir.join("tls.key").display().to_string(),
-    );
-    let bmc = Bmc::builder()
-        .vm("vm-0=6230")
-        .arg("--redfish-cert")
-        .arg(&crt)
-        .arg("--redfish-key")
-        .arg(&key)
-        .start();
+    let dir = cert_dir("late");
+    let (bmc, crt) = with_cert_files(&dir);
     let anon = curl(&bmc, "GET", "/redfish/v1/", &[]);
     assert_eq!(anon.status, 200, "self-signed meanwhile: {}", anon.body);
     assert!(bmc.log().contains("exists yet"), "{}", bmc.log());

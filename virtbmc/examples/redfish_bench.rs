@@ -13,8 +13,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
-use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,14 +22,9 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, SignatureScheme, StreamOwned};
 use virtbmc::console::{V20Session, suite};
 
-struct Agent(Child);
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+#[path = "bench/process.rs"]
+mod process;
+use process::{Agent, die_with_parent, rss_kib};
 
 fn start_agent(bin: &str, bmcs: u32, base_port: u16, admin_port: u16, extra: &[&str]) -> Agent {
     let mut cmd = Command::new(bin);
@@ -45,16 +39,7 @@ fn start_agent(bin: &str, bmcs: u32, base_port: u16, admin_port: u16, extra: &[&
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit());
-    // SAFETY: prctl is async-signal-safe and touches only the child being set up.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == 0 {
-                Ok(())
-            } else {
-                Err(std::io::Error::last_os_error())
-            }
-        });
-    }
+    die_with_parent(&mut cmd);
     let agent = Agent(cmd.spawn().expect("start the agent"));
     let deadline = Instant::now() + Duration::from_secs(60);
     while TcpStream::connect(("127.0.0.1", admin_port)).is_err() {
@@ -62,16 +47,6 @@ fn start_agent(bin: &str, bmcs: u32, base_port: u16, admin_port: u16, extra: &[&
         std::thread::sleep(Duration::from_millis(20));
     }
     agent
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
 }
 
 /// The agent's certificate is self-signed: the benchmark measures, it does not verify.

@@ -102,10 +102,14 @@ fn order(sim: &kubesim::Handle, name: &str) -> Option<Value> {
         .map(|d| d["bootOrder"].clone())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redfish_virtual_media_imports_hotplugs_boots_and_ejects_on_kubevirt() {
+/// kubesim with VM `vm1` (off, with an empty CD-ROM drive, as a virtual media VM is
+/// declared) and its BMC, an agent serving it, and the image server: (cluster, agent,
+/// the BMC's port, the server's address).
+async fn media_vm(
+    identity: &str,
+    ports: std::ops::RangeInclusive<u16>,
+) -> (kubesim::Handle, Agent, u16, std::net::SocketAddr) {
     let sim = sim().await;
-    // A VM with an empty CD-ROM drive, as a virtual media VM is declared.
     let mut vm = kubesim::vm_manifest("vm1", "Halted");
     vm["spec"]["template"]["spec"]["domain"]["devices"]["disks"]
         .as_array_mut()
@@ -119,8 +123,14 @@ async fn redfish_virtual_media_imports_hotplugs_boots_and_ejects_on_kubevirt() {
     );
     sim.seed_vmbmc(NS, "vm1-bmc", "vm1", "vm1-auth");
     let server = image_server();
-    let agent = Agent::start_with_redfish(&sim, "agent-media", 31500..=31509).await;
+    let agent = Agent::start_with_redfish(&sim, identity, ports).await;
     let port = agent.wait_served("default/vm1").await;
+    (sim, agent, port, server)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redfish_virtual_media_imports_hotplugs_boots_and_ejects_on_kubevirt() {
+    let (sim, _agent, port, server) = media_vm("agent-media", 31500..=31509).await;
 
     // Advertised under the System, empty.
     let doc = cd_until(port, "the empty drive", |d| d["Inserted"] == false).await;
@@ -281,22 +291,7 @@ async fn sushy(port: u16, step: &[&str]) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sushy_boots_a_kubevirt_vm_from_virtual_media_and_ejects_it() {
-    let sim = sim().await;
-    let mut vm = kubesim::vm_manifest("vm1", "Halted");
-    vm["spec"]["template"]["spec"]["domain"]["devices"]["disks"]
-        .as_array_mut()
-        .unwrap()
-        .push(json!({ "name": "cd", "cdrom": { "bus": "sata" } }));
-    sim.create(Kind::VirtualMachine, NS, vm).unwrap();
-    sim.seed_secret(
-        NS,
-        "vm1-auth",
-        &[("username", "admin"), ("password", "password")],
-    );
-    sim.seed_vmbmc(NS, "vm1-bmc", "vm1", "vm1-auth");
-    let server = image_server();
-    let agent = Agent::start_with_redfish(&sim, "agent-sushy", 31520..=31529).await;
-    let port = agent.wait_served("default/vm1").await;
+    let (sim, _agent, port, server) = media_vm("agent-sushy", 31520..=31529).await;
     cd_until(port, "the empty drive", |d| d["Inserted"] == false).await;
 
     let image = format!("http://{server}/boot.iso");

@@ -214,6 +214,22 @@ impl Demo<'_> {
         self.steps.client(out, true)
     }
 
+    /// A Redfish POST of `body` as the administrator, its status code shown.
+    fn post_json(&mut self, url: &str, body: &str) -> Result<Out, String> {
+        self.curl(&[
+            "-sk",
+            "-u",
+            "admin:password",
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            body,
+            "-w",
+            "HTTP %{http_code}\n",
+            url,
+        ])
+    }
+
     /// A SOL session on vm-1, its terminal shown as the user saw it.
     fn sol(&mut self) -> Result<(), String> {
         interrupt::check()?;
@@ -363,36 +379,19 @@ fn script(bmc: &Bmc) -> Result<(), String> {
 
     d.say("Redfish over HTTPS on the same port number (TCP): vm-2 powered on with ComputerSystem.Reset, as Ironic's sushy does it, then read back");
     let url = format!("https://{}:6232/redfish/v1/Systems/1", bmc.ip());
-    let reset = format!("{url}/Actions/ComputerSystem.Reset");
-    d.curl(&[
-        "-sk",
-        "-u",
-        "admin:password",
-        "-H",
-        "Content-Type: application/json",
-        "-d",
+    d.post_json(
+        &format!("{url}/Actions/ComputerSystem.Reset"),
         r#"{"ResetType":"On"}"#,
-        "-w",
-        "HTTP %{http_code}\n",
-        &reset,
-    ])?;
+    )?;
     d.wait_power("vm-2", "on")?;
     d.curl(&["-sk", "-u", "admin:password", &url])?;
 
     d.say("Redfish virtual media, as Metal3's redfish-virtualmedia:// does it: an ISO inserted into vm-2's virtual CD (InsertMedia with only Image), then the drive read back");
     let cd = format!("{url}/VirtualMedia/Cd");
-    d.curl(&[
-        "-sk",
-        "-u",
-        "admin:password",
-        "-H",
-        "Content-Type: application/json",
-        "-d",
-        r#"{"Image":"http://images.example/installer.iso"}"#,
-        "-w",
-        "HTTP %{http_code}\n",
+    d.post_json(
         &format!("{cd}/Actions/VirtualMedia.InsertMedia"),
-    ])?;
+        r#"{"Image":"http://images.example/installer.iso"}"#,
+    )?;
     d.curl(&["-sk", "-u", "admin:password", &cd])?;
 
     d.say("Serial-over-LAN: `ipmitool -I lanplus sol activate` on vm-1 (under a terminal), Enter, a login name, a power cycle from another client, then ~.");

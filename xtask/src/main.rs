@@ -78,31 +78,26 @@ fn main() -> ExitCode {
 /// The userspace, veth and ipmi_sim benchmark (`bench [SECS]`), or the cluster-mode one
 /// (`bench cluster [N...]`: kubesim with N VMs, default 1,000 and 10,000).
 fn bench(args: &[String]) -> Result<(), String> {
-    if args.first().map(String::as_str) == Some("sol") {
-        // In-process (kubesim and the agent): no agent binary, no XDP, no root.
+    // Built in release, as the agent is; the path of the binary.
+    let example = |name: &str| -> Result<std::path::PathBuf, String> {
         tools::run(tools::cargo().args([
             "build",
             "--release",
             "-p",
             "virtbmc",
             "--example",
-            "sol_bench",
+            name,
         ]))?;
-        let bin = tools::target_dir().join("release/examples/sol_bench");
-        return tools::run(std::process::Command::new(bin).args(&args[1..]));
+        Ok(tools::target_dir().join("release/examples").join(name))
+    };
+    if args.first().map(String::as_str) == Some("sol") {
+        // In-process (kubesim and the agent): no agent binary, no XDP, no root.
+        return tools::run(std::process::Command::new(example("sol_bench")?).args(&args[1..]));
     }
     let agent = tools::build_agent()?;
     if args.first().map(String::as_str) == Some("redfish") {
         // The release agent on loopback: no XDP, no peer to install.
-        tools::run(tools::cargo().args([
-            "build",
-            "--release",
-            "-p",
-            "virtbmc",
-            "--example",
-            "redfish_bench",
-        ]))?;
-        let bin = tools::target_dir().join("release/examples/redfish_bench");
+        let bin = example("redfish_bench")?;
         return tools::run(std::process::Command::new(bin).arg(&agent).args(&args[1..]));
     }
     let object = ebpf::build_ebpf()?;

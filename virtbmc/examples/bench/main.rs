@@ -21,38 +21,16 @@
 
 mod comparison;
 mod ipmi_sim;
+mod process;
 mod sessions;
 
 use std::net::{SocketAddr, UdpSocket};
-use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use process::{Agent, die_with_parent, rss_kib};
 use virtbmc::console::{self, V15Session, V20Session, suite};
 use virtbmc::wire::lan15::AUTH_MD5;
-
-struct Agent(Child);
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// The child gets SIGKILL when this process dies, even by a signal no `Drop` sees.
-fn die_with_parent(cmd: &mut Command) {
-    // SAFETY: prctl is async-signal-safe and touches only the child being set up.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == 0 {
-                Ok(())
-            } else {
-                Err(std::io::Error::last_os_error())
-            }
-        });
-    }
-}
 
 fn start_agent(bin: &str, bmcs: u32, base_port: u16, admin_port: u16) -> Agent {
     start_agent_with(bin, bmcs, base_port, admin_port, &[])
@@ -95,16 +73,6 @@ fn start_agent_with(
         std::thread::sleep(Duration::from_millis(20));
     }
     agent
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
 }
 
 fn socket(target: SocketAddr) -> UdpSocket {
