@@ -13,6 +13,7 @@
 //!   VM and reason ([`events`]).
 //! - [`overrides`]: how a boot override is recorded, applied and restored so that no
 //!   deadline, race or restart leaves a VM booting from the override's device for good.
+//! - [`role`]: which of this work a process does (serving, the leader's writes, or both).
 //! - [`lease`] and [`leader`]: one elected agent allocates ports, owns the Services, writes
 //!   status conditions and restores one-shot boot overrides.
 //! - [`endpoints`]: the leader's EndpointSlices, which route each Service to the agent pods.
@@ -31,6 +32,7 @@ pub mod leader;
 pub mod lease;
 pub mod names;
 pub mod overrides;
+pub mod role;
 pub mod secrets;
 pub mod serve;
 pub mod view;
@@ -65,6 +67,8 @@ pub const DEFAULT_AGENT_SELECTOR: &str = "app.kubernetes.io/name=virtbmc";
 /// What the cluster mode needs beyond a client.
 #[derive(Debug, Clone)]
 pub struct ClusterOptions {
+    /// Serving, the leader's writes, or both.
+    pub role: role::Role,
     /// Agent ports handed out to VirtualMachineBMCs (status.port).
     pub port_range: RangeInclusive<u16>,
     /// This agent's name in the Lease and in Events.
@@ -86,6 +90,7 @@ pub struct ClusterOptions {
 impl ClusterOptions {
     pub fn new(identity: &str, lease_namespace: &str, base_config: BmcConfig) -> ClusterOptions {
         ClusterOptions {
+            role: role::Role::All,
             port_range: 10000..=19999,
             identity: identity.to_string(),
             lease_namespace: lease_namespace.to_string(),
