@@ -97,11 +97,16 @@ fn manifests_validate_strictly_against_the_kubernetes_schemas() {
     for resource in [
         "customresourcedefinition/virtualmachinebmcs.bmc.kubevirt.io",
         "daemonset/virtbmc",
+        "deployment/virtbmc-controller",
         "networkpolicy/virtbmc",
+        "networkpolicy/virtbmc-controller",
         "clusterrole/virtbmc-agent",
+        "clusterrole/virtbmc-controller",
         "clusterrole/virtbmc-agent-label-mode",
         "validatingadmissionpolicy/virtbmc-agent-boot-orders-only",
         "validatingadmissionpolicybinding/virtbmc-agent-boot-orders-only",
+        "validatingadmissionpolicy/virtbmc-agent-boot-override-only",
+        "validatingadmissionpolicybinding/virtbmc-agent-boot-override-only",
         "secret/testvm-bmc-auth",
     ] {
         assert!(
