@@ -795,38 +795,65 @@ async fn an_https_client_builds_and_fails_cleanly() {
     assert!(api.get_opt("x").await.is_err());
 }
 
-/// The binary itself: `virtbmc --kube-url` (no --user) serves the cluster's BMCs and stops
-/// cleanly on SIGTERM.
+/// A child process, killed if the test ends before it was stopped.
+struct Child(Option<std::process::Child>);
+
+impl Child {
+    /// SIGTERM, then its exit status.
+    async fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.0.take().expect("running");
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        tokio::task::spawn_blocking(move || child.wait())
+            .await
+            .unwrap()
+            .unwrap()
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// The binary itself, as the Deployment and the DaemonSet run it: `virtbmc --kube --role
+/// controller` and `virtbmc --kube --role agent` (no --user), two processes with their own
+/// ServiceAccount tokens, serve the cluster's BMCs between them and stop cleanly on SIGTERM.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agent_binary_in_cluster_mode() {
     let sim = sim().await;
     seed(&sim, "bin", "Halted");
-    let admin_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let free_port = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
     // As in a pod: the ServiceAccount's token, and its namespace as the client's default.
-    let kubeconfig = agent_kubeconfig(&sim);
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_virtbmc"))
-        .env("KUBECONFIG", &kubeconfig.0)
-        .env_remove("POD_NAMESPACE")
-        .args([
-            "--kube",
-            "--listen",
-            "127.0.0.1",
-            "--port-range",
-            "31090-31099",
-        ])
-        .args([
-            "--admin",
-            &format!("127.0.0.1:{admin_port}"),
-            "--identity",
-            "bin-agent",
-        ])
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let (agent_config, controller_config) = (
+        agent_kubeconfig(&sim),
+        kubeconfig_as(&sim, CONTROLLER_TOKEN),
+    );
+    let start = |kubeconfig: &KubeconfigFile, role: &str, identity: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_virtbmc"))
+            .env("KUBECONFIG", &kubeconfig.0)
+            .env_remove("POD_NAMESPACE")
+            .args(["--kube", "--role", role, "--listen", "127.0.0.1"])
+            .args(["--port-range", "31090-31099"])
+            .args(["--admin", &format!("127.0.0.1:{}", free_port())])
+            .args(["--identity", identity])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map(|c| Child(Some(c)))
+            .unwrap()
+    };
+    let mut controller = start(&controller_config, "controller", "bin-controller");
+    let mut agent = start(&agent_config, "agent", "bin-agent");
     until("port allocated", || {
         vmbmc(&sim, "bin").is_some_and(|b| b["status"]["port"] == 31090)
     })
@@ -835,13 +862,14 @@ async fn the_agent_binary_in_cluster_mode() {
     let out = admin(31090, &["power", "on"]).await;
     assert!(out.ok, "{}", out.text);
     assert!(sim.wait_vmi_phase(NS, "bin", "Running", T).await.is_some());
-    // SAFETY: kill(2) on our own child's pid.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let status = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .unwrap()
+    let lease = sim
+        .get(Kind::Lease, "virtbmc-system", "virtbmc-leader")
         .unwrap();
-    assert!(status.success(), "{status}");
+    assert_eq!(lease["spec"]["holderIdentity"], "bin-controller", "{lease}");
+    for (what, child) in [("agent", &mut agent), ("controller", &mut controller)] {
+        let status = child.terminate().await;
+        assert!(status.success(), "{what}: {status}");
+    }
     assert_agent_never_refused(&sim);
     let lease = sim
         .get(Kind::Lease, "virtbmc-system", "virtbmc-leader")
@@ -850,12 +878,15 @@ async fn the_agent_binary_in_cluster_mode() {
         lease["spec"]["holderIdentity"].is_null(),
         "released on shutdown: {lease}"
     );
-    // Refused: --user with --kube.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_virtbmc"))
-        .args(["--kube-url", &sim.url(), "--user", "a:b"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
+    // Refused: --user with --kube, and a role that does not exist.
+    for bad in [&["--user", "a:b"][..], &["--role", "leader"]] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_virtbmc"))
+            .args(["--kube-url", &sim.url()])
+            .args(bad)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{bad:?}");
+    }
 }
 
 /// An agent pod of the DaemonSet, scheduled on `node`, with its kubelet-written status.
