@@ -718,8 +718,8 @@ async fn the_agent_identity_cannot_write_services_slices_the_lease_or_bmc_status
                 .unwrap()["endpoints"],
             sim.get(Kind::Lease, "virtbmc-system", "virtbmc-leader")
                 .unwrap()["spec"],
-            vmbmc(&sim, "vm1").unwrap()["status"],
-            vmbmc(&sim, "vm1").unwrap()["metadata"]["finalizers"],
+            vmbmc(sim, "vm1").unwrap()["status"],
+            vmbmc(sim, "vm1").unwrap()["metadata"]["finalizers"],
         ])
     };
     let unchanged = before(&sim);
