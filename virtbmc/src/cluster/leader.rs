@@ -1,4 +1,4 @@
-//! What only the elected agent writes, recomputed after every change (reconcile-style:
+//! What only the elected controller (`--role controller` or `all`) writes, recomputed after every change (reconcile-style:
 //! compare the caches with what should be, write the difference, never write what is
 //! already so, or every status write would wake us again):
 //! - `status.port` for each VirtualMachineBMC lacking one (or sharing one with an older

@@ -1,4 +1,6 @@
-//! The Kubernetes backend: every agent of the DaemonSet serves every `VirtualMachineBMC`.
+//! The Kubernetes backend: every agent of the DaemonSet serves every `VirtualMachineBMC`; an
+//! elected controller gives them ports, Services and conditions ([`role`] says which process
+//! does which).
 //!
 //! - [`crd`]: the `VirtualMachineBMC` resource (the peer's fields, plus `status.port`).
 //! - [`view`]: cluster objects to the engine's view (power from the VMI phase, GUID, boot
@@ -14,7 +16,7 @@
 //! - [`overrides`]: how a boot override is recorded, applied and restored so that no
 //!   deadline, race or restart leaves a VM booting from the override's device for good.
 //! - [`role`]: which of this work a process does (serving, the leader's writes, or both).
-//! - [`lease`] and [`leader`]: one elected agent allocates ports, owns the Services, writes
+//! - [`lease`] and [`leader`]: one elected controller allocates ports, owns the Services, writes
 //!   status conditions and restores one-shot boot overrides.
 //! - [`endpoints`]: the leader's EndpointSlices, which route each Service to the agent pods.
 //! - [`names`]: the names a spec refers to, checked before any of them reaches an API path.

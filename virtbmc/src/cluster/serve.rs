@@ -1,8 +1,8 @@
-//! Every agent: reflectors keep the caches current. A VM or VMI event updates that VM's
+//! Every role: reflectors keep the caches current. A VM or VMI event updates that VM's
 //! view on the spot (`Shared::vm_changed`); any other change that matters wakes the serving
 //! loop, which recomputes every view and the set of BMCs (port, name, users) the registry
-//! serves. Each cache's first full list, then the first pass that binds every BMC, make the
-//! agent ready (`/readyz`).
+//! serves (a controller's serves none). Each cache's first full list, then the first pass
+//! that binds every BMC, make the process ready (`/readyz`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Debug;
