@@ -878,8 +878,13 @@ async fn the_agent_binary_in_cluster_mode() {
         lease["spec"]["holderIdentity"].is_null(),
         "released on shutdown: {lease}"
     );
-    // Refused: --user with --kube, and a role that does not exist.
-    for bad in [&["--user", "a:b"][..], &["--role", "leader"]] {
+    // Refused: --user with --kube, a role that does not exist, and a fast path for a
+    // controller, which serves no BMC.
+    for bad in [
+        &["--user", "a:b"][..],
+        &["--role", "leader"],
+        &["--role", "controller", "--xdp-iface", "lo"],
+    ] {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_virtbmc"))
             .args(["--kube-url", &sim.url()])
             .args(bad)

@@ -131,6 +131,12 @@ async fn run_kube(args: Args) -> Result<(), AgentError> {
     if !args.users.is_empty() {
         return Err(AgentError::Config("--user is for embedded VMs; with --kube each VirtualMachineBMC's Secret names its user".into()));
     }
+    if !args.role.serves() && args.xdp_iface.is_some() {
+        return Err(AgentError::Config(format!(
+            "--xdp-iface attaches the BMCs' fast path; --role {} serves no BMC",
+            args.role
+        )));
+    }
     let kube_config = match &args.kube_url {
         Some(url) => {
             let mut config = kube::Config::new(
