@@ -9,8 +9,9 @@
 //! - `all`: both in one process, for a single-node or development set-up (its identity then
 //!   holds both sets of rights).
 //!
-//! [`super::serve::spawn`] reads the role once and starts the tasks it names; nothing else
-//! looks at it.
+//! Two places read it, once each: [`super::serve::spawn`] starts the tasks of the role, and
+//! the binary's start-up binds the BMC sockets, the fast path and Redfish only for a role
+//! that serves. Nothing else looks at it.
 
 use std::fmt;
 use std::str::FromStr;
