@@ -1637,3 +1637,90 @@ async fn only_named_secrets_keep_credentials_in_memory() {
     assert_eq!(keys(&cached("vm1-auth").unwrap()), ["password", "username"]);
     until_login(port1, "admin", "password").await;
 }
+
+/// With the roles split the agents read no tenant Secret: the controller keeps one copy per
+/// BMC in the agents' namespace (username and password, nothing else), the agent serves
+/// from it, a rotated tenant password reaches it and ends the sessions of the old one, and
+/// the copy goes with its BMC.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn split_roles_pass_credentials_through_copies_and_rotation_ends_sessions() {
+    let sim = sim().await;
+    seed(&sim, "vm1", "Always");
+    sim.merge_patch(
+        Kind::Secret,
+        NS,
+        "vm1-auth",
+        json!({"data": {"ca.crt": serde_json::to_value(k8s_openapi::ByteString(b"not for agents".to_vec())).unwrap()}}),
+    )
+    .unwrap();
+    let _controller = Agent::start_role(
+        &sim,
+        "controller-copies",
+        31460..=31469,
+        virtbmc::cluster::role::Role::Controller,
+    )
+    .await;
+    let agent = Agent::start_role(
+        &sim,
+        "agent-copies",
+        31460..=31469,
+        virtbmc::cluster::role::Role::Agent,
+    )
+    .await;
+    let port = agent.wait_served("default/vm1").await;
+    until_login(port, "admin", "password").await;
+    let copies: Vec<_> = sim
+        .list(Kind::Secret, Some("virtbmc-system"))
+        .into_iter()
+        .filter(|s| s["metadata"]["labels"]["app.kubernetes.io/component"] == "bmc-credentials")
+        .collect();
+    assert_eq!(copies.len(), 1, "{copies:#?}");
+    let mut keys: Vec<_> = copies[0]["data"]
+        .as_object()
+        .map(|d| d.keys().cloned().collect())
+        .unwrap_or_default();
+    keys.sort();
+    assert_eq!(keys, ["password", "username"], "{}", copies[0]);
+    assert_eq!(
+        copies[0]["metadata"]["labels"]["bmc.kubevirt.io/virtualmachinebmc-name"],
+        "vm1-bmc"
+    );
+
+    let mut shells = [Shell::open("lan", port), Shell::open("lanplus", port)];
+    for sh in &mut shells {
+        tokio::task::block_in_place(|| sh.run("power status", "Chassis Power is on")).unwrap();
+    }
+    let data = json!({"data": {"password": serde_json::to_value(k8s_openapi::ByteString(b"n3w-pass".to_vec())).unwrap()}});
+    sim.merge_patch(Kind::Secret, NS, "vm1-auth", data).unwrap();
+    let end = tokio::time::Instant::now() + T;
+    while !ipmitool(port, "admin", "n3w-pass", &["power", "status"])
+        .await
+        .ok
+    {
+        assert!(
+            tokio::time::Instant::now() < end,
+            "new password never accepted"
+        );
+    }
+    assert!(
+        !admin(port, &["power", "status"]).await.ok,
+        "old password still accepted"
+    );
+    for sh in &mut shells {
+        let after = tokio::task::block_in_place(|| sh.run("power status", "Chassis Power is on"));
+        assert!(
+            after.is_err(),
+            "a session of the old password still answers"
+        );
+    }
+    drop(shells);
+
+    sim.delete(Kind::VirtualMachineBmc, NS, "vm1-bmc").unwrap();
+    until("the copy gone with its BMC", || {
+        !sim.list(Kind::Secret, Some("virtbmc-system"))
+            .iter()
+            .any(|s| s["metadata"]["labels"]["app.kubernetes.io/component"] == "bmc-credentials")
+    })
+    .await;
+    assert_agent_never_refused(&sim);
+}

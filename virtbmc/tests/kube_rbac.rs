@@ -673,10 +673,12 @@ async fn the_admission_policy_lets_the_agent_change_boot_orders_only() {
 
 /// What the agents' token must not do, now that the controller does it: write a Service, an
 /// EndpointSlice (here the cluster DNS's, which would reroute every lookup to a node), the
-/// Lease, a BMC's finalizers, or any of a BMC's status but its boot override record. Each is
+/// Lease, a BMC's finalizers, or any of a BMC's status but its boot override record; nor read
+/// a tenant's Secret. Each is
 /// refused with 403 and leaves the object as it was; the controller's token may.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_agent_identity_cannot_write_services_slices_the_lease_or_bmc_status() {
+async fn the_agent_identity_cannot_write_services_slices_the_lease_or_bmc_status_nor_read_secrets()
+{
     let sim = sim().await;
     seed(&sim, "vm1", "Halted");
     let sa = "User \"system:serviceaccount:virtbmc-system:virtbmc\"";
@@ -762,13 +764,19 @@ async fn the_agent_identity_cannot_write_services_slices_the_lease_or_bmc_status
         assert_eq!(got["reason"], "Forbidden", "{what}: {got}");
         assert_eq!(got["message"], message.replace("{sa}", sa), "{what}: {got}");
     }
-    // Nor delete a Service or an EndpointSlice.
-    for path in [
-        "/api/v1/namespaces/default/services/vm1-virtbmc",
-        "/apis/discovery.k8s.io/v1/namespaces/kube-system/endpointslices/kube-dns-abcde",
+    // Nor delete a Service or an EndpointSlice, nor read a tenant's Secret (the controller
+    // copies each BMC's user into the agents' namespace), nor list the cluster's Secrets.
+    for (method, path) in [
+        ("DELETE", "/api/v1/namespaces/default/services/vm1-virtbmc"),
+        (
+            "DELETE",
+            "/apis/discovery.k8s.io/v1/namespaces/kube-system/endpointslices/kube-dns-abcde",
+        ),
+        ("GET", "/api/v1/namespaces/default/secrets/vm1-auth"),
+        ("GET", "/api/v1/secrets"),
     ] {
-        let (code, got) = request(&sim, "DELETE", path, AGENT_TOKEN).await;
-        assert_eq!(code, 403, "{path}: {got}");
+        let (code, got) = request(&sim, method, path, AGENT_TOKEN).await;
+        assert_eq!(code, 403, "{method} {path}: {got}");
     }
 
     // A BMC's status: RBAC lets the agent patch it for the boot override record, and the
@@ -800,9 +808,9 @@ async fn the_agent_identity_cannot_write_services_slices_the_lease_or_bmc_status
         );
     }
     assert_eq!(before(&sim), unchanged, "a refused write changed something");
-    // RBAC's six refusals (the policy's three are admission's, after RBAC allowed them).
+    // RBAC's eight refusals (the policy's three are admission's, after RBAC allowed them).
     let refused = sim.denials();
-    assert_eq!(refused.len(), 6, "{refused:#?}");
+    assert_eq!(refused.len(), 8, "{refused:#?}");
     assert!(refused.iter().all(|d| d.user == AGENT_USER), "{refused:#?}");
 
     // The record itself the agent may write (a boot device command does), and clear.

@@ -21,12 +21,15 @@
 //! - [`endpoints`]: the leader's EndpointSlices, which route each Service to the agent pods.
 //! - [`names`]: the names a spec refers to, checked before any of them reaches an API path.
 //! - [`secrets`]: only the Secrets a VirtualMachineBMC names keep their credentials in memory.
+//! - [`credentials`]: with the roles split, the controller's per-BMC copies of the users,
+//!   the only Secrets agents read.
 //! - [`console`]: a VM's serial console, KubeVirt's `console` subresource of its running VMI.
 
 pub mod actions;
 pub mod boot;
 pub mod console;
 pub mod crd;
+pub mod credentials;
 pub mod endpoints;
 pub mod events;
 pub mod labeled;
@@ -136,6 +139,9 @@ pub struct Stores {
     pub endpoint_slice: Store<EndpointSlice>,
     /// Label mode: the namespace of the one Secret (otherwise each VirtualMachineBMC's own).
     secret_namespace: Option<String>,
+    /// An agent of the split roles: the namespace of the controller's copies, which it reads
+    /// in place of the tenants' Secrets.
+    pub copies_namespace: Option<String>,
 }
 
 /// The write halves of [`Stores`], consumed by [`serve::spawn`].
@@ -154,6 +160,7 @@ pub struct Writers {
 impl Stores {
     fn new(
         secret_namespace: Option<String>,
+        copies_namespace: Option<String>,
         secret_refeed: futures::channel::mpsc::UnboundedReceiver<secrets::Refeed>,
     ) -> (Stores, Writers) {
         let vmbmc = reflector::store::Writer::default();
@@ -172,6 +179,7 @@ impl Stores {
             pod: pod.as_reader(),
             endpoint_slice: endpoint_slice.as_reader(),
             secret_namespace,
+            copies_namespace,
         };
         (
             stores,
@@ -190,6 +198,9 @@ impl Stores {
 
     /// (namespace, name) of the Secret with `b`'s user.
     pub fn secret_ref(&self, b: &VirtualMachineBMC) -> (String, String) {
+        if let Some(ns) = &self.copies_namespace {
+            return (ns.clone(), credentials::copy_name(b));
+        }
         let ns = match &self.secret_namespace {
             Some(ns) => ns.clone(),
             None => b.metadata.namespace.clone().unwrap_or_default(),
@@ -488,8 +499,12 @@ impl KubeBackend {
         metrics: Arc<Metrics>,
     ) -> (KubeBackend, Writers) {
         let (refeed_tx, refeed_rx) = futures::channel::mpsc::unbounded();
+        // Label mode reads its one Secret whatever the role.
+        let copies = (opts.role.serves() && opts.role.credential_copies() && opts.labels.is_none())
+            .then(|| opts.agent_namespace.clone());
         let (stores, writers) = Stores::new(
             opts.labels.as_ref().map(|m| m.secret_namespace.clone()),
+            copies,
             refeed_rx,
         );
         let shared = Arc::new(Shared {

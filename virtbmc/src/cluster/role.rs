@@ -9,9 +9,9 @@
 //! - `all`: both in one process, for a single-node or development set-up (its identity then
 //!   holds both sets of rights).
 //!
-//! Two places read it, once each: [`super::serve::spawn`] starts the tasks of the role, and
-//! the binary's start-up binds the BMC sockets, the fast path and Redfish only for a role
-//! that serves. Nothing else looks at it.
+//! Where it is read: [`super::serve::spawn`] starts the tasks of the role, the binary's
+//! start-up binds the BMC sockets, the fast path and Redfish only for a role that serves,
+//! and the Secret cache and the leader follow [`Role::credential_copies`].
 
 use std::fmt;
 use std::str::FromStr;
@@ -40,6 +40,14 @@ impl Role {
     /// Runs the Lease election and, when elected, the leader's writes.
     pub fn controls(self) -> bool {
         matches!(self, Role::Controller | Role::All)
+    }
+
+    /// With the roles in two processes, credentials pass through copies
+    /// ([`super::credentials`]): the controller writes one per BMC in the agents' namespace
+    /// and the agents read those alone, never a tenant's Secret. A process of both roles
+    /// reads the tenants' Secrets itself.
+    pub fn credential_copies(self) -> bool {
+        !matches!(self, Role::All)
     }
 }
 
@@ -79,6 +87,8 @@ mod tests {
         assert_eq!(parts(Role::Agent), (true, false));
         assert_eq!(parts(Role::Controller), (false, true));
         assert_eq!(parts(Role::All), (true, true));
+        assert!(Role::Agent.credential_copies() && Role::Controller.credential_copies());
+        assert!(!Role::All.credential_copies());
         for r in [Role::Agent, Role::Controller, Role::All] {
             assert_eq!(r.to_string().parse::<Role>(), Ok(r));
         }

@@ -68,12 +68,17 @@ pub fn spawn(
     };
     // Label mode reads one Secret; otherwise any VirtualMachineBMC may name any Secret of
     // its namespace.
-    let (secrets, secret_watch) = match &sh.opts.labels {
-        Some(m) => (
+    let (secrets, secret_watch) = match (&sh.opts.labels, &sh.stores.copies_namespace) {
+        (Some(m), _) => (
             Api::<Secret>::namespaced(client.clone(), &m.secret_namespace),
             watcher::Config::default().fields(&format!("metadata.name={}", m.secret_name)),
         ),
-        None => (
+        // An agent of the split roles: the controller's copies, in its own namespace.
+        (None, Some(ns)) => (
+            Api::<Secret>::namespaced(client.clone(), ns),
+            watcher::Config::default().labels(&super::credentials::selector()),
+        ),
+        (None, None) => (
             Api::<Secret>::all(client.clone()),
             watcher::Config::default(),
         ),
