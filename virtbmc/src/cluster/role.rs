@@ -2,10 +2,12 @@
 //! ServiceAccount holding only the rights that part needs.
 //!
 //! - `agent` (the DaemonSet, one per node): serves IPMI and Redfish, so it powers VMs,
-//!   changes their boot orders, opens their consoles and records Events.
+//!   changes their boot orders, opens their consoles and records Events; its users come
+//!   from the controller's copies, never from a tenant's Secret.
 //! - `controller` (a Deployment): takes part in the Lease election and, when elected, writes
-//!   ports, Services, EndpointSlices, status conditions and finalizers, and restores one-shot
-//!   boot overrides once their boot came. It serves nothing.
+//!   ports, Services, EndpointSlices, status conditions and finalizers, copies each BMC's user
+//!   for the agents, and restores one-shot boot overrides once their boot came. It serves
+//!   nothing.
 //! - `all`: both in one process, for a single-node or development set-up (its identity then
 //!   holds both sets of rights).
 //!
