@@ -795,10 +795,11 @@ impl Inner {
             self.normalize(kind, &mut new);
             Self::validate(kind, &new)?;
             Self::validate_update(kind, old, &new)?;
-            // Validating admission comes last, after the object's own validation.
-            if let Some(admit) = admit {
-                admit(old, &new)?;
-            }
+        }
+        // Validating admission comes last, after the object's own validation; a write of the
+        // status subresource passes it too (a policy naming `<resource>/status` sees it).
+        if let Some(admit) = admit {
+            admit(old, &new)?;
         }
         Ok(self
             .commit_update(info, old, new.clone(), dry_run)

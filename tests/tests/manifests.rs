@@ -97,11 +97,16 @@ fn manifests_validate_strictly_against_the_kubernetes_schemas() {
     for resource in [
         "customresourcedefinition/virtualmachinebmcs.bmc.kubevirt.io",
         "daemonset/virtbmc",
+        "deployment/virtbmc-controller",
         "networkpolicy/virtbmc",
+        "networkpolicy/virtbmc-controller",
         "clusterrole/virtbmc-agent",
+        "clusterrole/virtbmc-controller",
         "clusterrole/virtbmc-agent-label-mode",
         "validatingadmissionpolicy/virtbmc-agent-boot-orders-only",
         "validatingadmissionpolicybinding/virtbmc-agent-boot-orders-only",
+        "validatingadmissionpolicy/virtbmc-agent-boot-override-only",
+        "validatingadmissionpolicybinding/virtbmc-agent-boot-override-only",
         "secret/testvm-bmc-auth",
     ] {
         assert!(
@@ -224,7 +229,10 @@ fn manifests_pass_checkov_with_every_accepted_finding_explained() {
     for a in &annotated {
         let (_, rest) = a.split_once(": ").expect("checkov.io/skipN: CHECK=reason");
         let (check, reason) = rest.split_once('=').expect("CHECK=reason");
-        assert!(check.starts_with("CKV_K8S_") && reason.len() > 20, "{a}");
+        assert!(
+            (check.starts_with("CKV_K8S_") || check.starts_with("CKV2_K8S_")) && reason.len() > 20,
+            "{a}"
+        );
     }
     assert!(
         log.contains(&format!("Skipped checks: {}", annotated.len())),

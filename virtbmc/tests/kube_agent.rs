@@ -817,38 +817,65 @@ async fn an_https_client_builds_and_fails_cleanly() {
     assert!(api.get_opt("x").await.is_err());
 }
 
-/// The binary itself: `virtbmc --kube-url` (no --user) serves the cluster's BMCs and stops
-/// cleanly on SIGTERM.
+/// A child process, killed if the test ends before it was stopped.
+struct Child(Option<std::process::Child>);
+
+impl Child {
+    /// SIGTERM, then its exit status.
+    async fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.0.take().expect("running");
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        tokio::task::spawn_blocking(move || child.wait())
+            .await
+            .unwrap()
+            .unwrap()
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// The binary itself, as the Deployment and the DaemonSet run it: `virtbmc --kube --role
+/// controller` and `virtbmc --kube --role agent` (no --user), two processes with their own
+/// ServiceAccount tokens, serve the cluster's BMCs between them and stop cleanly on SIGTERM.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agent_binary_in_cluster_mode() {
     let sim = sim().await;
     seed(&sim, "bin", "Halted");
-    let admin_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let free_port = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
     // As in a pod: the ServiceAccount's token, and its namespace as the client's default.
-    let kubeconfig = agent_kubeconfig(&sim);
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_virtbmc"))
-        .env("KUBECONFIG", &kubeconfig.0)
-        .env_remove("POD_NAMESPACE")
-        .args([
-            "--kube",
-            "--listen",
-            "127.0.0.1",
-            "--port-range",
-            "31090-31099",
-        ])
-        .args([
-            "--admin",
-            &format!("127.0.0.1:{admin_port}"),
-            "--identity",
-            "bin-agent",
-        ])
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let (agent_config, controller_config) = (
+        agent_kubeconfig(&sim),
+        kubeconfig_as(&sim, CONTROLLER_TOKEN),
+    );
+    let start = |kubeconfig: &KubeconfigFile, role: &str, identity: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_virtbmc"))
+            .env("KUBECONFIG", &kubeconfig.0)
+            .env_remove("POD_NAMESPACE")
+            .args(["--kube", "--role", role, "--listen", "127.0.0.1"])
+            .args(["--port-range", "31090-31099"])
+            .args(["--admin", &format!("127.0.0.1:{}", free_port())])
+            .args(["--identity", identity])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map(|c| Child(Some(c)))
+            .unwrap()
+    };
+    let mut controller = start(&controller_config, "controller", "bin-controller");
+    let mut agent = start(&agent_config, "agent", "bin-agent");
     until("port allocated", || {
         vmbmc(&sim, "bin").is_some_and(|b| b["status"]["port"] == 31090)
     })
@@ -857,13 +884,14 @@ async fn the_agent_binary_in_cluster_mode() {
     let out = admin(31090, &["power", "on"]).await;
     assert!(out.ok, "{}", out.text);
     assert!(sim.wait_vmi_phase(NS, "bin", "Running", T).await.is_some());
-    // SAFETY: kill(2) on our own child's pid.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let status = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .unwrap()
+    let lease = sim
+        .get(Kind::Lease, "virtbmc-system", "virtbmc-leader")
         .unwrap();
-    assert!(status.success(), "{status}");
+    assert_eq!(lease["spec"]["holderIdentity"], "bin-controller", "{lease}");
+    for (what, child) in [("agent", &mut agent), ("controller", &mut controller)] {
+        let status = child.terminate().await;
+        assert!(status.success(), "{what}: {status}");
+    }
     assert_agent_never_refused(&sim);
     let lease = sim
         .get(Kind::Lease, "virtbmc-system", "virtbmc-leader")
@@ -872,12 +900,20 @@ async fn the_agent_binary_in_cluster_mode() {
         lease["spec"]["holderIdentity"].is_null(),
         "released on shutdown: {lease}"
     );
-    // Refused: --user with --kube.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_virtbmc"))
-        .args(["--kube-url", &sim.url(), "--user", "a:b"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
+    // Refused: --user with --kube, a role that does not exist, and a fast path for a
+    // controller, which serves no BMC.
+    for bad in [
+        &["--user", "a:b"][..],
+        &["--role", "leader"],
+        &["--role", "controller", "--xdp-iface", "lo"],
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_virtbmc"))
+            .args(["--kube-url", &sim.url()])
+            .args(bad)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{bad:?}");
+    }
 }
 
 /// An agent pod of the DaemonSet, scheduled on `node`, with its kubelet-written status.
@@ -1625,4 +1661,91 @@ async fn only_named_secrets_keep_credentials_in_memory() {
     .await;
     assert_eq!(keys(&cached("vm1-auth").unwrap()), ["password", "username"]);
     until_login(port1, "admin", "password").await;
+}
+
+/// With the roles split the agents read no tenant Secret: the controller keeps one copy per
+/// BMC in the agents' namespace (username and password, nothing else), the agent serves
+/// from it, a rotated tenant password reaches it and ends the sessions of the old one, and
+/// the copy goes with its BMC.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn split_roles_pass_credentials_through_copies_and_rotation_ends_sessions() {
+    let sim = sim().await;
+    seed(&sim, "vm1", "Always");
+    sim.merge_patch(
+        Kind::Secret,
+        NS,
+        "vm1-auth",
+        json!({"data": {"ca.crt": serde_json::to_value(k8s_openapi::ByteString(b"not for agents".to_vec())).unwrap()}}),
+    )
+    .unwrap();
+    let _controller = Agent::start_role(
+        &sim,
+        "controller-copies",
+        31460..=31469,
+        virtbmc::cluster::role::Role::Controller,
+    )
+    .await;
+    let agent = Agent::start_role(
+        &sim,
+        "agent-copies",
+        31460..=31469,
+        virtbmc::cluster::role::Role::Agent,
+    )
+    .await;
+    let port = agent.wait_served("default/vm1").await;
+    until_login(port, "admin", "password").await;
+    let copies: Vec<_> = sim
+        .list(Kind::Secret, Some("virtbmc-system"))
+        .into_iter()
+        .filter(|s| s["metadata"]["labels"]["app.kubernetes.io/component"] == "bmc-credentials")
+        .collect();
+    assert_eq!(copies.len(), 1, "{copies:#?}");
+    let mut keys: Vec<_> = copies[0]["data"]
+        .as_object()
+        .map(|d| d.keys().cloned().collect())
+        .unwrap_or_default();
+    keys.sort();
+    assert_eq!(keys, ["password", "username"], "{}", copies[0]);
+    assert_eq!(
+        copies[0]["metadata"]["labels"]["bmc.kubevirt.io/virtualmachinebmc-name"],
+        "vm1-bmc"
+    );
+
+    let mut shells = [Shell::open("lan", port), Shell::open("lanplus", port)];
+    for sh in &mut shells {
+        tokio::task::block_in_place(|| sh.run("power status", "Chassis Power is on")).unwrap();
+    }
+    let data = json!({"data": {"password": serde_json::to_value(k8s_openapi::ByteString(b"n3w-pass".to_vec())).unwrap()}});
+    sim.merge_patch(Kind::Secret, NS, "vm1-auth", data).unwrap();
+    let end = tokio::time::Instant::now() + T;
+    while !ipmitool(port, "admin", "n3w-pass", &["power", "status"])
+        .await
+        .ok
+    {
+        assert!(
+            tokio::time::Instant::now() < end,
+            "new password never accepted"
+        );
+    }
+    assert!(
+        !admin(port, &["power", "status"]).await.ok,
+        "old password still accepted"
+    );
+    for sh in &mut shells {
+        let after = tokio::task::block_in_place(|| sh.run("power status", "Chassis Power is on"));
+        assert!(
+            after.is_err(),
+            "a session of the old password still answers"
+        );
+    }
+    drop(shells);
+
+    sim.delete(Kind::VirtualMachineBmc, NS, "vm1-bmc").unwrap();
+    until("the copy gone with its BMC", || {
+        !sim.list(Kind::Secret, Some("virtbmc-system"))
+            .iter()
+            .any(|s| s["metadata"]["labels"]["app.kubernetes.io/component"] == "bmc-credentials")
+    })
+    .await;
+    assert_agent_never_refused(&sim);
 }

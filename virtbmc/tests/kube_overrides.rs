@@ -534,7 +534,7 @@ async fn a_fault_injection_run_loses_no_boot_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn label_mode_a_killed_agent_is_finished_by_the_next_start() {
     use virtbmc::cluster::labeled::{BOOT_ANNOTATION, PORT_ANNOTATION};
-    let sim = sim().await;
+    let sim = label_mode_sim().await;
     sim.inject(
         Fault::on("*", "virtualmachinebmcs")
             .status(404)
@@ -551,13 +551,17 @@ async fn label_mode_a_killed_agent_is_finished_by_the_next_start() {
     .unwrap();
     sim.seed_secret(
         "virtbmc-system",
-        "creds",
+        "virtbmc-credentials",
         &[("username", "admin"), ("password", "password")],
     );
     sim.wait_vmi_phase(NS, VM, "Running", T).await.unwrap();
     let holder = hold_lease(&sim).await;
     let start = |identity: &'static str| {
-        let opts = label_mode_options(identity, "virtbmc-system/creds", 31240..=31249);
+        let opts = label_mode_options(
+            identity,
+            "virtbmc-system/virtbmc-credentials",
+            31240..=31249,
+        );
         Agent::start_with(&sim, opts, Ipv4Addr::LOCALHOST)
     };
     let label_record = || {

@@ -1,8 +1,10 @@
-//! The shipped RBAC manifests against the agent's whole job: kubesim enforces them on the
-//! agent's ServiceAccount token as the apiserver would, the agent does everything it does
-//! (serve, power, boot overrides, the serial console, Events, Services and EndpointSlices,
-//! the Lease, deletion), and then every grant of the manifest must have allowed some request
-//! and no request of the agent may have been refused. Plus what the identity must not be able to do.
+//! The shipped RBAC manifests against the whole job: kubesim enforces them on the agent's and
+//! the controller's ServiceAccount tokens as the apiserver would, an agent (`--role agent`)
+//! and a controller (`--role controller`) do everything they do (serve, power, boot
+//! overrides and their restore, the serial console, Events, Services and EndpointSlices, the
+//! Lease, deletion), and then every grant of each identity must have allowed some request of
+//! it and no request of either may have been refused. Plus what each identity must not be
+//! able to do.
 
 mod kube_support;
 
@@ -11,6 +13,7 @@ use kubesim::Kind;
 use serde_json::{Value, json};
 use virtbmc::backend::Backend;
 use virtbmc::backend::console::ConsoleEvent;
+use virtbmc::cluster::role::Role;
 
 /// An agent pod of the DaemonSet in virtbmc-system, Running and Ready at `ip`.
 fn agent_pod(sim: &kubesim::Handle, name: &str, ip: &str) {
@@ -38,35 +41,35 @@ fn events_of(sim: &kubesim::Handle, vm: &str, reason: &str) -> Vec<Value> {
         .collect()
 }
 
-/// Until the agent's requests have used this grant (e.g. the Lease's renewal, on its timer).
-async fn until_used(sim: &kubesim::Handle, grant: &str) {
+/// Until `user`'s requests have used this grant (e.g. the Lease's renewal, on its timer).
+async fn until_used(sim: &kubesim::Handle, user: &str, grant: &str) {
     until(grant, || {
-        sim.used_grants(AGENT_USER)
+        sim.used_grants(user)
             .iter()
             .any(|g| g.to_string().contains(grant))
     })
     .await;
 }
 
-/// Fails listing every grant of the enforced manifest that no request of the agent used.
-fn assert_every_grant_used(sim: &kubesim::Handle) {
+/// Fails listing every grant the enforced manifests give `user` that no request of it used.
+fn assert_every_grant_used(sim: &kubesim::Handle, user: &str) {
     let unused: Vec<String> = sim
-        .unused_grants(AGENT_USER)
+        .unused_grants(user)
         .iter()
         .map(|g| g.to_string())
         .collect();
     let used: Vec<String> = sim
-        .used_grants(AGENT_USER)
+        .used_grants(user)
         .iter()
         .map(|g| g.to_string())
         .collect();
     assert!(
         unused.is_empty(),
-        "grants nothing used:\n  {}\nused:\n  {}",
+        "{user}: grants nothing used:\n  {}\nused:\n  {}",
         unused.join("\n  "),
         used.join("\n  ")
     );
-    assert!(!used.is_empty(), "no request went through RBAC");
+    assert!(!used.is_empty(), "{user}: no request went through RBAC");
 }
 
 /// Serial-over-LAN's side of the console: the running VMI's console subresource, opened
@@ -165,11 +168,13 @@ async fn media_in_and_out(sim: &kubesim::Handle, agent: &Agent, vm: &str) {
     let vm = sim.get(Kind::VirtualMachine, NS, vm).unwrap();
     assert_eq!(virtbmc::cluster::media::attached(&vm, &dv), None, "{vm}");
     assert!(sim.get(Kind::DataVolume, NS, &dv).is_none());
-    until_used(sim, "list datavolumes").await;
+    until_used(sim, AGENT_USER, "list datavolumes").await;
 }
 
+/// The agent and the controller as the DaemonSet and the Deployment run them: two processes,
+/// two tokens, each with its own half of the work.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_shipped_rbac_is_exactly_what_the_agent_uses() {
+async fn the_shipped_rbac_is_exactly_what_the_agent_and_the_controller_use() {
     let sim = sim().await;
     seed(&sim, "vm1", "Halted");
     seed(&sim, "once", "Once");
@@ -180,7 +185,9 @@ async fn the_shipped_rbac_is_exactly_what_the_agent_uses() {
         &[("username", "admin"), ("password", "password")],
     );
     agent_pod(&sim, "agent-pod", "10.0.0.1");
-    let agent = Agent::start(&sim, "agent-rbac", 31400..=31409).await;
+    let controller =
+        Agent::start_role(&sim, "controller-rbac", 31400..=31409, Role::Controller).await;
+    let agent = Agent::start_role(&sim, "agent-rbac", 31400..=31409, Role::Agent).await;
     let port = agent.wait_served("default/vm1").await;
     let once = agent.wait_served("default/once").await;
 
@@ -211,10 +218,15 @@ async fn the_shipped_rbac_is_exactly_what_the_agent_uses() {
                 .any(|s| s["metadata"]["labels"]["kubernetes.io/service-name"] == "vm1-virtbmc")
     })
     .await;
-    until_used(&sim, "update leases").await;
+    until_used(&sim, CONTROLLER_USER, "update leases").await;
+    assert!(controller.backend.shared.is_leader());
+    // The controller served nothing; the agent never ran for the Lease.
+    assert_eq!(controller.registry.list().len(), 0);
+    assert!(!agent.backend.shared.is_leader());
 
     assert_agent_never_refused(&sim);
-    assert_every_grant_used(&sim);
+    assert_every_grant_used(&sim, AGENT_USER);
+    assert_every_grant_used(&sim, CONTROLLER_USER);
 }
 
 /// The same for the label mode's manifest: VMs chosen by label, one Secret by name.
@@ -266,10 +278,10 @@ async fn the_label_mode_rbac_is_exactly_what_the_agent_uses() {
                 .any(|s| s["metadata"]["labels"]["kubernetes.io/service-name"] == "web-virtbmc")
     })
     .await;
-    until_used(&sim, "update leases").await;
+    until_used(&sim, AGENT_USER, "update leases").await;
 
     assert_agent_never_refused(&sim);
-    assert_every_grant_used(&sim);
+    assert_every_grant_used(&sim, AGENT_USER);
 }
 
 /// One HTTP/1.0 request with `Authorization: Bearer TOKEN`: the code and the JSON body.
@@ -681,4 +693,205 @@ async fn the_admission_policy_lets_the_agent_change_boot_orders_only() {
         ),
         (Some(2), &json!("quay.io/evil/disk:latest"))
     );
+}
+
+/// What the agents' token must not do, now that the controller does it: write a Service, an
+/// EndpointSlice (here the cluster DNS's, which would reroute every lookup to a node), the
+/// Lease, a BMC's finalizers, or any of a BMC's status but its boot override record; nor read
+/// a tenant's Secret. Each is
+/// refused with 403 and leaves the object as it was; the controller's token may.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_identity_cannot_write_services_slices_the_lease_or_bmc_status_nor_read_secrets()
+{
+    let sim = sim().await;
+    seed(&sim, "vm1", "Halted");
+    let sa = "User \"system:serviceaccount:virtbmc-system:virtbmc\"";
+    sim.create(
+        Kind::Service,
+        NS,
+        json!({"metadata": {"name": "vm1-virtbmc"},
+               "spec": {"ports": [{"name": "ipmi", "protocol": "UDP", "port": 623, "targetPort": 31500}]}}),
+    )
+    .unwrap();
+    sim.create(
+        Kind::EndpointSlice,
+        "kube-system",
+        json!({"metadata": {"name": "kube-dns-abcde",
+                            "labels": {"kubernetes.io/service-name": "kube-dns"}},
+               "addressType": "IPv4",
+               "endpoints": [{"addresses": ["10.96.0.10"]}],
+               "ports": [{"name": "dns", "protocol": "UDP", "port": 53}]}),
+    )
+    .unwrap();
+    sim.create(
+        Kind::Lease,
+        "virtbmc-system",
+        json!({"metadata": {"name": "virtbmc-leader"},
+               "spec": {"holderIdentity": "controller-0", "leaseDurationSeconds": 15}}),
+    )
+    .unwrap();
+    sim.set_status(
+        Kind::VirtualMachineBmc,
+        NS,
+        "vm1-bmc",
+        json!({"port": 31500}),
+    )
+    .unwrap();
+    let before = |sim: &kubesim::Handle| {
+        json!([
+            sim.get(Kind::Service, NS, "vm1-virtbmc").unwrap()["spec"],
+            sim.get(Kind::EndpointSlice, "kube-system", "kube-dns-abcde")
+                .unwrap()["endpoints"],
+            sim.get(Kind::Lease, "virtbmc-system", "virtbmc-leader")
+                .unwrap()["spec"],
+            vmbmc(sim, "vm1").unwrap()["status"],
+            vmbmc(sim, "vm1").unwrap()["metadata"]["finalizers"],
+        ])
+    };
+    let unchanged = before(&sim);
+
+    let apply = "application/apply-patch+yaml";
+    let rbac_refusals = [
+        (
+            "apply a Service",
+            "/api/v1/namespaces/default/services/vm1-virtbmc?fieldManager=virtbmc&force=true",
+            apply,
+            json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "vm1-virtbmc"},
+                   "spec": {"ports": [{"name": "ipmi", "protocol": "UDP", "port": 623, "targetPort": 9999}]}}),
+            "services \"vm1-virtbmc\" is forbidden: {sa} cannot patch resource \"services\" in API group \"\" in the namespace \"default\"",
+        ),
+        (
+            "repoint the cluster DNS's EndpointSlice",
+            "/apis/discovery.k8s.io/v1/namespaces/kube-system/endpointslices/kube-dns-abcde",
+            MERGE_PATCH,
+            json!({"endpoints": [{"addresses": ["10.0.0.66"]}]}),
+            "endpointslices.discovery.k8s.io \"kube-dns-abcde\" is forbidden: {sa} cannot patch resource \"endpointslices\" in API group \"discovery.k8s.io\" in the namespace \"kube-system\"",
+        ),
+        (
+            "take the Lease",
+            "/apis/coordination.k8s.io/v1/namespaces/virtbmc-system/leases/virtbmc-leader",
+            MERGE_PATCH,
+            json!({"spec": {"holderIdentity": "node-1"}}),
+            "leases.coordination.k8s.io \"virtbmc-leader\" is forbidden: {sa} cannot patch resource \"leases\" in API group \"coordination.k8s.io\" in the namespace \"virtbmc-system\"",
+        ),
+        (
+            "add a finalizer to a BMC",
+            "/apis/bmc.kubevirt.io/v1beta1/namespaces/default/virtualmachinebmcs/vm1-bmc",
+            MERGE_PATCH,
+            json!({"metadata": {"finalizers": ["evil.example/hold"]}}),
+            "virtualmachinebmcs.bmc.kubevirt.io \"vm1-bmc\" is forbidden: {sa} cannot patch resource \"virtualmachinebmcs\" in API group \"bmc.kubevirt.io\" in the namespace \"default\"",
+        ),
+    ];
+    for (what, path, ctype, body, message) in rbac_refusals {
+        let (code, got) = patch(&sim, path, AGENT_TOKEN, ctype, body).await;
+        assert_eq!(code, 403, "{what}: {got}");
+        assert_eq!(got["reason"], "Forbidden", "{what}: {got}");
+        assert_eq!(got["message"], message.replace("{sa}", sa), "{what}: {got}");
+    }
+    // Nor delete a Service or an EndpointSlice, nor read a tenant's Secret (the controller
+    // copies each BMC's user into the agents' namespace), nor list the cluster's Secrets.
+    for (method, path) in [
+        ("DELETE", "/api/v1/namespaces/default/services/vm1-virtbmc"),
+        (
+            "DELETE",
+            "/apis/discovery.k8s.io/v1/namespaces/kube-system/endpointslices/kube-dns-abcde",
+        ),
+        ("GET", "/api/v1/namespaces/default/secrets/vm1-auth"),
+        ("GET", "/api/v1/secrets"),
+    ] {
+        let (code, got) = request(&sim, method, path, AGENT_TOKEN).await;
+        assert_eq!(code, 403, "{method} {path}: {got}");
+    }
+
+    // A BMC's status: RBAC lets the agent patch it for the boot override record, and the
+    // admission policy refuses every other field.
+    let status =
+        "/apis/bmc.kubevirt.io/v1beta1/namespaces/default/virtualmachinebmcs/vm1-bmc/status";
+    for (what, body) in [
+        ("move the port", json!({"status": {"port": 31501}})),
+        (
+            "write a condition",
+            json!({"status": {"conditions": [{"type": "Ready", "status": "True", "reason": "ServiceReady", "message": "lies"}]}}),
+        ),
+        (
+            "set the clusterIP",
+            json!({"status": {"clusterIP": "10.96.0.10"}}),
+        ),
+    ] {
+        let (code, got) = patch(&sim, status, AGENT_TOKEN, MERGE_PATCH, body).await;
+        assert_eq!(code, 403, "{what}: {got}");
+        assert_eq!(got["reason"], "Forbidden", "{what}: {got}");
+        let message = got["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains(
+                "ValidatingAdmissionPolicy 'virtbmc-agent-boot-override-only' with binding \
+                 'virtbmc-agent-boot-override-only' denied request: the virtbmc agent may write \
+                 a BMC's boot override record only, not its port, conditions or clusterIP"
+            ),
+            "{what}: {got}"
+        );
+    }
+    assert_eq!(before(&sim), unchanged, "a refused write changed something");
+    // RBAC's eight refusals (the policy's three are admission's, after RBAC allowed them).
+    let refused = sim.denials();
+    assert_eq!(refused.len(), 8, "{refused:#?}");
+    assert!(refused.iter().all(|d| d.user == AGENT_USER), "{refused:#?}");
+
+    // The record itself the agent may write (a boot device command does), and clear.
+    let record = json!({"mode": "Oneshot", "device": "pxe"});
+    let (code, got) = patch(
+        &sim,
+        status,
+        AGENT_TOKEN,
+        MERGE_PATCH,
+        json!({"status": {"bootOverride": record}}),
+    )
+    .await;
+    assert_eq!(code, 200, "{got}");
+    let (code, got) = patch(
+        &sim,
+        status,
+        AGENT_TOKEN,
+        MERGE_PATCH,
+        json!({"status": {"bootOverride": null}}),
+    )
+    .await;
+    assert_eq!(code, 200, "{got}");
+    // The controller's token does what the agent's may not.
+    let (code, got) = patch(
+        &sim,
+        status,
+        CONTROLLER_TOKEN,
+        MERGE_PATCH,
+        json!({"status": {"port": 31501}}),
+    )
+    .await;
+    assert_eq!(
+        (code, &got["status"]["port"]),
+        (200, &json!(31501)),
+        "{got}"
+    );
+    let (code, got) = patch(
+        &sim,
+        "/apis/coordination.k8s.io/v1/namespaces/virtbmc-system/leases/virtbmc-leader",
+        CONTROLLER_TOKEN,
+        MERGE_PATCH,
+        json!({"spec": {"holderIdentity": "controller-1"}}),
+    )
+    .await;
+    // RBAC gives the controller update on the Lease (what its election sends), not patch.
+    assert_eq!(code, 403, "{got}");
+    let mut lease = sim
+        .get(Kind::Lease, "virtbmc-system", "virtbmc-leader")
+        .unwrap();
+    lease["spec"]["holderIdentity"] = json!("controller-1");
+    let (code, got) = send(
+        &sim,
+        "PUT",
+        "/apis/coordination.k8s.io/v1/namespaces/virtbmc-system/leases/virtbmc-leader",
+        CONTROLLER_TOKEN,
+        Some(("application/json", lease)),
+    )
+    .await;
+    assert_eq!(code, 200, "{got}");
 }

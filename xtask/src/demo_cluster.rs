@@ -3,10 +3,11 @@
 //! In namespace `virtbmc-demo`: kubesim (the test API server with its simulated
 //! virt-controller) on the namespace's loopback, with three VirtualMachines of different
 //! runStrategies, each with a Secret (admin/password) and a VirtualMachineBMC, and a Pod that
-//! stands for the agent; the agent (`--kube`, a kubeconfig with its ServiceAccount's token, the
-//! shipped RBAC and admission policy enforced) serving them on the veth's address with XDP
+//! stands for the agent; the controller (`--role controller`) and the agent (`--role agent`),
+//! each with a kubeconfig holding its own ServiceAccount's token (the shipped RBAC and
+//! admission policy enforced), the agent serving the BMCs on the veth's address with XDP
 //! attached to it. From `virtbmc-demo-client`, real ipmitool commands against the ports the
-//! elected agent wrote into the BMCs' status; between them, views of the cluster read from
+//! controller wrote into the BMCs' status; between them, views of the cluster read from
 //! kubesim's API with curl (no kubectl needed): VMs, VMIs and their phases, BMCs, Services
 //! and their EndpointSlices, the Lease, Events. A Serial-over-LAN session on one VM shows its
 //! guest through KubeVirt's console subresource, across a reset.
@@ -38,6 +39,11 @@ const VMS: usize = 3;
 /// The agent's ServiceAccount, as manifests/rbac.yaml binds it, and its bearer token.
 const AGENT_USER: &str = "system:serviceaccount:virtbmc-system:virtbmc";
 const AGENT_TOKEN: &str = "demo-agent";
+/// The controller's ServiceAccount and its bearer token.
+const CONTROLLER_USER: &str = "system:serviceaccount:virtbmc-system:virtbmc-controller";
+const CONTROLLER_TOKEN: &str = "demo-controller";
+/// The controller's admin endpoint (the agent's is [`ADMIN`]).
+const CONTROLLER_ADMIN: &str = "127.0.0.1:9624";
 /// A cluster-admin token: the views below read the cluster with it.
 const ADMIN_TOKEN: &str = "demo-admin";
 /// The agent's namespace: its Lease and its Pod.
@@ -57,19 +63,14 @@ pub fn run() -> Result<(), String> {
     std::fs::write(&seed.0, agent_pod(&bmc_ip))
         .map_err(|e| format!("{}: {e}", seed.0.display()))?;
     let seed_arg = seed.0.to_str().ok_or("temporary folder is not UTF-8")?;
-    // What the pod's mounted ServiceAccount token gives a real agent.
-    let kubeconfig = TempFile::new("kubeconfig");
-    std::fs::write(
-        &kubeconfig.0,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: kubesim\n  cluster:\n    server: {API}\n\
-             users:\n- name: virtbmc\n  user:\n    token: {AGENT_TOKEN}\ncontexts:\n- name: virtbmc\n  \
-             context:\n    cluster: kubesim\n    user: virtbmc\n    namespace: {AGENT_NS}\n\
-             current-context: virtbmc\n"
-        ),
-    )
-    .map_err(|e| format!("{}: {e}", kubeconfig.0.display()))?;
+    // What the pods' mounted ServiceAccount tokens give a real agent and controller.
+    let kubeconfig = kubeconfig_with("kubeconfig", AGENT_TOKEN)?;
     let kubeconfig_arg = kubeconfig
+        .0
+        .to_str()
+        .ok_or("temporary folder is not UTF-8")?;
+    let controller_kubeconfig = kubeconfig_with("controller-kubeconfig", CONTROLLER_TOKEN)?;
+    let controller_kubeconfig_arg = controller_kubeconfig
         .0
         .to_str()
         .ok_or("temporary folder is not UTF-8")?;
@@ -77,6 +78,7 @@ pub fn run() -> Result<(), String> {
     let rbac = manifests.join("rbac.yaml");
     let policy = manifests.join("admission-policy.yaml");
     let agent_token = format!("{AGENT_TOKEN}={AGENT_USER}");
+    let controller_token = format!("{CONTROLLER_TOKEN}={CONTROLLER_USER}");
     let admin_token = format!("{ADMIN_TOKEN}=kubernetes-admin,system:masters");
     let vms = VMS.to_string();
     let sim = Daemon::start(
@@ -99,6 +101,8 @@ pub fn run() -> Result<(), String> {
             "--token",
             &agent_token,
             "--token",
+            &controller_token,
+            "--token",
             &admin_token,
             "--rbac",
             rbac.to_str().ok_or("manifests path is not UTF-8")?,
@@ -108,15 +112,31 @@ pub fn run() -> Result<(), String> {
         &[],
     )?;
     let object = object.to_str().ok_or("object path is not UTF-8")?;
+    let controller = Daemon::start(
+        "controller",
+        &agent,
+        &[
+            "--kube",
+            "--role",
+            "controller",
+            "--port-range",
+            PORTS,
+            "--identity",
+            "virtbmc-controller-0",
+            "--admin",
+            CONTROLLER_ADMIN,
+        ],
+        &[("KUBECONFIG", controller_kubeconfig_arg)],
+    )?;
     let agent = Daemon::start(
         "agent",
         &agent,
         &[
             "--kube",
+            "--role",
+            "agent",
             "--listen",
             &bmc_ip,
-            "--port-range",
-            PORTS,
             "--node-name",
             "node1",
             "--admin",
@@ -132,15 +152,20 @@ pub fn run() -> Result<(), String> {
     )?;
     let mut demo = Demo {
         agent,
+        controller,
         sim,
         _seed: seed,
-        _kubeconfig: kubeconfig,
+        _kubeconfig: [kubeconfig, controller_kubeconfig],
         bmc_ip,
         ports: Vec::new(),
         steps: Steps::default(),
     };
     let result = demo.script();
-    let logs = [("agent", demo.agent.log()), ("kubesim", demo.sim.log())];
+    let logs = [
+        ("agent", demo.agent.log()),
+        ("controller", demo.controller.log()),
+        ("kubesim", demo.sim.log()),
+    ];
     let result = match result {
         Ok(()) => std::mem::take(&mut demo.steps).finish(&logs),
         Err(e) => {
@@ -152,12 +177,28 @@ pub fn run() -> Result<(), String> {
         }
     };
     println!(
-        "\n==> tearing down: agent and kubesim stopped, namespaces {BMC_NS} and {CLIENT_NS} deleted"
+        "\n==> tearing down: agent, controller and kubesim stopped, namespaces {BMC_NS} and {CLIENT_NS} deleted"
     );
     // The agent (detaching XDP, unpinning its maps), then kubesim, then the namespaces.
     drop(demo);
     drop(net);
     result
+}
+
+/// A kubeconfig for kubesim holding this bearer token, its namespace the agent's.
+fn kubeconfig_with(name: &str, token: &str) -> Result<TempFile, String> {
+    let file = TempFile::new(name);
+    std::fs::write(
+        &file.0,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: kubesim\n  cluster:\n    server: {API}\n\
+             users:\n- name: virtbmc\n  user:\n    token: {token}\ncontexts:\n- name: virtbmc\n  \
+             context:\n    cluster: kubesim\n    user: virtbmc\n    namespace: {AGENT_NS}\n\
+             current-context: virtbmc\n"
+        ),
+    )
+    .map_err(|e| format!("{}: {e}", file.0.display()))?;
+    Ok(file)
 }
 
 /// A file of the demo in the temporary folder (`virtbmc-demo-<name>`), removed on drop.
@@ -494,13 +535,15 @@ fn show(view: &View) {
 }
 
 struct Demo {
-    /// Dropped (stopped) before kubesim: the agent releases its Lease while kubesim answers.
+    /// Dropped (stopped) before kubesim, then the controller, which releases its Lease while
+    /// kubesim answers.
     agent: Daemon,
+    controller: Daemon,
     sim: Daemon,
     _seed: TempFile,
-    _kubeconfig: TempFile,
+    _kubeconfig: [TempFile; 2],
     bmc_ip: String,
-    /// VM name -> the BMC port the elected agent wrote into its VirtualMachineBMC.
+    /// VM name -> the BMC port the elected controller wrote into its VirtualMachineBMC.
     ports: Vec<(String, u16)>,
     steps: Steps,
 }
@@ -510,7 +553,7 @@ impl Demo {
         self.steps.say(text);
     }
 
-    /// Polls `probe` every 100 ms until it returns Some, while both processes run.
+    /// Polls `probe` every 100 ms until it returns Some, while every process runs.
     fn wait<T>(
         &mut self,
         limit: Duration,
@@ -521,6 +564,7 @@ impl Demo {
             interrupt::check()?;
             self.sim.check_alive()?;
             self.agent.check_alive()?;
+            self.controller.check_alive()?;
             if let Some(v) = probe()? {
                 return Ok(Some(v));
             }
@@ -740,13 +784,15 @@ impl Demo {
 
     fn script(&mut self) -> Result<(), String> {
         println!(
-            "\n==> virtbmc cluster demo: one agent serves every VirtualMachineBMC of a simulated KubeVirt cluster"
+            "\n==> virtbmc cluster demo: one agent serves every VirtualMachineBMC of a simulated KubeVirt cluster, a controller gives them ports and Services"
         );
         println!("kubesim: {}", self.sim.cmdline);
+        println!("controller: {}", self.controller.cmdline);
         println!("agent:   {}", self.agent.cmdline);
         println!(
-            "logs: {} {}",
+            "logs: {} {} {}",
             self.sim.log.0.display(),
+            self.controller.log.0.display(),
             self.agent.log.0.display()
         );
         println!(
@@ -762,7 +808,7 @@ impl Demo {
         show(&VMIS_VIEW);
         self.say("the agent's Pod: a process here, it stands for the DaemonSet's pod on node1 (IP: the agent's address in the namespace)");
         show(&PODS_VIEW);
-        self.say("what the elected agent wrote: a port per BMC, the Service <vm>-virtbmc (UDP 623 and TCP 443 -> that port) and its EndpointSlice (the agent pods), the conditions; and the Lease it holds");
+        self.say("what the elected controller wrote: a port per BMC, the Service <vm>-virtbmc (UDP 623 and TCP 443 -> that port) and its EndpointSlice (the agent pods), the conditions; and the Lease it holds");
         show(&BMCS_VIEW);
         show(&SERVICES_VIEW);
         show(&SLICES_VIEW);

@@ -43,6 +43,12 @@ pub struct Args {
     #[arg(long, value_name = "URL")]
     pub kube_url: Option<String>,
 
+    /// With --kube: what this process does. `agent` serves IPMI and Redfish (the DaemonSet),
+    /// `controller` runs the election and the leader's writes and serves nothing (the
+    /// Deployment), `all` does both (one identity holding both sets of rights).
+    #[arg(long, default_value = "all")]
+    pub role: crate::cluster::role::Role,
+
     /// With --kube: agent ports handed out to VirtualMachineBMCs, FIRST-LAST.
     #[arg(long, default_value = "10000-19999", value_parser = parse_port_range)]
     pub port_range: (u16, u16),

@@ -131,6 +131,12 @@ async fn run_kube(args: Args) -> Result<(), AgentError> {
     if !args.users.is_empty() {
         return Err(AgentError::Config("--user is for embedded VMs; with --kube each VirtualMachineBMC's Secret names its user".into()));
     }
+    if !args.role.serves() && args.xdp_iface.is_some() {
+        return Err(AgentError::Config(format!(
+            "--xdp-iface attaches the BMCs' fast path; --role {} serves no BMC",
+            args.role
+        )));
+    }
     let kube_config = match &args.kube_url {
         Some(url) => {
             let mut config = kube::Config::new(
@@ -157,6 +163,7 @@ async fn run_kube(args: Args) -> Result<(), AgentError> {
         .map_err(|e| AgentError::Config(format!("Kubernetes client: {e}")))?;
     let base = args.bmc_config().map_err(AgentError::Config)?;
     let mut opts = ClusterOptions::new(&args.identity(), &lease_namespace, base);
+    opts.role = args.role;
     opts.port_range = args.port_range.0..=args.port_range.1;
     opts.agent_namespace = args.agent_namespace(&lease_namespace);
     opts.agent_selector = args.agent_selector.clone();
@@ -165,7 +172,13 @@ async fn run_kube(args: Args) -> Result<(), AgentError> {
     raise_fd_limit(opts.port_range.len() as u64 * 2 + 256);
     let metrics = Arc::new(Metrics::default());
     let (backend, writers) = KubeBackend::new(client, opts, metrics.clone());
-    let (registry, fastpath) = start_registry(&args, Arc::new(backend.clone()), &metrics)?;
+    // A controller binds no BMC socket: its registry stays empty, and it loads no XDP
+    // program and makes no Redfish certificate.
+    let (registry, fastpath) = if args.role.serves() {
+        start_registry(&args, Arc::new(backend.clone()), &metrics)?
+    } else {
+        idle_registry(&args, Arc::new(backend.clone()), &metrics)
+    };
     tokio::spawn(follow_backend(backend.subscribe(), registry.clone()));
     let tasks = serve::spawn(&backend, writers, registry.clone());
     // /vms lists embedded machines only; in this mode it is empty.
@@ -182,7 +195,8 @@ async fn run_kube(args: Args) -> Result<(), AgentError> {
         None => log::info!("serving every VirtualMachineBMC"),
     }
     log::info!(
-        "cluster mode: identity {}, lease {lease_namespace}/{}, ports {}-{}, admin on http://{}",
+        "cluster mode: role {}, identity {}, lease {lease_namespace}/{}, ports {}-{}, admin on http://{}",
+        args.role,
         backend.shared.opts.identity,
         backend.shared.opts.lease_name,
         args.port_range.0,
@@ -240,6 +254,23 @@ fn start_registry(
         }));
     }
     Ok((Arc::new(registry), fastpath))
+}
+
+/// The registry of a process that serves no BMC: the admin endpoint's `/vms` lists nothing.
+fn idle_registry(
+    args: &Args,
+    backend: Arc<dyn Backend>,
+    metrics: &Arc<Metrics>,
+) -> (Arc<Registry>, SharedFastPath) {
+    let fastpath = Arc::new(std::sync::Mutex::new(FastPath::off()));
+    let registry = Registry::new(
+        args.listen,
+        backend,
+        metrics.clone(),
+        Duration::from_millis(args.action_timeout_ms),
+        fastpath.clone(),
+    );
+    (Arc::new(registry), fastpath)
 }
 
 /// Binds the admin endpoint (`/healthz`, `/readyz`, `/vms`, `/metrics`) and serves it.

@@ -1,6 +1,6 @@
 //! `VirtualMachineBMC` (`bmc.kubevirt.io/v1beta1`), with the fields KubeVirtBMC uses so that its
 //! manifests and Secrets keep working, plus `status.port`: the agent port this
-//! VM's BMC is served on, allocated by the elected agent and stored here so it survives restarts.
+//! VM's BMC is served on, allocated by the elected controller and stored here so it survives restarts.
 
 use std::collections::BTreeMap;
 

@@ -1,4 +1,4 @@
-//! What only the elected agent writes, recomputed after every change (reconcile-style:
+//! What only the elected controller (`--role controller` or `all`) writes, recomputed after every change (reconcile-style:
 //! compare the caches with what should be, write the difference, never write what is
 //! already so, or every status write would wake us again):
 //! - `status.port` for each VirtualMachineBMC lacking one (or sharing one with an older
@@ -33,8 +33,8 @@ use super::crd::Condition;
 use super::serve::{RESYNC, RETRY, wait_ready};
 use super::view::{SecretProblem, users_from_secret};
 use super::{
-    MANAGED_BY, Shared, Stores, VMBMC_LABEL, VirtualMachineBMC, endpoints, labeled, names,
-    overrides,
+    MANAGED_BY, Shared, Stores, VMBMC_LABEL, VirtualMachineBMC, credentials, endpoints, labeled,
+    names, overrides,
 };
 
 /// The IPMI port every Service exposes.
@@ -191,6 +191,9 @@ async fn reconcile(sh: &Shared, pending: &mut BTreeMap<String, u16>, round: &Rou
         .await;
     // Services (and their EndpointSlices) of VirtualMachineBMCs that are gone or disabled.
     delete_unwanted(sh, sh.stores.service.state(), &wanted, "service", round).await;
+    if sh.opts.role.credential_copies() && sh.opts.labels.is_none() {
+        copy_credentials(sh, &bmcs, &owners, round).await;
+    }
     if let Some(agents) = agents {
         endpoints::remove_stale(sh, &wanted, agents, round).await;
     }
@@ -201,6 +204,35 @@ async fn reconcile(sh: &Shared, pending: &mut BTreeMap<String, u16>, round: &Rou
     if !overrides::sweep(sh, false).await {
         round.fail();
     }
+}
+
+/// The agents' copies of the users: one per served BMC, none for the others.
+async fn copy_credentials(
+    sh: &Shared,
+    bmcs: &[Arc<VirtualMachineBMC>],
+    owners: &HashMap<(String, String), Arc<VirtualMachineBMC>>,
+    round: &Round,
+) {
+    let served: Vec<Arc<VirtualMachineBMC>> = bmcs
+        .iter()
+        .filter(|b| {
+            b.active()
+                && b.metadata.deletion_timestamp.is_none()
+                && names::check_refs(b).is_ok()
+                && Stores::duplicate_of(owners, b).is_none()
+        })
+        .cloned()
+        .collect();
+    let wanted = std::sync::Mutex::new(BTreeSet::new());
+    stream::iter(&served)
+        .for_each_concurrent(CONCURRENT_WRITES, |b| async {
+            if let Some(key) = credentials::ensure(sh, b, round).await {
+                wanted.lock().unwrap_or_else(|e| e.into_inner()).insert(key);
+            }
+        })
+        .await;
+    let wanted = wanted.into_inner().unwrap_or_else(|e| e.into_inner());
+    credentials::remove_stale(sh, &wanted, round).await;
 }
 
 /// Deletes the `cached` objects whose (namespace, name) is not in `keep`, unless already going.

@@ -44,8 +44,12 @@ pub async fn run(sh: Arc<Shared>) {
 }
 
 /// Gives the Lease up (on shutdown) so that another agent takes it at its next round rather
-/// than after a whole lease duration. Only if this agent still holds it.
+/// than after a whole lease duration. Only if this agent still holds it: one that is not
+/// leading (or never runs for it, as an agent without the controller's role) sends nothing.
 pub async fn release(sh: &Shared) {
+    if !sh.is_leader() {
+        return;
+    }
     let api: Api<Lease> = Api::namespaced(sh.client.clone(), &sh.opts.lease_namespace);
     sh.set_leader(false);
     let Ok(Some(mut lease)) = api.get_opt(&sh.opts.lease_name).await else {

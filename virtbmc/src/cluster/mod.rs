@@ -1,4 +1,6 @@
-//! The Kubernetes backend: every agent of the DaemonSet serves every `VirtualMachineBMC`.
+//! The Kubernetes backend: every agent of the DaemonSet serves every `VirtualMachineBMC`; an
+//! elected controller gives them ports, Services and conditions ([`role`] says which process
+//! does which).
 //!
 //! - [`crd`]: the `VirtualMachineBMC` resource (the peer's fields, plus `status.port`).
 //! - [`view`]: cluster objects to the engine's view (power from the VMI phase, GUID, boot
@@ -13,12 +15,15 @@
 //!   VM and reason ([`events`]).
 //! - [`overrides`]: how a boot override is recorded, applied and restored so that no
 //!   deadline, race or restart leaves a VM booting from the override's device for good.
-//! - [`lease`] and [`leader`]: one elected agent allocates ports, owns the Services, writes
+//! - [`role`]: which of this work a process does (serving, the leader's writes, or both).
+//! - [`lease`] and [`leader`]: one elected controller allocates ports, owns the Services, writes
 //!   status conditions and restores one-shot boot overrides.
 //! - [`endpoints`]: the leader's EndpointSlices, which route each Service to the agent pods.
 //! - [`names`]: the names a spec refers to, checked before any of them reaches an API path.
 //! - [`secrets`]: only the Secrets a VirtualMachineBMC names keep their credentials in memory.
 //! - [`hardware`]: a VM's vCPUs and memory as its spec declares them (Redfish's summaries).
+//! - [`credentials`]: with the roles split, the controller's per-BMC copies of the users,
+//!   the only Secrets agents read.
 //! - [`console`]: a VM's serial console, KubeVirt's `console` subresource of its running VMI.
 //! - [`media`]: a VM's virtual CD, a CDI DataVolume hotplugged into its CD-ROM drive.
 
@@ -26,6 +31,7 @@ pub mod actions;
 pub mod boot;
 pub mod console;
 pub mod crd;
+pub mod credentials;
 pub mod endpoints;
 pub mod events;
 pub mod hardware;
@@ -35,6 +41,7 @@ pub mod lease;
 pub mod media;
 pub mod names;
 pub mod overrides;
+pub mod role;
 pub mod secrets;
 pub mod serve;
 pub mod view;
@@ -70,6 +77,8 @@ pub const DEFAULT_AGENT_SELECTOR: &str = "app.kubernetes.io/name=virtbmc";
 /// What the cluster mode needs beyond a client.
 #[derive(Debug, Clone)]
 pub struct ClusterOptions {
+    /// Serving, the leader's writes, or both.
+    pub role: role::Role,
     /// Agent ports handed out to VirtualMachineBMCs (status.port).
     pub port_range: RangeInclusive<u16>,
     /// This agent's name in the Lease and in Events.
@@ -93,6 +102,7 @@ pub struct ClusterOptions {
 impl ClusterOptions {
     pub fn new(identity: &str, lease_namespace: &str, base_config: BmcConfig) -> ClusterOptions {
         ClusterOptions {
+            role: role::Role::All,
             port_range: 10000..=19999,
             identity: identity.to_string(),
             lease_namespace: lease_namespace.to_string(),
@@ -139,6 +149,9 @@ pub struct Stores {
     pub data_volume: Store<DynamicObject>,
     /// Label mode: the namespace of the one Secret (otherwise each VirtualMachineBMC's own).
     secret_namespace: Option<String>,
+    /// An agent of the split roles: the namespace of the controller's copies, which it reads
+    /// in place of the tenants' Secrets.
+    pub copies_namespace: Option<String>,
 }
 
 /// The write halves of [`Stores`], consumed by [`serve::spawn`].
@@ -158,6 +171,7 @@ pub struct Writers {
 impl Stores {
     fn new(
         secret_namespace: Option<String>,
+        copies_namespace: Option<String>,
         secret_refeed: futures::channel::mpsc::UnboundedReceiver<secrets::Refeed>,
     ) -> (Stores, Writers) {
         let vmbmc = reflector::store::Writer::default();
@@ -178,6 +192,7 @@ impl Stores {
             endpoint_slice: endpoint_slice.as_reader(),
             data_volume: data_volume.as_reader(),
             secret_namespace,
+            copies_namespace,
         };
         (
             stores,
@@ -197,6 +212,9 @@ impl Stores {
 
     /// (namespace, name) of the Secret with `b`'s user.
     pub fn secret_ref(&self, b: &VirtualMachineBMC) -> (String, String) {
+        if let Some(ns) = &self.copies_namespace {
+            return (ns.clone(), credentials::copy_name(b));
+        }
         let ns = match &self.secret_namespace {
             Some(ns) => ns.clone(),
             None => b.metadata.namespace.clone().unwrap_or_default(),
@@ -495,8 +513,12 @@ impl KubeBackend {
         metrics: Arc<Metrics>,
     ) -> (KubeBackend, Writers) {
         let (refeed_tx, refeed_rx) = futures::channel::mpsc::unbounded();
+        // Label mode reads its one Secret whatever the role.
+        let copies = (opts.role.serves() && opts.role.credential_copies() && opts.labels.is_none())
+            .then(|| opts.agent_namespace.clone());
         let (stores, writers) = Stores::new(
             opts.labels.as_ref().map(|m| m.secret_namespace.clone()),
+            copies,
             refeed_rx,
         );
         let shared = Arc::new(Shared {

@@ -42,7 +42,9 @@
 //! its agent died in the middle of is finished or undone by the next one. Neither touches a
 //! VM that a request of the same agent is still changing: that request's own work finishes
 //! it, and a second writer in the same process would only add patches that fail their
-//! guards.
+//! guards. A controller in a process of its own (`--role controller`) cannot know of an
+//! agent's request under way: its converge may race that request's, and the guards make the
+//! loser re-read, as between two agents.
 
 use std::collections::BTreeMap;
 use std::future::Future;

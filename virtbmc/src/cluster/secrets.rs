@@ -80,11 +80,9 @@ fn bmc_key(b: &VirtualMachineBMC) -> Key {
     (b.namespace().unwrap_or_default(), b.name_any())
 }
 
-/// The Secret `b` names, if its name can be one.
-fn secret_of(b: &VirtualMachineBMC) -> Option<Key> {
-    names::secret_ref(b)
-        .ok()
-        .map(|s| (b.namespace().unwrap_or_default(), s.to_string()))
+/// The Secret `b`'s users come from (the tenant's, or its copy), if its name can be one.
+fn secret_of(sh: &Shared, b: &VirtualMachineBMC) -> Option<Key> {
+    names::secret_ref(b).ok().map(|_| sh.stores.secret_ref(b))
 }
 
 /// Whether a cached Secret holds any credential key.
@@ -94,9 +92,11 @@ fn has_keys(s: &Secret) -> bool {
 }
 
 /// Only `username` and `password`, and those only of a named Secret (or in label mode,
-/// where the watch selects the one named Secret).
+/// where the watch selects the one named Secret, or of the controller's copies, which hold
+/// nothing else and are all some BMC's).
 pub fn trim(sh: &Shared, s: &mut Secret) {
     let keep_any = sh.opts.labels.is_some()
+        || sh.stores.copies_namespace.is_some()
         || sh
             .named()
             .contains(&s.namespace().unwrap_or_default(), &s.name_any());
@@ -115,14 +115,14 @@ pub fn vmbmc_event(sh: &Shared, ev: &watcher::Event<VirtualMachineBMC>) {
     let changes = {
         let mut n = sh.named();
         match ev {
-            watcher::Event::Apply(b) => n.add(bmc_key(b), secret_of(b)),
+            watcher::Event::Apply(b) => n.add(bmc_key(b), secret_of(sh, b)),
             watcher::Event::Delete(b) => n.remove(&bmc_key(b)),
             watcher::Event::InitDone => {
                 // A re-list may have dropped VirtualMachineBMCs without a Delete: rebuilt.
                 let (ready, before) = (n.ready, n.names());
                 *n = Named::default();
                 for b in sh.stores.vmbmc.state() {
-                    n.add(bmc_key(&b), secret_of(&b));
+                    n.add(bmc_key(&b), secret_of(sh, &b));
                 }
                 n.ready = true;
                 let after = n.names();

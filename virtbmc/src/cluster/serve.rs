@@ -1,8 +1,8 @@
-//! Every agent: reflectors keep the caches current. A VM or VMI event updates that VM's
+//! Every role: reflectors keep the caches current. A VM or VMI event updates that VM's
 //! view on the spot (`Shared::vm_changed`); any other change that matters wakes the serving
 //! loop, which recomputes every view and the set of BMCs (port, name, users) the registry
-//! serves. Each cache's first full list, then the first pass that binds every BMC, make the
-//! agent ready (`/readyz`).
+//! serves (a controller's serves none). Each cache's first full list, then the first pass
+//! that binds every BMC, make the process ready (`/readyz`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Debug;
@@ -31,8 +31,9 @@ use crate::agent::registry::Registry;
 use crate::engine::VmView;
 use crate::engine::config::{BmcConfig, User};
 
-/// Starts the reflectors, the serving loop and the leader's loops. Dropping the handles
-/// does not stop them; abort them to stop.
+/// Starts the reflectors, the serving loop and the leader's loops, those the role
+/// ([`super::ClusterOptions::role`]) runs. Dropping the handles does not stop them; abort
+/// them to stop.
 pub fn spawn(
     backend: &KubeBackend,
     writers: Writers,
@@ -67,16 +68,23 @@ pub fn spawn(
     };
     // Label mode reads one Secret; otherwise any VirtualMachineBMC may name any Secret of
     // its namespace.
-    let (secrets, secret_watch) = match &sh.opts.labels {
-        Some(m) => (
+    let (secrets, secret_watch) = match (&sh.opts.labels, &sh.stores.copies_namespace) {
+        (Some(m), _) => (
             Api::<Secret>::namespaced(client.clone(), &m.secret_namespace),
             watcher::Config::default().fields(&format!("metadata.name={}", m.secret_name)),
         ),
-        None => (
+        // An agent of the split roles: the controller's copies, in its own namespace.
+        (None, Some(ns)) => (
+            Api::<Secret>::namespaced(client.clone(), ns),
+            watcher::Config::default().labels(&super::credentials::selector()),
+        ),
+        (None, None) => (
             Api::<Secret>::all(client.clone()),
             watcher::Config::default(),
         ),
     };
+    // Every role reads the BMCs, their VMs, VMIs and Secrets: the agent to serve them, the
+    // controller for the conditions it writes and the overrides it restores.
     let mut tasks = vec![
         vmbmcs,
         reflect(
@@ -104,39 +112,58 @@ pub fn spawn(
             secrets,
             secret_watch,
         ),
-        reflect(
-            &sh,
-            "services",
-            writers.service,
-            Api::<Service>::all(client.clone()),
-            watcher::Config::default().labels(&managed),
-            leader_event,
-            |_| {},
-        ),
-        reflect(
-            &sh,
-            "pods",
-            writers.pod,
-            Api::<Pod>::namespaced(client.clone(), &sh.opts.agent_namespace),
-            watcher::Config::default().labels(&sh.opts.agent_selector),
-            leader_event,
-            |_| {},
-        ),
-        reflect(
-            &sh,
-            "endpointslices",
-            writers.endpoint_slice,
-            Api::<EndpointSlice>::all(client.clone()),
-            watcher::Config::default().labels(&super::endpoints::managed_selector()),
-            leader_event,
-            |_| {},
-        ),
     ];
-    tasks.push(super::media::reflect(&sh, writers.data_volume));
-    tasks.push(tokio::spawn(serve_loop(sh.clone(), registry)));
-    tasks.push(tokio::spawn(super::lease::run(sh.clone())));
-    tasks.push(tokio::spawn(super::overrides::sweep_on_start(sh.clone())));
-    tasks.push(tokio::spawn(super::leader::run(sh)));
+    let role = sh.opts.role;
+    if role.controls() {
+        tasks.extend([
+            reflect(
+                &sh,
+                "services",
+                writers.service,
+                Api::<Service>::all(client.clone()),
+                watcher::Config::default().labels(&managed),
+                leader_event,
+                |_| {},
+            ),
+            reflect(
+                &sh,
+                "pods",
+                writers.pod,
+                Api::<Pod>::namespaced(client.clone(), &sh.opts.agent_namespace),
+                watcher::Config::default().labels(&sh.opts.agent_selector),
+                leader_event,
+                |_| {},
+            ),
+            reflect(
+                &sh,
+                "endpointslices",
+                writers.endpoint_slice,
+                Api::<EndpointSlice>::all(client.clone()),
+                watcher::Config::default().labels(&super::endpoints::managed_selector()),
+                leader_event,
+                |_| {},
+            ),
+            tokio::spawn(super::lease::run(sh.clone())),
+            tokio::spawn(super::leader::run(sh.clone())),
+        ]);
+    } else {
+        // No reflector feeds these caches: dropping their writers ends any wait for them
+        // (`wait_ready`), and nothing reads them outside the leader's tasks.
+        drop((writers.service, writers.pod, writers.endpoint_slice));
+    }
+    if role.serves() {
+        tasks.push(tokio::spawn(super::overrides::sweep_on_start(sh.clone())));
+        // Only what serves Redfish reads the virtual CDs' DataVolumes.
+        tasks.push(super::media::reflect(&sh, writers.data_volume));
+    } else {
+        drop(writers.data_volume);
+    }
+    // The controller keeps the table of views and owners too (what the leader reconciles
+    // per VM), but binds no socket.
+    tasks.push(tokio::spawn(serve_loop(
+        sh,
+        role.serves().then_some(registry),
+    )));
     tasks
 }
 
@@ -388,14 +415,19 @@ pub fn object_json(o: &DynamicObject) -> serde_json::Value {
     v
 }
 
-async fn serve_loop(sh: Arc<Shared>, registry: Arc<Registry>) {
+/// Recomputes the views after every change; with a registry, binds and releases the BMC
+/// sockets to match.
+async fn serve_loop(sh: Arc<Shared>, registry: Option<Arc<Registry>>) {
     wait_ready(&sh).await;
     log::info!("caches ready; serving");
     let mut served: BTreeMap<u16, Served> = BTreeMap::new();
     loop {
         let start = std::time::Instant::now();
         let want = sh.rebuild();
-        let settled = sync_registry(&sh.opts.base_config, &registry, &mut served, want).await;
+        let settled = match &registry {
+            Some(r) => sync_registry(&sh.opts.base_config, r, &mut served, want).await,
+            None => true,
+        };
         if settled {
             sh.ready.bmcs_bound();
         }
@@ -421,7 +453,8 @@ pub const RETRY: Duration = Duration::from_secs(5);
 /// A full pass when nothing woke us for this long.
 pub const RESYNC: Duration = Duration::from_secs(60);
 
-/// Until every cache holds its first full list. Polled with a timeout in a loop: a store's
+/// Until every cache holds its first full list (a cache this role keeps no reflector for
+/// has no writer, and its wait ends at once). Polled with a timeout in a loop: a store's
 /// readiness is a single oneshot receiver that remembers only the last task's waker, so of
 /// two tasks waiting at once one may never be woken (kube-runtime 5 `DelayedInit`).
 pub(crate) async fn wait_ready(sh: &Shared) {

@@ -13,25 +13,48 @@ use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 use virtbmc::agent::metrics::Metrics;
 use virtbmc::agent::registry::Registry;
+use virtbmc::cluster::role::Role;
 use virtbmc::cluster::{ClusterOptions, KubeBackend, serve};
 use virtbmc::engine::config::BmcConfig;
 
 pub const NS: &str = "default";
 pub const T: Duration = Duration::from_secs(15);
 
-/// The agent's ServiceAccount, as the shipped manifests bind it.
+/// The agents' ServiceAccount (`--role agent`), as the shipped manifests bind it.
 pub const AGENT_USER: &str = "system:serviceaccount:virtbmc-system:virtbmc";
-/// The bearer token of [`AGENT_USER`]: every agent of these tests authenticates with it.
+/// The bearer token of [`AGENT_USER`].
 pub const AGENT_TOKEN: &str = "agent-sa-token";
+/// The controller's ServiceAccount (`--role controller`).
+pub const CONTROLLER_USER: &str = "system:serviceaccount:virtbmc-system:virtbmc-controller";
+/// The bearer token of [`CONTROLLER_USER`].
+pub const CONTROLLER_TOKEN: &str = "controller-sa-token";
+/// `--role all` in one process: the controller's ServiceAccount with the agent's ClusterRole
+/// bound too ([`ALL_ROLES_BINDING`]), as one would deploy it; the group carries that binding
+/// so that [`CONTROLLER_TOKEN`] alone holds the controller's rules only.
+pub const ALL_ROLES_TOKEN: &str = "all-roles-token";
+const ALL_ROLES_GROUP: &str = "virtbmc-test:all-roles";
+const ALL_ROLES_BINDING: &str = "\
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: virtbmc-test-all-roles}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: virtbmc-agent}
+subjects: [{kind: Group, name: 'virtbmc-test:all-roles'}]
+";
 /// A cluster-admin token, for a test's own requests over HTTP.
 pub const ADMIN_TOKEN: &str = "admin-token";
 
-/// Tokens for the agent and an admin, and the RBAC objects of these manifests (paths under
-/// the repository's `manifests/`) enforced.
+/// Tokens for the agent, the controller, both roles in one and an admin, and the RBAC
+/// objects of these manifests (paths under the repository's `manifests/`) enforced.
 pub fn policy(manifests: &[&str]) -> AuthConfig {
     let mut auth = AuthConfig::default();
     auth.add_token(&format!("{AGENT_TOKEN}={AGENT_USER}"))
         .unwrap();
+    auth.add_token(&format!("{CONTROLLER_TOKEN}={CONTROLLER_USER}"))
+        .unwrap();
+    auth.add_token(&format!(
+        "{ALL_ROLES_TOKEN}={CONTROLLER_USER},{ALL_ROLES_GROUP}"
+    ))
+    .unwrap();
     auth.add_token(&format!("{ADMIN_TOKEN}=kubernetes-admin,system:masters"))
         .unwrap();
     for m in manifests {
@@ -40,7 +63,19 @@ pub fn policy(manifests: &[&str]) -> AuthConfig {
             .join(m);
         auth.add_manifest_file(&path).unwrap();
     }
+    // Grants nothing where the manifests hold no virtbmc-agent ClusterRole (label mode).
+    auth.add_manifest(ALL_ROLES_BINDING).unwrap();
     auth
+}
+
+/// The token and user a process of this role authenticates as. The label mode's manifest
+/// gives its one ServiceAccount both roles.
+pub fn identity_of(opts: &ClusterOptions) -> (&'static str, &'static str) {
+    match (opts.role, opts.labels.is_some()) {
+        (_, true) | (Role::Agent, false) => (AGENT_TOKEN, AGENT_USER),
+        (Role::Controller, false) => (CONTROLLER_TOKEN, CONTROLLER_USER),
+        (Role::All, false) => (ALL_ROLES_TOKEN, CONTROLLER_USER),
+    }
 }
 
 /// The agent's manifests: its RBAC and the admission policy fencing its VM patches.
@@ -131,17 +166,23 @@ pub async fn client(sim: &Handle) -> kube::Client {
 
 /// A kubeconfig file holding the agent's token, for the agent binary (`KUBECONFIG`).
 pub fn agent_kubeconfig(sim: &Handle) -> KubeconfigFile {
-    KubeconfigFile::write(&sim.kubeconfig_as("virtbmc-system", Some(AGENT_TOKEN)))
+    kubeconfig_as(sim, AGENT_TOKEN)
 }
 
-/// Fails if the API server refused any request of the agent's ServiceAccount.
+/// A kubeconfig file holding this token, as a pod's mounted ServiceAccount gives it.
+pub fn kubeconfig_as(sim: &Handle, token: &str) -> KubeconfigFile {
+    KubeconfigFile::write(&sim.kubeconfig_as("virtbmc-system", Some(token)))
+}
+
+/// Fails if the API server refused any request of the agents' or the controller's
+/// ServiceAccount.
 pub fn assert_agent_never_refused(sim: &Handle) {
     let refused: Vec<_> = sim
         .denials()
         .into_iter()
-        .filter(|d| d.user == AGENT_USER)
+        .filter(|d| d.user == AGENT_USER || d.user == CONTROLLER_USER)
         .collect();
-    assert!(refused.is_empty(), "the agent was refused: {refused:#?}");
+    assert!(refused.is_empty(), "virtbmc was refused: {refused:#?}");
 }
 
 /// A kubeconfig file, removed on drop.
@@ -171,8 +212,10 @@ pub struct Agent {
     pub backend: KubeBackend,
     pub registry: Arc<Registry>,
     tasks: Vec<JoinHandle<()>>,
-    /// What the API server refused: none may be the agent's (checked when it stops).
+    /// What the API server refused: none may be this process's (checked when it stops).
     audit: kubesim::Audit,
+    /// Whom it authenticates as.
+    pub user: &'static str,
 }
 
 impl Agent {
@@ -190,6 +233,19 @@ impl Agent {
         let mut opts = ClusterOptions::new(identity, "virtbmc-system", BmcConfig::new(vec![]));
         opts.port_range = ports;
         Agent::start_with(sim, opts, ip).await
+    }
+
+    /// One process of this role (`--role agent|controller|all`), with its own token.
+    pub async fn start_role(
+        sim: &Handle,
+        identity: &str,
+        ports: RangeInclusive<u16>,
+        role: Role,
+    ) -> Agent {
+        let mut opts = ClusterOptions::new(identity, "virtbmc-system", BmcConfig::new(vec![]));
+        opts.port_range = ports;
+        opts.role = role;
+        Agent::start_with(sim, opts, Ipv4Addr::LOCALHOST).await
     }
 
     /// An agent with these options (identity, ports, label mode...), bound on `ip`.
@@ -229,7 +285,9 @@ impl Agent {
         // Short, so a new agent takes over quickly; long enough that a loaded machine still renews.
         opts.lease_duration = Duration::from_secs(2);
         let metrics = Arc::new(Metrics::default());
-        let (backend, writers) = KubeBackend::new(client(sim).await, opts, metrics.clone());
+        let (token, user) = identity_of(&opts);
+        let (backend, writers) =
+            KubeBackend::new(client_as(sim, token).await, opts, metrics.clone());
         // Redfish beside IPMI on every BMC port, with a self-signed certificate, as the
         // agent serves by default.
         let tls = virtbmc::redfish::tls::server_config(None, vec![ip.to_string()])
@@ -255,6 +313,7 @@ impl Agent {
             registry,
             tasks,
             audit: sim.audit(),
+            user,
         }
     }
 
@@ -374,7 +433,7 @@ impl Drop for Agent {
                 .create(true)
                 .open(f)
                 .unwrap();
-            for g in self.audit.used_grants(AGENT_USER) {
+            for g in self.audit.used_grants(self.user) {
                 writeln!(o, "{g}").unwrap();
             }
         }
@@ -383,9 +442,13 @@ impl Drop for Agent {
                 .audit
                 .denials()
                 .into_iter()
-                .filter(|d| d.user == AGENT_USER)
+                .filter(|d| d.user == self.user)
                 .collect();
-            assert!(refused.is_empty(), "the agent was refused: {refused:#?}");
+            assert!(
+                refused.is_empty(),
+                "{} was refused: {refused:#?}",
+                self.user
+            );
         }
     }
 }
