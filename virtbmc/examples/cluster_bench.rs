@@ -1,9 +1,11 @@
 //! Benchmark of the cluster mode (prints figures; asserts nothing). Needs root.
 //!
 //! In a network namespace of its own (loopback only): the simulated cluster (kubesim) with N
-//! VirtualMachines, their Secrets and VirtualMachineBMCs, and the release agent in `--kube`
-//! mode with its XDP fast path on the namespace's `lo`. For N = 1,000 and 10,000 it prints the
-//! agent's memory per BMC and its steady-state CPU, then, for one running VM whose VMI phase
+//! VirtualMachines, their Secrets and VirtualMachineBMCs, and the release binary twice, as a
+//! cluster runs it: `--role controller` (ports, Services, status, the per-BMC credential
+//! copies) and `--role agent` (serving, with its XDP fast path on the namespace's `lo`). For
+//! N = 1,000 and 10,000 it prints each process's memory per BMC and its steady-state CPU,
+//! then, for one running VM whose VMI phase
 //! flips between Running and Scheduled, the time from the phase change to (a) the fast-path
 //! map entry changing and (b) the userspace engine answering the new power state (p50/p99).
 //!
@@ -19,6 +21,7 @@ use virtbmc::console::{V20Session, suite};
 const NS_NAME: &str = "virtbmc-cbench";
 const PIN_DIR: &str = "/sys/fs/bpf/virtbmc-cbench";
 const ADMIN: &str = "127.0.0.1:10700";
+const CONTROLLER_ADMIN: &str = "127.0.0.1:10701";
 
 struct Agent(Child);
 impl Drop for Agent {
@@ -144,11 +147,29 @@ async fn run(bin: &str, object: &str, n: usize) {
         );
     }
     let started = Instant::now();
+    let controller = Agent(
+        Command::new(bin)
+            .args(["--kube-url", &sim.url(), "--role", "controller"])
+            .args(["--port-range", "20000-31999"])
+            .args([
+                "--identity",
+                "bench-controller",
+                "--admin",
+                CONTROLLER_ADMIN,
+            ])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start the controller"),
+    );
     let agent = Agent(
         Command::new(bin)
             .args([
                 "--kube-url",
                 &sim.url(),
+                "--role",
+                "agent",
                 "--listen",
                 "127.0.0.1",
                 "--port-range",
@@ -178,7 +199,7 @@ async fn run(bin: &str, object: &str, n: usize) {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let ready = started.elapsed();
-    // Steady state: the elected agent has written every port, Service and condition.
+    // Steady state: the controller has written every port, Service and condition.
     let all_ready = |sim: &Handle| {
         sim.list(kubesim::Kind::VirtualMachineBmc, Some("default"))
             .iter()
@@ -199,19 +220,27 @@ async fn run(bin: &str, object: &str, n: usize) {
     }
     let settled = started.elapsed();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let (rss0, cpu0) = proc_stat(pid);
+    let cpid = controller.0.id();
+    let ((rss0, cpu0), (crss0, ccpu0)) = (proc_stat(pid), proc_stat(cpid));
     let window = Duration::from_secs(10);
     tokio::time::sleep(window).await;
-    let (rss, cpu1) = proc_stat(pid);
+    let ((rss, cpu1), (crss, ccpu1)) = (proc_stat(pid), proc_stat(cpid));
     let ticks = 100.0; // USER_HZ
-    let cpu = (cpu1 - cpu0) as f64 / ticks / window.as_secs_f64() * 100.0;
+    let cpu = |a: u64, b: u64| (b - a) as f64 / ticks / window.as_secs_f64() * 100.0;
     println!(
-        "{n:>6} VMs: all BMCs served after {:>5.1} s, all Ready after {:>5.1} s; agent RSS {:>7} KiB = {:>5.1} KiB per BMC; steady CPU {:.2} % of a core (RSS {rss0} KiB before the window)",
+        "{n:>6} VMs: all BMCs served after {:>5.1} s, all Ready after {:>5.1} s",
         ready.as_secs_f64(),
         settled.as_secs_f64(),
-        rss,
+    );
+    println!(
+        "        agent      RSS {rss:>7} KiB = {:>5.1} KiB per BMC; steady CPU {:.2} % of a core (RSS {rss0} KiB before the window)",
         rss as f64 / n as f64,
-        cpu
+        cpu(cpu0, cpu1)
+    );
+    println!(
+        "        controller RSS {crss:>7} KiB = {:>5.1} KiB per BMC; steady CPU {:.2} % of a core (RSS {crss0} KiB before the window)",
+        crss as f64 / n as f64,
+        cpu(ccpu0, ccpu1)
     );
 
     // Latency of a phase change, on vm-0 (runStrategy Always: its VMI is Running).
@@ -276,6 +305,7 @@ async fn run(bin: &str, object: &str, n: usize) {
         pct(&mut to_answer, 0.99)
     );
     drop(agent);
+    drop(controller);
     sim.stop().await;
 }
 
@@ -302,7 +332,9 @@ fn main() {
         "ip netns add {NS_NAME} && ip -n {NS_NAME} link set lo up"
     ));
     let _guard = Netns;
-    println!("== cluster mode: kubesim + agent (--kube, XDP on lo) in namespace {NS_NAME}");
+    println!(
+        "== cluster mode: kubesim + controller + agent (--kube, XDP on lo) in namespace {NS_NAME}"
+    );
     // Everything below runs in the namespace: this thread, the runtime's threads it spawns,
     // and the agent process.
     let ns = std::fs::File::open(format!("/run/netns/{NS_NAME}")).expect("netns");

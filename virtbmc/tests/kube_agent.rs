@@ -1102,7 +1102,7 @@ async fn endpoint_slices_route_each_service_to_the_agent_pods() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn label_mode_serves_selected_vms_without_the_crd() {
-    use virtbmc::cluster::labeled::{BOOT_ANNOTATION, PORT_ANNOTATION};
+    use virtbmc::cluster::labeled::{BOOT_ANNOTATION, PORT_ANNOTATION, PORT_PROOF_ANNOTATION};
     // The label mode's own least-privilege manifest.
     let sim = label_mode_sim().await;
     // No CRD: any request for VirtualMachineBMCs would fail (and fail this test below).
@@ -1204,6 +1204,30 @@ async fn label_mode_serves_selected_vms_without_the_crd() {
     // The port survives: the agent never moved it.
     assert_eq!(annotation("web", PORT_ANNOTATION), Some(web.to_string()));
 
+    // The owner of another VM copies web's port and its proof onto their VM and selects it:
+    // the proof is for web's uid, so their VM gets a port of its own and web keeps its.
+    assert!(
+        sim.get(Kind::Secret, "virtbmc-system", "virtbmc-port-key")
+            .is_some(),
+        "the first agent made the proofs' key"
+    );
+    let proof = annotation("web", PORT_PROOF_ANNOTATION).expect("web's port is proven");
+    sim.merge_patch(
+        Kind::VirtualMachine,
+        NS,
+        "other",
+        json!({"metadata": {"annotations": {PORT_ANNOTATION: web.to_string(), PORT_PROOF_ANNOTATION: proof}}}),
+    )
+    .unwrap();
+    select_vm(&sim, "other");
+    let other = agent.wait_served("default/other").await;
+    assert_ne!(other, web, "a copied port is not taken");
+    until("the forged annotation replaced by the agent's own", || {
+        annotation("other", PORT_ANNOTATION) == Some(other.to_string())
+    })
+    .await;
+    assert_eq!(agent.port_of("default/web"), Some(web));
+
     // A changed password in the one Secret applies to every BMC's next session.
     let data = json!({"data": {"password": serde_json::to_value(k8s_openapi::ByteString(b"n3w-pass".to_vec())).unwrap()}});
     sim.merge_patch(Kind::Secret, "virtbmc-system", "virtbmc-credentials", data)
@@ -1235,6 +1259,7 @@ async fn label_mode_serves_selected_vms_without_the_crd() {
             boot_orders(&sim, "db") == db_original
                 && annotation("db", BOOT_ANNOTATION).is_none()
                 && annotation("db", PORT_ANNOTATION).is_none()
+                && annotation("db", PORT_PROOF_ANNOTATION).is_none()
         },
     )
     .await;

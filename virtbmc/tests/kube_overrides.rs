@@ -533,20 +533,23 @@ async fn a_fault_injection_run_loses_no_boot_order() {
 /// recovery.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn label_mode_a_killed_agent_is_finished_by_the_next_start() {
-    use virtbmc::cluster::labeled::{BOOT_ANNOTATION, PORT_ANNOTATION};
+    use virtbmc::cluster::labeled::{BOOT_ANNOTATION, PORT_ANNOTATION, PORT_PROOF_ANNOTATION};
     let sim = label_mode_sim().await;
+    let key = seed_port_key(&sim);
     sim.inject(
         Fault::on("*", "virtualmachinebmcs")
             .status(404)
             .times(usize::MAX),
     );
-    sim.seed_vm(NS, VM, "Always");
+    let vm = sim.seed_vm(NS, VM, "Always");
+    // The port an earlier leader wrote, with its proof.
+    let proof = key.proof(vm["metadata"]["uid"].as_str().unwrap(), 31240);
     sim.merge_patch(
         Kind::VirtualMachine,
         NS,
         VM,
         json!({"metadata": {"labels": {"bmc.kubevirt.io/enabled": "true"},
-            "annotations": {PORT_ANNOTATION: "31240"}}}),
+            "annotations": {PORT_ANNOTATION: "31240", PORT_PROOF_ANNOTATION: proof}}}),
     )
     .unwrap();
     sim.seed_secret(

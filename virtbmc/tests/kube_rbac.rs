@@ -637,7 +637,7 @@ async fn the_admission_policy_lets_the_agent_change_boot_orders_only() {
             MERGE_PATCH,
             json!({"metadata": {"annotations": {"kubevirt.io/keep-me": "x"}}}),
             "the VirtualMachine's labels, finalizers, owners, or annotations other than \
-             bmc.kubevirt.io/port and bmc.kubevirt.io/boot-override(-applied)",
+             bmc.kubevirt.io/port(-proof) and bmc.kubevirt.io/boot-override(-applied)",
         ),
     ] {
         let (code, body) = patch(&sim, VM1, AGENT_TOKEN, ctype, p).await;

@@ -23,10 +23,13 @@ use super::crd::{
     BootOverrideStatus, LocalObjectReference, VirtualMachineBMCSpec, VirtualMachineBMCStatus,
 };
 use super::leader::Round;
+use super::port_key::PortKey;
 use super::{Shared, VirtualMachineBMC, vm_resource};
 
 /// The agent port of the VM's BMC.
 pub const PORT_ANNOTATION: &str = "bmc.kubevirt.io/port";
+/// Proof that [`PORT_ANNOTATION`] was written by virtbmc ([`PortKey`]).
+pub const PORT_PROOF_ANNOTATION: &str = "bmc.kubevirt.io/port-proof";
 /// A pending boot override (the CRD's `status.bootOverride`), as JSON.
 pub const BOOT_ANNOTATION: &str = "bmc.kubevirt.io/boot-override";
 /// Marks a VirtualMachineBMC made from a VM; never written to the cluster.
@@ -66,17 +69,30 @@ pub fn is_synthesized(b: &VirtualMachineBMC) -> bool {
 /// The VirtualMachineBMC a selected VM stands for. It carries the VM's uid, resourceVersion
 /// and creation time (ports go oldest first, and a port write is conditional on the VM's
 /// resourceVersion). An annotation that does not parse is ignored (and logged): the leader
-/// then allocates a port, and the override reads as none.
-pub fn synthesize(vm: &DynamicObject, secret_name: &str) -> VirtualMachineBMC {
+/// then allocates a port, and the override reads as none. So is a port without `key`'s
+/// proof for this VM: someone else wrote it.
+pub fn synthesize(vm: &DynamicObject, secret_name: &str, key: &PortKey) -> VirtualMachineBMC {
     let ns = vm.namespace().unwrap_or_default();
     let name = vm.name_any();
     let annotations = vm.annotations();
+    let uid = vm.metadata.uid.as_deref().unwrap_or_default();
+    let proven = |p: &u16| {
+        let proof = annotations.get(PORT_PROOF_ANNOTATION);
+        let ok = proof.is_some_and(|proof| key.verify(uid, *p, proof));
+        if !ok {
+            log::warn!(
+                "vm={ns}/{name} {PORT_ANNOTATION}={p} was not written by virtbmc (no valid {PORT_PROOF_ANNOTATION}); ignored"
+            );
+        }
+        ok
+    };
     let port = annotations.get(PORT_ANNOTATION).and_then(|p| {
         p.parse::<u16>().ok().filter(|p| *p != 0).or_else(|| {
             log::warn!("vm={ns}/{name} {PORT_ANNOTATION}={p:?} is not a port; ignored");
             None
         })
     });
+    let port = port.filter(proven);
     let boot_override = annotations.get(BOOT_ANNOTATION).and_then(|j| {
         serde_json::from_str::<BootOverrideStatus>(j)
             .map_err(|e| log::warn!("vm={ns}/{name} {BOOT_ANNOTATION}: {e}; ignored"))
@@ -115,13 +131,14 @@ pub fn synthesize(vm: &DynamicObject, secret_name: &str) -> VirtualMachineBMC {
 pub fn events(
     ev: watcher::Event<DynamicObject>,
     secret_name: &str,
+    key: &PortKey,
 ) -> watcher::Event<VirtualMachineBMC> {
     use watcher::Event::*;
     match ev {
-        Apply(o) => Apply(synthesize(&o, secret_name)),
-        Delete(o) => Delete(synthesize(&o, secret_name)),
+        Apply(o) => Apply(synthesize(&o, secret_name, key)),
+        Delete(o) => Delete(synthesize(&o, secret_name, key)),
         Init => Init,
-        InitApply(o) => InitApply(synthesize(&o, secret_name)),
+        InitApply(o) => InitApply(synthesize(&o, secret_name, key)),
         InitDone => InitDone,
     }
 }
@@ -162,11 +179,16 @@ async fn merge_vm(
         .map(|_| ())
 }
 
-/// Records the port in the VM, if the VM is still as `b` saw it.
+/// Records the port in the VM, with its proof, if the VM is still as `b` saw it.
 pub async fn write_port(sh: &Shared, b: &VirtualMachineBMC, port: u16) -> Result<(), kube::Error> {
+    // Set before any VM is synthesized: the selected VMs are watched only once it is.
+    let proof = sh
+        .port_key
+        .get()
+        .map(|k| k.proof(b.uid().as_deref().unwrap_or_default(), port));
     let patch = json!({"metadata": {
         "resourceVersion": b.resource_version(),
-        "annotations": {PORT_ANNOTATION: port.to_string()},
+        "annotations": {PORT_ANNOTATION: port.to_string(), PORT_PROOF_ANNOTATION: proof},
     }});
     merge_vm(sh, b, patch).await
 }
@@ -208,7 +230,7 @@ pub(super) async fn release_unselected(sh: &Shared, round: &Round) {
         }
         // Each annotation is removed only if it still says what we read (a JSON Patch
         // `test`): restoring the orders has just changed the resourceVersion.
-        let ops: Vec<serde_json::Value> = [PORT_ANNOTATION, BOOT_ANNOTATION]
+        let ops: Vec<serde_json::Value> = [PORT_ANNOTATION, PORT_PROOF_ANNOTATION, BOOT_ANNOTATION]
             .iter()
             .filter_map(|k| {
                 annotations
@@ -260,10 +282,13 @@ mod tests {
             device: "pxe".into(),
             ..Default::default()
         };
+        let key = PortKey::new([3; 32]);
         let b = synthesize(
             &vm(json!({PORT_ANNOTATION: "10007",
+                PORT_PROOF_ANNOTATION: key.proof("u-1", 10007),
                 BOOT_ANNOTATION: serde_json::to_string(&o).unwrap()})),
             "creds",
+            &key,
         );
         assert!(is_synthesized(&b));
         assert_eq!(b.name_any(), "web");
@@ -276,7 +301,7 @@ mod tests {
         let st = b.status.unwrap();
         assert_eq!(st.port, Some(10007));
         assert_eq!(st.boot_override, Some(o));
-        let owner = vm_owner(&synthesize(&vm(json!({})), "creds"));
+        let owner = vm_owner(&synthesize(&vm(json!({})), "creds", &key));
         assert_eq!(
             (owner.kind.as_str(), owner.name.as_str(), owner.uid.as_str()),
             ("VirtualMachine", "web", "u-1")
@@ -285,12 +310,41 @@ mod tests {
 
     #[test]
     fn unreadable_annotations_are_ignored() {
+        let key = PortKey::new([3; 32]);
         for bad in ["", "0", "70000", "ten"] {
-            let b = synthesize(&vm(json!({PORT_ANNOTATION: bad})), "s");
+            let b = synthesize(&vm(json!({PORT_ANNOTATION: bad})), "s", &key);
             assert_eq!(b.status.unwrap().port, None, "{bad:?}");
         }
-        let b = synthesize(&vm(json!({BOOT_ANNOTATION: "{not json"})), "s");
+        let b = synthesize(&vm(json!({BOOT_ANNOTATION: "{not json"})), "s", &key);
         assert_eq!(b.status.unwrap().boot_override, None);
+    }
+
+    /// A port the VM's owner wrote (no proof, a proof copied from another VM, or one made for
+    /// another port) is no port: the leader gives the VM one of its own.
+    #[test]
+    fn a_port_without_virtbmc_s_proof_is_ignored() {
+        let key = PortKey::new([3; 32]);
+        let port = |annotations| synthesize(&vm(annotations), "s", &key).status.unwrap().port;
+        assert_eq!(port(json!({PORT_ANNOTATION: "10007"})), None);
+        assert_eq!(
+            port(json!({PORT_ANNOTATION: "10007", PORT_PROOF_ANNOTATION: key.proof("u-2", 10007)})),
+            None
+        );
+        assert_eq!(
+            port(json!({PORT_ANNOTATION: "10007", PORT_PROOF_ANNOTATION: key.proof("u-1", 10008)})),
+            None
+        );
+        let other = PortKey::new([4; 32]);
+        assert_eq!(
+            port(
+                json!({PORT_ANNOTATION: "10007", PORT_PROOF_ANNOTATION: other.proof("u-1", 10007)})
+            ),
+            None
+        );
+        assert_eq!(
+            port(json!({PORT_ANNOTATION: "10007", PORT_PROOF_ANNOTATION: key.proof("u-1", 10007)})),
+            Some(10007)
+        );
     }
 
     #[test]

@@ -19,6 +19,7 @@
 //! - [`lease`] and [`leader`]: one elected controller allocates ports, owns the Services, writes
 //!   status conditions and restores one-shot boot overrides.
 //! - [`endpoints`]: the leader's EndpointSlices, which route each Service to the agent pods.
+//! - [`port_key`]: in label mode, the proof that a VM's port annotation is virtbmc's own.
 //! - [`names`]: the names a spec refers to, checked before any of them reaches an API path.
 //! - [`secrets`]: only the Secrets a VirtualMachineBMC names keep their credentials in memory.
 //! - [`hardware`]: a VM's vCPUs and memory as its spec declares them (Redfish's summaries).
@@ -41,6 +42,7 @@ pub mod lease;
 pub mod media;
 pub mod names;
 pub mod overrides;
+pub mod port_key;
 pub mod role;
 pub mod secrets;
 pub mod serve;
@@ -331,6 +333,8 @@ pub struct Shared {
     /// VMs (`ns/vm`) whose boot override a request of this agent is changing: its own work
     /// finishes them, so the leader's pass in the same process leaves them alone.
     pub(crate) overrides_changing: Mutex<BTreeSet<String>>,
+    /// Label mode: the key of the port annotations' proofs, once read (or made).
+    pub(crate) port_key: std::sync::OnceLock<port_key::PortKey>,
 }
 
 impl Shared {
@@ -540,6 +544,7 @@ impl KubeBackend {
             work: Mutex::default(),
             overrides_swept: AtomicBool::new(false),
             overrides_changing: Mutex::default(),
+            port_key: std::sync::OnceLock::new(),
         });
         (KubeBackend { shared }, writers)
     }

@@ -23,8 +23,8 @@ use super::view::{
     VM_FIELDS, VMI_FIELDS, boot_override, guid, power_state, prune, users_from_secret,
 };
 use super::{
-    KubeBackend, MANAGED_BY, Shared, Stores, VirtualMachineBMC, Writers, labeled, names, secrets,
-    vm_resource, vmi_resource,
+    KubeBackend, MANAGED_BY, Shared, Stores, VirtualMachineBMC, Writers, labeled, names, port_key,
+    secrets, vm_resource, vmi_resource,
 };
 use crate::agent::name_guid;
 use crate::agent::registry::Registry;
@@ -44,18 +44,40 @@ pub fn spawn(
     let managed = format!("{}={}", MANAGED_BY.0, MANAGED_BY.1);
     let vmbmcs = match sh.opts.labels.clone() {
         // No CRD: the selected VMs stand for VirtualMachineBMCs.
-        Some(m) => reflect_stream(
-            &sh,
-            "virtualmachines (selected)",
-            writers.vmbmc,
-            watcher(
-                Api::<DynamicObject>::all_with(client.clone(), &vm_resource()),
-                watcher::Config::default().labels(&m.selector),
+        // The selected VMs are watched once the port proofs' key is known, so that no VM is
+        // ever read without its port's proof checked.
+        Some(m) => {
+            let (key_sh, vms) = (sh.clone(), client.clone());
+            let key = futures::stream::once(async move {
+                loop {
+                    match port_key::load_or_create(&key_sh.client, &m.secret_namespace).await {
+                        Ok(key) => {
+                            let _ = key_sh.port_key.set(key.clone());
+                            return (m, key);
+                        }
+                        Err(e) => {
+                            log::warn!("label mode: {e}; retrying");
+                            tokio::time::sleep(RETRY).await;
+                        }
+                    }
+                }
+            });
+            let events = key.flat_map(move |(m, key)| {
+                watcher(
+                    Api::<DynamicObject>::all_with(vms.clone(), &vm_resource()),
+                    watcher::Config::default().labels(&m.selector),
+                )
+                .default_backoff()
+                .map_ok(move |ev| labeled::events(ev, &m.secret_name, &key))
+            });
+            reflect_stream(
+                &sh,
+                "virtualmachines (selected)",
+                writers.vmbmc,
+                events,
+                labeled_event,
             )
-            .default_backoff()
-            .map_ok(move |ev| labeled::events(ev, &m.secret_name)),
-            labeled_event,
-        ),
+        }
         None => reflect(
             &sh,
             "virtualmachinebmcs",

@@ -114,6 +114,18 @@ pub async fn label_mode_sim() -> Handle {
     .unwrap()
 }
 
+/// The label mode's port-proof key, made in advance as the first agent would make it, so
+/// that a test can seed a VM with a port virtbmc wrote.
+pub fn seed_port_key(sim: &Handle) -> virtbmc::cluster::port_key::PortKey {
+    const KEY: &[u8; 32] = b"label-mode-port-key-for-tests-01";
+    sim.seed_secret(
+        "virtbmc-system",
+        virtbmc::cluster::port_key::SECRET_NAME,
+        &[("key", std::str::from_utf8(KEY).unwrap())],
+    );
+    virtbmc::cluster::port_key::PortKey::new(*KEY)
+}
+
 /// The label mode's selector, as the tests' agents use it.
 pub const LABEL_SELECTOR: &str = "bmc.kubevirt.io/enabled=true";
 
