@@ -219,6 +219,21 @@ async fn run(bin: &str, object: &str, n: usize) {
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
     let settled = started.elapsed();
+    // And every BMC's user copied into the agents' namespace, where the agent reads it.
+    let copies = |sim: &Handle| {
+        sim.list(kubesim::Kind::Secret, Some("default"))
+            .iter()
+            .filter(|s| s["metadata"]["labels"]["app.kubernetes.io/component"] == "bmc-credentials")
+            .count()
+    };
+    while copies(&sim) < n {
+        assert!(
+            started.elapsed() < Duration::from_secs(1200),
+            "never all credentials copied"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let copied = started.elapsed();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let cpid = controller.0.id();
     let ((rss0, cpu0), (crss0, ccpu0)) = (proc_stat(pid), proc_stat(cpid));
@@ -228,9 +243,10 @@ async fn run(bin: &str, object: &str, n: usize) {
     let ticks = 100.0; // USER_HZ
     let cpu = |a: u64, b: u64| (b - a) as f64 / ticks / window.as_secs_f64() * 100.0;
     println!(
-        "{n:>6} VMs: all BMCs served after {:>5.1} s, all Ready after {:>5.1} s",
+        "{n:>6} VMs: all BMCs served after {:>5.1} s, all Ready after {:>5.1} s, every user copied for the agents after {:>5.1} s",
         ready.as_secs_f64(),
         settled.as_secs_f64(),
+        copied.as_secs_f64(),
     );
     println!(
         "        agent      RSS {rss:>7} KiB = {:>5.1} KiB per BMC; steady CPU {:.2} % of a core (RSS {rss0} KiB before the window)",
