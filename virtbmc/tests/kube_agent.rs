@@ -187,37 +187,7 @@ async fn vmbmc_gets_a_port_and_service_power_on_starts_the_vm_password_change_an
 
     // A changed password applies to the next session, and ends the sessions opened with
     // the old one (IPMI 1.5 and RMCP+ alike) at once.
-    let mut shells = [Shell::open("lan", port), Shell::open("lanplus", port)];
-    for sh in &mut shells {
-        tokio::task::block_in_place(|| sh.run("power status", "Chassis Power is on")).unwrap();
-    }
-    let data = json!({"data": {"password": serde_json::to_value(k8s_openapi::ByteString(b"n3w-pass".to_vec())).unwrap()}});
-    sim.merge_patch(Kind::Secret, NS, "vm1-auth", data).unwrap();
-    let end = tokio::time::Instant::now() + T;
-    loop {
-        if ipmitool(port, "admin", "n3w-pass", &["power", "status"])
-            .await
-            .ok
-        {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < end,
-            "new password never accepted"
-        );
-    }
-    assert!(
-        !admin(port, &["power", "status"]).await.ok,
-        "old password still accepted"
-    );
-    for sh in &mut shells {
-        let after = tokio::task::block_in_place(|| sh.run("power status", "Chassis Power is on"));
-        assert!(
-            after.is_err(),
-            "a session of the old password still answers"
-        );
-    }
-    drop(shells);
+    rotation_ends_open_sessions(&sim, port).await;
 
     // A second VirtualMachineBMC for the same VM: the older keeps the VM, its Service and
     // its port; the newer says why it is not ready, and nobody fights over the Service.
@@ -1736,22 +1706,32 @@ async fn split_roles_pass_credentials_through_copies_and_rotation_ends_sessions(
         "vm1-bmc"
     );
 
+    // runStrategy Always: on once its VMI runs.
+    sim.wait_vmi_phase(NS, "vm1", "Running", T).await.unwrap();
+    agent.wait_power("default/vm1", "on").await;
+    rotation_ends_open_sessions(&sim, port).await;
+
+    sim.delete(Kind::VirtualMachineBmc, NS, "vm1-bmc").unwrap();
+    until("the copy gone with its BMC", || {
+        !sim.list(Kind::Secret, Some("virtbmc-system"))
+            .iter()
+            .any(|s| s["metadata"]["labels"]["app.kubernetes.io/component"] == "bmc-credentials")
+    })
+    .await;
+    assert_agent_never_refused(&sim);
+}
+
+/// Rotates vm1's password to `n3w-pass` while an `ipmitool shell` over IPMI 1.5 and one over
+/// RMCP+ are open on `port`: the new password logs in, the old one is refused, and both open
+/// sessions end at once.
+async fn rotation_ends_open_sessions(sim: &kubesim::Handle, port: u16) {
     let mut shells = [Shell::open("lan", port), Shell::open("lanplus", port)];
     for sh in &mut shells {
         tokio::task::block_in_place(|| sh.run("power status", "Chassis Power is on")).unwrap();
     }
     let data = json!({"data": {"password": serde_json::to_value(k8s_openapi::ByteString(b"n3w-pass".to_vec())).unwrap()}});
     sim.merge_patch(Kind::Secret, NS, "vm1-auth", data).unwrap();
-    let end = tokio::time::Instant::now() + T;
-    while !ipmitool(port, "admin", "n3w-pass", &["power", "status"])
-        .await
-        .ok
-    {
-        assert!(
-            tokio::time::Instant::now() < end,
-            "new password never accepted"
-        );
-    }
+    until_login(port, "admin", "n3w-pass").await;
     assert!(
         !admin(port, &["power", "status"]).await.ok,
         "old password still accepted"
@@ -1763,14 +1743,4 @@ async fn split_roles_pass_credentials_through_copies_and_rotation_ends_sessions(
             "a session of the old password still answers"
         );
     }
-    drop(shells);
-
-    sim.delete(Kind::VirtualMachineBmc, NS, "vm1-bmc").unwrap();
-    until("the copy gone with its BMC", || {
-        !sim.list(Kind::Secret, Some("virtbmc-system"))
-            .iter()
-            .any(|s| s["metadata"]["labels"]["app.kubernetes.io/component"] == "bmc-credentials")
-    })
-    .await;
-    assert_agent_never_refused(&sim);
 }
