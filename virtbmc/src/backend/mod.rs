@@ -40,8 +40,6 @@ pub trait Backend: Send + Sync + 'static {
     /// an action waiting for a transition to end wakes on.
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<std::sync::Arc<str>>;
 
-    /// Opens `vm`'s serial console for a Serial-over-LAN session; it stays open (following
-    /// the VM through restarts) until the returned [`console::Console`] is dropped.
     /// The machine's size as declared, from the same caches as [`Backend::view`]; None when
     /// unknown.
     fn hardware(&self, vm: &str) -> Option<Hardware> {
@@ -49,6 +47,8 @@ pub trait Backend: Send + Sync + 'static {
         None
     }
 
+    /// Opens `vm`'s serial console for a Serial-over-LAN session; it stays open (following
+    /// the VM through restarts) until the returned [`console::Console`] is dropped.
     fn open_console(&self, vm: &str) -> console::Console {
         let _ = vm;
         console::Console::unavailable()

@@ -12,7 +12,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt;
@@ -21,6 +20,7 @@ use kube::runtime::reflector::ObjectRef;
 use sha2::{Digest, Sha256};
 
 use super::leader::{Round, delete_unwanted};
+use super::secrets::is_user_key;
 use super::view::users_from_secret;
 use super::{MANAGED_BY, Shared, VMBMC_LABEL, VirtualMachineBMC};
 
@@ -69,12 +69,6 @@ pub(super) async fn ensure(
     if cached.is_some_and(|c| c.annotations().get(SOURCE_ANNOTATION) == Some(&source)) {
         return Some((ns, name));
     }
-    let keep = |d: &BTreeMap<String, ByteString>| -> BTreeMap<String, ByteString> {
-        d.iter()
-            .filter(|(k, _)| *k == "username" || *k == "password")
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect()
-    };
     let copy = Secret {
         metadata: ObjectMeta {
             name: Some(name.clone()),
@@ -91,13 +85,8 @@ pub(super) async fn ensure(
             annotations: Some(BTreeMap::from([(SOURCE_ANNOTATION.into(), source)])),
             ..Default::default()
         },
-        data: tenant.data.as_ref().map(keep),
-        string_data: tenant.string_data.as_ref().map(|d| {
-            d.iter()
-                .filter(|(k, _)| *k == "username" || *k == "password")
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect()
-        }),
+        data: tenant.data.as_ref().map(users_only),
+        string_data: tenant.string_data.as_ref().map(users_only),
         type_: Some("Opaque".into()),
         ..Default::default()
     };
@@ -121,6 +110,14 @@ pub(super) async fn ensure(
         }
     }
     Some((ns, name))
+}
+
+/// The two keys a BMC's user is made of, and nothing else of a Secret's data.
+fn users_only<V: Clone>(d: &BTreeMap<String, V>) -> BTreeMap<String, V> {
+    d.iter()
+        .filter(|(k, _)| is_user_key(k))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
 }
 
 /// Deletes the copies no BMC wants any more.

@@ -251,19 +251,7 @@ pub fn reflect(
     let api: Api<DynamicObject> = Api::all_with(sh.client.clone(), &dv_resource());
     let selector = format!("{}={}", MANAGED_BY.0, MANAGED_BY.1);
     let events = watcher(api, watcher::Config::default().labels(&selector)).default_backoff();
-    let sh = sh.clone();
-    tokio::spawn(async move {
-        use futures::StreamExt;
-        let mut events = std::pin::pin!(reflector::reflector(writer, events));
-        while let Some(ev) = events.next().await {
-            if let Err(e) = ev {
-                sh.metrics
-                    .watch_errors
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                log::warn!("watch=datavolumes error: {e}");
-            }
-        }
-    })
+    super::serve::reflect_untracked(sh, "datavolumes", writer, events, |_, _| {})
 }
 
 #[cfg(test)]

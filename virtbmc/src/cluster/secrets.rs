@@ -91,6 +91,11 @@ fn has_keys(s: &Secret) -> bool {
         || s.string_data.as_ref().is_some_and(|d| !d.is_empty())
 }
 
+/// Whether a Secret's key is one of the two a BMC's user is made of.
+pub fn is_user_key(k: &str) -> bool {
+    k == "username" || k == "password"
+}
+
 /// Only `username` and `password`, and those only of a named Secret (or in label mode,
 /// where the watch selects the one named Secret, or of the controller's copies, which hold
 /// nothing else and are all some BMC's).
@@ -100,7 +105,7 @@ pub fn trim(sh: &Shared, s: &mut Secret) {
         || sh
             .named()
             .contains(&s.namespace().unwrap_or_default(), &s.name_any());
-    let read = |k: &String| keep_any && (k == "username" || k == "password");
+    let read = |k: &String| keep_any && is_user_key(k);
     if let Some(data) = s.data.as_mut() {
         data.retain(|k, _| read(k));
     }

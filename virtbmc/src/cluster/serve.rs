@@ -304,8 +304,24 @@ where
     K: Resource + Clone + Debug + Send + Sync + 'static,
     K::DynamicType: Eq + std::hash::Hash + Clone,
 {
-    let sh = sh.clone();
     sh.ready.expect_cache(what);
+    reflect_untracked(sh, what, writer, events, on_event)
+}
+
+/// The same, for a cache readiness does not wait for (its first list only marks it synced,
+/// which readiness ignores for a cache it never expected).
+pub(super) fn reflect_untracked<K>(
+    sh: &Arc<Shared>,
+    what: &'static str,
+    writer: reflector::store::Writer<K>,
+    events: impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+    on_event: fn(&Shared, &watcher::Event<K>),
+) -> JoinHandle<()>
+where
+    K: Resource + Clone + Debug + Send + Sync + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    let sh = sh.clone();
     tokio::spawn(async move {
         let mut events = std::pin::pin!(reflector::reflector(writer, events));
         while let Some(ev) = events.next().await {

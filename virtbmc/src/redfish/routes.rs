@@ -21,6 +21,7 @@ use super::resources as r;
 use super::system::{self, BootPatch, Reset};
 use crate::backend::media::{MediaError, Medium};
 use crate::engine::config::Privilege;
+use crate::engine::vm::VmView;
 
 /// Request bodies larger than this are refused (413); the largest a client sends is a login.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -317,13 +318,7 @@ async fn answer(service: &Service, route: &Route, req: Request<Incoming>) -> Res
             patch_system(service, &caller, body, if_match.as_deref()).await
         }
         (Route::System, _) => {
-            let doc = r::system(
-                &service.name,
-                view.as_ref(),
-                efi,
-                service.hardware(),
-                vmedia,
-            );
+            let doc = system_doc(service, view.as_ref(), efi, vmedia);
             let etag = etag(&doc);
             Ok(Answer::json(200, doc).header(header::ETAG, etag))
         }
@@ -646,17 +641,12 @@ async fn patch_system(
     let view = service.backend.view(&service.name);
     let efi = service.efi.load(Relaxed);
     let vmedia = has_media(service);
-    if let Some(m) = if_match {
-        let current = etag(&r::system(
-            &service.name,
-            view.as_ref(),
-            efi,
-            service.hardware(),
-            vmedia,
-        ));
-        if !etag_matches(m, &current) {
-            return Err(Error::new(412, Msg::PreconditionFailed, &[]));
-        }
+    // The System as it is before this PATCH: its ETag, and which properties exist.
+    let before = system_doc(service, view.as_ref(), efi, vmedia);
+    if let Some(m) = if_match
+        && !etag_matches(m, &etag(&before))
+    {
+        return Err(Error::new(412, Msg::PreconditionFailed, &[]));
     }
     let mut patch = BootPatch::default();
     for (k, v) in &body {
@@ -690,17 +680,7 @@ async fn patch_system(
                     &[&v.to_string(), "Boot"],
                 ));
             }
-            (k, _)
-                if r::system(
-                    &service.name,
-                    view.as_ref(),
-                    efi,
-                    service.hardware(),
-                    vmedia,
-                )
-                .get(k)
-                .is_some() =>
-            {
+            (k, _) if before.get(k).is_some() => {
                 return Err(Error::new(400, Msg::PropertyNotWritable, &[k]));
             }
             (k, _) => return Err(Error::new(400, Msg::PropertyUnknown, &[k])),
@@ -724,15 +704,15 @@ async fn patch_system(
         caller.user
     );
     let view = service.backend.view(&service.name);
-    let doc = r::system(
-        &service.name,
-        view.as_ref(),
-        next_efi,
-        service.hardware(),
-        vmedia,
-    );
+    let doc = system_doc(service, view.as_ref(), next_efi, vmedia);
     let etag = etag(&doc);
     Ok(Answer::json(200, doc).header(header::ETAG, etag))
+}
+
+/// The System for `view` and `efi`, with the machine's size and, when `vmedia`, the link to
+/// its virtual CD.
+fn system_doc(service: &Service, view: Option<&VmView>, efi: bool, vmedia: bool) -> Value {
+    r::system(&service.name, view, efi, service.hardware(), vmedia)
 }
 
 /// Whether the backend has a virtual CD: the System and the Manager link to one only then.
